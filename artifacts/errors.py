@@ -1,0 +1,21 @@
+"""Errors raised by the artifacts layer. Each says what went wrong and how to fix it."""
+
+
+class KfpServeError(Exception):
+    """Base of every error kfp-serve raises on purpose."""
+
+
+class InvalidNameError(KfpServeError, ValueError):
+    """A name that cannot be used as a Kubernetes/MLMD name."""
+
+
+class ArtifactError(KfpServeError, ValueError):
+    """A model or transformer that cannot be turned into an artifact."""
+
+
+class MetadataError(KfpServeError):
+    """ML Metadata could not be read or written."""
+
+
+class SnapshotError(KfpServeError):
+    """A snapshot could not be taken, found, or verified."""
