@@ -8,7 +8,7 @@ DEFAULT_HOME = Path("~/.kfp-serve")
 
 
 def state_dir() -> Path:
-    """The state directory from ``KFP_SERVE_HOME`` (default ``~/.kfp-serve``), created if missing."""
+    """The state directory: ``KFP_SERVE_HOME``, default ``~/.kfp-serve`` (created if missing)."""
     path = Path(os.environ.get(HOME_ENV) or DEFAULT_HOME).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path

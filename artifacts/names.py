@@ -14,8 +14,8 @@ _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_MAX_LENGTH = 63
 # A label value may also hold dots/underscores/upper case (Kubernetes "qualified value").
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-# Versions like "1.0.0", "v2-rc1", "2026.11.21+build5".
-_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,62}$")
+# Versions like "1.0.0" or "v2-rc1": also valid label values, so they can label a served model.
+_VERSION = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
 
 
 def validate_name(value: object, field: str = "name") -> str:
@@ -36,7 +36,7 @@ def validate_version(value: object, field: str = "version") -> str:
     if not isinstance(value, str) or not _VERSION.match(value):
         raise InvalidNameError(
             f"{field} {value!r} is not a valid version: use up to 63 letters, digits and "
-            "'.', '_', '+', '-', starting with a letter or digit (for example '1.0.0')"
+            "'.', '_', '-', starting and ending with a letter or digit (for example '1.0.0')"
         )
     return value
 

@@ -1,0 +1,273 @@
+"""Build the KServe ``serving.kserve.io/v1beta1`` InferenceService manifest for a served model.
+
+A pure function: same inputs, same manifest. The local backend runs exactly this manifest on
+this machine, and the Kubernetes backend applies it to a cluster.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+from artifacts.names import is_label_value, validate_name
+from serving import constants
+from serving.config import PREDICTOR, TRANSFORMER, ServeConfig, merge_env
+from serving.errors import ServeConfigError
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "serving.kserve.io/v1beta1"
+KIND = "InferenceService"
+#: The stock ClusterServingRuntime for each framework kfp-serve saves models for.
+DEFAULT_RUNTIMES = {
+    "sklearn": "kserve-sklearnserver",
+    "xgboost": "kserve-xgbserver",
+    "lightgbm": "kserve-lgbserver",
+}
+FRAMEWORKS = tuple(DEFAULT_RUNTIMES)
+#: Runtimes that only speak one protocol.
+V2_ONLY_RUNTIMES = ("kserve-mlserver",)
+DEFAULT_PROTOCOL = "v1"
+#: Schemes the KServe storage initializer accepts for storageUri.
+STORAGE_SCHEMES = ("gs", "s3", "pvc", "file", "https", "http", "hdfs", "webhdfs", "oci", "hf")
+#: KServe's name for the main container; the controller fills in its ports and probes.
+MAIN_CONTAINER = "kserve-container"
+#: KServe runs the storage initializer for a custom container that sets this variable.
+STORAGE_URI_ENV = "STORAGE_URI"
+MODEL_MOUNT = "/mnt/models"
+TRANSFORMER_MODULE = "serving.runtime.transformer"
+#: Deployment modes that run plain Deployments, where Knative's pod-spec gates do not apply.
+RAW_MODES = ("RawDeployment", "Standard")
+KNATIVE_FLAGS = {
+    "node_selector": "kubernetes.podspec-nodeselector",
+    "affinity": "kubernetes.podspec-affinity",
+    "tolerations": "kubernetes.podspec-tolerations",
+}
+
+
+class KnativeSchedulingWarning(UserWarning):
+    """Pod scheduling fields that Knative rejects unless its feature flags are on."""
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where the served artifacts came from; recorded as labels and annotations."""
+
+    model_id: int | None = None
+    model_version: str | None = None
+    transformer_id: int | None = None
+    model_snapshot: str | None = None
+    transformer_snapshot: str | None = None
+
+
+def build_inference_service(
+    name: str,
+    model_uri: str,
+    framework: str,
+    *,
+    transformer_uri: str | None = None,
+    serve_config: ServeConfig | dict[str, Any] | str | None = None,
+    namespace: str | None = None,
+    provenance: Provenance | None = None,
+) -> dict[str, Any]:
+    """Return the camelCase InferenceService manifest for a model (and optional transformer).
+
+    Args:
+        name: The InferenceService name (DNS-1123 label).
+        model_uri: Storage URI of the model directory (stock KServe layout).
+        framework: ``"sklearn"``, ``"xgboost"`` or ``"lightgbm"``.
+        transformer_uri: Storage URI of a Transformer artifact directory, if any.
+        serve_config: A ServeConfig, or a dict / JSON string of one.
+        namespace: The namespace to put in the manifest, if any.
+        provenance: MLMD ids, version and snapshot URIs to record on the object.
+
+    Raises:
+        ServeConfigError: An invalid name, URI, framework or config.
+    """
+    cfg = ServeConfig.coerce(serve_config)
+    validate_name(name, "name")
+    if namespace is not None:
+        validate_name(namespace, "namespace")
+    if framework not in FRAMEWORKS:
+        raise ServeConfigError(
+            f"framework: {framework!r} is not supported; use one of {list(FRAMEWORKS)}"
+        )
+    check_storage_uri(model_uri, "model_uri")
+    if transformer_uri is not None:
+        check_storage_uri(transformer_uri, "transformer_uri")
+    protocol = cfg.protocol_version or DEFAULT_PROTOCOL
+
+    spec: dict[str, Any] = {PREDICTOR: _predictor(cfg, model_uri, framework, protocol)}
+    if transformer_uri is not None:
+        spec[TRANSFORMER] = _transformer(cfg, name, transformer_uri, protocol)
+    elif cfg.transformer:
+        _warn(
+            UserWarning,
+            "serve_config.transformer is set but no transformer is served; it has no effect",
+        )
+
+    metadata: dict[str, Any] = {"name": name}
+    if namespace:
+        metadata["namespace"] = namespace
+    metadata["labels"] = _merge_owned(cfg.labels, _labels(provenance), "labels")
+    metadata["annotations"] = _merge_owned(
+        cfg.annotations, _annotations(cfg, provenance), "annotations"
+    )
+    _warn_knative(cfg)
+    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "spec": spec}
+
+
+def check_storage_uri(uri: str, field: str) -> str:
+    """Refuse URIs whose scheme the KServe storage initializer cannot fetch."""
+    scheme = urlparse(uri).scheme if isinstance(uri, str) else ""
+    if scheme not in STORAGE_SCHEMES:
+        raise ServeConfigError(
+            f"{field}: {uri!r} is not a storage URI KServe can load; use one of the schemes "
+            f"{', '.join(s + '://' for s in STORAGE_SCHEMES)}"
+        )
+    return uri
+
+
+def _predictor(cfg: ServeConfig, model_uri: str, framework: str, protocol: str) -> dict[str, Any]:
+    resolved = cfg.resolve(PREDICTOR)
+    component = resolved.spec
+    if resolved.containers is not None:  # a custom predictor: the user's containers as given
+        component["containers"] = _with_storage_env(resolved.containers, model_uri)
+        return component
+    runtime = resolved.runtime or DEFAULT_RUNTIMES[framework]
+    if runtime in V2_ONLY_RUNTIMES and protocol != "v2":
+        raise ServeConfigError(
+            f"predictor.runtime: {runtime!r} only speaks protocol v2; set protocol_version='v2'"
+        )
+    model: dict[str, Any] = {
+        "modelFormat": {"name": framework},
+        # Explicit, so that sklearn + v2 is not routed to MLServer by auto-selection.
+        "runtime": runtime,
+        "storageUri": model_uri,
+        "protocolVersion": protocol,
+    }
+    if cfg.runtime_version:
+        model["runtimeVersion"] = cfg.runtime_version
+    model.update(_override(model, resolved.container))
+    component["model"] = model
+    return component
+
+
+def _transformer(
+    cfg: ServeConfig, name: str, transformer_uri: str, protocol: str
+) -> dict[str, Any]:
+    resolved = cfg.resolve(TRANSFORMER)
+    component = resolved.spec
+    if resolved.containers is not None:
+        component["containers"] = _with_storage_env(resolved.containers, transformer_uri)
+        return component
+    container: dict[str, Any] = {
+        "name": MAIN_CONTAINER,
+        "image": os.environ.get(constants.IMAGE_ENV) or constants.DEFAULT_IMAGE,
+        "command": ["python", "-m", TRANSFORMER_MODULE],
+        # KServe adds --predictor_host and --http_port, but not the protocol (DESIGN.md).
+        "args": [
+            f"--model_name={name}",
+            f"--model_dir={MODEL_MOUNT}",
+            f"--predictor_protocol={protocol}",
+            # In a pod the server must listen beyond loopback; locally the default stays 127.0.0.1.
+            "--http_host=0.0.0.0",
+        ],
+        "env": [{"name": STORAGE_URI_ENV, "value": transformer_uri}],
+    }
+    container.update(_override(container, resolved.container))
+    component["containers"] = [container]
+    return component
+
+
+def _override(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Container overrides applied to ``base``: env merged by name, other fields replaced."""
+    result = copy.deepcopy(override)
+    if "env" in override:
+        result["env"] = merge_env(base.get("env", []), override["env"])
+    return result
+
+
+def _with_storage_env(containers: list[dict[str, Any]], uri: str) -> list[dict[str, Any]]:
+    """Custom containers, the first told where its artifact is (unless it says already)."""
+    containers = copy.deepcopy(containers)
+    main = containers[0]
+    if not any(var["name"] == STORAGE_URI_ENV for var in main.get("env", [])):
+        main["env"] = [*main.get("env", []), {"name": STORAGE_URI_ENV, "value": uri}]
+    return containers
+
+
+def _labels(provenance: Provenance | None) -> dict[str, str]:
+    labels = {constants.LABEL_MANAGED_BY: constants.MANAGED_BY}
+    if provenance is None:
+        return labels
+    if provenance.model_id is not None:
+        labels[constants.LABEL_MODEL_ID] = str(provenance.model_id)
+    if provenance.transformer_id is not None:
+        labels[constants.LABEL_TRANSFORMER_ID] = str(provenance.transformer_id)
+    if provenance.model_version is not None:
+        if not is_label_value(provenance.model_version):
+            raise ServeConfigError(
+                f"model version {provenance.model_version!r} cannot be a Kubernetes label value"
+            )
+        labels[constants.LABEL_MODEL_VERSION] = provenance.model_version
+    return labels
+
+
+def _annotations(cfg: ServeConfig, provenance: Provenance | None) -> dict[str, str]:
+    annotations = {constants.ANNOTATION_SERVE_CONFIG: cfg.to_json()}
+    if provenance and provenance.model_snapshot:
+        annotations[constants.ANNOTATION_MODEL_SNAPSHOT] = provenance.model_snapshot
+    if provenance and provenance.transformer_snapshot:
+        annotations[constants.ANNOTATION_TRANSFORMER_SNAPSHOT] = provenance.transformer_snapshot
+    return annotations
+
+
+def _merge_owned(user: dict[str, str], owned: dict[str, str], field: str) -> dict[str, str]:
+    """User labels/annotations plus kfp-serve's own; the user may not set kfp-serve's keys."""
+    for key in owned:
+        if key in user and user[key] != owned[key]:
+            raise ServeConfigError(
+                f"{field}.{key}: this key is set by kfp-serve to trace the served artifacts; "
+                "remove it from the ServeConfig"
+            )
+    return {**user, **owned}
+
+
+def _warn_knative(cfg: ServeConfig) -> None:
+    """Knative rejects pod scheduling fields unless its feature flags are on (kserve#1425)."""
+    mode = cfg.annotations.get(constants.ANNOTATION_DEPLOYMENT_MODE)
+    if mode in RAW_MODES:
+        return
+    found = cfg.scheduling_fields()
+    if not found:
+        return
+    flags = sorted(
+        {
+            flag
+            for key, flag in KNATIVE_FLAGS.items()
+            if any(path.split(".")[-1] in (key, _camel(key)) for path in found)
+        }
+    )
+    _warn(
+        KnativeSchedulingWarning,
+        f"ServeConfig sets {', '.join(found)}; in KServe's serverless (Knative) mode these are "
+        f"rejected unless the Knative feature flags {', '.join(flags)} are 'enabled' in the "
+        "knative-serving 'config-features' ConfigMap. Enable them, or set the annotation "
+        f"{constants.ANNOTATION_DEPLOYMENT_MODE}: RawDeployment.",
+    )
+
+
+def _camel(snake: str) -> str:
+    head, *rest = snake.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def _warn(category: type[Warning], message: str) -> None:
+    log.warning(message)
+    warnings.warn(message, category, stacklevel=3)
