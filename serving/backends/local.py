@@ -442,8 +442,6 @@ class LocalBackend:
         deadline = time.monotonic() + timeout
         with locked(plan.name):
             record = read_record(plan.name)
-            if record is not None and not registry_path(plan.name).exists():
-                record = None
             if record is not None:
                 moved = self._traffic_only(record, plan)
                 if moved is not None:
@@ -463,8 +461,8 @@ class LocalBackend:
         if percent is None or percent >= 100 or stable is None or stable is latest:
             traffic = {str(latest.revision): 100}
         else:
+            # A 0% canary stays listed (and running) with no traffic, as on a cluster.
             traffic = {str(stable.revision): 100 - percent, str(latest.revision): percent}
-            traffic = {k: v for k, v in traffic.items() if v > 0} or {str(latest.revision): 100}
         if traffic != record.traffic:
             self._switch(record, traffic, new=None)
         return self._status(record, probe=True)
@@ -539,7 +537,6 @@ class LocalBackend:
             traffic = {str(new.revision): 100}
         else:
             traffic = {str(stable.revision): 100 - percent, str(new.revision): percent}
-            traffic = {k: v for k, v in traffic.items() if v > 0}
         self._switch(record, traffic, new=new)
         status = self._status(record, probe=wait)
         if not wait and not status.ready and status.reason == REASON_NOT_READY:
@@ -584,7 +581,7 @@ class LocalBackend:
         url = f"{record.url}/kfp-serve/router"
         while time.monotonic() < deadline:
             try:
-                info = httpx.get(url, timeout=1.0).json()
+                info = httpx.get(url, timeout=1.0, trust_env=False).json()
             except (httpx.HTTPError, ValueError):
                 time.sleep(0.02)
                 continue
@@ -627,7 +624,8 @@ class LocalBackend:
                     f"the router of endpoint {name!r} exited with code {proc.returncode} "
                     f"while starting; its log {str(log)!r} ends with:\n{log_tail(log)}")
             try:
-                if httpx.get(f"{router.url}/kfp-serve/router", timeout=1.0).status_code == 200:
+                if httpx.get(f"{router.url}/kfp-serve/router", timeout=1.0,
+                             trust_env=False).status_code == 200:
                     return router
             except httpx.HTTPError:
                 pass
@@ -716,7 +714,8 @@ class LocalBackend:
         pending = {p.role: p for p in revision.processes}
         started = time.monotonic()
         delay = 0.02
-        with httpx.Client(timeout=1.0) as client:
+        # trust_env=False: a proxy from the environment must never see loopback traffic.
+        with httpx.Client(timeout=1.0, trust_env=False) as client:
             while pending:
                 for role, proc in list(pending.items()):
                     code = _exit_code(proc.pid)
@@ -828,7 +827,7 @@ class LocalBackend:
                 )
                 return status
         if probe:
-            with httpx.Client(timeout=self.probe_timeout) as client:
+            with httpx.Client(timeout=self.probe_timeout, trust_env=False) as client:
                 for role, rev, proc in checks[1:]:
                     if not _probe(client, proc):
                         status.ready = False

@@ -1,0 +1,222 @@
+"""The snapshot value, the backend protocol and the scheme registry.
+
+A backend serves one URI scheme and is constructed with the store root URI, for example
+``FileSnapshotBackend("file:///home/me/.kfp-serve/snapshots")``. ``SnapshotStore`` finds the
+class for a scheme in ``BACKENDS`` (``"module:Class"``, imported on first use, so
+``artifacts.snapshots.pvc`` is only imported when a ``pvc://`` root or URI is used) or in
+classes added with ``register_backend``.
+
+Every snapshot URI ends with ``sha256-<64 hex>``, the tree digest of its content; a backend's
+``verify``/``open``/``restore`` must recompute the digest of what it reads and refuse a mismatch.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import import_module
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from artifacts.errors import SnapshotError
+from artifacts.snapshots.digest import (
+    DIGEST_PREFIX,
+    MANIFEST_NAME,
+    Entry,
+    Manifest,
+    build_manifest,
+    diff_manifests,
+    digest_hex,
+    hash_file,
+)
+from artifacts.snapshots.progress import ByteProgress
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """An immutable, content-addressed copy of a directory.
+
+    Attributes:
+        uri: Where it lives, e.g. ``file:///…/snapshots/sha256-<hex>`` or
+            ``s3://bucket/prefix/sha256-<hex>``; for file:// and s3:// this is also the
+            InferenceService ``storageUri``.
+        digest: ``sha256:<hex>`` over names, modes and contents.
+        size: Total bytes of the files.
+    """
+
+    uri: str
+    digest: str
+    size: int
+
+
+@runtime_checkable
+class SnapshotBackend(Protocol):
+    """What a snapshot backend provides. Constructed as ``Backend(root_uri)``."""
+
+    scheme: str
+    root: str
+
+    def snapshot(self, path: Path, *, progress: bool | None = None) -> Snapshot:
+        """Store the tree at ``path`` (atomically; deduplicated) and return its Snapshot."""
+        ...
+
+    def exists(self, digest: str) -> bool:
+        """True if a complete snapshot with this digest is stored under the root."""
+        ...
+
+    def verify(self, uri: str) -> Snapshot:
+        """Re-hash the stored snapshot; raise SnapshotError if it does not match its digest."""
+        ...
+
+    def open(self, uri: str) -> Path:
+        """A verified local directory holding the snapshot's tree (read-only: do not modify)."""
+        ...
+
+    def restore(self, uri: str, dest: Path) -> Path:
+        """Copy the verified snapshot to ``dest`` (must not exist or be empty); return it."""
+        ...
+
+
+BACKENDS: dict[str, str] = {
+    "file": "artifacts.snapshots.file:FileSnapshotBackend",
+    "s3": "artifacts.snapshots.s3:S3SnapshotBackend",
+    "pvc": "artifacts.snapshots.pvc:PvcSnapshotBackend",
+}
+_REGISTERED: dict[str, type] = {}
+
+
+def register_backend(scheme: str, cls: type) -> None:
+    """Make ``cls`` the backend for ``scheme://`` roots (overrides the built-in table)."""
+    _REGISTERED[scheme] = cls
+
+
+def backend_class(scheme: str) -> type:
+    """The backend class for a URI scheme, imported lazily."""
+    if scheme in _REGISTERED:
+        return _REGISTERED[scheme]
+    target = BACKENDS.get(scheme)
+    if target is None:
+        known = sorted(set(BACKENDS) | set(_REGISTERED))
+        raise SnapshotError(
+            f"no snapshot backend for scheme {scheme!r}; use one of "
+            + ", ".join(f"{s}://" for s in known)
+        )
+    module, _, attr = target.partition(":")
+    try:
+        return getattr(import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise SnapshotError(f"the {scheme}:// snapshot backend ({target}) is not available: {e}") from e
+
+
+_SNAPSHOT_NAME = re.compile(r"^sha256-([0-9a-f]{64})$")
+
+
+def split_snapshot_uri(uri: str) -> tuple[str, str, str]:
+    """Split ``scheme://root/sha256-<hex>`` into (scheme, root URI, digest).
+
+    Raises:
+        SnapshotError: not a snapshot URI (also refuses ``..`` and other tricks, since the
+            last component must be exactly ``sha256-`` + 64 hex digits).
+    """
+    scheme, sep, rest = uri.partition("://")
+    base, _, name = rest.rstrip("/").rpartition("/")
+    match = _SNAPSHOT_NAME.match(name)
+    if not sep or not scheme or not match:
+        raise SnapshotError(
+            f"{uri!r} is not a snapshot URI; expected '<scheme>://<root>/sha256-<64 hex digits>' "
+            "as returned by SnapshotStore.snapshot()"
+        )
+    return scheme, f"{scheme}://{base}", DIGEST_PREFIX + match.group(1)
+
+
+def snapshot_dir_name(digest: str) -> str:
+    """``sha256-<hex>``: the directory/key name of a snapshot (no ':' for Kubernetes/S3)."""
+    return "sha256-" + digest_hex(digest)
+
+
+def verify_local_tree(directory: Path, digest: str, source: str) -> Manifest:
+    """Re-hash a local snapshot copy and refuse it unless it matches ``digest``.
+
+    Raises:
+        SnapshotError: naming the snapshot and the files that differ.
+    """
+    if not directory.is_dir():
+        raise SnapshotError(f"snapshot {source!r} does not exist")
+    size = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
+    with ByteProgress(f"Verifying {directory.name[:19]}", size) as progress:
+        actual = build_manifest(directory, progress=progress)
+    if actual.digest == digest:
+        return actual
+    details: list[str] = []
+    try:
+        stored = Manifest.parse((directory / MANIFEST_NAME).read_text(), source)
+        details = diff_manifests(stored, actual)
+    except (OSError, SnapshotError):
+        details = ["its manifest is missing or unreadable"]
+    raise SnapshotError(
+        f"snapshot {source!r} failed verification: its content does not match digest "
+        f"{digest} ({'; '.join(details) or 'metadata differs'}). It was modified after it was "
+        "taken; refusing to use it. Take a new snapshot of the original directory."
+    )
+
+
+def materialize(
+    manifest: Manifest,
+    dest: Path,
+    fetch: Callable[[Entry, Path], object],
+    progress: ByteProgress | None = None,
+) -> None:
+    """Create the directories and symlinks of ``manifest`` under ``dest`` and fetch its files.
+
+    ``fetch(entry, path)`` writes one file; its hash is then checked against the manifest.
+    """
+    for entry in manifest.entries:
+        target = dest / entry.path
+        if entry.kind == "d":
+            target.mkdir(parents=True, exist_ok=True)
+        elif entry.kind == "l":
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(entry.target, target)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fetch(entry, target)
+            sha, size = hash_file(str(target), progress)
+            if sha != entry.sha256 or size != entry.size:
+                raise SnapshotError(
+                    f"file {entry.path!r} does not match the snapshot manifest (tampered or "
+                    "corrupted object); refusing it"
+                )
+            os.chmod(target, entry.mode)
+
+
+def copy_tree_verified(src: Path, dest: Path, digest: str, source: str) -> Path:
+    """Restore a verified local snapshot copy into ``dest`` atomically (temp dir, rename)."""
+    dest = Path(dest)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise SnapshotError(
+            f"cannot restore {source!r} into {str(dest)!r}: it exists and is not an empty "
+            "directory (choose a new path)"
+        )
+    manifest = verify_local_tree(src, digest, source)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.restore-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()
+        with ByteProgress(f"Restoring {src.name[:19]}", manifest.size) as progress:
+            materialize(
+                manifest,
+                tmp,
+                lambda entry, path: shutil.copyfile(src / entry.path, path),
+                progress,
+            )
+        if dest.exists():
+            dest.rmdir()
+        os.rename(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest

@@ -1,0 +1,425 @@
+"""A client for a served model: ``Endpoint("iris").predict(rows)``.
+
+The endpoint is found through the serving backend (the local registry, or the cluster), so the
+same code works on a laptop and in a pipeline pod. The request protocol (KServe v1 or v2) follows
+the served manifest's ``protocolVersion``. Only httpx is needed: no KServe import.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from artifacts.names import validate_name
+from serving.backends.base import EndpointStatus, ServingBackend, get_backend
+from serving.errors import ServingError
+
+#: Statuses that right after Ready mean "not routed yet" (kserve/kserve#1658), so retrying helps.
+_RETRY_STATUS = {404, 503}
+#: The local router's answer when the server behind it is down.
+_BAD_GATEWAY = {502}
+_REASON_PROCESS_EXITED = "ProcessExited"
+
+# numpy dtype kind/size -> KServe v2 datatype.
+_V2_DATATYPES = {
+    ("f", 8): "FP64", ("f", 4): "FP32", ("f", 2): "FP16",
+    ("i", 8): "INT64", ("i", 4): "INT32", ("i", 2): "INT16", ("i", 1): "INT8",
+    ("u", 8): "UINT64", ("u", 4): "UINT32", ("u", 2): "UINT16", ("u", 1): "UINT8",
+    ("b", 1): "BOOL",
+}
+
+
+class Endpoint:
+    """A served InferenceService, ready to be queried.
+
+    Args:
+        name: InferenceService name.
+        namespace: Kubernetes namespace (ignored by the local backend).
+        backend: A ServingBackend, a backend name ("local", "kubernetes"), or None for the
+            default (see ``serving.backends.base.get_backend``).
+        timeout: Seconds to wait for one answer.
+        retry_window: Seconds during which 404/503, connection failures and an unavailable
+            server are retried with backoff before the error is raised. Right after Ready a
+            cluster may still answer 404 (kserve/kserve#1658).
+
+    Raises:
+        ServingError: the backend knows no endpoint called ``name``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        namespace: str | None = None,
+        *,
+        backend: ServingBackend | str | None = None,
+        timeout: float = 30.0,
+        retry_window: float = 5.0,
+    ) -> None:
+        self.name = validate_name(name, "endpoint name")
+        self.namespace = namespace
+        self._backend = backend if backend is not None and not isinstance(backend, str) else (
+            get_backend(backend)
+        )
+        self.timeout = timeout
+        self.retry_window = retry_window
+        self._client: httpx.Client | None = None
+        self._status = self._backend.get(self.name, namespace)
+        self._connect(self._status)
+
+    # -- discovery ----------------------------------------------------------------------------
+
+    def _connect(self, status: EndpointStatus) -> None:
+        if not status.url:
+            raise ServingError(
+                f"endpoint {self.name!r} has no URL yet ({status.reason or 'not ready'}: "
+                f"{status.message or 'no details'}); wait for serve() to finish or check "
+                "`kfp-serve endpoints`"
+            )
+        if self._client is not None:
+            self._client.close()
+        host = urlsplit(status.url).hostname or ""
+        self._client = httpx.Client(
+            base_url=status.url.rstrip("/"),
+            headers=dict(status.headers),
+            timeout=httpx.Timeout(self.timeout, connect=min(5.0, self.timeout)),
+            # A proxy from the environment must never see loopback traffic.
+            trust_env=host not in ("127.0.0.1", "localhost", "::1"),
+        )
+        self._status = status
+
+    def refresh(self) -> EndpointStatus:
+        """Ask the backend again (a rollout may have changed the URL) and return the status."""
+        status = self._backend.get(self.name, self.namespace)
+        if status.url and (status.url != self._status.url or status.headers !=
+                           self._status.headers):
+            self._connect(status)
+        else:
+            self._status = status
+        return status
+
+    @property
+    def status(self) -> EndpointStatus:
+        """The status the backend reported last."""
+        return self._status
+
+    @property
+    def url(self) -> str:
+        """The base URL requests go to (e.g. ``http://127.0.0.1:40123``)."""
+        return str(self._status.url)
+
+    @property
+    def protocol(self) -> str:
+        """``v1`` or ``v2``, from the served manifest's ``protocolVersion``."""
+        predictor = (self._status.manifest.get("spec") or {}).get("predictor") or {}
+        model = predictor.get("model") or {}
+        return str(model.get("protocolVersion") or predictor.get("protocolVersion") or "v1")
+
+    @property
+    def model_name(self) -> str:
+        """The model name in request paths: the transformer's ``--model_name`` or the
+        InferenceService name (what KServe passes to both servers)."""
+        transformer = (self._status.manifest.get("spec") or {}).get("transformer") or {}
+        for container in transformer.get("containers") or []:
+            args = [str(a) for a in container.get("args") or []]
+            for i, arg in enumerate(args):
+                if arg.startswith("--model_name="):
+                    return arg.split("=", 1)[1]
+                if arg == "--model_name" and i + 1 < len(args):
+                    return args[i + 1]
+        return self.name
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def predict(self, x: Any, *, protocol: str | None = None) -> dict[str, Any]:
+        """Predict ``x`` (rows as a list, numpy array or pandas DataFrame); the response dict.
+
+        Args:
+            x: The rows. A DataFrame is sent with its column names under protocol v2.
+            protocol: Override the served manifest's protocol (``v1`` or ``v2``).
+
+        Returns:
+            The server's JSON answer: ``{"predictions": [...]}`` for v1, ``{"outputs": [...],
+            ...}`` for v2.
+
+        Raises:
+            ServingError: the endpoint is down, not ready, or refused the request (the message
+                carries the server's explanation).
+        """
+        protocol = protocol or self.protocol
+        if protocol == "v2":
+            return self._post(f"/v2/models/{self.model_name}/infer", v2_request(x), "predict")
+        if protocol == "v1":
+            return self._post(f"/v1/models/{self.model_name}:predict", v1_request(x), "predict")
+        raise ServingError(f"protocol {protocol!r} is not supported: use 'v1' or 'v2'")
+
+    def predictions(self, x: Any, *, protocol: str | None = None) -> list[Any]:
+        """Predict ``x`` and return just the predictions, one per row, as a plain list."""
+        return response_predictions(self.predict(x, protocol=protocol))
+
+    def explain(self, x: Any) -> dict[str, Any]:
+        """Per-feature attributions of each row of ``x`` (``POST /v1/models/NAME:explain``).
+
+        Raises:
+            ServingError: the served model has no explanation (HTTP 501) or the request failed.
+        """
+        return self._post(f"/v1/models/{self.model_name}:explain", v1_request(x), "explain")
+
+    def ready(self) -> bool:
+        """True if the model answers Ready now (one quick probe, no retries, no exception)."""
+        assert self._client is not None
+        path = (
+            f"/v2/models/{self.model_name}/ready" if self.protocol == "v2"
+            else f"/v1/models/{self.model_name}"
+        )
+        try:
+            response = self._client.get(path, timeout=min(self.timeout, 2.0))
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    def metadata(self) -> dict[str, Any]:
+        """The model's metadata: v2 ``GET /v2/models/NAME`` (name, versions, inputs, outputs),
+        falling back to v1 ``GET /v1/models/NAME`` where the server has no v2 route."""
+        try:
+            return self._request("GET", f"/v2/models/{self.model_name}", None, "metadata",
+                                 retry=False)
+        except _NotFound:
+            return self._request("GET", f"/v1/models/{self.model_name}", None, "metadata")
+
+    def close(self) -> None:
+        """Close the HTTP connections."""
+        if self._client is not None:
+            self._client.close()
+
+    def __enter__(self) -> Endpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Endpoint({self.name!r}, url={self._status.url!r}, protocol={self.protocol!r})"
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _post(self, path: str, payload: dict[str, Any], what: str) -> dict[str, Any]:
+        try:
+            body = json.dumps(payload, allow_nan=False).encode()
+        except ValueError:
+            # JSON has no NaN: send it as null (servers read null as a missing value). An
+            # infinity has no JSON form at all.
+            body = json.dumps(_nan_to_null(payload, self.name), allow_nan=False).encode()
+        return self._request("POST", path, body, what)
+
+    def _request(
+        self, method: str, path: str, body: bytes | None, what: str, *, retry: bool = True
+    ) -> dict[str, Any]:
+        assert self._client is not None
+        deadline = time.monotonic() + (self.retry_window if retry else 0.0)
+        delay = 0.05
+        headers = {"content-type": "application/json"} if body is not None else None
+        while True:
+            failure: str
+            try:
+                response = self._client.request(method, path, content=body, headers=headers)
+            except httpx.TimeoutException as e:
+                raise ServingError(
+                    f"endpoint {self.name!r} did not answer {what} within {self.timeout:.0f} s "
+                    f"({type(e).__name__} at {self.url}{path}); pass a larger timeout= or check "
+                    "the server's load"
+                ) from e
+            except httpx.TransportError as e:
+                failure = self._diagnose(f"cannot connect to {self.url} ({e})")
+            else:
+                code = response.status_code
+                if code < 300:
+                    try:
+                        return response.json()
+                    except ValueError as e:
+                        raise ServingError(
+                            f"endpoint {self.name!r} answered {what} with something that is not "
+                            f"JSON: {response.text[:200]!r}"
+                        ) from e
+                message = _server_message(response)
+                if code in _BAD_GATEWAY:
+                    failure = self._diagnose(f"HTTP {code}: {message}")
+                elif code in _RETRY_STATUS:
+                    failure = (
+                        f"model {self.model_name!r} of endpoint {self.name!r} is not ready or "
+                        f"not found (HTTP {code} at {self.url}{path}: {message})"
+                    )
+                    if code == 404 and not retry:
+                        raise _NotFound(failure)
+                elif code == 501:
+                    raise ServingError(
+                        f"endpoint {self.name!r} does not support {what} (HTTP 501): {message}"
+                    )
+                elif 400 <= code < 500:
+                    raise ServingError(
+                        f"endpoint {self.name!r} rejected the {what} request (HTTP {code}): "
+                        f"{message}"
+                    )
+                else:
+                    raise ServingError(
+                        f"endpoint {self.name!r} failed on {what} (HTTP {code}): {message}; see "
+                        "the server log (`kfp-serve endpoints` shows where)"
+                    )
+            if time.monotonic() + delay > deadline:
+                raise ServingError(
+                    f"{failure}; gave up after retrying for {self.retry_window:.0f} s. Check "
+                    "`kfp-serve endpoints`, or serve the model again"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def _diagnose(self, failure: str) -> str:
+        """Explain a failed connection from the backend's view; raise at once if it is dead."""
+        try:
+            status = self.refresh()
+        except ServingError as e:
+            raise ServingError(f"endpoint {self.name!r} is gone: {e}") from None
+        if not status.ready and status.reason == _REASON_PROCESS_EXITED:
+            raise ServingError(
+                f"endpoint {self.name!r} is not running: {status.message}. Run `kfp-serve "
+                "endpoints` to see it, or serve it again"
+            )
+        return f"endpoint {self.name!r} is unreachable: {failure}"
+
+
+class _NotFound(ServingError):
+    pass
+
+
+def _nan_to_null(value: Any, name: str) -> Any:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            raise ServingError(
+                f"cannot send the rows to endpoint {name!r}: they contain an infinite value, "
+                "which JSON cannot carry; clip or drop it first"
+            )
+        return value
+    if isinstance(value, list):
+        return [_nan_to_null(v, name) for v in value]
+    if isinstance(value, dict):
+        return {k: _nan_to_null(v, name) for k, v in value.items()}
+    return value
+
+
+def _server_message(response: httpx.Response) -> str:
+    try:
+        data = response.json()
+    except ValueError:
+        return response.text[:500] or response.reason_phrase
+    if isinstance(data, dict):
+        for key in ("error", "detail", "message"):
+            if key in data:
+                value = data[key]
+                return value if isinstance(value, str) else json.dumps(value)
+    return json.dumps(data)[:500]
+
+
+# --------------------------------------------------------------------------------------------
+# Payloads
+
+
+def _is_dataframe(x: Any) -> bool:
+    return type(x).__name__ == "DataFrame" and hasattr(x, "columns") and hasattr(x, "dtypes")
+
+
+def _rows(x: Any) -> Any:
+    """``x`` as JSON-ready nested lists (numpy and pandas converted without copying twice)."""
+    if _is_dataframe(x):
+        return x.to_numpy().tolist()
+    if hasattr(x, "tolist"):  # numpy arrays, pandas Series
+        return x.tolist()
+    if isinstance(x, tuple):
+        return [_rows(v) for v in x]
+    if isinstance(x, list):
+        return [_rows(v) if hasattr(v, "tolist") or isinstance(v, tuple) else v for v in x]
+    return x
+
+
+def v1_request(x: Any) -> dict[str, Any]:
+    """A KServe v1 request body: ``{"instances": rows}``.
+
+    A DataFrame is sent as records (``{column: value}`` per row), so the server matches features
+    by name rather than by column order.
+    """
+    if _is_dataframe(x):
+        return {"instances": [
+            {str(k): v for k, v in row.items()} for row in x.to_dict(orient="records")
+        ]}
+    return {"instances": _rows(x)}
+
+
+def v2_datatype(dtype: Any) -> str:
+    """The KServe v2 datatype of a numpy dtype (strings and objects are BYTES)."""
+    kind, size = getattr(dtype, "kind", "O"), getattr(dtype, "itemsize", 0)
+    if kind in ("U", "S", "O"):
+        return "BYTES"
+    try:
+        return _V2_DATATYPES[(kind, size)]
+    except KeyError:
+        raise ServingError(f"dtype {dtype!s} has no KServe v2 datatype; convert it to float64")\
+            from None
+
+
+def v2_request(x: Any) -> dict[str, Any]:
+    """A KServe v2 request body.
+
+    A DataFrame becomes one named input per column with ``content_type: pd`` (the server matches
+    columns by name); anything else becomes one tensor ``input-0`` with its shape and datatype.
+    """
+    import numpy as np
+
+    if _is_dataframe(x):
+        inputs = []
+        for column in x.columns:
+            values = x[column].to_numpy()
+            inputs.append({
+                "name": str(column),
+                "shape": [len(values)],
+                "datatype": v2_datatype(values.dtype),
+                "data": values.tolist(),
+            })
+        return {"inputs": inputs, "parameters": {"content_type": "pd"}}
+    array = np.asarray(x)
+    datatype = v2_datatype(array.dtype)
+    return {
+        "inputs": [{
+            "name": "input-0",
+            "shape": list(array.shape),
+            "datatype": datatype,
+            "data": array.ravel().tolist(),
+        }]
+    }
+
+
+def response_predictions(response: dict[str, Any]) -> list[Any]:
+    """The predictions of a v1 or v2 response as a plain list, one entry per row."""
+    if "predictions" in response:
+        return list(response["predictions"])
+    outputs = response.get("outputs")
+    if not outputs:
+        raise ServingError(f"the response has neither 'predictions' nor 'outputs': {response!r}")
+    output = outputs[0]
+    data = list(output.get("data", []))
+    shape = [int(n) for n in output.get("shape", [len(data)])]
+    return _reshape(data, shape)
+
+
+def _reshape(data: list[Any], shape: list[int]) -> list[Any]:
+    if len(shape) <= 1:
+        return data
+    step = math.prod(shape[1:])
+    return [_reshape(data[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]
+
+
+__all__ = ["Endpoint", "v1_request", "v2_request", "response_predictions", "v2_datatype"]

@@ -1,0 +1,369 @@
+"""Load a model or transformer directory in the stock KServe layout, ready to serve.
+
+No kserve import here: the loader is plain sklearn/xgboost/joblib, so tests and other modules
+can use it without paying for (or being configured by) kserve's import.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving.errors import ServingError
+from serving.runtime import layout
+from serving.runtime.codec import FeatureSpec
+from serving.runtime.explain import explain_linear, explain_xgboost, find_linear
+
+log = logging.getLogger(__name__)
+
+#: Above this many rows XGBoost may use every core; below, one thread is faster (and leaves
+#: the other cores to the HTTP server and to concurrent requests).
+XGB_PARALLEL_ROWS = 1024
+
+
+def env_flag(name: str, default: bool = False) -> bool:
+    """True when the environment variable is set to a truthy value (like kserve's strtobool)."""
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "y", "on", "t")
+
+
+def read_metadata(model_dir: Path) -> dict[str, Any]:
+    """The kfp-serve metadata of a directory, or {} when it has none.
+
+    Raises:
+        ServingError: The file exists but is not a YAML mapping.
+    """
+    path = model_dir / layout.METADATA_FILE
+    if not path.is_file():
+        return {}
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ServingError(f"{str(path)!r} is not valid YAML: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ServingError(f"{str(path)!r} must hold a YAML mapping, got {type(data).__name__}")
+    return data
+
+
+def find_model_file(model_dir: Path) -> tuple[Path, str]:
+    """The one model file of a directory and its framework ("sklearn" or "xgboost").
+
+    The well-known names (``model.joblib``, ``model.json``, ``model.ubj``) win; otherwise exactly
+    one top-level file with a stock extension is accepted, as the stock runtimes do.
+
+    Raises:
+        ServingError: No model file, or more than one candidate.
+    """
+    if not model_dir.is_dir():
+        raise ServingError(f"model directory {str(model_dir)!r} does not exist")
+    for name, framework in layout.MODEL_FILES.items():
+        if (model_dir / name).is_file():
+            return model_dir / name, framework
+    candidates = [
+        (p, fw)
+        for p in sorted(model_dir.iterdir())
+        if p.is_file() and p.name != layout.METADATA_FILE
+        for ext, fw in layout.MODEL_EXTENSIONS.items()
+        if p.name.endswith(ext)
+    ]
+    if len(candidates) != 1:
+        found = [p.name for p, _ in candidates] or sorted(p.name for p in model_dir.iterdir())
+        raise ServingError(
+            f"{str(model_dir)!r} must hold exactly one model file "
+            f"({', '.join(layout.MODEL_FILES)}); found {found}"
+        )
+    return candidates[0]
+
+
+def _signature(metadata: dict[str, Any]) -> dict[str, Any]:
+    sig = metadata.get("signature") or {}
+    return sig if isinstance(sig, dict) else {}
+
+
+def _allow_nan(estimator: Any) -> bool:
+    try:
+        from sklearn.utils import get_tags
+
+        return bool(get_tags(estimator).input_tags.allow_nan)
+    except Exception:  # noqa: BLE001 - not an sklearn estimator: be strict about NaN
+        return False
+
+
+def _feature_spec(
+    sig: dict[str, Any], obj: Any, *, n_features_key: str, dtype: Any, allow_nan: bool
+) -> FeatureSpec:
+    n_features = sig.get(n_features_key)
+    if n_features is None:
+        n_features = getattr(obj, "n_features_in_", None)
+    names = sig.get("feature_names")
+    fitted_names = getattr(obj, "feature_names_in_", None)
+    if names is None and fitted_names is not None:
+        names = [str(n) for n in fitted_names]
+    return FeatureSpec(
+        n_features=int(n_features) if n_features is not None else None,
+        feature_names=tuple(names) if names else None,
+        dtype=np.dtype(sig.get("dtype") or dtype),
+        allow_nan=allow_nan,
+        frame_input=fitted_names is not None,
+    )
+
+
+def _single_thread(estimator: Any) -> None:
+    """Set every ``n_jobs`` in an estimator (or pipeline) to 1: one row must not fan out."""
+    try:
+        params = estimator.get_params(deep=True)
+    except Exception:  # noqa: BLE001 - not an sklearn-style estimator
+        return
+    keys = {k: 1 for k in params if k == "n_jobs" or k.endswith("__n_jobs")}
+    if keys:
+        try:
+            estimator.set_params(**keys)
+        except Exception as e:  # noqa: BLE001 - best effort; serving still works
+            log.debug("could not set n_jobs=1: %s", e)
+
+
+@dataclass
+class ServedModel:
+    """A loaded model: validated-input spec plus predict/explain callables."""
+
+    framework: str
+    path: Path
+    spec: FeatureSpec
+    predict: Callable[[Any], Any]
+    explainer: Callable[[Any], dict[str, Any]] | None
+    explain_unsupported: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    estimator: Any = None
+
+    def explain(self, X: Any) -> dict[str, Any]:
+        """Per-feature attributions (see :mod:`serving.runtime.explain`).
+
+        Raises:
+            NotImplementedError: The model has no built-in explainer (HTTP 501).
+        """
+        if self.explainer is None:
+            raise NotImplementedError(self.explain_unsupported)
+        return self.explainer(X)
+
+
+def load_model(model_dir: str | Path, *, predict_proba: bool = False) -> ServedModel:
+    """Load a model directory.
+
+    Args:
+        model_dir: Directory in the stock layout.
+        predict_proba: Answer with class probabilities instead of labels (PREDICT_PROBA).
+
+    Returns:
+        The loaded model.
+
+    Raises:
+        ServingError: The directory, file or model is not servable; the message says why.
+    """
+    model_dir = Path(model_dir)
+    path, framework = find_model_file(model_dir)
+    metadata = read_metadata(model_dir)
+    sig = _signature(metadata)
+    if framework == "xgboost":
+        return _load_xgboost(path, metadata, sig, predict_proba)
+    return _load_sklearn(path, metadata, sig, predict_proba)
+
+
+def _load_sklearn(
+    path: Path, metadata: dict[str, Any], sig: dict[str, Any], predict_proba: bool
+) -> ServedModel:
+    import joblib
+    import sklearn
+
+    try:
+        est = joblib.load(path)
+    except Exception as e:  # noqa: BLE001 - unpickling can raise anything
+        raise ServingError(f"cannot load {str(path)!r} with joblib: {e!r}") from e
+    if not hasattr(est, "predict"):
+        raise ServingError(f"{str(path)!r} holds a {type(est).__name__}, which has no predict()")
+    # Inputs are validated once, by the codec (shape, dtype, NaN/inf); sklearn's second
+    # finiteness scan per request is redundant on the hot path.
+    sklearn.set_config(assume_finite=True)
+    _single_thread(est)
+    if predict_proba:
+        if not hasattr(est, "predict_proba"):
+            raise ServingError(
+                f"PREDICT_PROBA=true but {type(est).__name__} has no predict_proba(); "
+                f"unset PREDICT_PROBA to serve its predictions"
+            )
+        predict = est.predict_proba
+    else:
+        predict = est.predict
+
+    explainer = None
+    unsupported = (
+        f"{type(est).__name__} has no built-in explainer; kfp-serve explains XGBoost models "
+        f"(SHAP contributions) and linear sklearn models (coefficient x value)"
+    )
+    xgb_booster = _xgb_booster_of(est)
+    spec = _feature_spec(
+        sig, est, n_features_key="n_features", dtype=np.float64, allow_nan=_allow_nan(est)
+    )
+    if xgb_booster is not None:
+        classes = list(getattr(est, "classes_", [])) or None
+
+        def explainer(X: Any) -> dict[str, Any]:
+            return explain_xgboost(xgb_booster, X, spec.feature_names, classes)
+
+    elif find_linear(est) is not None:
+
+        def explainer(X: Any) -> dict[str, Any]:
+            return explain_linear(est, X, spec.feature_names)
+
+    return ServedModel(
+        framework="sklearn",
+        path=path,
+        spec=spec,
+        predict=predict,
+        explainer=explainer,
+        explain_unsupported=unsupported,
+        metadata=metadata,
+        estimator=est,
+    )
+
+
+def _xgb_booster_of(est: Any) -> Any:
+    """The Booster of an XGBoost sklearn-API estimator, else None."""
+    try:
+        import xgboost as xgb
+    except ImportError:
+        return None
+    if isinstance(est, xgb.XGBModel):
+        booster = est.get_booster()
+        booster.set_param({"nthread": 1})
+        return booster
+    return None
+
+
+def _load_xgboost(
+    path: Path, metadata: dict[str, Any], sig: dict[str, Any], predict_proba: bool
+) -> ServedModel:
+    import xgboost as xgb
+
+    booster = xgb.Booster()
+    try:
+        booster.load_model(str(path))
+    except xgb.core.XGBoostError as e:
+        raise ServingError(f"cannot load {str(path)!r} as an XGBoost model: {e}") from e
+    sk_meta = booster.attr("scikit_learn")
+    est_type = json.loads(sk_meta).get("_estimator_type") if sk_meta else None
+    classes = sig.get("classes")
+    n_cpu = os.cpu_count() or 1
+
+    if est_type in ("classifier", "regressor"):
+        # Saved from the sklearn API: serve with the same class so predict() means labels
+        # (not raw probabilities) exactly as in-process XGBClassifier.predict does.
+        est = xgb.XGBClassifier() if est_type == "classifier" else xgb.XGBRegressor()
+        est.load_model(str(path))
+        est.set_params(n_jobs=1)
+        inner = est.get_booster()
+        if predict_proba and est_type != "classifier":
+            raise ServingError("PREDICT_PROBA=true but the XGBoost model is a regressor")
+        method = est.predict_proba if predict_proba else est.predict
+        label_map = np.asarray(classes) if (classes and not predict_proba) else None
+
+        def predict(X: Any) -> Any:
+            out = _with_threads(inner, X, n_cpu, lambda: method(X, validate_features=False))
+            return label_map[out] if label_map is not None and est_type == "classifier" else out
+
+    else:
+        inner = booster
+        inner.set_param({"nthread": 1})
+
+        def predict(X: Any) -> Any:
+            return _with_threads(inner, X, n_cpu, lambda: inner.inplace_predict(X))
+
+    names = sig.get("feature_names") or inner.feature_names
+    n_features = sig.get("n_features") or inner.num_features()
+    spec = FeatureSpec(
+        n_features=int(n_features),
+        feature_names=tuple(names) if names else None,
+        # XGBoost computes in float32 whatever it is given; converting once here is cheapest.
+        dtype=np.dtype(np.float32),
+        allow_nan=True,  # NaN is XGBoost's "missing" value
+        frame_input=False,
+    )
+    out_classes = classes if est_type == "classifier" else None
+
+    def explainer(X: Any) -> dict[str, Any]:
+        return explain_xgboost(inner, X, spec.feature_names, out_classes)
+
+    return ServedModel(
+        framework="xgboost",
+        path=path,
+        spec=spec,
+        predict=predict,
+        explainer=explainer,
+        explain_unsupported="",
+        metadata=metadata,
+        estimator=inner,
+    )
+
+
+def _with_threads(booster: Any, X: Any, n_cpu: int, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` single-threaded, or with every core for a large batch."""
+    if n_cpu > 1 and len(X) >= XGB_PARALLEL_ROWS:
+        booster.set_param({"nthread": n_cpu})
+        try:
+            return fn()
+        finally:
+            booster.set_param({"nthread": 1})
+    return fn()
+
+
+@dataclass
+class ServedTransformer:
+    """A loaded transformer: validated-input spec plus the transform callable."""
+
+    path: Path
+    spec: FeatureSpec
+    transform: Callable[[Any], Any]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def load_transformer(model_dir: str | Path) -> ServedTransformer:
+    """Load a transformer directory (``transformer.joblib`` with ``.transform``).
+
+    Raises:
+        ServingError: Missing file, or an object without ``transform``.
+    """
+    import joblib
+
+    model_dir = Path(model_dir)
+    path = model_dir / layout.TRANSFORMER_FILE
+    if not path.is_file():
+        present = sorted(p.name for p in model_dir.iterdir()) if model_dir.is_dir() else None
+        raise ServingError(
+            f"transformer directory {str(model_dir)!r} has no {layout.TRANSFORMER_FILE!r} "
+            f"(contents: {present})"
+        )
+    try:
+        obj = joblib.load(path)
+    except Exception as e:  # noqa: BLE001 - unpickling can raise anything
+        raise ServingError(f"cannot load {str(path)!r} with joblib: {e!r}") from e
+    if not callable(getattr(obj, "transform", None)):
+        raise ServingError(f"{str(path)!r} holds a {type(obj).__name__} without .transform()")
+    _single_thread(obj)
+    metadata = read_metadata(model_dir)
+    spec = _feature_spec(
+        _signature(metadata), obj, n_features_key="n_features", dtype=np.float64,
+        allow_nan=_allow_nan(obj),
+    )
+    return ServedTransformer(path=path, spec=spec, transform=obj.transform, metadata=metadata)

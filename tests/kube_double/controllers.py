@@ -1,0 +1,386 @@
+"""Fake controllers of the API double: KServe (InferenceService status), CSI snapshots, PVCs.
+
+Each reacts to store events the way its real counterpart would, after a delay the test chooses.
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from tests.kube_double.store import ISVC, PVC, VOLUME_SNAPSHOT, ApiError, Event, Store, now_rfc3339
+
+
+class Scheduler:
+    """One thread running callbacks at given monotonic times."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="kube-double-controllers", daemon=True)
+        self._thread.start()
+
+    def at(self, when: float, fn: Callable[[], None]) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (when, next(self._seq), fn))
+            self._cond.notify()
+
+    def after(self, delay: float, fn: Callable[[], None]) -> None:
+        self.at(time.monotonic() + max(0.0, delay), fn)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        self._thread.join(timeout=2)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopped and (
+                    not self._heap or self._heap[0][0] > time.monotonic()
+                ):
+                    timeout = self._heap[0][0] - time.monotonic() if self._heap else None
+                    self._cond.wait(timeout)
+                if self._stopped:
+                    return
+                _, _, fn = heapq.heappop(self._heap)
+            try:
+                fn()
+            except ApiError:
+                pass  # the object went away meanwhile: nothing to reconcile
+
+
+@dataclass
+class IsvcBehavior:
+    """How the fake KServe controller treats an InferenceService generation.
+
+    Attributes:
+        outcome: "ready"; "fail" (Ready=False with ``reason``/``message``); "never" (stays
+            Unknown: for timeouts); "manual" (the test calls set_ready/set_failed itself).
+        delay: seconds from seeing a new generation to writing the outcome.
+        reason: Ready=False reason when failing.
+        message: Ready=False message when failing.
+        terminal: a failure KServe gives up on (modelStatus BlockedByFailedLoad) or a transient one.
+        progress: write Ready=Unknown for the new generation right away (observedGeneration bumped).
+        stale_ready: on an update, first touch the status while it still says Ready=True for the
+            old generation (a client that ignores observedGeneration returns too early).
+        component_url: set status.components.<component>.url, also when failing.
+        domain: ingress domain of status.url.
+        not_found_after_ready: the data plane answers 404 to this many requests after Ready
+            (kserve/kserve#1658).
+    """
+
+    outcome: str = "ready"
+    delay: float = 0.05
+    reason: str = "RevisionFailed"
+    message: str = (
+        'Revision "{name}-predictor-00001" failed with message: '
+        "Container failed with: ModuleNotFoundError: No module named 'sklearn'."
+    )
+    terminal: bool = True
+    progress: bool = True
+    stale_ready: bool = True
+    component_url: bool = True
+    domain: str = "example.com"
+    not_found_after_ready: int = 0
+
+
+def _cond(type_: str, status: str, reason: str | None = None, message: str | None = None) -> dict:
+    c: dict[str, Any] = {"type": type_, "status": status, "lastTransitionTime": now_rfc3339()}
+    if reason:
+        c["reason"] = reason
+    if message:
+        c["message"] = message
+    return c
+
+
+class KServeController:
+    """Plays the KServe controller: status.conditions, URLs and observedGeneration."""
+
+    def __init__(self, store: Store, scheduler: Scheduler) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.default = IsvcBehavior()
+        self._per_name: dict[str, IsvcBehavior] = {}
+        self._seen_generation: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+        #: perf_counter() just before the final Ready=True write, per (namespace, name, generation).
+        self.ready_times: dict[tuple[str, str, int], float] = {}
+        #: Remaining data-plane 404s per (namespace, name).
+        self.data_plane_404: dict[tuple[str, str], int] = {}
+        self.data_plane_requests: list[tuple[str, str, int]] = []
+        store.listeners.append(self._on_event)
+
+    def program(self, name: str | None = None, **changes: Any) -> IsvcBehavior:
+        """Set the behaviour for ``name`` (or the default for all) and return it."""
+        with self._lock:
+            if name is None:
+                self.default = replace(self.default, **changes)
+                return self.default
+            behavior = replace(self._per_name.get(name, self.default), **changes)
+            self._per_name[name] = behavior
+            return behavior
+
+    def behavior(self, name: str) -> IsvcBehavior:
+        with self._lock:
+            return self._per_name.get(name, self.default)
+
+    # -- reactions ----------------------------------------------------------------------------
+    def _on_event(self, event: Event) -> None:
+        if event.resource is not ISVC or event.type == "DELETED":
+            if event.resource is ISVC:
+                meta = event.obj["metadata"]
+                self._seen_generation.pop((meta.get("namespace", ""), meta["name"]), None)
+            return
+        meta = event.obj["metadata"]
+        key = (meta.get("namespace", ""), meta["name"])
+        generation = meta.get("generation", 1)
+        with self._lock:
+            if self._seen_generation.get(key, 0) >= generation:
+                return  # a status write, or an update that did not change the spec
+            self._seen_generation[key] = generation
+        behavior = self.behavior(meta["name"])
+        self.scheduler.after(0, lambda: self._start(key, generation, behavior))
+        if behavior.outcome in ("ready", "fail"):
+            self.scheduler.after(behavior.delay, lambda: self._finish(key, generation, behavior))
+
+    def _current(self, key: tuple[str, str], generation: int) -> dict | None:
+        try:
+            obj = self.store.get(ISVC, *key)
+        except ApiError:
+            return None
+        return obj if obj["metadata"].get("generation") == generation else None
+
+    def _write_status(self, key: tuple[str, str], status: dict[str, Any]) -> None:
+        self.store.update(ISVC, key[0], key[1], {"status": status}, subresource="status")
+
+    def _start(self, key: tuple[str, str], generation: int, behavior: IsvcBehavior) -> None:
+        obj = self._current(key, generation)
+        if obj is None:
+            return
+        status = copy.deepcopy(obj.get("status") or {})
+        ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), None)
+        if behavior.stale_ready and ready and ready["status"] == "True":
+            # Knative created the new revision, the old one still serves: Ready=True, old gen.
+            pred = status.setdefault("components", {}).setdefault("predictor", {})
+            pred["latestCreatedRevision"] = f"{key[1]}-predictor-{generation:05d}"
+            self._write_status(key, status)
+        if behavior.progress or not status:
+            status = copy.deepcopy(status)
+            status["observedGeneration"] = generation
+            waiting = f'Configuration "{key[1]}-predictor" is waiting for a Revision to become ready.'
+            status["conditions"] = [
+                _cond("IngressReady", "Unknown"),
+                _cond("PredictorReady", "Unknown", "RevisionMissing", waiting),
+                _cond("Ready", "Unknown", "RevisionMissing", waiting),
+            ]
+            status.setdefault("modelStatus", {})["transitionStatus"] = "InProgress"
+            if not behavior.progress:
+                # A first status without claiming the generation (nothing observed yet).
+                status.pop("observedGeneration")
+            self._write_status(key, status)
+
+    def _urls(self, obj: dict[str, Any], behavior: IsvcBehavior) -> dict[str, Any]:
+        ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+        components = {}
+        for comp in ("predictor", "transformer", "explainer"):
+            if comp not in obj.get("spec", {}):
+                continue
+            components[comp] = {
+                "url": f"http://{name}-{comp}.{ns}.{behavior.domain}",
+                "address": {"url": f"http://{name}-{comp}.{ns}.svc.cluster.local"},
+                "latestCreatedRevision": f"{name}-{comp}-{obj['metadata']['generation']:05d}",
+            }
+        return components
+
+    def _finish(self, key: tuple[str, str], generation: int, behavior: IsvcBehavior) -> None:
+        obj = self._current(key, generation)
+        if obj is None:
+            return
+        if behavior.outcome == "ready":
+            self.set_ready(key[1], key[0], _obj=obj, _behavior=behavior)
+        else:
+            self.set_failed(key[1], key[0], _obj=obj, _behavior=behavior)
+
+    def set_ready(self, name: str, namespace: str = "default", **kw: Any) -> dict[str, Any]:
+        """Write Ready=True for the current generation (what outcome="ready" does after delay)."""
+        obj = kw.get("_obj") or self.store.get(ISVC, namespace, name)
+        behavior = kw.get("_behavior") or self.behavior(name)
+        generation = obj["metadata"]["generation"]
+        components = self._urls(obj, behavior)
+        for comp in components.values():
+            comp["latestReadyRevision"] = comp["latestCreatedRevision"]
+        comp_conditions = [_cond(f"{c.capitalize()}Ready", "True") for c in components]
+        mode = (obj["metadata"].get("annotations") or {}).get(
+            "serving.kserve.io/deploymentMode", "Serverless"
+        )
+        status = {
+            "observedGeneration": generation,
+            "url": f"http://{name}.{namespace}.{behavior.domain}",
+            "address": {"url": f"http://{name}.{namespace}.svc.cluster.local"},
+            "components": components,
+            "conditions": [_cond("IngressReady", "True"), *comp_conditions, _cond("Ready", "True")],
+            "deploymentMode": mode,
+            "modelStatus": {
+                "states": {"activeModelState": "Loaded", "targetModelState": "Loaded"},
+                "transitionStatus": "UpToDate",
+                "copies": {"failedCopies": 0, "totalCopies": 1},
+            },
+        }
+        self.data_plane_404[(namespace, name)] = behavior.not_found_after_ready
+        self.ready_times[(namespace, name, generation)] = time.perf_counter()
+        self._write_status((namespace, name), status)
+        return status
+
+    def set_failed(self, name: str, namespace: str = "default", **kw: Any) -> dict[str, Any]:
+        """Write Ready=False with the behaviour's reason and message for the current generation."""
+        obj = kw.get("_obj") or self.store.get(ISVC, namespace, name)
+        behavior = kw.get("_behavior") or self.behavior(name)
+        message = behavior.message.format(name=name)
+        components = self._urls(obj, behavior) if behavior.component_url else {}
+        model_status: dict[str, Any] = {
+            "states": {"activeModelState": "", "targetModelState": "FailedToLoad"},
+            "transitionStatus": "BlockedByFailedLoad" if behavior.terminal else "InProgress",
+        }
+        if behavior.terminal:
+            model_status["lastFailureInfo"] = {"reason": "ModelLoadFailed", "message": message}
+        status = {
+            "observedGeneration": obj["metadata"]["generation"],
+            "components": components,
+            "conditions": [
+                _cond("IngressReady", "True"),
+                _cond("PredictorReady", "False", behavior.reason, message),
+                _cond("Ready", "False", behavior.reason, message),
+            ],
+            "modelStatus": model_status,
+        }
+        self._write_status((namespace, name), status)
+        return status
+
+    # -- data plane ---------------------------------------------------------------------------
+    def find_by_host(self, host: str) -> tuple[str, str] | None:
+        """(namespace, name) of the InferenceService whose status.url/component URL has ``host``."""
+        items, _ = self.store.list(ISVC, None)
+        for obj in items:
+            status = obj.get("status") or {}
+            urls = [status.get("url", "")]
+            urls += [c.get("url", "") for c in (status.get("components") or {}).values()]
+            if any(u.split("://", 1)[-1].split("/", 1)[0] == host for u in urls if u):
+                return obj["metadata"]["namespace"], obj["metadata"]["name"]
+        return None
+
+    def data_plane(self, host: str, method: str, path: str, body: Any) -> tuple[int, dict]:
+        """Answer a request sent to an InferenceService URL (through the "ingress")."""
+        key = self.find_by_host(host)
+        if key is None:
+            return 404, {"error": f"no route for host {host!r}"}
+        with self._lock:
+            remaining = self.data_plane_404.get(key, 0)
+            if remaining > 0:
+                self.data_plane_404[key] = remaining - 1
+        code = 404 if remaining > 0 else 200
+        self.data_plane_requests.append((host, path, code))
+        name = key[1]
+        if code == 404:
+            return 404, {"error": f"Model with name {name} does not exist."}
+        if path.endswith(":predict") and isinstance(body, dict):
+            return 200, {"predictions": [0 for _ in body.get("instances", [])]}
+        if path.startswith("/v2/models/") and path.endswith("/infer"):
+            return 200, {"model_name": name, "outputs": []}
+        return 200, {"name": name, "ready": True}
+
+
+@dataclass
+class SnapshotBehavior:
+    """How the fake CSI snapshotter treats a new VolumeSnapshot."""
+
+    outcome: str = "ready"  # "ready" | "fail" | "never"
+    delay: float = 0.05
+    message: str = "Failed to create snapshot: rpc error: code = Internal desc = volume is busy"
+    restore_size: str | None = None  # default: the source PVC's requested storage, else 1Gi
+
+
+class SnapshotController:
+    """Plays the CSI external-snapshotter (VolumeSnapshot readyToUse) and PVC binding."""
+
+    def __init__(self, store: Store, scheduler: Scheduler) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.behavior = SnapshotBehavior()
+        self.pvc_bind_delay = 0.02
+        store.listeners.append(self._on_event)
+
+    def _on_event(self, event: Event) -> None:
+        if event.type != "ADDED":
+            return
+        meta = event.obj["metadata"]
+        key = (meta["namespace"], meta["name"])
+        if event.resource is VOLUME_SNAPSHOT:
+            behavior = self.behavior
+            if behavior.outcome != "never":
+                self.scheduler.after(behavior.delay, lambda: self._snapshot_done(key, behavior))
+        elif event.resource is PVC:
+            self.scheduler.after(self.pvc_bind_delay, lambda: self._bind(key))
+
+    def _snapshot_done(self, key: tuple[str, str], behavior: SnapshotBehavior) -> None:
+        obj = self.store.get(VOLUME_SNAPSHOT, *key)
+        source = (obj.get("spec") or {}).get("source") or {}
+        size = behavior.restore_size
+        if size is None:
+            try:
+                pvc = self.store.get(PVC, key[0], source.get("persistentVolumeClaimName", ""))
+                size = pvc["spec"]["resources"]["requests"]["storage"]
+            except (ApiError, KeyError):
+                size = "1Gi"
+        status: dict[str, Any] = {
+            "boundVolumeSnapshotContentName": f"snapcontent-{obj['metadata']['uid']}",
+            "readyToUse": behavior.outcome == "ready",
+        }
+        if behavior.outcome == "ready":
+            status |= {"creationTime": now_rfc3339(), "restoreSize": size}
+        else:
+            status["error"] = {"message": behavior.message, "time": now_rfc3339()}
+        self.store.update(VOLUME_SNAPSHOT, *key, {"status": status}, subresource="status")
+
+    def _bind(self, key: tuple[str, str]) -> None:
+        pvc = self.store.get(PVC, *key)
+        source = (pvc.get("spec") or {}).get("dataSource") or {}
+        if source.get("kind") == "VolumeSnapshot":
+            try:
+                snap = self.store.get(VOLUME_SNAPSHOT, key[0], source.get("name", ""))
+            except ApiError:
+                return  # stays Pending, like a real provisioner waiting for its source
+            if not (snap.get("status") or {}).get("readyToUse"):
+                self.scheduler.after(0.05, lambda: self._bind(key))
+                return
+        spec = pvc.get("spec") or {}
+        status = {
+            "phase": "Bound",
+            "accessModes": spec.get("accessModes", []),
+            "capacity": {"storage": ((spec.get("resources") or {}).get("requests") or {}).get(
+                "storage", "1Gi")},
+        }
+        self.store.update(PVC, *key, {"status": status}, subresource="status")
+
+
+@dataclass
+class RecordedCall:
+    """One request as the double saw it (what RBAC would check)."""
+
+    verb: str
+    group: str
+    resource: str
+    namespace: str | None
+    name: str | None
+    subresource: str | None
+    code: int
+    query: dict[str, str] = field(default_factory=dict)
