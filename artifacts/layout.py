@@ -20,6 +20,11 @@ XGBOOST_JSON = "model.json"
 XGBOOST_UBJ = "model.ubj"
 TRANSFORMER_JOBLIB = "transformer.joblib"
 METADATA_FILE = "kfp-serve-metadata.yaml"
+# Aliases under the names serving/runtime/layout.py looks up.
+SKLEARN_MODEL_FILE = MODEL_JOBLIB
+XGBOOST_MODEL_FILE = XGBOOST_JSON
+XGBOOST_UBJ_MODEL_FILE = XGBOOST_UBJ
+TRANSFORMER_FILE = TRANSFORMER_JOBLIB
 
 KINDS = ("model", "transformer")
 FRAMEWORKS = ("sklearn", "xgboost")

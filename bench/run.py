@@ -72,7 +72,8 @@ def write_report(figures: list[dict], seconds: float) -> None:
         lines.append(
             f"| {f.get('benchmark', '')} | {f['name']} | {fmt(f.get('value'))} {f.get('unit', '')} "
             f"| {fmt(f.get('reference'))} | {fmt(f.get('ratio'))} | {f.get('target', '')} "
-            f"| {'yes' if f.get('passed') else 'NO'} | {f.get('runs', '')} | {f.get('spread', '')} |"
+            f"| {'yes' if f.get('passed') else 'NO'} | {f.get('runs', '')} "
+            f"| {f.get('spread', '')} |"
         )
     plots = plot(figures)
     if plots:

@@ -7,13 +7,14 @@ Every function takes and returns plain values, because Kale pickles variables be
     model_id = submit_model(model, name="wine-classifier", version="1.0.0")
     snapshot(model_id)
     endpoint = serve(model_id, transformer_id, name="wine")
-    result = smoke_predict(endpoint["name"], x_test[:10], expected=model.predict(...))
+    result = smoke_predict(endpoint["name"], rows, expected=model.predict(rows))
 
 Importing this package loads only the standard library; ``artifacts`` and ``serving`` load on
 the first call.
 """
 
 from kale_steps.steps import (
+    link_run,
     serve,
     smoke_predict,
     snapshot,
@@ -22,4 +23,12 @@ from kale_steps.steps import (
     submit_transformer,
 )
 
-__all__ = ["serve", "smoke_predict", "snapshot", "stop", "submit_model", "submit_transformer"]
+__all__ = [
+    "link_run",
+    "serve",
+    "smoke_predict",
+    "snapshot",
+    "stop",
+    "submit_model",
+    "submit_transformer",
+]

@@ -6,27 +6,26 @@ and lists) that survive that trip unchanged. The heavy layers (``artifacts``, ``
 scikit-learn, KServe) are imported inside the functions: ``import kale_steps`` sits in a
 notebook's ``imports`` cell, which Kale prepends to every step, and must cost nothing.
 
-Run-linking: inside a KFP pod the artifacts layer finds the pipeline run from the pod's
-environment and records contexts itself; these functions add the names that only the caller
-knows (the step), so lineage shows which notebook step produced what. Locally the same calls use
-the embedded defaults (SQLite MLMD, file snapshots, local model servers under ``KFP_SERVE_HOME``).
+Run-linking: inside a KFP pod the artifacts layer records experiment and run contexts from the
+environment; :func:`link_run` supplies the run id Kale's generated steps do not pass (from the
+pod's ``pipeline/runid`` label). Locally the same calls use the embedded defaults (SQLite MLMD,
+file snapshots, local model servers under ``KFP_SERVE_HOME``).
 """
 
 from __future__ import annotations
 
-import json
-import math
+import logging
 import os
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-# How many mismatching rows a smoke result lists (the count is always complete); keeps the dict
-# small enough to pickle between steps and print in a notebook.
-MAX_MISMATCH_EXAMPLES = 10
-# Single-row requests timed for the latency figures: enough for a stable median without making a
-# smoke test of a large sample slow.
-LATENCY_REQUESTS = 20
+log = logging.getLogger(__name__)
+
+#: Where the artifacts layer reads the pipeline run id from (see artifacts.mlmd.current_run).
+RUN_ID_ENV = "KFP_SERVE_RUN_ID"
+_RUN_ID_ENVS = (RUN_ID_ENV, "KFP_RUN_ID")
+#: The label KFP's API server puts on every pod of a run, holding the run id.
+KFP_RUN_ID_LABEL = "pipeline/runid"
 
 
 def submit_model(
@@ -37,6 +36,7 @@ def submit_model(
     description: str = "",
     author: str | None = None,
     tags: Mapping[str, str] | None = None,
+    allow_overwrite: bool = False,
 ) -> int:
     """Record a fitted model as a Model artifact in ML Metadata.
 
@@ -48,19 +48,28 @@ def submit_model(
         description: Free text shown with the artifact.
         author: Who trained it; the artifacts layer picks a default when None.
         tags: Extra string key/values stored with the artifact.
+        allow_overwrite: Replace what ``name``/``version`` holds if it differs (lineage keeps the
+            earlier one). Without it, submitting identical content again (a re-run cell or
+            a retried step) returns the existing id, and different content is an error.
 
     Returns:
-        The MLMD id of the new Model artifact (an ``int``).
+        The MLMD id of the Model artifact (an ``int``).
 
     Raises:
         artifacts.errors.ArtifactError: ``model`` is not a supported, fitted model.
         artifacts.errors.InvalidNameError: ``name`` or ``version`` is not valid.
+        artifacts.errors.MetadataError: ``name``/``version`` exists with other content.
     """
     from artifacts import Model
 
+    link_run()
     kwargs = _artifact_kwargs(description=description, author=author, tags=tags)
     artifact = Model(model=model, name=name, version=version, **kwargs)
-    return int(artifact.submit_artifact())
+    return int(
+        artifact.submit_artifact(
+            allow_overwrite=allow_overwrite, allow_existing=not allow_overwrite
+        )
+    )
 
 
 def submit_transformer(
@@ -71,6 +80,7 @@ def submit_transformer(
     description: str = "",
     author: str | None = None,
     tags: Mapping[str, str] | None = None,
+    allow_overwrite: bool = False,
 ) -> int:
     """Record a fitted pre-processing object as a Transformer artifact in ML Metadata.
 
@@ -84,19 +94,26 @@ def submit_transformer(
         description: Free text shown with the artifact.
         author: Who fitted it; the artifacts layer picks a default when None.
         tags: Extra string key/values stored with the artifact.
+        allow_overwrite: As for ``submit_model``.
 
     Returns:
-        The MLMD id of the new Transformer artifact (an ``int``).
+        The MLMD id of the Transformer artifact (an ``int``).
 
     Raises:
         artifacts.errors.ArtifactError: ``transformer`` has no ``transform`` or is not fitted.
         artifacts.errors.InvalidNameError: ``name`` or ``version`` is not valid.
+        artifacts.errors.MetadataError: ``name``/``version`` exists with other content.
     """
     from artifacts import Transformer
 
+    link_run()
     kwargs = _artifact_kwargs(description=description, author=author, tags=tags)
     artifact = Transformer(name=name, transformer=transformer, version=version, **kwargs)
-    return int(artifact.submit_artifact())
+    return int(
+        artifact.submit_artifact(
+            allow_overwrite=allow_overwrite, allow_existing=not allow_overwrite
+        )
+    )
 
 
 def snapshot(artifact_id: int, store: str | None = None) -> dict[str, Any]:
@@ -119,11 +136,12 @@ def snapshot(artifact_id: int, store: str | None = None) -> dict[str, Any]:
         artifacts.errors.MetadataError: no artifact has that id.
         artifacts.errors.SnapshotError: the artifact's files cannot be read or stored.
     """
-    from artifacts import SnapshotStore, get_artifact, link_snapshot
+    from artifacts import SnapshotStore, get_artifact, snapshot_artifact
 
+    link_run()
     artifact_id = _as_id(artifact_id, "artifact_id")
     record = get_artifact(artifact_id)
-    if record.snapshot_uri and not os.path.isdir(_local_path(record.uri)):
+    if record.snapshot_uri and not os.path.isdir(record.uri):
         # A later step (another pod) cannot see the directory any more; the snapshot it already
         # has is the one to use.
         return {
@@ -132,9 +150,7 @@ def snapshot(artifact_id: int, store: str | None = None) -> dict[str, Any]:
             "digest": record.digest,
             "size": None,
         }
-    snap = SnapshotStore(store).snapshot(_local_path(record.uri))
-    if snap.uri != record.snapshot_uri:
-        link_snapshot(artifact_id, snap)
+    snap = snapshot_artifact(artifact_id, SnapshotStore(store) if store else None)
     return {"artifact_id": artifact_id, "uri": snap.uri, "digest": snap.digest, "size": snap.size}
 
 
@@ -150,7 +166,8 @@ def serve(
     """Serve a submitted model (and optional transformer) and wait until it is Ready.
 
     Locally this starts KServe model servers on 127.0.0.1; in a cluster it applies an
-    InferenceService. Serving the same name again replaces the endpoint.
+    InferenceService. Serving the same name again replaces the endpoint. An artifact without a
+    snapshot is snapshotted first.
 
     Args:
         model_id: The Model artifact id from ``submit_model``.
@@ -169,18 +186,15 @@ def serve(
         serving.errors.ServeConfigError: ``serve_config`` has an unknown or invalid field.
         serving.errors.ServingError: the endpoint did not become Ready in time.
     """
-    import serving
+    # The function, not ``serving.serve``: that attribute turns into the submodule of the same
+    # name once the submodule has been imported.
+    from serving.serve import serve as serve_model
 
+    link_run()
     model_id = _as_id(model_id, "model_id")
     if transformer_id is not None:
         transformer_id = _as_id(transformer_id, "transformer_id")
-    if isinstance(serve_config, str):
-        serve_config = _parse_serve_config(serve_config)
-    if name is None:
-        from artifacts import get_artifact
-
-        name = get_artifact(model_id).name
-    endpoint = serving.serve(
+    endpoint = serve_model(
         model_id,
         transformer_id,
         serve_config=serve_config,
@@ -192,7 +206,7 @@ def serve(
     return {
         "name": endpoint.name,
         "url": endpoint.url,
-        "namespace": getattr(endpoint, "namespace", namespace),
+        "namespace": endpoint.namespace,
         "model_id": model_id,
         "transformer_id": transformer_id,
     }
@@ -201,81 +215,73 @@ def serve(
 def smoke_predict(
     name: str,
     samples: Any,
-    expected: Any = None,
+    expected: Any,
     *,
+    output: str | None = None,
     namespace: str | None = None,
-    rel_tol: float = 1e-6,
-    abs_tol: float = 1e-6,
-    timeout: float = 60.0,
+    tolerance: float = 1e-6,
+    timeout: float = 120.0,
 ) -> dict[str, Any]:
-    """Send samples to an endpoint, compare with the expected predictions, time requests.
+    """Send each sample to an endpoint and compare the answers with the expected predictions.
 
-    The first request is retried until ``timeout``: an endpoint can report Ready a moment before
-    it answers (kserve/kserve#1658). Labels must match exactly; numbers (regression values,
-    probabilities) within ``rel_tol``/``abs_tol``.
+    Each row is its own request (so the latencies are per prediction), retried while a
+    just-Ready endpoint is not answering yet (kserve/kserve#1658).
 
     Args:
         name: Endpoint name, as ``serve`` returned it.
         samples: Rows of raw features (list of lists, numpy array or DataFrame).
-        expected: What the notebook's own model predicts for ``samples``; None only checks
-            that the endpoint answers one prediction per row.
+        expected: What the notebook's own model predicts for ``samples``, one per row.
+        output: ``"label"`` (exact comparison) or ``"value"`` (within ``tolerance``); default:
+            labels when every expected prediction is an int, str or bool, else values.
         namespace: Kubernetes namespace of the endpoint, if not the default.
-        rel_tol: Relative tolerance for numeric predictions.
-        abs_tol: Absolute tolerance for numeric predictions.
-        timeout: Seconds to keep retrying the first request.
+        tolerance: Relative and absolute tolerance for ``"value"`` predictions.
+        timeout: Seconds before giving up on an endpoint that does not answer.
 
     Returns:
-        ``{"name", "passed", "n_samples", "mismatches", "mismatch_examples", "predictions",
-        "p50_ms", "p95_ms", "max_ms", "error"}``; ``mismatches`` counts rows whose prediction
-        differs, ``error`` says why a check failed (None when it passed).
+        ``{"name", "passed", "verdict", "message", "n_samples", "mismatches",
+        "mismatch_examples", "p50_ms", "p99_ms", "max_ms"}``: ``mismatches`` counts the
+        answered rows whose prediction differs; ``verdict`` is ``blessed``, ``mismatch``,
+        ``timeout`` or ``error``; ``message`` says what happened.
 
     Raises:
-        serving.errors.ServingError: the endpoint does not exist or never answered.
+        serving.errors.ServingError: no endpoint has that name.
+        ValueError: ``samples`` and ``expected`` do not have one entry per row.
     """
     from serving import Endpoint
+    from serving.smoke import OUTPUT_LABEL, OUTPUT_VALUE, check_predictions
 
     rows = _plain(samples)
+    want = _plain(expected)
     if not isinstance(rows, list) or not rows:
         raise ValueError(f"samples must be a non-empty list of rows, got {type(samples).__name__}")
-    want = None if expected is None else _plain(expected)
-    endpoint = Endpoint(name, namespace=namespace) if namespace else Endpoint(name)
-
-    predictions = _first_predictions(endpoint, rows, timeout)
-    latencies = []
-    for row in rows[:LATENCY_REQUESTS]:
-        start = time.perf_counter()
-        endpoint.predictions([row])
-        latencies.append((time.perf_counter() - start) * 1000.0)
-
-    error = None
-    examples: list[dict[str, Any]] = []
-    mismatches = 0
-    if len(predictions) != len(rows):
-        error = f"endpoint {name!r} returned {len(predictions)} predictions for {len(rows)} rows"
-        mismatches = len(rows)
-    elif want is not None:
-        if len(want) != len(rows):
-            raise ValueError(
-                f"expected has {len(want)} predictions but samples has {len(rows)} rows"
-            )
-        for index, (got, exp) in enumerate(zip(predictions, want, strict=True)):
-            if not _same(got, exp, rel_tol, abs_tol):
-                mismatches += 1
-                if len(examples) < MAX_MISMATCH_EXAMPLES:
-                    examples.append({"index": index, "expected": exp, "got": got})
-        if mismatches:
-            error = f"{mismatches} of {len(rows)} predictions differ from the expected ones"
+    if not isinstance(want, list) or len(want) != len(rows):
+        raise ValueError(
+            f"expected must hold one prediction per sample row ({len(rows)}), got {want!r:.80}"
+        )
+    if output is None:
+        labels = all(isinstance(v, int | str | bool) for v in want)
+        output = OUTPUT_LABEL if labels else OUTPUT_VALUE
+    client = Endpoint(name, namespace=namespace) if namespace else Endpoint(name)
+    result = check_predictions(
+        client.predictions,
+        rows,
+        want,
+        output=output,
+        tolerance=tolerance,
+        deadline_s=timeout,
+        endpoint=name,
+    )
     return {
         "name": name,
-        "passed": error is None,
+        "passed": result.blessed,
+        "verdict": result.verdict,
+        "message": result.message,
         "n_samples": len(rows),
-        "mismatches": mismatches,
-        "mismatch_examples": examples,
-        "predictions": predictions,
-        "p50_ms": _percentile(latencies, 50),
-        "p95_ms": _percentile(latencies, 95),
-        "max_ms": max(latencies),
-        "error": error,
+        "mismatches": result.n_requests - result.n_matched,
+        "mismatch_examples": _plain(result.mismatches),
+        "p50_ms": round(result.p50_ms, 2),
+        "p99_ms": round(result.p99_ms, 2),
+        "max_ms": round(max(result.latencies_ms, default=0.0), 2),
     }
 
 
@@ -291,8 +297,55 @@ def stop(name: str, namespace: str | None = None) -> None:
     get_backend().delete(name, namespace)
 
 
+def link_run(read_pod_labels: Callable[[str, str], Mapping[str, str]] | None = None) -> str | None:
+    """Make what this process records in MLMD part of the KFP run it runs in, if any.
+
+    Kale's generated components pass no run id to the step, but KFP labels every pod of a run
+    with it (``pipeline/runid``). Inside a pod without ``KFP_SERVE_RUN_ID``/``KFP_RUN_ID``, the
+    pod's own labels are read once and the run id is exported for the artifacts layer. Outside
+    a pod, or when the pod cannot be read (no RBAC for ``get pods``), nothing changes and the
+    artifacts layer uses its own fallback (the pod name, or a per-process local run).
+
+    Args:
+        read_pod_labels: ``(pod, namespace) -> labels``; default reads them with the in-cluster
+            Kubernetes client (injectable for tests).
+
+    Returns:
+        The run id the artifacts layer will record under, or None when it picks its own.
+    """
+    for name in _RUN_ID_ENVS:
+        if os.environ.get(name):
+            return os.environ[name]
+    from artifacts.environment import pod_namespace, running_in_pod
+
+    if not running_in_pod():
+        return None
+    pod = os.environ.get("KFP_POD_NAME") or os.environ.get("HOSTNAME")
+    namespace = pod_namespace()
+    if not pod or not namespace:
+        return None
+    try:
+        labels = (read_pod_labels or _read_pod_labels)(pod, namespace)
+    except Exception as e:  # noqa: BLE001 - best effort: recording must not fail on lineage
+        log.info("kfp-serve: cannot read pod %s/%s to find the KFP run id: %s", namespace, pod, e)
+        return None
+    run_id = (labels or {}).get(KFP_RUN_ID_LABEL)
+    if run_id:
+        os.environ[RUN_ID_ENV] = run_id
+    return run_id or None
+
+
 # --------------------------------------------------------------------------------------------
 # helpers
+
+
+def _read_pod_labels(pod: str, namespace: str) -> Mapping[str, str]:
+    """The labels of a pod, read with the in-cluster service account."""
+    from kubernetes import client, config
+
+    config.load_incluster_config()
+    found = client.CoreV1Api().read_namespaced_pod(pod, namespace, _request_timeout=5)
+    return found.metadata.labels or {}
 
 
 def _artifact_kwargs(
@@ -305,6 +358,16 @@ def _artifact_kwargs(
     if tags:
         kwargs["tags"] = {str(k): str(v) for k, v in tags.items()}
     return kwargs
+
+
+def _submit(artifact: Any, allow_overwrite: bool) -> int:
+    """Submit to MLMD; without ``allow_overwrite`` identical content returns the existing id."""
+    # A re-run notebook cell or a retried pipeline step submits the same bytes again: that is
+    # the same artifact, not a conflicting version.
+    submitted = artifact.submit_artifact(
+        allow_overwrite=allow_overwrite, allow_existing=not allow_overwrite
+    )
+    return int(submitted)
 
 
 def _as_id(value: Any, field: str) -> int:
@@ -323,26 +386,6 @@ def _as_id(value: Any, field: str) -> int:
     return as_int
 
 
-def _local_path(uri: str) -> str:
-    """A local filesystem path from an artifact uri (a plain path or ``file://`` URI)."""
-    return uri[len("file://") :] if uri.startswith("file://") else uri
-
-
-def _parse_serve_config(text: str) -> dict[str, Any] | None:
-    """A serve_config given as JSON text (Kale pipeline parameters are scalars)."""
-    if not text.strip():
-        return None
-    from serving.errors import ServeConfigError
-
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ServeConfigError(f"serve_config is not valid JSON ({e}): {text!r}") from e
-    if not isinstance(value, dict):
-        raise ServeConfigError(f"serve_config must be a JSON object, got {text!r}")
-    return value
-
-
 def _plain(value: Any) -> Any:
     """numpy arrays/scalars and pandas objects as plain lists and numbers (JSON-safe)."""
     if hasattr(value, "to_numpy"):  # pandas DataFrame / Series
@@ -354,42 +397,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Sequence) and not isinstance(value, str | bytes):
         return [_plain(v) for v in value]
     return value
-
-
-def _same(got: Any, expected: Any, rel_tol: float, abs_tol: float) -> bool:
-    """Whether one served prediction matches the expected one (numbers within tolerance)."""
-    if isinstance(got, list) and isinstance(expected, list):
-        return len(got) == len(expected) and all(
-            _same(g, e, rel_tol, abs_tol) for g, e in zip(got, expected, strict=True)
-        )
-    numbers = (int, float)
-    if isinstance(got, numbers) and isinstance(expected, numbers):
-        if isinstance(got, bool) or isinstance(expected, bool):
-            return got == expected
-        return math.isclose(got, expected, rel_tol=rel_tol, abs_tol=abs_tol)
-    return got == expected
-
-
-def _first_predictions(endpoint: Any, rows: list[Any], timeout: float) -> list[Any]:
-    """The predictions for ``rows``, retrying while a just-Ready endpoint is not answering yet."""
-    from serving.errors import ServingError
-
-    deadline = time.monotonic() + timeout
-    delay = 0.2
-    while True:
-        try:
-            return _plain(endpoint.predictions(rows))
-        except (ServingError, OSError) as e:
-            if time.monotonic() >= deadline:
-                raise ServingError(
-                    f"endpoint {endpoint.name!r} did not answer within {timeout:.0f}s: {e}"
-                ) from e
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
-
-
-def _percentile(values: list[float], pct: float) -> float:
-    """Nearest-rank percentile, rounded to 0.01 ms."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(pct / 100.0 * len(ordered)))
-    return round(ordered[rank - 1], 2)

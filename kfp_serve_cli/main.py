@@ -68,7 +68,7 @@ def parse_params(params: list[str]) -> dict[str, Any]:
     for item in params:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--param {item!r}: write it as NAME=VALUE (e.g. --param version=2.0.0)")
+            raise ValueError(f"--param {item!r}: write it as NAME=VALUE (e.g. --param version=2)")
         try:
             result[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -172,7 +172,8 @@ def predict(
     """Send rows to an endpoint and print its answer."""
     from serving.endpoint import Endpoint
 
-    out.print_json(data=Endpoint(check_name(name), namespace).predict(parse_json_arg(data, "--data")))
+    rows = parse_json_arg(data, "--data")
+    out.print_json(data=Endpoint(check_name(name), namespace).predict(rows))
 
 
 @app.command()
@@ -185,7 +186,8 @@ def explain(
     """Per-feature attributions for rows, from the served model."""
     from serving.endpoint import Endpoint
 
-    out.print_json(data=Endpoint(check_name(name), namespace).explain(parse_json_arg(data, "--data")))
+    rows = parse_json_arg(data, "--data")
+    out.print_json(data=Endpoint(check_name(name), namespace).explain(rows))
 
 
 @app.command()
@@ -198,7 +200,9 @@ def endpoints(namespace: NamespaceOpt = None) -> None:
     table = Table("name", "url", "health", "model id", "transformer id", "reason")
     for status in get_backend().list(namespace):
         labels = status.manifest.get("metadata", {}).get("labels", {})
-        health = "[green]ready[/green]" if status.ready else f"[red]{status.reason or 'not ready'}[/red]"
+        health = (
+            "[green]ready[/green]" if status.ready else f"[red]{status.reason or 'not ready'}[/red]"
+        )
         table.add_row(
             status.name, status.url or "-", health, labels.get(constants.LABEL_MODEL_ID, "-"),
             labels.get(constants.LABEL_TRANSFORMER_ID, "-"), status.message or "",
@@ -239,7 +243,7 @@ def models(
 @fails_cleanly
 def lineage(
     artifact_id: Annotated[int, typer.Argument(help="MLMD id of an artifact.")],
-    png: Annotated[Path | None, typer.Option(help="Also draw the lineage graph to this PNG.")] = None,
+    png: Annotated[Path | None, typer.Option(help="Also draw the lineage graph as PNG.")] = None,
 ) -> None:
     """Show where an artifact came from and what points to it."""
     import artifacts

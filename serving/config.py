@@ -267,7 +267,7 @@ def _normalize_component(value: Any, component: str) -> dict[str, Any]:
                 "'containers' (a full custom container list), not both"
             )
         result[CONTAINER] = normalize_object(
-            to_plain(container), "V1Container", f"{component}.container"
+            to_plain(container), "V1Container", f"{component}.container", partial=True
         )
         _check_env_names(result[CONTAINER].get("env", []), f"{component}.container.env")
     for i, item in enumerate(result.get("containers", [])):

@@ -27,9 +27,17 @@ _REASON_PROCESS_EXITED = "ProcessExited"
 
 # numpy dtype kind/size -> KServe v2 datatype.
 _V2_DATATYPES = {
-    ("f", 8): "FP64", ("f", 4): "FP32", ("f", 2): "FP16",
-    ("i", 8): "INT64", ("i", 4): "INT32", ("i", 2): "INT16", ("i", 1): "INT8",
-    ("u", 8): "UINT64", ("u", 4): "UINT32", ("u", 2): "UINT16", ("u", 1): "UINT8",
+    ("f", 8): "FP64",
+    ("f", 4): "FP32",
+    ("f", 2): "FP16",
+    ("i", 8): "INT64",
+    ("i", 4): "INT32",
+    ("i", 2): "INT16",
+    ("i", 1): "INT8",
+    ("u", 8): "UINT64",
+    ("u", 4): "UINT32",
+    ("u", 2): "UINT16",
+    ("u", 1): "UINT8",
     ("b", 1): "BOOL",
 }
 
@@ -62,8 +70,10 @@ class Endpoint:
     ) -> None:
         self.name = validate_name(name, "endpoint name")
         self.namespace = namespace
-        self._backend = backend if backend is not None and not isinstance(backend, str) else (
-            get_backend(backend)
+        self._backend = (
+            backend
+            if backend is not None and not isinstance(backend, str)
+            else (get_backend(backend))
         )
         self.timeout = timeout
         self.retry_window = retry_window
@@ -95,8 +105,9 @@ class Endpoint:
     def refresh(self) -> EndpointStatus:
         """Ask the backend again (a rollout may have changed the URL) and return the status."""
         status = self._backend.get(self.name, self.namespace)
-        if status.url and (status.url != self._status.url or status.headers !=
-                           self._status.headers):
+        if status.url and (
+            status.url != self._status.url or status.headers != self._status.headers
+        ):
             self._connect(status)
         else:
             self._status = status
@@ -173,7 +184,8 @@ class Endpoint:
         """True if the model answers Ready now (one quick probe, no retries, no exception)."""
         assert self._client is not None
         path = (
-            f"/v2/models/{self.model_name}/ready" if self.protocol == "v2"
+            f"/v2/models/{self.model_name}/ready"
+            if self.protocol == "v2"
             else f"/v1/models/{self.model_name}"
         )
         try:
@@ -186,8 +198,9 @@ class Endpoint:
         """The model's metadata: v2 ``GET /v2/models/NAME`` (name, versions, inputs, outputs),
         falling back to v1 ``GET /v1/models/NAME`` where the server has no v2 route."""
         try:
-            return self._request("GET", f"/v2/models/{self.model_name}", None, "metadata",
-                                 retry=False)
+            return self._request(
+                "GET", f"/v2/models/{self.model_name}", None, "metadata", retry=False
+            )
         except _NotFound:
             return self._request("GET", f"/v1/models/{self.model_name}", None, "metadata")
 
@@ -353,9 +366,11 @@ def v1_request(x: Any) -> dict[str, Any]:
     by name rather than by column order.
     """
     if _is_dataframe(x):
-        return {"instances": [
-            {str(k): v for k, v in row.items()} for row in x.to_dict(orient="records")
-        ]}
+        return {
+            "instances": [
+                {str(k): v for k, v in row.items()} for row in x.to_dict(orient="records")
+            ]
+        }
     return {"instances": _rows(x)}
 
 
@@ -367,8 +382,9 @@ def v2_datatype(dtype: Any) -> str:
     try:
         return _V2_DATATYPES[(kind, size)]
     except KeyError:
-        raise ServingError(f"dtype {dtype!s} has no KServe v2 datatype; convert it to float64")\
-            from None
+        raise ServingError(
+            f"dtype {dtype!s} has no KServe v2 datatype; convert it to float64"
+        ) from None
 
 
 def v2_request(x: Any) -> dict[str, Any]:
@@ -383,22 +399,26 @@ def v2_request(x: Any) -> dict[str, Any]:
         inputs = []
         for column in x.columns:
             values = x[column].to_numpy()
-            inputs.append({
-                "name": str(column),
-                "shape": [len(values)],
-                "datatype": v2_datatype(values.dtype),
-                "data": values.tolist(),
-            })
+            inputs.append(
+                {
+                    "name": str(column),
+                    "shape": [len(values)],
+                    "datatype": v2_datatype(values.dtype),
+                    "data": values.tolist(),
+                }
+            )
         return {"inputs": inputs, "parameters": {"content_type": "pd"}}
     array = np.asarray(x)
     datatype = v2_datatype(array.dtype)
     return {
-        "inputs": [{
-            "name": "input-0",
-            "shape": list(array.shape),
-            "datatype": datatype,
-            "data": array.ravel().tolist(),
-        }]
+        "inputs": [
+            {
+                "name": "input-0",
+                "shape": list(array.shape),
+                "datatype": datatype,
+                "data": array.ravel().tolist(),
+            }
+        ]
     }
 
 

@@ -32,6 +32,7 @@ import random
 import signal
 import socket
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,8 @@ DEFAULT_MAX_BODY = 256 * 1024 * 1024
 DEFAULT_UPSTREAM_TIMEOUT = 300.0
 MAX_HEADER_BYTES = 64 * 1024
 MAX_IDLE_PER_UPSTREAM = 64
+#: How long a new router waits for its endpoint's registry (the longest apply timeout).
+STARTUP_GRACE = 3600.0
 _NO_BODY_STATUS = {204, 304}
 
 
@@ -168,8 +171,13 @@ class Routes:
             "pid": os.getpid(),
             "generation": self.generation,
             "upstreams": [
-                {"url": f"http://{u.key}", "revision": u.revision, "role": u.role,
-                 "weight": u.weight, "inflight": u.inflight}
+                {
+                    "url": f"http://{u.key}",
+                    "revision": u.revision,
+                    "role": u.role,
+                    "weight": u.weight,
+                    "inflight": u.inflight,
+                }
                 for u in self.upstreams
             ],
             "retired_inflight": {k: u.inflight for k, u in self._retired.items() if u.inflight},
@@ -239,14 +247,26 @@ class Router:
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return
                 except asyncio.LimitOverrunError:
-                    writer.write(_response(431, "Request Header Fields Too Large",
-                                           {"error": "request headers too large"}, close=True))
+                    writer.write(
+                        _response(
+                            431,
+                            "Request Header Fields Too Large",
+                            {"error": "request headers too large"},
+                            close=True,
+                        )
+                    )
                     return
                 try:
                     keep = await self._one(head, reader, writer)
                 except _BadRequest as e:
-                    writer.write(_response(e.status, "Bad Request" if e.status == 400 else
-                                           "Payload Too Large", {"error": str(e)}, close=True))
+                    writer.write(
+                        _response(
+                            e.status,
+                            "Bad Request" if e.status == 400 else "Payload Too Large",
+                            {"error": str(e)},
+                            close=True,
+                        )
+                    )
                     return
                 if not keep:
                     return
@@ -273,8 +293,7 @@ class Router:
             # have to be filtered out of its response.
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             head = b"\r\n".join(
-                line for line in head.split(b"\r\n")
-                if not line.lower().startswith(b"expect:")
+                line for line in head.split(b"\r\n") if not line.lower().startswith(b"expect:")
             )
         if b"chunked" in hdrs.get(b"transfer-encoding", b""):
             body = await _read_chunked(reader, self.max_body)
@@ -287,8 +306,10 @@ class Router:
                 raise _BadRequest(400, "invalid Content-Length")
             if length > self.max_body:
                 raise _BadRequest(
-                    413, f"request body of {length} bytes is larger than the router's limit of "
-                    f"{self.max_body} bytes (set {MAX_BODY_ENV} to change it)")
+                    413,
+                    f"request body of {length} bytes is larger than the router's limit of "
+                    f"{self.max_body} bytes (set {MAX_BODY_ENV} to change it)",
+                )
             body = await reader.readexactly(length) if length else b""
 
         routes = self.routes
@@ -298,10 +319,17 @@ class Router:
             return not client_close
         upstream = routes.pick()
         if upstream is None:
-            writer.write(_response(503, "Service Unavailable", {
-                "error": f"endpoint {routes.endpoint!r} has no revision to route to "
-                         "(it is being deleted or was never started): serve it again"},
-                close=client_close))
+            writer.write(
+                _response(
+                    503,
+                    "Service Unavailable",
+                    {
+                        "error": f"endpoint {routes.endpoint!r} has no revision to route to "
+                        "(it is being deleted or was never started): serve it again"
+                    },
+                    close=client_close,
+                )
+            )
             return not client_close
 
         upstream.inflight += 1
@@ -329,15 +357,21 @@ class Router:
                 return False
             try:
                 up_writer.write(request)
-                resp_head = await asyncio.wait_for(
-                    up_reader.readuntil(b"\r\n\r\n"), self.timeout
-                )
+                resp_head = await asyncio.wait_for(up_reader.readuntil(b"\r\n\r\n"), self.timeout)
             except TimeoutError:
                 up_writer.close()
-                writer.write(_response(504, "Gateway Timeout", {
-                    "error": f"endpoint {self.routes.endpoint!r}: {upstream.role} at "
-                             f"{upstream.key} did not answer within {self.timeout:.0f} s "
-                             f"(set {UPSTREAM_TIMEOUT_ENV} to wait longer)"}, close=True))
+                writer.write(
+                    _response(
+                        504,
+                        "Gateway Timeout",
+                        {
+                            "error": f"endpoint {self.routes.endpoint!r}: {upstream.role} at "
+                            f"{upstream.key} did not answer within {self.timeout:.0f} s "
+                            f"(set {UPSTREAM_TIMEOUT_ENV} to wait longer)"
+                        },
+                        close=True,
+                    )
+                )
                 return False
             # TimeoutError is an OSError: it is handled above.
             except (ConnectionError, asyncio.IncompleteReadError, OSError) as e:
@@ -348,8 +382,9 @@ class Router:
                     continue
                 writer.write(self._upstream_error(upstream, e))
                 return False
-            return await self._copy_response(upstream, method, resp_head, up_reader,
-                                             up_writer, writer)
+            return await self._copy_response(
+                upstream, method, resp_head, up_reader, up_writer, writer
+            )
         return False  # pragma: no cover - the loop always returns
 
     async def _copy_response(
@@ -387,8 +422,10 @@ class Router:
             return False
         if writer.transport.get_write_buffer_size() > 256 * 1024:
             await writer.drain()
-        if upstream_keep and len(upstream.idle) < MAX_IDLE_PER_UPSTREAM and (
-            self.routes._by_key.get(upstream.key) is upstream
+        if (
+            upstream_keep
+            and len(upstream.idle) < MAX_IDLE_PER_UPSTREAM
+            and (self.routes._by_key.get(upstream.key) is upstream)
         ):
             upstream.idle.append((up_reader, up_writer))
         else:
@@ -396,29 +433,44 @@ class Router:
         return True
 
     def _upstream_error(self, upstream: Upstream, error: BaseException) -> bytes:
-        what = "refused the connection" if isinstance(error, ConnectionRefusedError) else (
-            f"failed ({type(error).__name__}: {error})")
-        return _response(502, "Bad Gateway", {
-            "error": f"endpoint {self.routes.endpoint!r}: {upstream.role} of revision "
-                     f"{upstream.revision} at {upstream.key} {what}; it may have exited, see "
-                     f"{upstream.log or 'its log'} and run `kfp-serve endpoints`",
-            "reason": "UpstreamUnavailable",
-            "revision": upstream.revision,
-        }, close=True)
+        what = (
+            "refused the connection"
+            if isinstance(error, ConnectionRefusedError)
+            else (f"failed ({type(error).__name__}: {error})")
+        )
+        return _response(
+            502,
+            "Bad Gateway",
+            {
+                "error": f"endpoint {self.routes.endpoint!r}: {upstream.role} of revision "
+                f"{upstream.revision} at {upstream.key} {what}; it may have exited, see "
+                f"{upstream.log or 'its log'} and run `kfp-serve endpoints`",
+                "reason": "UpstreamUnavailable",
+                "revision": upstream.revision,
+            },
+            close=True,
+        )
 
 
 async def _watchdog(routes: Routes, registry: str, interval: float = 2.0) -> None:
-    """Exit when the endpoint is gone or another router took over, so none is left orphaned."""
+    """Exit when the endpoint is gone or another router took over, so none is left orphaned.
+
+    Before the registry first appears (the servers of a new endpoint are still loading) the
+    router waits up to STARTUP_GRACE seconds for it.
+    """
+    seen = False
     misses = 0
+    started = time.monotonic()
     while True:
         await asyncio.sleep(interval)
         routes.refresh()
-        if not os.path.exists(registry):
-            misses += 1
-        elif routes.router_pid not in (None, os.getpid()):
-            misses += 1
+        exists = os.path.exists(registry)
+        seen = seen or exists
+        if not exists:
+            gone = seen or time.monotonic() - started > STARTUP_GRACE
         else:
-            misses = 0
+            gone = routes.router_pid not in (None, os.getpid())
+        misses = misses + 1 if gone else 0
         if misses >= 3:
             logger.info("registry %s no longer names this router: exiting", registry)
             os.kill(os.getpid(), signal.SIGTERM)
@@ -460,8 +512,11 @@ def main(argv: list[str] | None = None) -> None:
     where.add_argument("--fd", type=int, help="an inherited listening socket")
     where.add_argument("--port", type=int, help="a port to bind on 127.0.0.1")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop ships with kserve's uvicorn

@@ -20,6 +20,21 @@ from serving.errors import ServeConfigError
 _QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?\d+)?$")
 _LIST = re.compile(r"^list\[(.+)\]$")
 _DICT = re.compile(r"^dict\((\w+), (.+)\)$")
+_TARGET_TYPES = ("Utilization", "Value", "AverageValue")
+# Closed value sets that KServe's CRD declares but the generated client classes do not know.
+# Checked here so a config fails when it is built, not when the API server sees it.
+ENUMS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("V1beta1PredictorSpec", "scaleMetric"): ("cpu", "memory", "concurrency", "rps"),
+    ("V1beta1TransformerSpec", "scaleMetric"): ("cpu", "memory", "concurrency", "rps"),
+    ("V1beta1PredictorSpec", "scaleMetricType"): _TARGET_TYPES,
+    ("V1beta1TransformerSpec", "scaleMetricType"): _TARGET_TYPES,
+    ("V1beta1LoggerSpec", "mode"): ("all", "request", "response"),
+    ("V1beta1MetricsSpec", "type"): ("Resource", "External", "PodMetric"),
+    ("V1beta1MetricTarget", "type"): _TARGET_TYPES,
+    ("V1beta1ResourceMetricSource", "name"): ("cpu", "memory"),
+    ("V1beta1ExternalMetrics", "backend"): ("prometheus", "graphite"),
+    ("V1beta1PodMetrics", "backend"): ("opentelemetry",),
+}
 _PRIMITIVES: dict[str, tuple[type, ...]] = {
     "str": (str,),
     "int": (int,),
@@ -57,6 +72,31 @@ def fields_of(type_name: str) -> dict[str, tuple[str, str]]:
         fields[attr] = (camel, type_string)
         fields[camel] = (camel, type_string)
     return fields
+
+
+@functools.cache
+def required_fields(type_name: str) -> tuple[str, ...]:
+    """camelCase names of the fields ``type_name`` requires (name of a V1Container, …).
+
+    The generated classes only encode "required" as a ``None`` check in each property setter,
+    so ask each setter once, on a bare instance.
+    """
+    cls = model_class(type_name)
+    probe = cls.__new__(cls)
+    probe.local_vars_configuration = type(_configuration())()
+    required = []
+    for attr in cls.openapi_types:
+        try:
+            setattr(probe, attr, None)
+        except ValueError:
+            required.append(cls.attribute_map[attr])
+    return tuple(required)
+
+
+def _configuration() -> Any:
+    import kubernetes.client
+
+    return kubernetes.client.Configuration()
 
 
 def is_client_object(value: Any) -> bool:
@@ -116,8 +156,15 @@ def normalize(value: Any, type_string: str, path: str) -> Any:
     return normalize_object(value, type_string, path)
 
 
-def normalize_object(value: Any, type_name: str, path: str) -> dict[str, Any]:
-    """Normalise a mapping that must match the client model class ``type_name``."""
+def normalize_object(
+    value: Any, type_name: str, path: str, *, partial: bool = False
+) -> dict[str, Any]:
+    """Normalise a mapping that must match the client model class ``type_name``.
+
+    Args:
+        partial: The mapping overrides fields of an object built elsewhere, so the fields the
+            type requires need not all be there.
+    """
     if not isinstance(value, dict):
         raise ServeConfigError(
             f"{path}: expected a {type_name} or a mapping, got {describe(value)}: {value!r}"
@@ -139,6 +186,15 @@ def normalize_object(value: Any, type_name: str, path: str) -> dict[str, Any]:
             result[camel] = normalize_quantities(item, f"{path}.{key}")
         else:
             result[camel] = normalize(item, type_string, f"{path}.{key}")
+        allowed = ENUMS.get((type_name, camel))
+        if allowed and result[camel] not in allowed:
+            raise ServeConfigError(
+                f"{path}.{key}: {result[camel]!r} is not allowed; use one of {list(allowed)}"
+            )
+    if not partial:
+        missing = [name for name in required_fields(type_name) if name not in result]
+        if missing:
+            raise ServeConfigError(f"{path}: {type_name} needs {', '.join(map(repr, missing))}")
     return result
 
 

@@ -109,7 +109,9 @@ def backend_class(scheme: str) -> type:
     try:
         return getattr(import_module(module), attr)
     except (ImportError, AttributeError) as e:
-        raise SnapshotError(f"the {scheme}:// snapshot backend ({target}) is not available: {e}") from e
+        raise SnapshotError(
+            f"the {scheme}:// snapshot backend ({target}) is not available: {e}"
+        ) from e
 
 
 _SNAPSHOT_NAME = re.compile(r"^sha256-([0-9a-f]{64})$")

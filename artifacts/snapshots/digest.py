@@ -265,12 +265,14 @@ class DigestCache:
         self._data: dict[str, list] = {}
         self._dirty = False
         self._lock = threading.Lock()
+        self.seen = False  # True if this tree was hashed (and the cache saved) before
         if cache_dir is None:
             return
         key = hashlib.sha256(os.path.realpath(root).encode("utf-8", "surrogateescape"))
         self._file = cache_dir / f"{key.hexdigest()[:32]}.json"
         try:
             self._data = json.loads(self._file.read_text())
+            self.seen = True
         except (OSError, ValueError):
             self._data = {}
 
@@ -287,8 +289,9 @@ class DigestCache:
             self._data[rel] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, sha]
             self._dirty = True
 
-    def save(self, keep: Iterable[str]) -> None:
-        if self._file is None or not self._dirty:
+    def save(self, keep: Iterable[str], force: bool = False) -> None:
+        """Write the cache, keeping only the paths in ``keep`` (``force``: even if unchanged)."""
+        if self._file is None or not (self._dirty or force):
             return
         keep = set(keep)
         data = {k: v for k, v in self._data.items() if k in keep}

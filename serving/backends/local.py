@@ -70,6 +70,9 @@ REASON_STARTING = "Starting"
 _LOCAL_FLAGS = {"--model_dir", "--http_host", "--http_port", "--predictor_host", "--grpc_port"}
 _ADDRESS_IN_USE = ("address already in use", "errno 98")
 _PORT_ATTEMPTS = 3
+#: Env vars that choose a server's listen address: the local backend decides that, not the
+#: manifest (--http_host 127.0.0.1 is passed explicitly as well).
+_HOST_ENVS = {"KFP_SERVE_HTTP_HOST", "HTTP_HOST"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,11 +204,11 @@ def _spec_hash(manifest: dict[str, Any]) -> str:
         if isinstance(component, dict):
             component.pop("canaryTrafficPercent", None)
     metadata = manifest.get("metadata") or {}
-    ident = {
-        "spec": spec,
-        "labels": metadata.get("labels") or {},
-        "annotations": metadata.get("annotations") or {},
-    }
+    annotations = dict(metadata.get("annotations") or {})
+    # The recorded ServeConfig repeats the spec, canary percentage included: leave it out, or
+    # promoting a canary would look like a new revision.
+    annotations.pop(constants.ANNOTATION_SERVE_CONFIG, None)
+    ident = {"spec": spec, "labels": metadata.get("labels") or {}, "annotations": annotations}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 
@@ -222,7 +225,9 @@ def _plain_env(env: Iterable[dict[str, Any]] | None, name: str, role: str) -> di
             # Secrets and config maps do not exist locally; never log what they would hold.
             logger.info(
                 "endpoint %r %s: env %s comes from a valueFrom reference and is not set locally",
-                name, role, key,
+                name,
+                role,
+                key,
             )
     return result
 
@@ -293,13 +298,7 @@ def _is_snapshot_dir(path: Path) -> bool:
 
 
 def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (the runtimes' launch helper when it is there)."""
-    try:
-        from serving.runtime.launch import free_port as runtime_free_port
-    except ImportError:
-        runtime_free_port = None
-    if runtime_free_port is not None:
-        return int(runtime_free_port())
+    """A free TCP port on 127.0.0.1 right now (a server that loses it is started again)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((LOOPBACK, 0))
         return int(s.getsockname()[1])
@@ -336,12 +335,18 @@ def _spawn(
     return proc
 
 
-def _record(proc: subprocess.Popen[bytes], role: str, port: int, log: Path, model: str = "") -> (
-    ProcessRecord
-):
+def _record(
+    proc: subprocess.Popen[bytes], role: str, port: int, log: Path, model: str = ""
+) -> ProcessRecord:
     start = process_start_time(proc.pid)
-    return ProcessRecord(role=role, pid=proc.pid, start_time=start if start is not None else -1,
-                         port=port, log=str(log), model_name=model)
+    return ProcessRecord(
+        role=role,
+        pid=proc.pid,
+        start_time=start if start is not None else -1,
+        port=port,
+        log=str(log),
+        model_name=model,
+    )
 
 
 def _exit_code(pid: int) -> int | None:
@@ -350,13 +355,8 @@ def _exit_code(pid: int) -> int | None:
 
 
 def _server_env(extra: dict[str, str]) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(extra)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    # The manifest never decides where a local server listens.
-    for key in ("HTTP_HOST", "KSERVE_HTTP_HOST"):
-        env.pop(key, None)
-    return env
+    """The manifest's env for a server, minus anything that would move it off loopback."""
+    return {k: v for k, v in extra.items() if k not in _HOST_ENVS}
 
 
 class _Progress:
@@ -446,8 +446,9 @@ class LocalBackend:
                 moved = self._traffic_only(record, plan)
                 if moved is not None:
                     return moved
-            return self._rollout(plan, record, wait=wait or record is not None,
-                                 deadline=deadline, timeout=timeout)
+            return self._rollout(
+                plan, record, wait=wait or record is not None, deadline=deadline, timeout=timeout
+            )
 
     def _traffic_only(self, record: EndpointRecord, plan: Plan) -> EndpointStatus | None:
         """Move traffic without new servers when only canaryTrafficPercent changed."""
@@ -464,13 +465,15 @@ class LocalBackend:
             # A 0% canary stays listed (and running) with no traffic, as on a cluster.
             traffic = {str(stable.revision): 100 - percent, str(latest.revision): percent}
         if traffic != record.traffic:
-            self._switch(record, traffic, new=None)
+            self._switch(record, traffic)
         return self._status(record, probe=True)
 
     @staticmethod
     def _stable(record: EndpointRecord) -> RevisionRecord | None:
         """The rolled-out revision a canary is compared with: the active one that is not latest
         (or the latest, when it is the only one)."""
+        if not record.revisions:
+            return None
         others = [r for r in record.active if r.revision != record.latest.revision]
         if others:
             return max(others, key=lambda r: record.traffic.get(str(r.revision), 0))
@@ -489,55 +492,72 @@ class LocalBackend:
         directory.mkdir(parents=True, exist_ok=True)
         number = (max(r.revision for r in record.revisions) + 1) if record else 1
         previous = (
-            f" The previous revision {self._stable(record).revision} keeps serving at "
-            f"{record.url}." if record is not None and self._stable(record) is not None else ""
+            f" The previous revision {self._stable(record).revision} keeps serving at {record.url}."
+            if record is not None and self._stable(record) is not None
+            else ""
         )
         progress = _Progress(self.progress)
         progress.start(f"endpoint {plan.name!r}: starting revision {number}")
         router: ProcessRecord | None = None
         new: RevisionRecord | None = None
+        committed = False
         try:
-            dirs = {"predictor": resolve_storage(plan.predictor.storage_uri,
-                                                 field="spec.predictor storageUri")}
+            dirs = {
+                "predictor": resolve_storage(
+                    plan.predictor.storage_uri, field="spec.predictor storageUri"
+                )
+            }
             if plan.transformer is not None:
                 dirs["transformer"] = resolve_storage(
-                    plan.transformer.storage_uri, field=f"transformer {STORAGE_URI_ENV}")
+                    plan.transformer.storage_uri, field=f"transformer {STORAGE_URI_ENV}"
+                )
             if record is None or not record.router.alive():
                 router = self._start_router(
                     plan.name, record.router.port if record is not None else None
                 )
-            new = self._start_revision(plan, number, dirs, deadline, timeout, progress,
-                                       wait=wait)
-        except ServingError as e:
+            new = self._start_revision(plan, number, dirs, deadline, timeout, progress, wait=wait)
+            now = _now()
+            if record is None:
+                assert router is not None
+                record = EndpointRecord(
+                    name=plan.name,
+                    created=now,
+                    updated=now,
+                    router=router,
+                    revisions=[],
+                    traffic={},
+                    generation=0,
+                )
+            elif router is not None:
+                record.router = router
+            stable = self._stable(record)
+            if stable is not None and not all(p.alive() for p in stable.processes):
+                if plan.canary_percent is not None and plan.canary_percent < 100:
+                    logger.warning(
+                        "endpoint %r: revision %s has exited, so the canary gets all traffic",
+                        plan.name,
+                        stable.revision,
+                    )
+                stable = None
+            percent = plan.canary_percent
+            if stable is None or percent is None or percent >= 100:
+                traffic = {str(new.revision): 100}
+            else:
+                traffic = {str(stable.revision): 100 - percent, str(new.revision): percent}
+            removed = self._commit(record, traffic, new=new)
+            committed = True
+        except BaseException as e:
             progress.done()
-            if router is not None:
-                router.terminate(self.stop_grace)
-            raise ServingError(f"{e}{previous}") from e
-        except BaseException:
-            progress.done()
-            if router is not None:
-                router.terminate(self.stop_grace)
+            # Nothing of this attempt may outlive it unless the registry already names it.
+            if not committed:
+                _terminate_all(
+                    [*(new.processes if new else []), *([router] if router else [])],
+                    self.stop_grace,
+                )
+            if isinstance(e, ServingError):
+                raise ServingError(f"{e}{previous}") from e
             raise
-        now = _now()
-        if record is None:
-            assert router is not None
-            record = EndpointRecord(name=plan.name, created=now, updated=now, router=router,
-                                    revisions=[], traffic={}, generation=0)
-        elif router is not None:
-            record.router = router
-        stable = self._stable(record)
-        if stable is not None and not all(p.alive() for p in stable.processes):
-            if plan.canary_percent is not None and plan.canary_percent < 100:
-                logger.warning(
-                    "endpoint %r: revision %s has exited, so the canary gets all traffic",
-                    plan.name, stable.revision)
-            stable = None
-        percent = plan.canary_percent
-        if stable is None or percent is None or percent >= 100:
-            traffic = {str(new.revision): 100}
-        else:
-            traffic = {str(stable.revision): 100 - percent, str(new.revision): percent}
-        self._switch(record, traffic, new=new)
+        self._drain_and_stop(record, removed)
         status = self._status(record, probe=wait)
         if not wait and not status.ready and status.reason == REASON_NOT_READY:
             status.reason = REASON_STARTING
@@ -548,26 +568,31 @@ class LocalBackend:
         )
         return status
 
-    def _switch(
-        self,
-        record: EndpointRecord,
-        traffic: dict[str, int],
-        *,
-        new: RevisionRecord | None,
-    ) -> None:
-        """Point the router at ``traffic``, then stop the revisions that no longer get any."""
+    def _switch(self, record: EndpointRecord, traffic: dict[str, int]) -> None:
+        """Move traffic between running revisions and stop those left without any."""
+        self._drain_and_stop(record, self._commit(record, traffic, new=None))
+
+    def _commit(
+        self, record: EndpointRecord, traffic: dict[str, int], *, new: RevisionRecord | None
+    ) -> list[RevisionRecord]:
+        """Write ``traffic`` (and ``new``) to the registry; the router follows on its next
+        request. Returns the revisions that no longer get traffic."""
         if new is not None:
             record.revisions.append(new)
-        removed = [r for r in record.revisions if str(r.revision) not in traffic]
-        kept = [r for r in record.revisions if str(r.revision) in traffic]
         record.traffic = traffic
         record.generation += 1
         record.updated = _now()
-        # Until the drain below is done the removed revisions stay in the record (without
-        # traffic), so a crash here still leaves their pids findable by delete().
+        # The removed revisions stay in the record (without traffic) until they are stopped,
+        # so a crash in between still leaves their pids findable by delete().
         write_record(record)
+        return [r for r in record.revisions if str(r.revision) not in traffic]
+
+    def _drain_and_stop(self, record: EndpointRecord, removed: list[RevisionRecord]) -> None:
+        """Wait until the router has switched and finished requests to ``removed``; stop them."""
+        if not removed:
+            return
         self._await_router(record, removed)
-        record.revisions = kept
+        record.revisions = [r for r in record.revisions if r not in removed]
         write_record(record)
         _terminate_all([p for r in removed for p in r.processes], self.stop_grace)
         for r in removed:
@@ -586,14 +611,16 @@ class LocalBackend:
                 time.sleep(0.02)
                 continue
             busy = sum(
-                u["inflight"] for u in info.get("upstreams", [])
+                u["inflight"]
+                for u in info.get("upstreams", [])
                 if u["url"].removeprefix("http://") in gone
             ) + sum(n for k, n in info.get("retired_inflight", {}).items() if k in gone)
             if info.get("generation", 0) >= record.generation and not busy:
                 return
             time.sleep(0.01)
-        logger.warning("endpoint %r: the router did not confirm the switch within 10 s",
-                       record.name)
+        logger.warning(
+            "endpoint %r: the router did not confirm the switch within 10 s", record.name
+        )
 
     def _start_router(self, name: str, port: int | None) -> ProcessRecord:
         """Start the endpoint's router on ``port`` if it is free (a stable URL), else any."""
@@ -610,9 +637,21 @@ class LocalBackend:
             # The listening socket is handed over: no window in which another process could
             # take the port between choosing and binding it.
             proc = _spawn(
-                [self.python, "-m", ROUTER_MODULE, "--endpoint", name,
-                 "--registry", str(registry_path(name)), "--fd", str(sock.fileno())],
-                log, _server_env({}), endpoint_dir(name), pass_fds=(sock.fileno(),),
+                [
+                    self.python,
+                    "-m",
+                    ROUTER_MODULE,
+                    "--endpoint",
+                    name,
+                    "--registry",
+                    str(registry_path(name)),
+                    "--fd",
+                    str(sock.fileno()),
+                ],
+                log,
+                dict(os.environ),
+                endpoint_dir(name),
+                pass_fds=(sock.fileno(),),
             )
         finally:
             sock.close()
@@ -622,17 +661,23 @@ class LocalBackend:
             if proc.poll() is not None:
                 raise ServingError(
                     f"the router of endpoint {name!r} exited with code {proc.returncode} "
-                    f"while starting; its log {str(log)!r} ends with:\n{log_tail(log)}")
+                    f"while starting; its log {str(log)!r} ends with:\n{log_tail(log)}"
+                )
             try:
-                if httpx.get(f"{router.url}/kfp-serve/router", timeout=1.0,
-                             trust_env=False).status_code == 200:
+                if (
+                    httpx.get(
+                        f"{router.url}/kfp-serve/router", timeout=1.0, trust_env=False
+                    ).status_code
+                    == 200
+                ):
                     return router
             except httpx.HTTPError:
                 pass
             time.sleep(0.02)
         router.terminate(self.stop_grace)
-        raise ServingError(f"the router of endpoint {name!r} did not answer within 30 s; "
-                           f"see {str(log)!r}")
+        raise ServingError(
+            f"the router of endpoint {name!r} did not answer within 30 s; see {str(log)!r}"
+        )
 
     def _start_revision(
         self,
@@ -645,14 +690,21 @@ class LocalBackend:
         *,
         wait: bool,
     ) -> RevisionRecord:
-        """Start the predictor (and transformer) of revision ``number``; wait if asked."""
+        """Start the predictor (and transformer) of revision ``number``; wait if asked.
+
+        On failure nothing of the revision is left running.
+        """
         for attempt in range(_PORT_ATTEMPTS):
             procs = self._spawn_revision(plan, number, dirs)
             revision = RevisionRecord(
-                revision=number, created=_now(), manifest=plan.manifest,
-                spec_hash=plan.spec_hash, protocol=plan.protocol,
+                revision=number,
+                created=_now(),
+                manifest=plan.manifest,
+                spec_hash=plan.spec_hash,
+                protocol=plan.protocol,
                 model_name=(plan.transformer or plan.predictor).model_name,
-                predictor=procs["predictor"], transformer=procs.get("transformer"),
+                predictor=procs["predictor"],
+                transformer=procs.get("transformer"),
                 model_ids=plan.model_ids,
             )
             if not wait:
@@ -665,7 +717,8 @@ class LocalBackend:
                 if attempt == _PORT_ATTEMPTS - 1:
                     raise ServingError(
                         f"endpoint {plan.name!r} revision {number}: no free port after "
-                        f"{_PORT_ATTEMPTS} attempts") from None
+                        f"{_PORT_ATTEMPTS} attempts"
+                    ) from None
             except BaseException:
                 _terminate_all(revision.processes, self.stop_grace)
                 raise
@@ -674,32 +727,49 @@ class LocalBackend:
     def _spawn_revision(
         self, plan: Plan, number: int, dirs: dict[str, Path]
     ) -> dict[str, ProcessRecord]:
+        """Start the servers of a revision through the runtimes' launcher (serving.runtime)."""
+        from serving.runtime import launch
+
         logs = endpoint_dir(plan.name) / LOGS_DIR
-        cwd = endpoint_dir(plan.name)
         started: dict[str, ProcessRecord] = {}
         p = plan.predictor
-        p_port = free_port()
         p_log = logs / f"rev{number}-predictor.log"
         p_log.unlink(missing_ok=True)
-        cmd = [self.python, "-m", PREDICTOR_MODULE, "--model_name", p.model_name,
-               "--model_dir", str(dirs["predictor"]), "--http_port", str(p_port),
-               "--http_host", LOOPBACK]
-        started["predictor"] = _record(
-            _spawn(cmd, p_log, _server_env(p.env), cwd), "predictor", p_port, p_log,
-            p.model_name)
+        proc = launch.start_server(
+            "predictor",
+            p.model_name,
+            dirs["predictor"],
+            log_path=p_log,
+            port=free_port(),
+            host=LOOPBACK,
+            env=_server_env(p.env),
+            python=self.python,
+        )
+        _CHILDREN[proc.pid] = proc
+        started["predictor"] = _record(proc, "predictor", proc.port, p_log, p.model_name)
         t = plan.transformer
         if t is not None:
-            t_port = free_port()
             t_log = logs / f"rev{number}-transformer.log"
             t_log.unlink(missing_ok=True)
-            # Started at once, next to the predictor: it does not need the predictor to load.
-            cmd = [self.python, "-m", TRANSFORMER_MODULE, "--model_name", t.model_name,
-                   "--model_dir", str(dirs["transformer"]), "--http_port", str(t_port),
-                   "--http_host", LOOPBACK, "--predictor_host", f"{LOOPBACK}:{p_port}",
-                   "--predictor_protocol", t.predictor_protocol]
-            started["transformer"] = _record(
-                _spawn(cmd, t_log, _server_env(t.env), cwd), "transformer", t_port, t_log,
-                t.model_name)
+            try:
+                # Started at once, next to the predictor: it does not need it to load.
+                proc = launch.start_server(
+                    "transformer",
+                    t.model_name,
+                    dirs["transformer"],
+                    log_path=t_log,
+                    port=free_port(),
+                    host=LOOPBACK,
+                    predictor_host=f"{LOOPBACK}:{started['predictor'].port}",
+                    predictor_protocol=t.predictor_protocol,
+                    env=_server_env(t.env),
+                    python=self.python,
+                )
+            except BaseException:
+                _terminate_all(list(started.values()), self.stop_grace)
+                raise
+            _CHILDREN[proc.pid] = proc
+            started["transformer"] = _record(proc, "transformer", proc.port, t_log, t.model_name)
         return started
 
     def _await_ready(
@@ -723,10 +793,10 @@ class LocalBackend:
                         tail = log_tail(proc.log)
                         if any(s in tail.lower() for s in _ADDRESS_IN_USE):
                             raise _PortTaken()
-                        how = f"with code {code}" if code is not None else ""
+                        how = f"with code {code} " if code is not None else ""
                         raise ServingError(
                             f"endpoint {name!r} revision {revision.revision}: the {role} exited "
-                            f"{how} while starting; its log {proc.log!r} ends with:\n{tail}"
+                            f"{how}while starting; its log {proc.log!r} ends with:\n{tail}"
                         )
                     if _probe(client, proc):
                         del pending[role]
@@ -769,10 +839,17 @@ class LocalBackend:
         for name in list_names():
             record = read_record(name)
             if record is None:
-                result.append(EndpointStatus(
-                    name=name, backend=LOCAL, url=None, ready=False, reason="RegistryUnreadable",
-                    message=f"{str(registry_path(name))!r} cannot be read: "
-                            f"`kfp-serve stop {name}` removes it"))
+                result.append(
+                    EndpointStatus(
+                        name=name,
+                        backend=LOCAL,
+                        url=None,
+                        ready=False,
+                        reason="RegistryUnreadable",
+                        message=f"{str(registry_path(name))!r} cannot be read: "
+                        f"`kfp-serve stop {name}` removes it",
+                    )
+                )
                 continue
             result.append(self._status(record, probe=True))
         return result
@@ -809,11 +886,17 @@ class LocalBackend:
             for p in rev.processes:
                 components[prefix + p.role] = p.url
         status = EndpointStatus(
-            name=record.name, backend=LOCAL, url=record.url, ready=True, namespace=None,
-            manifest=copy.deepcopy(latest.manifest), components=components,
+            name=record.name,
+            backend=LOCAL,
+            url=record.url,
+            ready=True,
+            namespace=None,
+            manifest=copy.deepcopy(latest.manifest),
+            components=components,
         )
         checks: list[tuple[str, RevisionRecord | None, ProcessRecord]] = [
-            ("router", None, record.router)]
+            ("router", None, record.router)
+        ]
         checks += [(p.role, r, p) for r in record.active for p in r.processes]
         for role, rev, proc in checks:
             if not proc.alive():
@@ -848,7 +931,8 @@ class _PortTaken(Exception):
 def _probe(client: httpx.Client, proc: ProcessRecord) -> bool:
     """True if the model server answers Ready for its model."""
     try:
-        response = client.get(f"{proc.url}/v1/models/{proc.model_name}")
+        # Server-wide readiness: 200 once its model is loaded, on v1 and v2 servers alike.
+        response = client.get(f"{proc.url}/v2/health/ready")
     except httpx.HTTPError:
         return False
     return response.status_code == 200

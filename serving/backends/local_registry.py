@@ -235,17 +235,11 @@ class EndpointRecord:
             "traffic": self.traffic,
             "ports": {
                 "router": self.router.port,
-                **{
-                    f"{p.role}-{r.revision}": p.port
-                    for r in self.revisions
-                    for p in r.processes
-                },
+                **{f"{p.role}-{r.revision}": p.port for r in self.revisions for p in r.processes},
             },
             "pids": {
                 "router": self.router.pid,
-                **{
-                    f"{p.role}-{r.revision}": p.pid for r in self.revisions for p in r.processes
-                },
+                **{f"{p.role}-{r.revision}": p.pid for r in self.revisions for p in r.processes},
             },
             "manifest": latest.manifest,
             "router": asdict(self.router),
@@ -302,9 +296,7 @@ def write_record(record: EndpointRecord) -> None:
 def list_names() -> list[str]:
     """Names of every endpoint directory that holds a registry record, sorted."""
     root = endpoints_root()
-    return sorted(
-        p.name for p in root.iterdir() if p.is_dir() and (p / REGISTRY_FILE).exists()
-    )
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / REGISTRY_FILE).exists())
 
 
 @contextlib.contextmanager

@@ -117,7 +117,7 @@ def decode_v1(body: Any, spec: FeatureSpec) -> Batch:
     """
     if not isinstance(body, dict):
         raise RequestError(
-            f"request body must be a JSON object like {{\"instances\": [[...]]}}, "
+            f'request body must be a JSON object like {{"instances": [[...]]}}, '
             f"got {_json_type(body)}"
         )
     key = "instances" if "instances" in body else "inputs" if "inputs" in body else None
@@ -159,8 +159,8 @@ def decode_v2(body: Any, spec: FeatureSpec) -> Batch:
     inputs = body.get("inputs")
     if inputs is None:
         raise RequestError(
-            "missing key 'inputs': send {\"inputs\": [{\"name\": ..., \"shape\": [N, F], "
-            "\"datatype\": \"FP64\", \"data\": [...]}]}"
+            'missing key \'inputs\': send {"inputs": [{"name": ..., "shape": [N, F], '
+            '"datatype": "FP64", "data": [...]}]}'
         )
     if not isinstance(inputs, list) or not inputs:
         raise RequestError("'inputs' must be a non-empty list of tensors")
@@ -172,7 +172,9 @@ def decode_v2(body: Any, spec: FeatureSpec) -> Batch:
         raise RequestError(f"'parameters' must be an object, got {_json_type(params)}")
     content_type = params.get("content_type")
     if content_type not in (None, "np", "pd"):
-        raise RequestError(f"unsupported parameters.content_type {content_type!r}; use 'np' or 'pd'")
+        raise RequestError(
+            f"unsupported parameters.content_type {content_type!r}; use 'np' or 'pd'"
+        )
 
     if len(inputs) == 1 and content_type != "pd":
         arr = _tensor(inputs[0], 0, allow_bytes=False)
@@ -311,9 +313,9 @@ def _to_numeric(values: Any, what: str) -> np.ndarray:
                 raise RequestError(
                     f"{what} contains a non-numeric value {v!r}; every feature must be a number"
                 )
-        return np.array(
-            [math.nan if v is None else v for v in flat], dtype=np.float64
-        ).reshape(arr.shape)
+        return np.array([math.nan if v is None else v for v in flat], dtype=np.float64).reshape(
+            arr.shape
+        )
     bad = next((v for v in arr.ravel() if isinstance(v, str)), arr.ravel()[0])
     raise RequestError(f"{what} contains a non-numeric value {str(bad)!r}; send numbers")
 
@@ -369,14 +371,16 @@ def _tensor(tensor: Any, i: int, *, allow_bytes: bool) -> np.ndarray:
         if key not in tensor:
             raise RequestError(f"{where} is missing {key!r}")
     name, shape, datatype, data = (
-        tensor["name"], tensor["shape"], tensor["datatype"], tensor["data"]
+        tensor["name"],
+        tensor["shape"],
+        tensor["datatype"],
+        tensor["data"],
     )
     if not isinstance(name, str):
         raise RequestError(f"{where}.name must be a string")
     where = f"{where} ({name!r})"
-    if (
-        not isinstance(shape, list)
-        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
         raise RequestError(f"{where}.shape must be a list of non-negative integers, got {shape!r}")
     if not isinstance(data, list):

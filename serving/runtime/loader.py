@@ -20,6 +20,7 @@ from serving.errors import ServingError
 from serving.runtime import layout
 from serving.runtime.codec import FeatureSpec
 from serving.runtime.explain import explain_linear, explain_xgboost, find_linear
+from serving.runtime.fastpath import fast_predict
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +207,7 @@ def _load_sklearn(
         predict = est.predict_proba
     else:
         predict = est.predict
+    predict = fast_predict(est, predict_proba) or predict
 
     explainer = None
     unsupported = (
@@ -363,7 +365,10 @@ def load_transformer(model_dir: str | Path) -> ServedTransformer:
     _single_thread(obj)
     metadata = read_metadata(model_dir)
     spec = _feature_spec(
-        _signature(metadata), obj, n_features_key="n_features", dtype=np.float64,
+        _signature(metadata),
+        obj,
+        n_features_key="n_features",
+        dtype=np.float64,
         allow_nan=_allow_nan(obj),
     )
     return ServedTransformer(path=path, spec=spec, transform=obj.transform, metadata=metadata)

@@ -450,6 +450,26 @@ BAD_INPUT = [
         lambda: ServeConfig(transformer={"runtime": "x"}),
         "transformer.runtime",
     ),
+    (
+        "scale-metric-not-allowed",
+        lambda: ServeConfig(predictor={"scaleMetric": "gpu"}),
+        "predictor.scaleMetric",
+    ),
+    (
+        "logger-mode-not-allowed",
+        lambda: ServeConfig(transformer={"logger": {"mode": "some"}}),
+        "transformer.logger.mode",
+    ),
+    (
+        "custom-container-needs-name",
+        lambda: ServeConfig(predictor={"containers": [{"image": "i"}]}),
+        "predictor.containers[0]",
+    ),
+    (
+        "volume-mount-needs-path",
+        lambda: ServeConfig(predictor={"container": {"volumeMounts": [{"name": "v"}]}}),
+        "predictor.container.volumeMounts[0]",
+    ),
     ("not-json", lambda: ServeConfig.coerce("{limits"), "JSON"),
     (
         "snake-and-camel-twice",

@@ -1,0 +1,178 @@
+"""``file://`` snapshots: a content-addressed directory store on the local filesystem.
+
+Layout under the root: ``sha256-<hex>/`` (the tree, files read-only, plus the manifest file) and
+``.tmp/<pid>-<random>/`` (work in progress). A snapshot becomes visible with one ``rename`` of
+a complete temp directory, so a crash or SIGKILL midway leaves only a ``.tmp`` entry, which is
+never listed or opened and is swept by the next snapshot once its process is gone.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import uuid
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from artifacts.errors import SnapshotError
+from artifacts.snapshots.base import (
+    Snapshot,
+    copy_tree_verified,
+    snapshot_dir_name,
+    split_snapshot_uri,
+    verify_local_tree,
+)
+from artifacts.snapshots.digest import (
+    MANIFEST_NAME,
+    DigestCache,
+    _manifest_from,
+    _run_parallel,
+    build_manifest,
+    cached_manifest,
+    default_cache_dir,
+    hash_file,
+    scan_tree,
+)
+from artifacts.snapshots.progress import ByteProgress
+
+TMP_DIR = ".tmp"
+
+
+def file_uri_path(uri: str) -> Path:
+    """The absolute path of a ``file://`` URI (a bare absolute path is accepted too)."""
+    if "://" not in uri:
+        path = Path(uri)
+    else:
+        parsed = urlparse(uri)
+        if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
+            raise SnapshotError(f"{uri!r} is not a local file:// URI (use file:///absolute/path)")
+        path = Path(unquote(parsed.path))
+    if not path.is_absolute():
+        raise SnapshotError(f"{uri!r} must name an absolute path (file:///absolute/path)")
+    return path
+
+
+class FileSnapshotBackend:
+    """Snapshots stored in a local directory, addressed by ``file://<root>/sha256-<hex>``."""
+
+    scheme = "file"
+
+    def __init__(self, root: str) -> None:
+        self.path = file_uri_path(root)
+        self.root = f"file://{self.path}"
+
+    def _dir(self, digest: str) -> Path:
+        return self.path / snapshot_dir_name(digest)
+
+    def uri_for(self, digest: str) -> str:
+        """The URI a snapshot with ``digest`` has in this store."""
+        return f"file://{self._dir(digest)}"
+
+    def exists(self, digest: str) -> bool:
+        return self._dir(digest).is_dir()
+
+    def snapshot(self, path: Path, *, progress: bool | None = None) -> Snapshot:
+        """Copy the tree at ``path`` into the store, or find it already there.
+
+        An unchanged tree that was snapshotted from the same path before costs a stat pass
+        (digest cache) or a digest pass, never a copy. A new tree is hashed while it is copied,
+        so the stored bytes are exactly the hashed ones.
+        """
+        src = Path(path).resolve()
+        items = scan_tree(src)
+        total = sum(i.entry.size for i in items if i.entry.kind == "f")
+        cache_dir = default_cache_dir()
+        cache = DigestCache(str(src), cache_dir)
+
+        manifest = cached_manifest(str(src), items, cache_dir)
+        if manifest is None and cache.seen:
+            # This path was snapshotted before: most likely unchanged, so a digest pass (no
+            # writes) decides whether anything needs copying at all.
+            with ByteProgress(f"Hashing {src.name}", total, progress) as bar:
+                manifest = build_manifest(src, progress=bar, use_cache=True, scanned=items)
+        if manifest is not None and self.exists(manifest.digest):
+            return Snapshot(self.uri_for(manifest.digest), manifest.digest, manifest.size)
+
+        self._sweep_tmp()
+        tmp = self.path / TMP_DIR / f"{os.getpid()}-{uuid.uuid4().hex}"
+        tmp.mkdir(parents=True)
+        try:
+            hashes: dict[str, str] = {}
+            with ByteProgress(f"Snapshotting {src.name}", total, progress) as bar:
+                jobs = []
+                for item in items:
+                    target = tmp / item.entry.path
+                    if item.entry.kind == "d":
+                        target.mkdir()
+                    elif item.entry.kind == "l":
+                        os.symlink(item.entry.target, target)
+                    else:
+
+                        def job(item=item, target=target) -> None:  # noqa: ANN001
+                            sha, _ = hash_file(item.abspath, bar, str(target), expected=item.st)
+                            hashes[item.entry.path] = sha
+                            cache.put(item.entry.path, item.st, sha)
+                            # Read-only: a snapshot is immutable (the digest is re-checked anyway).
+                            os.chmod(target, item.entry.mode & 0o555)
+
+                        jobs.append((item.entry.size, job))
+                _run_parallel(job for _, job in sorted(jobs, key=lambda t: -t[0]))
+            new = _manifest_from(items, hashes)
+            if manifest is not None and new.digest != manifest.digest:
+                raise SnapshotError(f"{str(src)!r} changed while it was being snapshotted; retry")
+            # Saved even when no hash was cacheable yet: it records that this path was seen.
+            cache.save(hashes, force=True)
+            (tmp / MANIFEST_NAME).write_text(new.text)
+            final = self._dir(new.digest)
+            try:
+                os.rename(tmp, final)
+            except OSError as e:
+                # Another process stored the same content first: same digest, same bytes.
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not final.is_dir():
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
+            return Snapshot(self.uri_for(new.digest), new.digest, new.size)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _sweep_tmp(self) -> None:
+        """Remove work directories left by processes that died mid-snapshot."""
+        tmp_root = self.path / TMP_DIR
+        if not tmp_root.is_dir():
+            return
+        for entry in tmp_root.iterdir():
+            pid_text = entry.name.split("-", 1)[0]
+            if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+                shutil.rmtree(entry, ignore_errors=True)
+
+    def _local(self, uri: str) -> tuple[Path, str]:
+        scheme, _, digest = split_snapshot_uri(uri)
+        if scheme != "file":
+            raise SnapshotError(f"{uri!r} is not a file:// snapshot URI")
+        return file_uri_path(uri), digest
+
+    def verify(self, uri: str) -> Snapshot:
+        path, digest = self._local(uri)
+        manifest = verify_local_tree(path, digest, uri)
+        return Snapshot(uri, digest, manifest.size)
+
+    def open(self, uri: str) -> Path:
+        path, digest = self._local(uri)
+        verify_local_tree(path, digest, uri)
+        return path
+
+    def restore(self, uri: str, dest: Path) -> Path:
+        path, digest = self._local(uri)
+        return copy_tree_verified(path, Path(dest), digest, uri)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

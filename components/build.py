@@ -1,0 +1,125 @@
+"""Write every generated file: component IR YAML, palette files and pipeline IR YAML.
+
+``python -m components.build`` regenerates the committed files in place (run it after changing
+a component or pipeline; a test fails while they are stale). ``--out DIR`` writes the same tree
+under DIR instead (``DIR/components``, ``DIR/components/palette``, ``DIR/pipelines``).
+
+The committed files use the default image: the build refuses to overwrite them while
+``KFP_SERVE_IMAGE`` is set, so a custom image never slips into the repository by accident.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from serving.constants import IMAGE_ENV
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_DIR = PACKAGE_DIR.parent
+PALETTE = "palette"
+
+
+def output_dirs(out_dir: str | os.PathLike[str] | None) -> tuple[Path, Path, Path]:
+    """(component YAML dir, palette dir, pipeline YAML dir) for ``out_dir`` (None: in place)."""
+    if out_dir is None:
+        return PACKAGE_DIR, PACKAGE_DIR / PALETTE, REPO_DIR / "pipelines"
+    root = Path(out_dir)
+    return root / "components", root / "components" / PALETTE, root / "pipelines"
+
+
+def build_components(component_dir: Path, palette_dir: Path) -> list[Path]:
+    """Compile each component to ``<name>.yaml`` and write its palette file."""
+    from kfp import compiler
+
+    from components import all_components
+    from components.defs._base import component_image
+    from components.palette import palette_yaml
+
+    component_dir.mkdir(parents=True, exist_ok=True)
+    palette_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, component in all_components().items():
+        path = component_dir / f"{name}.yaml"
+        compiler.Compiler().compile(component, str(path))
+        written.append(path)
+        palette = palette_dir / f"{name}.yaml"
+        palette.write_text(palette_yaml(name, component, component_image()))
+        written.append(palette)
+    return written
+
+
+def build_all(out_dir: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Write all generated files; returns their paths.
+
+    Args:
+        out_dir: Where to write (see the module docstring); None regenerates the committed
+            files in the source tree.
+
+    Raises:
+        RuntimeError: ``out_dir`` is None while ``KFP_SERVE_IMAGE`` is set.
+    """
+    if out_dir is None and os.environ.get(IMAGE_ENV):
+        raise RuntimeError(
+            f"{IMAGE_ENV} is set: the committed YAML must use the default image. Unset it, or "
+            "write elsewhere with --out DIR"
+        )
+    component_dir, palette_dir, pipeline_dir = output_dirs(out_dir)
+    written = build_components(component_dir, palette_dir)
+    # Pipelines sit a layer above components; imported here only because one command writes
+    # every generated file.
+    from pipelines import compile_pipelines
+
+    written += compile_pipelines(pipeline_dir)
+    return written
+
+
+def generated_files(root: Path | None = None) -> dict[str, Path]:
+    """Relative name -> path of every generated file under ``root`` (None: the source tree)."""
+    component_dir, palette_dir, pipeline_dir = output_dirs(root)
+    found = {}
+    for label, directory in (("components", component_dir), ("palette", palette_dir),
+                             ("pipelines", pipeline_dir)):
+        for path in sorted(directory.glob("*.yaml")):
+            found[f"{label}/{path.name}"] = path
+    return found
+
+
+def stale_files() -> list[str]:
+    """Generated files that differ from a fresh build (missing, extra or changed)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        build_all(tmp)
+        fresh = {k: p.read_text() for k, p in generated_files(Path(tmp)).items()}
+    committed = {k: p.read_text() for k, p in generated_files().items()}
+    return sorted(k for k in fresh.keys() | committed.keys() if fresh.get(k) != committed.get(k))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry: build, or ``--check`` for staleness."""
+    parser = argparse.ArgumentParser(prog="python -m components.build", description=__doc__)
+    parser.add_argument("--out", help="write under this directory instead of the source tree")
+    parser.add_argument("--check", action="store_true",
+                        help="only report generated files that are stale (exit 1 if any)")
+    args = parser.parse_args(argv)
+    if args.check:
+        stale = stale_files()
+        for name in stale:
+            print(f"stale: {name}")
+        if stale:
+            print("run `python -m components.build` to regenerate them", file=sys.stderr)
+        return 1 if stale else 0
+    try:
+        written = build_all(args.out)
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

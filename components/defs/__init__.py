@@ -1,0 +1,1 @@
+"""The KFP component definitions, one module per component (each imports ``kfp.dsl``)."""

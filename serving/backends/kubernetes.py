@@ -1,0 +1,907 @@
+"""The Kubernetes serving backend: InferenceServices on a cluster with KServe.
+
+Talks to the API server with the official ``kubernetes`` client (not ``KServeClient``, which
+turns every API error into a bare RuntimeError, polls readiness every 10 s and returns silently
+when its watch times out). What it does differently:
+
+- apply = get, then create or merge-patch (idempotent; a no-op apply sends no write), always with
+  ``fieldValidation=Strict`` so a typo is an error instead of a silently pruned field;
+- 400/401/403/404/409/422 are reported with the API server's own message and never retried;
+  5xx, 429 and connection problems are retried with backoff inside the caller's deadline;
+- readiness is awaited with a watch (no polling interval) for the *new* generation: a Ready=True
+  left over from the previous generation does not end the wait; watches that end are resumed;
+- ``pvc://`` snapshots named in the manifest's annotations are hydrated into PVCs first.
+
+The ``kubernetes`` package is imported lazily: ``serving`` must stay cheap to import.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+from artifacts.environment import pod_namespace, running_in_pod
+from serving.backends.base import KUBERNETES, EndpointStatus
+from serving.constants import (
+    ANNOTATION_MODEL_SNAPSHOT,
+    ANNOTATION_TRANSFORMER_SNAPSHOT,
+    DOMAIN,
+)
+from serving.errors import ServingError
+
+GROUP = "serving.kserve.io"
+VERSION = "v1beta1"
+PLURAL = "inferenceservices"
+KIND = "InferenceService"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+#: Where the cluster's ingress gateway is reachable from here ("host:port" or a URL).
+INGRESS_ENV = "KFP_SERVE_INGRESS"
+#: KServe's documented convention (``INGRESS_HOST``/``INGRESS_PORT``), used when the above is unset.
+INGRESS_HOST_ENV = "INGRESS_HOST"
+INGRESS_PORT_ENV = "INGRESS_PORT"
+
+# Statuses worth retrying: the request may succeed a moment later unchanged.
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Ready=False reasons after which KServe/Knative will not get there on their own: waiting on is
+# pointless. Other Ready=False/Unknown states happen during every rollout.
+TERMINAL_REASONS = frozenset(
+    {"RevisionFailed", "ProgressDeadlineExceeded", "InvalidSpec", "BlockedByFailedLoad"}
+)
+TERMINAL_TRANSITIONS = frozenset({"BlockedByFailedLoad", "InvalidSpec"})
+_APPLY_ATTEMPTS = 5  # conflicts (someone else wrote in between) before giving up
+_MAX_WATCH_SECONDS = 10  # resume watches this often: a heartbeat for the progress output
+_CONNECT_TIMEOUT = 5.0
+
+
+class InferenceServiceNotReadyError(ServingError):
+    """An InferenceService failed or did not become Ready in time.
+
+    Attributes:
+        name, namespace: the InferenceService.
+        reason, message: of its Ready condition (or the failing one), if any.
+        conditions: every status condition, as the API returned them.
+        url: a component URL if the controller set one.
+        timed_out: True when the deadline passed, False for a terminal failure.
+    """
+
+    def __init__(
+        self,
+        text: str,
+        *,
+        name: str,
+        namespace: str,
+        reason: str | None,
+        message: str | None,
+        conditions: list[dict[str, Any]],
+        url: str | None,
+        timed_out: bool,
+    ) -> None:
+        super().__init__(text)
+        self.name = name
+        self.namespace = namespace
+        self.reason = reason
+        self.message = message
+        self.conditions = conditions
+        self.url = url
+        self.timed_out = timed_out
+
+
+def ingress_address() -> tuple[str, str] | None:
+    """(scheme, host[:port]) of the ingress gateway from KFP_SERVE_INGRESS or INGRESS_HOST/PORT."""
+    value = os.environ.get(INGRESS_ENV, "").strip()
+    if value:
+        if "://" in value:
+            parts = urlsplit(value)
+            return parts.scheme or "http", parts.netloc
+        return "http", value
+    host = os.environ.get(INGRESS_HOST_ENV, "").strip()
+    if not host:
+        return None
+    port = os.environ.get(INGRESS_PORT_ENV, "").strip()
+    return "http", f"{host}:{port}" if port else host
+
+
+def _conditions(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(((obj.get("status") or {}).get("conditions")) or [])
+
+
+def _condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    return next((c for c in _conditions(obj) if c.get("type") == type_), None)
+
+
+def readiness(obj: dict[str, Any], generation: int) -> tuple[str, str]:
+    """("ready" | "failed" | "pending", one-line summary) of ``obj`` for ``generation``.
+
+    Ready only counts once the controller has observed ``generation``: right after an update
+    the status still shows the previous generation's Ready=True.
+    """
+    status = obj.get("status") or {}
+    observed = status.get("observedGeneration")
+    ready = _condition(obj, "Ready")
+    if observed is None or observed < generation:
+        stale = (
+            " (Ready=True is for the previous generation)"
+            if ready and ready.get("status") == "True"
+            else ""
+        )
+        return "pending", (
+            f"waiting for the controller to observe generation {generation} "
+            f"(observed: {observed if observed is not None else 'none'}){stale}"
+        )
+    if ready and ready.get("status") == "True":
+        return "ready", f"Ready (generation {generation})"
+    not_true = [c for c in _conditions(obj) if c.get("status") != "True"]
+    summary = (
+        "; ".join(
+            f"{c.get('type')}={c.get('status')}"
+            + (f" {c['reason']}" if c.get("reason") else "")
+            + (f": {c['message']}" if c.get("message") else "")
+            for c in not_true
+        )
+        or "no conditions yet"
+    )
+    transition = (status.get("modelStatus") or {}).get("transitionStatus")
+    failed = transition in TERMINAL_TRANSITIONS or (
+        ready is not None
+        and ready.get("status") == "False"
+        and ready.get("reason") in TERMINAL_REASONS
+    )
+    return ("failed" if failed else "pending"), summary
+
+
+def merge_diff(old: Any, new: Any) -> Any:
+    """The RFC 7386 merge patch turning ``old`` into ``new`` (null removes a key)."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return copy.deepcopy(new)
+    patch: dict[str, Any] = {key: None for key in old if key not in new}
+    for key, value in new.items():
+        if key not in old:
+            patch[key] = copy.deepcopy(value)
+        elif old[key] != value:
+            patch[key] = merge_diff(old[key], value)
+    return patch
+
+
+def _owned(key: str) -> bool:
+    """Labels/annotations kfp-serve manages (others belong to users or controllers: kept)."""
+    return key.startswith(f"{DOMAIN}/")
+
+
+def apply_patch(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any] | None:
+    """The merge patch that makes ``current`` what ``desired`` asks for; None if nothing to do.
+
+    The spec is made equal to the manifest's (fields the manifest dropped are removed).
+    Labels and annotations the manifest sets are set; kfp-serve's own that it no longer sets are
+    removed; anyone else's (kubectl, KServe, users) are left alone. The patch carries the
+    resourceVersion it was computed from, so a concurrent write makes it fail with 409 instead
+    of being silently merged.
+    """
+    meta_patch: dict[str, Any] = {}
+    cur_meta, want_meta = current.get("metadata") or {}, desired.get("metadata") or {}
+    for field in ("labels", "annotations"):
+        cur, want = cur_meta.get(field) or {}, want_meta.get(field) or {}
+        diff = {k: v for k, v in want.items() if cur.get(k) != v}
+        diff.update({k: None for k in cur if k not in want and _owned(k)})
+        if diff:
+            meta_patch[field] = diff
+    patch: dict[str, Any] = {}
+    if current.get("spec") != desired.get("spec"):
+        patch["spec"] = merge_diff(current.get("spec") or {}, desired.get("spec") or {})
+    if meta_patch:
+        patch["metadata"] = meta_patch
+    if not patch:
+        return None
+    patch.setdefault("metadata", {})["resourceVersion"] = cur_meta.get("resourceVersion")
+    return patch
+
+
+def _api_message(e: Any) -> tuple[str, str]:
+    """(reason, message) of an ApiException, from the Status body the server sent."""
+    reason, message = str(getattr(e, "reason", "") or ""), ""
+    try:
+        body = json.loads(e.body or "{}")
+        reason = body.get("reason") or reason
+        message = body.get("message") or ""
+    except (TypeError, ValueError):
+        message = str(e.body or "")[:500]
+    return reason, message or str(e)
+
+
+_HINTS = {
+    401: "the credentials in the kubeconfig (or the pod's service account token) were refused",
+    403: (
+        "the service account lacks an RBAC permission: apply serving/rbac.yaml in the namespace "
+        "(check with `kubectl auth can-i {verb} {resource} -n {namespace}`)"
+    ),
+    404: "is KServe installed (`kubectl get crd inferenceservices.serving.kserve.io`)?",
+    422: "the manifest does not match the InferenceService CRD installed on the cluster",
+    400: "the manifest does not match the InferenceService CRD installed on the cluster",
+}
+
+
+class KubernetesBackend:
+    """Serves InferenceService manifests on the cluster the environment points at.
+
+    Args:
+        namespace: default namespace; else the pod's service account namespace (in a pod), else
+            the kubeconfig context's namespace, else "default".
+        kubeconfig: kubeconfig path (default: $KUBECONFIG, else ~/.kube/config); in a pod the
+            in-cluster config is used unless this is given.
+        context: kubeconfig context (default: the current one).
+        api_client: a ready ``kubernetes.client.ApiClient`` (tests); skips config loading.
+        progress: where progress lines go (default stderr); None or False silences them.
+        request_timeout: read timeout of one API request in seconds (watches excepted).
+        probe_timeout: after Ready, how long to wait for the endpoint to answer when it is
+            reachable from here (in a pod, or through KFP_SERVE_INGRESS/INGRESS_HOST); 0 skips.
+    """
+
+    name = KUBERNETES
+
+    def __init__(
+        self,
+        *,
+        namespace: str | None = None,
+        kubeconfig: str | os.PathLike[str] | None = None,
+        context: str | None = None,
+        api_client: Any = None,
+        progress: IO[str] | bool | None = True,
+        request_timeout: float = 30.0,
+        probe_timeout: float = 30.0,
+    ) -> None:
+        self._namespace = namespace
+        self._kubeconfig = str(kubeconfig) if kubeconfig is not None else None
+        self._context = context
+        self._api_client = api_client
+        self._context_namespace: str | None = None
+        self._out: IO[str] | None = sys.stderr if progress is True else (progress or None)
+        self.request_timeout = request_timeout
+        self.probe_timeout = probe_timeout
+        self._custom: Any = None
+        self._core: Any = None
+
+    # -- configuration ------------------------------------------------------------------------
+    def _use_in_cluster(self) -> bool:
+        return self._kubeconfig is None and running_in_pod()
+
+    def _kubeconfig_path(self) -> str:
+        # Read $KUBECONFIG now: the client's own default was frozen when it was imported.
+        return (
+            self._kubeconfig
+            or os.environ.get("KUBECONFIG")
+            or str(Path("~/.kube/config").expanduser())
+        )
+
+    def _clients(self) -> tuple[Any, Any]:
+        """(CustomObjectsApi, CoreV1Api), configured on first use."""
+        if self._custom is None:
+            from kubernetes import client
+
+            api_client = self._api_client or client.ApiClient(self._load_configuration())
+            # Retries are ours (deadline-aware, never for 4xx): urllib3 must not add its own.
+            api_client.configuration.retries = False
+            api_client.rest_client.pool_manager.connection_pool_kw["retries"] = False
+            self._api_client = api_client
+            self._custom = client.CustomObjectsApi(api_client)
+            self._core = client.CoreV1Api(api_client)
+        return self._custom, self._core
+
+    def _load_configuration(self) -> Any:
+        from kubernetes import client, config
+
+        cfg = client.Configuration()
+        try:
+            if self._use_in_cluster():
+                config.load_incluster_config(client_configuration=cfg)
+            else:
+                path = self._kubeconfig_path()
+                config.load_kube_config(
+                    config_file=path,
+                    context=self._context,
+                    client_configuration=cfg,
+                    persist_config=False,
+                )
+        except (config.ConfigException, OSError) as e:
+            where = (
+                "in-cluster service account"
+                if self._use_in_cluster()
+                else (f"kubeconfig {self._kubeconfig_path()!r}")
+            )
+            raise ServingError(
+                f"cannot configure the Kubernetes client from the {where}: {e}. Point KUBECONFIG "
+                "at a cluster, or serve locally with KFP_SERVE_BACKEND=local"
+            ) from e
+        return cfg
+
+    @property
+    def namespace(self) -> str:
+        """The namespace used when a call or manifest names none."""
+        if self._namespace:
+            return self._namespace
+        if self._use_in_cluster():
+            return pod_namespace() or "default"
+        if self._context_namespace is None:
+            self._context_namespace = self._namespace_from_kubeconfig() or "default"
+        return self._context_namespace
+
+    def _namespace_from_kubeconfig(self) -> str | None:
+        # KServeClient ignores the context's namespace and uses "default": we do not.
+        if self._api_client is not None and self._kubeconfig is None:
+            return None
+        from kubernetes import config
+
+        try:
+            contexts, active = config.list_kube_config_contexts(self._kubeconfig_path())
+        except (config.ConfigException, OSError):
+            return None
+        if self._context:
+            active = next((c for c in contexts if c.get("name") == self._context), active)
+        return ((active or {}).get("context") or {}).get("namespace")
+
+    # -- plumbing -----------------------------------------------------------------------------
+    def _say(self, text: str) -> None:
+        if self._out is not None:
+            print(f"[kfp-serve] {text}", file=self._out, flush=True)
+
+    def _call(
+        self, what: str, fn: Callable[..., Any], *args: Any, deadline: float, **kwargs: Any
+    ) -> Any:
+        """Call the API, retrying 5xx/429/connection errors with backoff until ``deadline``.
+
+        Other API errors (4xx) are raised at once as ``ApiException`` for the caller to handle.
+        """
+        import urllib3
+        from kubernetes.client.exceptions import ApiException
+
+        delay, attempts, last = 0.1, 0, ""
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ServingError(
+                    f"{what} failed: the Kubernetes API server did not answer successfully "
+                    f"before the deadline ({attempts} attempt(s); last error: {last or 'none'})"
+                )
+            kwargs["_request_timeout"] = (
+                min(_CONNECT_TIMEOUT, remaining),
+                min(self.request_timeout, remaining),
+            )
+            attempts += 1
+            try:
+                return fn(*args, **kwargs)
+            except ApiException as e:
+                if e.status not in RETRYABLE_STATUSES:
+                    raise
+                reason, message = _api_message(e)
+                last = f"{e.status} {reason}: {message}"
+            except (urllib3.exceptions.HTTPError, OSError) as e:
+                last = f"{type(e).__name__}: {e}"
+            pause = min(delay * (1 + random.random() / 2), max(0.0, deadline - time.monotonic()))
+            self._say(f"{what}: {last}; retrying in {pause:.1f}s")
+            time.sleep(pause)
+            delay = min(delay * 2, 2.0)
+
+    def _refused(self, e: Any, verb: str, name: str, namespace: str) -> ServingError:
+        reason, message = _api_message(e)
+        hint = _HINTS.get(e.status, "").format(
+            verb=verb, resource=f"{PLURAL}.{GROUP}", namespace=namespace
+        )
+        return ServingError(
+            f"the Kubernetes API server refused to {verb} InferenceService {name!r} in namespace "
+            f"{namespace!r}: {e.status} {reason}: {message}" + (f" — {hint}" if hint else "")
+        )
+
+    # -- ServingBackend -----------------------------------------------------------------------
+    def apply(
+        self, manifest: dict[str, Any], *, wait: bool = True, timeout: float = 300.0
+    ) -> EndpointStatus:
+        """Create or update the InferenceService and (by default) wait until it is Ready.
+
+        Args:
+            manifest: an InferenceService (serving.kserve.io/v1beta1), camelCase.
+            wait: wait for Ready of the generation this apply produced.
+            timeout: seconds for everything (API retries, hydration, readiness, probe).
+
+        Raises:
+            ServingError: the API server refused it (message included), or it kept failing.
+            InferenceServiceNotReadyError: it failed or was not Ready within ``timeout``.
+        """
+        started = time.monotonic()
+        deadline = started + timeout
+        body = self._prepare(manifest)
+        name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
+        self._hydrate_snapshots(body, namespace, deadline)
+        obj = self._apply_object(body, name, namespace, deadline)
+        generation = obj["metadata"].get("generation", 1)
+        if not wait:
+            return self._endpoint_status(obj)
+        obj = self._wait_ready(name, namespace, obj, generation, started, deadline, timeout)
+        status = self._endpoint_status(obj)
+        self._probe(status, deadline)
+        self._say(
+            f"InferenceService {name!r} is Ready after {time.monotonic() - started:.1f}s"
+            + (f": {status.url}" if status.url else "")
+        )
+        return status
+
+    def _prepare(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(manifest, dict):
+            raise ServingError(f"an InferenceService manifest must be a dict, got {manifest!r}")
+        body = copy.deepcopy(manifest)
+        if body.get("kind", KIND) != KIND or body.get("apiVersion", API_VERSION) != API_VERSION:
+            raise ServingError(
+                f"the Kubernetes backend applies {API_VERSION} {KIND} manifests, got "
+                f"{body.get('apiVersion')!r} {body.get('kind')!r}"
+            )
+        body["apiVersion"], body["kind"] = API_VERSION, KIND
+        meta = body.setdefault("metadata", {})
+        if not meta.get("name"):
+            raise ServingError("the InferenceService manifest has no metadata.name")
+        meta["namespace"] = meta.get("namespace") or self.namespace
+        body.pop("status", None)
+        return body
+
+    def _hydrate_snapshots(self, body: dict[str, Any], namespace: str, deadline: float) -> None:
+        """Create the PVCs that pvc:// snapshots are served from (before the pods need them)."""
+        annotations = body["metadata"].get("annotations") or {}
+        uris = [
+            annotations.get(k) for k in (ANNOTATION_MODEL_SNAPSHOT, ANNOTATION_TRANSFORMER_SNAPSHOT)
+        ]
+        uris = [u for u in uris if isinstance(u, str) and u.startswith("pvc://")]
+        if not uris:
+            return
+        from artifacts.errors import SnapshotError
+        from artifacts.snapshots import pvc
+
+        _, core = self._clients()
+
+        def hydrate(uri: str, _request_timeout: tuple[float, float]) -> str:
+            return pvc.hydrate(uri, namespace, core, request_timeout=_request_timeout[1])
+
+        for uri in uris:
+            try:
+                claim = self._call(f"hydrating {uri}", hydrate, uri, deadline=deadline)
+            except SnapshotError as e:
+                raise ServingError(f"cannot serve snapshot {uri!r}: {e}") from e
+            except self._api_exception() as e:
+                reason, message = _api_message(e)
+                raise ServingError(
+                    f"cannot hydrate a PVC from snapshot {uri!r} in namespace {namespace!r}: "
+                    f"{e.status} {reason}: {message}"
+                ) from e
+            self._say(f"PVC {claim!r} hydrated from {uri}")
+
+    @staticmethod
+    def _api_exception() -> type[Exception]:
+        from kubernetes.client.exceptions import ApiException
+
+        return ApiException
+
+    def _apply_object(
+        self, body: dict[str, Any], name: str, namespace: str, deadline: float
+    ) -> dict[str, Any]:
+        """get, then create or merge-patch; retried on conflicts; returns the stored object."""
+        custom, _ = self._clients()
+        api_exception = self._api_exception()
+        where = (GROUP, VERSION, namespace, PLURAL)
+        for _ in range(_APPLY_ATTEMPTS):
+            try:
+                current = self._call(
+                    f"reading InferenceService {name!r}",
+                    custom.get_namespaced_custom_object,
+                    *where,
+                    name,
+                    deadline=deadline,
+                )
+            except api_exception as e:
+                if e.status != 404:
+                    raise self._refused(e, "get", name, namespace) from e
+                try:
+                    obj = self._call(
+                        f"creating InferenceService {name!r}",
+                        custom.create_namespaced_custom_object,
+                        *where,
+                        body,
+                        field_validation="Strict",
+                        deadline=deadline,
+                    )
+                except api_exception as e2:
+                    if e2.status == 409:
+                        continue  # created meanwhile (or by our own timed-out attempt): patch it
+                    raise self._refused(e2, "create", name, namespace) from e2
+                self._say(f"created InferenceService {name!r} in namespace {namespace!r}")
+                return obj
+            patch = apply_patch(current, body)
+            if patch is None:
+                self._say(
+                    f"InferenceService {name!r} is unchanged (generation "
+                    f"{current['metadata'].get('generation')})"
+                )
+                return current
+            try:
+                obj = self._call(
+                    f"updating InferenceService {name!r}",
+                    custom.patch_namespaced_custom_object,
+                    *where,
+                    name,
+                    patch,
+                    field_validation="Strict",
+                    deadline=deadline,
+                )
+            except api_exception as e:
+                if e.status == 409:
+                    continue  # written by someone else since our get: recompute from fresh state
+                raise self._refused(e, "patch", name, namespace) from e
+            self._say(
+                f"updated InferenceService {name!r} in namespace {namespace!r} "
+                f"(generation {obj['metadata'].get('generation')})"
+            )
+            return obj
+        raise ServingError(
+            f"InferenceService {name!r} in namespace {namespace!r} kept changing while it was "
+            f"being applied ({_APPLY_ATTEMPTS} conflicts): is another client writing it?"
+        )
+
+    def _watch_events(
+        self, name: str, namespace: str, resource_version: str | None, deadline: float
+    ) -> Iterator[dict[str, Any]]:
+        """Events of one InferenceService until the watch ends (server timeout or deadline)."""
+        from kubernetes import watch
+
+        custom, _ = self._clients()
+        remaining = deadline - time.monotonic()
+        kwargs: dict[str, Any] = {
+            "field_selector": f"metadata.name={name}",
+            # Whole seconds, at least 1; the read timeout below enforces the exact deadline.
+            "timeout_seconds": max(1, min(_MAX_WATCH_SECONDS, math.ceil(remaining))),
+            "_request_timeout": (min(_CONNECT_TIMEOUT, remaining), max(0.01, remaining)),
+            "allow_watch_bookmarks": False,
+        }
+        if resource_version:
+            kwargs["resource_version"] = resource_version
+        w = watch.Watch()
+        try:
+            yield from w.stream(
+                custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, **kwargs
+            )
+        finally:
+            w.stop()
+
+    def _wait_ready(
+        self,
+        name: str,
+        namespace: str,
+        obj: dict[str, Any],
+        generation: int,
+        started: float,
+        deadline: float,
+        timeout: float,
+    ) -> dict[str, Any]:
+        import urllib3
+
+        api_exception = self._api_exception()
+        custom, _ = self._clients()
+        latest = obj
+        rv = obj["metadata"].get("resourceVersion")
+        state, summary = readiness(latest, generation)
+        shown: list[Any] = ["", 0.0]  # last summary printed, and when
+
+        def show(force: bool = False) -> None:
+            now = time.monotonic()
+            if force or summary != shown[0] or now - shown[1] >= _MAX_WATCH_SECONDS:
+                self._say(f"{name} [{now - started:5.1f}s/{timeout:.0f}s] {summary}")
+                shown[0], shown[1] = summary, now
+
+        delay = 0.1
+        while True:
+            show()
+            now = time.monotonic()
+            if state == "ready":
+                return latest
+            if state == "failed":
+                raise self._not_ready(latest, generation, timeout, timed_out=False)
+            if deadline - now <= 0:
+                raise self._not_ready(latest, generation, timeout, timed_out=True)
+            try:
+                for event in self._watch_events(name, namespace, rv, deadline):
+                    if event["type"] == "DELETED":
+                        raise ServingError(
+                            f"InferenceService {name!r} in namespace {namespace!r} was deleted "
+                            "while waiting for it to become Ready"
+                        )
+                    latest = event["raw_object"]
+                    rv = latest["metadata"].get("resourceVersion") or rv
+                    state, summary = readiness(latest, generation)
+                    if state != "pending":
+                        break
+                    show()
+                delay = 0.1
+                continue  # the watch ended (server timeout): resume from the last version seen
+            except api_exception as e:
+                if e.status in (403, 401):
+                    raise self._refused(e, "watch", name, namespace) from e
+                # 410 Gone (history compacted) and server errors: re-read, then watch again.
+                problem = f"watch interrupted ({e.status} {_api_message(e)[0]})"
+            except (urllib3.exceptions.HTTPError, OSError) as e:
+                if time.monotonic() >= deadline:
+                    continue  # the read timeout was the deadline: report the timeout above
+                problem = f"watch interrupted ({type(e).__name__})"
+            self._say(f"{name}: {problem}; re-reading the InferenceService")
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 2.0)
+            if time.monotonic() >= deadline:
+                continue
+            try:
+                latest = self._call(
+                    f"reading InferenceService {name!r}",
+                    custom.get_namespaced_custom_object,
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    PLURAL,
+                    name,
+                    deadline=deadline,
+                )
+            except api_exception as e:
+                if e.status == 404:
+                    raise ServingError(
+                        f"InferenceService {name!r} in namespace {namespace!r} disappeared while "
+                        "waiting for it to become Ready (deleted by someone else?)"
+                    ) from e
+                raise self._refused(e, "get", name, namespace) from e
+            except ServingError:
+                if time.monotonic() < deadline:
+                    raise
+                continue  # deadline reached while retrying: report the readiness timeout
+            rv = latest["metadata"].get("resourceVersion")
+            state, summary = readiness(latest, generation)
+
+    def _not_ready(
+        self, obj: dict[str, Any], generation: int, timeout: float, *, timed_out: bool
+    ) -> InferenceServiceNotReadyError:
+        meta = obj.get("metadata") or {}
+        name, namespace = meta.get("name", "?"), meta.get("namespace", "?")
+        status = obj.get("status") or {}
+        conditions = _conditions(obj)
+        ready = _condition(obj, "Ready") or {}
+        failing = (
+            ready
+            if ready.get("reason")
+            else next(
+                (c for c in conditions if c.get("status") == "False" and c.get("reason")), ready
+            )
+        )
+        reason, message = failing.get("reason"), failing.get("message")
+        components = status.get("components") or {}
+        url = next((c.get("url") for c in components.values() if c.get("url")), None)
+        url = url or status.get("url")
+        head = (
+            f"InferenceService {name!r} in namespace {namespace!r} did not become Ready within "
+            f"{timeout:.0f}s"
+            if timed_out
+            else f"InferenceService {name!r} in namespace {namespace!r} failed"
+        )
+        lines = [
+            f"{head} (generation {generation}, observed by the controller: "
+            f"{status.get('observedGeneration', 'none')})."
+        ]
+        if reason or message:
+            lines.append(f"  reason: {reason or '-'}: {message or '-'}")
+        if conditions:
+            lines.append("  conditions:")
+            lines += [
+                f"    {c.get('type')}={c.get('status')}"
+                + (f" {c['reason']}" if c.get("reason") else "")
+                + (f": {c['message']}" if c.get("message") else "")
+                for c in conditions
+            ]
+        model_status = status.get("modelStatus") or {}
+        if model_status.get("transitionStatus"):
+            failure = model_status.get("lastFailureInfo") or {}
+            lines.append(
+                f"  model status: {model_status['transitionStatus']}"
+                + (f" ({failure.get('reason')}: {failure.get('message')})" if failure else "")
+            )
+        if url:
+            lines.append(f"  url: {url}")
+        selector = f"serving.kserve.io/inferenceservice={name}"
+        lines += [
+            "  what to check next:",
+            f"    kubectl describe inferenceservice {name} -n {namespace}",
+            f"    kubectl get pods -n {namespace} -l {selector}",
+            f"    kubectl logs -n {namespace} -l {selector} -c kserve-container --tail=100",
+            f"    kubectl get events -n {namespace} --sort-by=.lastTimestamp",
+        ]
+        if status.get("observedGeneration", 0) < generation:
+            lines.append(
+                "    (the KServe controller has not processed this generation: "
+                "kubectl logs -n kserve deploy/kserve-controller-manager)"
+            )
+        return InferenceServiceNotReadyError(
+            "\n".join(lines),
+            name=name,
+            namespace=namespace,
+            reason=reason,
+            message=message,
+            conditions=conditions,
+            url=url,
+            timed_out=timed_out,
+        )
+
+    def _endpoint_status(self, obj: dict[str, Any]) -> EndpointStatus:
+        meta = obj.get("metadata") or {}
+        status = obj.get("status") or {}
+        generation = meta.get("generation", 1)
+        state, _ = readiness(obj, generation)
+        ready_cond = _condition(obj, "Ready") or {}
+        components = {
+            comp: info["url"]
+            for comp, info in (status.get("components") or {}).items()
+            if isinstance(info, dict) and info.get("url")
+        }
+        external = status.get("url")
+        cluster_local = (status.get("address") or {}).get("url")
+        if cluster_local:
+            components["cluster-local"] = cluster_local
+        if external:
+            components["external"] = external
+        headers: dict[str, str] = {}
+        url = external or cluster_local
+        if running_in_pod() and cluster_local:
+            url = cluster_local  # no ingress hop (and no external DNS) needed inside the cluster
+        elif external and (ingress := ingress_address()):
+            # Outside: connect to the ingress gateway and name the service in the Host header.
+            parts = urlsplit(external)
+            headers["Host"] = parts.hostname or parts.netloc
+            url = f"{ingress[0]}://{ingress[1]}{parts.path}".rstrip("/")
+        return EndpointStatus(
+            name=meta.get("name", ""),
+            backend=KUBERNETES,
+            url=url,
+            ready=state == "ready",
+            namespace=meta.get("namespace"),
+            manifest=obj,
+            reason=None if state == "ready" else ready_cond.get("reason"),
+            message=None if state == "ready" else ready_cond.get("message"),
+            components=components,
+            headers=headers,
+        )
+
+    def _probe(self, status: EndpointStatus, deadline: float) -> None:
+        """After Ready, wait until the endpoint answers (kserve/kserve#1658: 404 right after).
+
+        Only when reachable from here (in a pod, or through a configured ingress), bounded by
+        ``probe_timeout``; a probe that never succeeds is reported, not raised: Ready is what
+        the cluster says, and the caller's smoke test retries on its own.
+        """
+        if not status.url or self.probe_timeout <= 0:
+            return
+        if not (running_in_pod() or status.headers):
+            return
+        spec = status.manifest.get("spec") or {}
+        predictor = spec.get("predictor") or {}
+        protocol = next(
+            (
+                v.get("protocolVersion")
+                for v in predictor.values()
+                if isinstance(v, dict) and v.get("protocolVersion")
+            ),
+            "v1",
+        )
+        if protocol == "v2" and "transformer" not in spec:
+            path = f"/v2/models/{status.name}/ready"
+        else:
+            path = f"/v1/models/{status.name}"
+        probe_deadline = min(deadline, time.monotonic() + self.probe_timeout)
+        delay, last = 0.05, ""
+        while True:
+            request = urllib.request.Request(status.url + path, headers=status.headers)
+            try:
+                remaining = max(0.05, probe_deadline - time.monotonic())
+                with urllib.request.urlopen(request, timeout=min(5.0, remaining)) as response:
+                    if response.status == 200:
+                        return
+                    last = f"HTTP {response.status}"
+            except urllib.error.HTTPError as e:
+                last = f"HTTP {e.code}"
+                if e.code not in (404, 502, 503, 504):
+                    status.message = f"Ready, but {status.url}{path} answers {last}"
+                    return
+            except (urllib.error.URLError, OSError) as e:
+                last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+            if time.monotonic() + delay >= probe_deadline:
+                status.message = (
+                    f"Ready, but {status.url}{path} did not answer 200 yet "
+                    f"(last: {last}); clients should retry for a short while"
+                )
+                self._say(f"{status.name}: {status.message}")
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def get(self, name: str, namespace: str | None = None) -> EndpointStatus:
+        """The current status of one InferenceService.
+
+        Raises:
+            ServingError: it does not exist, or the API refused the read.
+        """
+        namespace = namespace or self.namespace
+        custom, _ = self._clients()
+        deadline = time.monotonic() + self.request_timeout * 2
+        try:
+            obj = self._call(
+                f"reading InferenceService {name!r}",
+                custom.get_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                deadline=deadline,
+            )
+        except self._api_exception() as e:
+            if e.status == 404:
+                raise ServingError(
+                    f"no InferenceService {name!r} in namespace {namespace!r} "
+                    f"(list them with `kubectl get inferenceservices -n {namespace}`)"
+                ) from e
+            raise self._refused(e, "get", name, namespace) from e
+        return self._endpoint_status(obj)
+
+    def list(self, namespace: str | None = None) -> list[EndpointStatus]:
+        """Every InferenceService in ``namespace``, sorted by name."""
+        namespace = namespace or self.namespace
+        custom, _ = self._clients()
+        deadline = time.monotonic() + self.request_timeout * 2
+        try:
+            result = self._call(
+                "listing InferenceServices",
+                custom.list_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                deadline=deadline,
+            )
+        except self._api_exception() as e:
+            raise self._refused(e, "list", "*", namespace) from e
+        items = sorted(result.get("items", []), key=lambda o: o["metadata"]["name"])
+        return [self._endpoint_status(o) for o in items]
+
+    def delete(self, name: str, namespace: str | None = None) -> None:
+        """Delete the InferenceService (KServe removes its pods and routes).
+
+        Raises:
+            ServingError: it does not exist, or the API refused the delete.
+        """
+        namespace = namespace or self.namespace
+        custom, _ = self._clients()
+        deadline = time.monotonic() + self.request_timeout * 2
+        try:
+            self._call(
+                f"deleting InferenceService {name!r}",
+                custom.delete_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                deadline=deadline,
+            )
+        except self._api_exception() as e:
+            if e.status == 404:
+                raise ServingError(
+                    f"no InferenceService {name!r} in namespace {namespace!r} to delete"
+                ) from e
+            raise self._refused(e, "delete", name, namespace) from e
+        self._say(f"deleted InferenceService {name!r} in namespace {namespace!r}")

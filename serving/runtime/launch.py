@@ -1,0 +1,256 @@
+"""Start kfp-serve runtime servers as detached local processes and wait until they are ready.
+
+Used by tests and by the local serving backend. Cheap to import (no kserve, no numpy).
+
+Example::
+
+    proc = start_server("predictor", "iris", model_dir, log_path=home / "iris.log")
+    wait_ready(proc.url, timeout=60, proc=proc)
+    ...
+    stop_server(proc)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Literal
+
+from serving.errors import ServingError
+
+Kind = Literal["predictor", "transformer"]
+MODULES: dict[str, str] = {
+    "predictor": "serving.runtime.predictor",
+    "transformer": "serving.runtime.transformer",
+}
+LOOPBACK = "127.0.0.1"
+#: Readiness path: 200 once every model of the server is loaded (same on v1 and v2 servers).
+READY_PATH = "/v2/health/ready"
+
+
+class ServerProcess(subprocess.Popen):
+    """A runtime server process; a ``Popen`` that also knows its port, URL and log file."""
+
+    port: int
+    host: str
+    url: str
+    log_path: Path
+    kind: str
+    model_name: str
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port that is free on ``host`` right now (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _repo_root() -> Path:
+    # serving/runtime/launch.py -> repo root; lets `python -m serving...` work from any cwd
+    # even when kfp-serve is not installed into the interpreter that runs the server.
+    return Path(__file__).resolve().parents[2]
+
+
+def server_command(
+    kind: Kind,
+    model_name: str,
+    model_dir: str | os.PathLike[str],
+    *,
+    port: int,
+    host: str = LOOPBACK,
+    predictor_host: str | None = None,
+    predictor_protocol: str = "v1",
+    python: str | None = None,
+    extra_args: list[str] | None = None,
+) -> list[str]:
+    """The argv that starts a runtime server (what a container would run, plus --http_host)."""
+    if kind not in MODULES:
+        raise ServingError(f"unknown runtime kind {kind!r}; use one of {sorted(MODULES)}")
+    cmd = [
+        python or sys.executable,
+        "-m",
+        MODULES[kind],
+        f"--model_name={model_name}",
+        f"--model_dir={os.fspath(model_dir)}",
+        f"--http_port={port}",
+        f"--http_host={host}",
+    ]
+    if kind == "transformer":
+        if not predictor_host:
+            raise ServingError("a transformer needs predictor_host='HOST:PORT'")
+        cmd += [f"--predictor_host={predictor_host}", f"--predictor_protocol={predictor_protocol}"]
+    return cmd + list(extra_args or [])
+
+
+def start_server(
+    kind: Kind,
+    model_name: str,
+    model_dir: str | os.PathLike[str],
+    *,
+    log_path: str | os.PathLike[str],
+    port: int | None = None,
+    host: str = LOOPBACK,
+    predictor_host: str | None = None,
+    predictor_protocol: str = "v1",
+    env: dict[str, str] | None = None,
+    python: str | None = None,
+    extra_args: list[str] | None = None,
+) -> ServerProcess:
+    """Start a runtime server as a detached process; does not wait for readiness.
+
+    The process gets its own session (it survives the caller, and a signal to the caller's
+    group does not reach it), stdin from /dev/null, and stdout+stderr appended to ``log_path``
+    (never an inherited pipe: a parent that exits while a child holds its pipe open hangs
+    whoever reads that pipe, e.g. a kfp.local step).
+
+    Args:
+        kind: ``"predictor"`` or ``"transformer"``.
+        model_name: Name in the URL paths.
+        model_dir: Artifact directory.
+        log_path: File for the server's output (parents are created).
+        port: Port to bind; a free one when None.
+        host: Address to bind; loopback unless you mean otherwise.
+        predictor_host: ``HOST:PORT`` of the predictor (transformer only).
+        predictor_protocol: ``"v1"`` or ``"v2"`` (transformer only).
+        env: Extra environment variables (e.g. ``{"PREDICT_PROBA": "true"}``).
+        python: Interpreter to run; the current one by default.
+        extra_args: More command-line flags.
+
+    Returns:
+        The process, with ``.port``, ``.host``, ``.url``, ``.log_path`` set.
+    """
+    port = port or free_port(host if host not in ("0.0.0.0", "") else LOOPBACK)
+    cmd = server_command(
+        kind,
+        model_name,
+        model_dir,
+        port=port,
+        host=host,
+        predictor_host=predictor_host,
+        predictor_protocol=predictor_protocol,
+        python=python,
+        extra_args=extra_args,
+    )
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    root = str(_repo_root())
+    pythonpath = full_env.get("PYTHONPATH")
+    full_env["PYTHONPATH"] = root if not pythonpath else f"{root}{os.pathsep}{pythonpath}"
+    full_env.setdefault("PYTHONUNBUFFERED", "1")
+    with open(log_path, "ab") as log_file:
+        proc = ServerProcess(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=root,
+            start_new_session=True,
+            close_fds=True,
+        )
+    proc.port = port
+    proc.host = host
+    connect_host = LOOPBACK if host in ("0.0.0.0", "", "::") else host
+    proc.url = f"http://{connect_host}:{port}"
+    proc.log_path = log_path
+    proc.kind = kind
+    proc.model_name = model_name
+    return proc
+
+
+def log_tail(path: str | os.PathLike[str], lines: int = 20) -> str:
+    """The last lines of a log file ('' when unreadable)."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def wait_ready(
+    url: str,
+    timeout: float = 60.0,
+    *,
+    proc: subprocess.Popen | None = None,
+    path: str = READY_PATH,
+    interval: float = 0.05,
+) -> float:
+    """Poll ``url + path`` until it answers 200.
+
+    Args:
+        url: Base URL of the server (``http://127.0.0.1:PORT``).
+        timeout: Seconds before giving up.
+        proc: The server process; if it exits first, fail at once with its log tail.
+        path: Readiness path.
+        interval: First poll interval (doubles up to 0.5 s).
+
+    Returns:
+        Seconds waited.
+
+    Raises:
+        ServingError: Timeout, or the process exited; the message carries the log tail.
+    """
+    start = time.monotonic()
+    deadline = start + timeout
+    target = url.rstrip("/") + path
+    last_error = "no answer yet"
+    while True:
+        if proc is not None and proc.poll() is not None:
+            tail = log_tail(proc.log_path) if hasattr(proc, "log_path") else ""
+            raise ServingError(
+                f"server for {url} exited with code {proc.returncode} before it was ready"
+                + (f"; log tail:\n{tail}" if tail else "")
+            )
+        try:
+            with urllib.request.urlopen(target, timeout=2.0) as r:  # noqa: S310 - local URL
+                if r.status == 200:
+                    return time.monotonic() - start
+                last_error = f"HTTP {r.status}"
+        except urllib.error.HTTPError as e:
+            last_error = f"HTTP {e.code}"
+        except (urllib.error.URLError, OSError) as e:
+            last_error = str(getattr(e, "reason", e))
+        if time.monotonic() >= deadline:
+            tail = log_tail(proc.log_path) if proc is not None and hasattr(proc, "log_path") else ""
+            raise ServingError(
+                f"server at {url} not ready after {timeout:.0f}s ({last_error})"
+                + (f"; log tail:\n{tail}" if tail else "")
+            )
+        time.sleep(interval)
+        interval = min(interval * 2, 0.5)
+
+
+def stop_server(proc: subprocess.Popen, timeout: float = 10.0) -> int | None:
+    """Stop a server started by :func:`start_server`: SIGTERM its session, then SIGKILL.
+
+    Returns:
+        The exit code (None if it could not be reaped).
+    """
+    if proc.poll() is not None:
+        return proc.returncode
+    try:
+        # start_new_session=True made the server its own process-group leader (pgid == pid).
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return proc.poll()
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            return proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return None

@@ -1,0 +1,306 @@
+"""The file:// snapshot store: digest, atomicity, dedup, verification, traversal, progress."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from artifacts import Snapshot, SnapshotError, SnapshotStore
+from artifacts.snapshots import base, progress
+from artifacts.snapshots.digest import MANIFEST_NAME, Manifest, tree_digest
+
+
+def make_tree(root: Path) -> Path:
+    (root / "sub" / "deeper").mkdir(parents=True)
+    (root / "empty").mkdir()
+    (root / "model.joblib").write_bytes(b"weights" * 1000)
+    (root / "sub" / "a.txt").write_text("a")
+    (root / "sub" / "deeper" / "b.bin").write_bytes(os.urandom(3000))
+    (root / "run.sh").write_text("#!/bin/sh\n")
+    (root / "run.sh").chmod(0o755)
+    os.symlink("../model.joblib", root / "sub" / "link")
+    return root
+
+
+def snapshot_dirs(home: Path) -> list[str]:
+    return sorted(p.name for p in (home / "snapshots").iterdir() if p.name.startswith("sha256-"))
+
+
+@pytest.mark.parametrize(
+    ("change", "same"),
+    [
+        ("nothing", True),
+        ("touch", True),  # mtime is not content
+        ("content", False),
+        ("rename", False),
+        ("chmod-x", False),
+        ("chmod-r", True),  # only the executable bit counts (like git)
+        ("new-empty-dir", False),
+        ("link-target", False),
+    ],
+)
+def test_digest_covers_names_modes_contents(tmp_path, change, same):
+    tree = make_tree(tmp_path / "t")
+    before, size = tree_digest(tree)
+    assert before.startswith("sha256:") and size == 7000 + 1 + 3000 + 10
+    match change:
+        case "touch":
+            os.utime(tree / "model.joblib", (1, 1))
+        case "content":
+            (tree / "sub" / "a.txt").write_text("b")
+        case "rename":
+            (tree / "sub" / "a.txt").rename(tree / "sub" / "c.txt")
+        case "chmod-x":
+            (tree / "run.sh").chmod(0o644)
+        case "chmod-r":
+            (tree / "model.joblib").chmod(0o600)
+        case "new-empty-dir":
+            (tree / "new").mkdir()
+        case "link-target":
+            (tree / "sub" / "link").unlink()
+            os.symlink("a.txt", tree / "sub" / "link")
+    assert (tree_digest(tree)[0] == before) is same
+
+
+def test_snapshot_restore_open_roundtrip(home, tmp_path):
+    tree = make_tree(tmp_path / "t")
+    store = SnapshotStore()
+    snap = store.snapshot(tree)
+    digest, size = tree_digest(tree)
+    assert snap == Snapshot(f"file://{home}/snapshots/sha256-{digest[7:]}", digest, size)
+    opened = store.open(snap.uri)
+    assert (opened / "model.joblib").read_bytes() == (tree / "model.joblib").read_bytes()
+    restored = store.restore(snap.uri, tmp_path / "restored")
+    assert tree_digest(restored)[0] == digest
+    assert os.readlink(restored / "sub" / "link") == "../model.joblib"
+    assert os.access(restored / "run.sh", os.X_OK)
+    assert not (restored / MANIFEST_NAME).exists()
+    assert store.verify(snap.uri) == snap
+    with pytest.raises(SnapshotError, match="not an empty directory"):
+        store.restore(snap.uri, restored)
+
+
+def test_unchanged_tree_is_deduplicated_without_copy(home, tmp_path, monkeypatch):
+    tree = make_tree(tmp_path / "t")
+    store = SnapshotStore()
+    first = store.snapshot(tree)
+    stored = home / "snapshots" / first.uri.rsplit("/", 1)[1]
+    inode = (stored / "model.joblib").stat().st_ino
+    # A copy would go through hash_file(copy_to=...): make any copy fail loudly.
+    import artifacts.snapshots.file as file_backend
+
+    real = file_backend.hash_file
+
+    def no_copy(path, progress=None, copy_to=None, expected=None):
+        assert copy_to is None, "an unchanged tree must not be copied again"
+        return real(path, progress, None, expected)
+
+    monkeypatch.setattr(file_backend, "hash_file", no_copy)
+    assert store.snapshot(tree) == first
+    assert (stored / "model.joblib").stat().st_ino == inode
+    assert snapshot_dirs(home) == [stored.name]
+    # A change is a new snapshot; the old one stays as it was (immutable).
+    monkeypatch.setattr(file_backend, "hash_file", real)
+    (tree / "sub" / "a.txt").write_text("changed")
+    second = store.snapshot(tree)
+    assert second.digest != first.digest and len(snapshot_dirs(home)) == 2
+    store.verify(first.uri)
+
+
+def test_identical_content_elsewhere_gets_the_same_snapshot(home, tmp_path):
+    a = make_tree(tmp_path / "a")
+    b = tmp_path / "b"
+    SnapshotStore().restore(SnapshotStore().snapshot(a).uri, b)
+    assert SnapshotStore().snapshot(b).uri == SnapshotStore().snapshot(a).uri
+    assert len(snapshot_dirs(home)) == 1
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    ["edit", "append", "delete", "add", "chmod-x", "manifest"],
+)
+def test_tampered_snapshot_is_refused(home, tmp_path, tamper):
+    tree = make_tree(tmp_path / "t")
+    store = SnapshotStore()
+    snap = store.snapshot(tree)
+    stored = store.open(snap.uri)
+    target = stored / "sub" / "a.txt"
+    target.chmod(0o644)
+    match tamper:
+        case "edit":
+            target.write_text("x")
+        case "append":
+            with open(stored / "model.joblib", "ab") as f:
+                f.write(b"!")
+        case "delete":
+            target.unlink()
+        case "add":
+            (stored / "evil.py").write_text("import os")
+        case "chmod-x":
+            target.chmod(0o755)
+        case "manifest":
+            # Rewriting the manifest to match the edit does not help: the digest is in the URI.
+            target.write_text("x")
+            (stored / MANIFEST_NAME).write_text(Manifest.parse("").text)
+    for action in (store.open, store.verify, lambda u: store.restore(u, tmp_path / "r")):
+        with pytest.raises(SnapshotError, match="failed verification.*refusing"):
+            action(snap.uri)
+    assert not (tmp_path / "r").exists()
+
+
+def test_error_names_the_changed_file(home, tmp_path):
+    snap = SnapshotStore().snapshot(make_tree(tmp_path / "t"))
+    stored = SnapshotStore().open(snap.uri)
+    (stored / "sub" / "a.txt").chmod(0o644)
+    (stored / "sub" / "a.txt").write_text("x")
+    with pytest.raises(SnapshotError, match="'sub/a.txt' content changed"):
+        SnapshotStore().open(snap.uri)
+
+
+@pytest.mark.parametrize(
+    ("target", "match"),
+    [
+        ("../../outside", "points outside the tree"),
+        ("../..", "points outside the tree"),
+        ("/etc/passwd", "is absolute"),
+        ("deeper/../../../x", "points outside the tree"),
+    ],
+)
+def test_symlinks_leaving_the_tree_are_refused(home, tmp_path, target, match):
+    tree = make_tree(tmp_path / "t")
+    os.symlink(target, tree / "sub" / "bad")
+    with pytest.raises(SnapshotError, match=match):
+        SnapshotStore().snapshot(tree)
+    assert not (home / "snapshots").exists() or snapshot_dirs(home) == []
+
+
+def test_special_files_are_refused(home, tmp_path):
+    tree = make_tree(tmp_path / "t")
+    os.mkfifo(tree / "pipe")
+    with pytest.raises(SnapshotError, match="not a regular file"):
+        SnapshotStore().snapshot(tree)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '["f","../escape",420,1,"00",""]',
+        '["f","/etc/passwd",420,1,"00",""]',
+        '["f","a/../../b",420,1,"00",""]',
+        '["l","a",0,0,"","../../x"]',
+        '["x","a",0,0,"",""]',
+        "not json",
+    ],
+)
+def test_manifest_path_traversal_is_refused(line):
+    with pytest.raises(SnapshotError):
+        Manifest.parse(line + "\n")
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "file:///tmp/x/sha256-../../etc",
+        "file:///tmp/x/../sha256-abc",
+        "file:///tmp/x",
+        "sha256-" + "0" * 64,
+    ],
+)
+def test_uris_that_are_not_snapshots_are_refused(home, uri):
+    with pytest.raises(SnapshotError, match="is not a snapshot URI"):
+        SnapshotStore().open(uri)
+
+
+def test_missing_snapshot_is_reported(home):
+    uri = f"file://{home}/snapshots/sha256-{'0' * 64}"
+    with pytest.raises(SnapshotError, match="does not exist"):
+        SnapshotStore().open(uri)
+
+
+def test_backend_by_scheme(home, tmp_path, monkeypatch):
+    with pytest.raises(SnapshotError, match="no snapshot backend for scheme 'gs'.*file://"):
+        SnapshotStore("gs://bucket/x")
+    assert SnapshotStore(str(tmp_path / "plain")).root == f"file://{tmp_path / 'plain'}"
+    monkeypatch.setenv("KFP_SERVE_SNAPSHOT_STORE", f"file://{tmp_path}/env")
+    assert SnapshotStore().root == f"file://{tmp_path}/env"
+
+    class Memory:
+        scheme = "mem"
+
+        def __init__(self, root: str) -> None:
+            self.root = root
+
+    base.register_backend("mem", Memory)
+    try:
+        assert isinstance(SnapshotStore("mem://x").backend, Memory)
+    finally:
+        base._REGISTERED.pop("mem")
+
+
+def test_progress_is_shown_for_large_snapshots(home, tmp_path, monkeypatch, capfd):
+    tree = make_tree(tmp_path / "t")
+    SnapshotStore().snapshot(tree)
+    assert capfd.readouterr().err == ""  # small and fast: silent
+    monkeypatch.setattr(progress, "LARGE_BYTES", 1)
+    (tree / "model.joblib").write_bytes(b"new")
+    SnapshotStore().snapshot(tree)
+    assert "Snapshotting t" in capfd.readouterr().err
+
+
+KILLED_WORKER = textwrap.dedent(
+    """
+    import sys
+    from artifacts import SnapshotStore
+    print("start", flush=True)
+    SnapshotStore().snapshot(sys.argv[1], progress=False)
+    print("done", flush=True)
+    """
+)
+
+
+def test_sigkill_midway_leaves_no_visible_snapshot(home, tmp_path):
+    tree = tmp_path / "big"
+    tree.mkdir()
+    chunk = os.urandom(1 << 20)
+    for i in range(120):  # 120 MiB: long enough to be caught mid-copy
+        (tree / f"part-{i:03d}.bin").write_bytes(chunk[i:] + chunk[:i])
+    script = tmp_path / "worker.py"
+    script.write_text(KILLED_WORKER)
+    proc = subprocess.Popen([sys.executable, str(script), str(tree)], stdout=subprocess.PIPE)
+    tmp_root = home / "snapshots" / ".tmp"
+    deadline = time.monotonic() + 60
+    # Kill as soon as the work directory holds some copied data.
+    while time.monotonic() < deadline:
+        work = list(tmp_root.glob("*/part-*")) if tmp_root.is_dir() else []
+        if len(work) >= 3:
+            break
+        assert proc.poll() is None, "the snapshot finished before it could be killed"
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert b"done" not in proc.stdout.read()
+    assert snapshot_dirs(home) == []  # nothing visible
+    assert list(tmp_root.iterdir())  # the partial work is only in .tmp
+
+    # The next snapshot sweeps the dead process's work directory and completes.
+    snap = SnapshotStore().snapshot(tree, progress=False)
+    assert list(tmp_root.iterdir()) == []
+    assert SnapshotStore().verify(snap.uri).size == 120 << 20
+    assert snap.digest == tree_digest(tree)[0]
+
+
+def test_digest_is_sha256_of_manifest(tmp_path):
+    tree = make_tree(tmp_path / "t")
+    from artifacts.snapshots.digest import build_manifest
+
+    m = build_manifest(tree)
+    assert m.digest == "sha256:" + hashlib.sha256(m.text.encode()).hexdigest()
+    assert Manifest.parse(m.text) == m

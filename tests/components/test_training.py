@@ -1,0 +1,95 @@
+"""artifacts.training.train_model: the logic behind the train component, with tmp_path."""
+
+import json
+
+import joblib
+import pandas as pd
+import pytest
+
+from artifacts.errors import ArtifactError
+from artifacts.layout import MODEL_JOBLIB, TRANSFORMER_JOBLIB, XGBOOST_JSON
+from artifacts.training import NO_TRANSFORMER_MARKER, read_samples, train_model
+
+
+def test_sklearn_with_transformer_writes_layout_and_samples(tmp_path):
+    result = train_model(
+        model_dir=tmp_path / "model", transformer_dir=tmp_path / "transformer",
+        samples_path=tmp_path / "samples.json", n_samples=5,
+    )
+    assert (tmp_path / "model" / MODEL_JOBLIB).is_file()
+    assert (tmp_path / "transformer" / TRANSFORMER_JOBLIB).is_file()
+    assert result.has_transformer and result.framework == "sklearn"
+    assert result.metrics["accuracy"] > 0.8
+    assert len(result.confusion_matrix) == len(result.class_names) == 3
+    assert sum(map(sum, result.confusion_matrix)) == result.n_test == 30
+
+    samples = read_samples(tmp_path / "samples.json")
+    assert len(samples["instances"]) == len(samples["expected"]) == 5
+    # Instances are raw features: transformer then model reproduces the expected labels.
+    model = joblib.load(tmp_path / "model" / MODEL_JOBLIB)
+    scaler = joblib.load(tmp_path / "transformer" / TRANSFORMER_JOBLIB)
+    assert model.predict(scaler.transform(samples["instances"])).tolist() == samples["expected"]
+    assert len(samples["expected_values"][0]) == 3
+
+
+def test_xgboost_without_transformer_leaves_marker(tmp_path):
+    result = train_model(
+        model_dir=tmp_path / "m", transformer_dir=tmp_path / "t", samples_path=tmp_path / "s",
+        framework="xgboost", estimator="xgb_classifier", preprocessing="none",
+        dataset_name="breast_cancer", hyperparameters='{"n_estimators": 5}',
+    )
+    assert (tmp_path / "m" / XGBOOST_JSON).is_file()
+    assert not result.has_transformer
+    assert (tmp_path / "t" / NO_TRANSFORMER_MARKER).is_file()
+    assert result.n_features == 30
+    samples = json.loads((tmp_path / "s").read_text())
+    assert set(samples["expected"]) <= {0, 1}
+
+
+def test_csv_dataset_with_string_labels(tmp_path):
+    from sklearn.datasets import load_iris
+
+    frame = load_iris(as_frame=True).frame
+    frame["species"] = frame.pop("target").map({0: "setosa", 1: "versicolor", 2: "virginica"})
+    csv = tmp_path / "data.csv"
+    frame.to_csv(csv, index=False)
+    result = train_model(
+        model_dir=tmp_path / "m", samples_path=tmp_path / "s.json", dataset_path=csv,
+        target_column="species", preprocessing="none", estimator="random_forest",
+    )
+    assert result.class_names == ["setosa", "versicolor", "virginica"]
+    assert result.dataset == "data.csv"
+    assert set(read_samples(tmp_path / "s.json")["expected"]) <= set(result.class_names)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        pytest.param({"framework": "torch"}, "unknown framework", id="framework"),
+        pytest.param({"estimator": "svm"}, "unknown estimator", id="estimator"),
+        pytest.param({"preprocessing": "pca"}, "unknown preprocessing", id="preprocessing"),
+        pytest.param({"dataset_name": "mnist"}, "unknown built-in dataset", id="dataset"),
+        pytest.param({"hyperparameters": "{C: 1}"}, "must be a JSON object", id="bad-json"),
+        pytest.param({"hyperparameters": "[1]"}, "must be a JSON object", id="not-object"),
+        pytest.param({"hyperparameters": '{"nope": 1}'}, "nope", id="unknown-hyperparameter"),
+        pytest.param({"test_size": 1.5}, "test_size", id="test-size"),
+        pytest.param({"n_samples": 0}, "n_samples", id="n-samples"),
+    ],
+)
+def test_bad_arguments_name_the_problem(tmp_path, kwargs, message):
+    kwargs = {"transformer_dir": tmp_path / "t", **kwargs}
+    with pytest.raises(ArtifactError, match=message):
+        train_model(model_dir=tmp_path / "m", samples_path=tmp_path / "s", **kwargs)
+
+
+def test_missing_target_column_lists_columns(tmp_path):
+    csv = tmp_path / "d.csv"
+    pd.DataFrame({"a": [1.0, 2, 3, 4, 5], "b": [0, 1, 0, 1, 0]}).to_csv(csv, index=False)
+    with pytest.raises(ArtifactError, match=r"no target column 'target'.*\['a', 'b'\]"):
+        train_model(model_dir=tmp_path / "m", samples_path=tmp_path / "s", dataset_path=csv,
+                    preprocessing="none")
+
+
+def test_transformer_requires_a_directory(tmp_path):
+    with pytest.raises(ArtifactError, match="transformer_dir"):
+        train_model(model_dir=tmp_path / "m", samples_path=tmp_path / "s")
