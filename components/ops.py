@@ -168,7 +168,7 @@ def serve(
         wait: Wait until the endpoint is Ready.
         timeout: Seconds to wait for Ready.
     """
-    from serving.serve import serve as serve_model
+    from serving.deploy import serve as serve_model
 
     config = parse_json_object(serve_config, "serve_config")
     transformer = _check_id(transformer_id, "transformer_id") if transformer_id > NO_ID else None

@@ -188,7 +188,7 @@ def serve(
     """
     # The function, not ``serving.serve``: that attribute turns into the submodule of the same
     # name once the submodule has been imported.
-    from serving.serve import serve as serve_model
+    from serving.deploy import serve as serve_model
 
     link_run()
     model_id = _as_id(model_id, "model_id")

@@ -151,7 +151,7 @@ def _coerce(value: Any, kind: str) -> Any:
 
 
 def task_display_names(pipeline: Any) -> dict[str, str]:
-    """Task name in the compiled spec (``snapshot-2``) -> display name (``snapshot-transformer``)."""
+    """Compiled task name (``snapshot-2``) -> display name (``snapshot-transformer``)."""
     tasks = pipeline.pipeline_spec.root.dag.tasks
     return {name: (task.task_info.name or name) for name, task in tasks.items()}
 

@@ -11,6 +11,17 @@ from kfp import dsl
 from components import get_component
 from pipelines.cluster import ClusterOptions
 
+
+class PipelineOutputs(NamedTuple):
+    """What a run of the pipeline reports."""
+
+    endpoint_url: str
+    endpoint_name: str
+    model_id: int
+    transformer_id: int
+    smoke_verdict: str
+
+
 NAME = "sklearn-transformer"
 
 
@@ -48,11 +59,7 @@ def make_pipeline(options: ClusterOptions | None = None):  # noqa: ANN201 - a KF
         experiment: str = "Default",
         snapshot_store: str = "",
         fail_on_mismatch: bool = True,
-    ) -> NamedTuple(
-        "Outputs",
-        [("endpoint_url", str), ("endpoint_name", str), ("model_id", int),
-         ("transformer_id", int), ("smoke_verdict", str)],
-    ):
+    ) -> PipelineOutputs:
         trained = train(
             dataset_name=dataset_name, framework="sklearn", estimator=estimator,
             preprocessing=preprocessing, hyperparameters=hyperparameters,
@@ -90,12 +97,7 @@ def make_pipeline(options: ClusterOptions | None = None):  # noqa: ANN201 - a KF
             task.set_caching_options(False)
         for task in (model_snapshot, transformer_snapshot, served):
             options.apply(task)
-        outputs = NamedTuple(
-            "Outputs",
-            [("endpoint_url", str), ("endpoint_name", str), ("model_id", int),
-             ("transformer_id", int), ("smoke_verdict", str)],
-        )
-        return outputs(
+        return PipelineOutputs(
             served.outputs["url"], served.outputs["endpoint_name"], model.outputs["model_id"],
             transformer.outputs["transformer_id"], smoke.outputs["verdict"],
         )

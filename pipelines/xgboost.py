@@ -11,6 +11,16 @@ from kfp import dsl
 from components import get_component
 from pipelines.cluster import ClusterOptions
 
+
+class PipelineOutputs(NamedTuple):
+    """What a run of the pipeline reports."""
+
+    endpoint_url: str
+    endpoint_name: str
+    model_id: int
+    smoke_verdict: str
+
+
 NAME = "xgboost"
 
 
@@ -43,11 +53,7 @@ def make_pipeline(options: ClusterOptions | None = None):  # noqa: ANN201 - a KF
         snapshot_store: str = "",
         tolerance: float = 1e-5,
         fail_on_mismatch: bool = True,
-    ) -> NamedTuple(
-        "Outputs",
-        [("endpoint_url", str), ("endpoint_name", str), ("model_id", int),
-         ("smoke_verdict", str)],
-    ):
+    ) -> PipelineOutputs:
         trained = train(
             dataset_name=dataset_name, framework="xgboost", estimator="xgb_classifier",
             preprocessing="none", hyperparameters=hyperparameters,
@@ -75,12 +81,7 @@ def make_pipeline(options: ClusterOptions | None = None):  # noqa: ANN201 - a KF
             task.set_caching_options(False)
         for task in (model_snapshot, served):
             options.apply(task)
-        outputs = NamedTuple(
-            "Outputs",
-            [("endpoint_url", str), ("endpoint_name", str), ("model_id", int),
-             ("smoke_verdict", str)],
-        )
-        return outputs(
+        return PipelineOutputs(
             served.outputs["url"], served.outputs["endpoint_name"], model.outputs["model_id"],
             smoke.outputs["verdict"],
         )

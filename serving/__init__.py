@@ -12,7 +12,7 @@ _EXPORTS = {
     "build_inference_service": "serving.isvc",
     "Provenance": "serving.isvc",
     "KnativeSchedulingWarning": "serving.isvc",
-    "serve": "serving.serve",
+    "serve": "serving.deploy",
     "Endpoint": "serving.endpoint",
     "ServeConfigError": "serving.errors",
     "ServingError": "serving.errors",

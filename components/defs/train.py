@@ -15,7 +15,7 @@ def train(
     samples: Output[Dataset],
     metrics: Output[Metrics],
     confusion_matrix: Output[ClassificationMetrics],
-    dataset: Optional[Input[Dataset]] = None,
+    dataset: Optional[Input[Dataset]] = None,  # noqa: UP045 - KFP reads Optional, not X | None
     dataset_name: str = "iris",
     target_column: str = "target",
     framework: str = "sklearn",

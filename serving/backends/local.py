@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -68,6 +69,8 @@ REASON_STARTING = "Starting"
 #: Flags of a transformer container that the local backend sets itself: the cluster values
 #: (``--model_dir=/mnt/models``, ``--http_host=0.0.0.0``) must never reach a local server.
 _LOCAL_FLAGS = {"--model_dir", "--http_host", "--http_port", "--predictor_host", "--grpc_port"}
+#: The last path component of a snapshot URI (see artifacts.snapshots.base).
+_SNAPSHOT_NAME = re.compile(r"^sha256-[0-9a-f]{64}$")
 _ADDRESS_IN_USE = ("address already in use", "errno 98")
 _PORT_ATTEMPTS = 3
 #: Env vars that choose a server's listen address: the local backend decides that, not the
@@ -245,52 +248,35 @@ def _flag(args: list[str], flag: str) -> str | None:
 def resolve_storage(uri: str, *, field: str = "storageUri") -> Path:
     """A local directory to load an artifact from.
 
-    Snapshot URIs (file:// or s3:// in the snapshot store) are opened through the snapshot store,
-    which verifies their digest; a tampered snapshot is refused, never loaded. A plain directory
-    (a path, or a file:// URI that is not a snapshot) is used as it is.
+    A snapshot URI (file:// or s3://, ending in ``sha256-<hex>``) is opened through the snapshot
+    store, which verifies its digest: a tampered or incomplete snapshot is refused, never loaded.
+    A plain directory (a path, or a file:// URI that is not a snapshot) is used as it is.
     """
-    if "://" not in uri:
-        path = Path(uri).expanduser()
-        if not path.is_dir():
-            raise ServingError(f"{field} {uri!r} is not a directory: pass a model directory")
-        return path.resolve()
-    scheme = uri.split("://", 1)[0]
-    if scheme not in ("file", "s3"):
+    scheme = uri.split("://", 1)[0] if "://" in uri else ""
+    if scheme not in ("", "file", "s3"):
         raise ServingError(
             f"{field} {uri!r}: the local backend loads file:// and s3:// snapshots or local "
             f"directories, not {scheme}://; serve it on a cluster (KFP_SERVE_BACKEND=kubernetes)"
         )
-    plain = Path(uri[len("file://") :]) if scheme == "file" else None
-    try:
+    if scheme and _SNAPSHOT_NAME.match(uri.rstrip("/").rsplit("/", 1)[-1]):
         from artifacts.snapshots import SnapshotStore
-    except ImportError:  # the snapshot store is not installed: only plain directories
-        SnapshotStore = None  # noqa: N806
-    if SnapshotStore is not None:
+
         try:
             return Path(SnapshotStore().open(uri))
         except SnapshotError as e:
-            if plain is None or not plain.is_dir() or _is_snapshot_dir(plain):
-                raise ServingError(f"{field} {uri!r} cannot be served: {e}") from e
-    if plain is not None and plain.is_dir():
-        return plain.resolve()
-    raise ServingError(f"{field} {uri!r} does not exist: snapshot the artifact again")
-
-
-def _is_snapshot_dir(path: Path) -> bool:
-    """True if ``path`` lies in the snapshot store: there a failed check is a refusal."""
-    try:
-        from artifacts.snapshots import SnapshotStore
-
-        root = SnapshotStore().root
-    except Exception:  # noqa: BLE001 - no store, no snapshot
-        return False
-    root_str = str(root)
-    if root_str.startswith("file://"):
-        root_str = root_str[len("file://") :]
-    try:
-        return path.resolve().is_relative_to(Path(root_str).resolve())
-    except (OSError, ValueError):
-        return False
+            raise ServingError(f"{field} {uri!r} cannot be served: {e}") from e
+    if scheme == "s3":
+        raise ServingError(
+            f"{field} {uri!r} is not a snapshot: the local backend loads s3:// artifacts only as "
+            "snapshots (artifacts.SnapshotStore().snapshot(dir).uri)"
+        )
+    path = Path(uri[len("file://") :] if scheme == "file" else uri).expanduser()
+    if not path.is_dir():
+        raise ServingError(
+            f"{field} {uri!r} does not exist or is not a directory: save the artifact again "
+            "or pass its model directory"
+        )
+    return path.resolve()
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,22 +1,29 @@
 """File names of the artifact directory layout the runtimes read.
 
-The artifacts package owns these names (``artifacts/layout.py``); this module re-exports them
-and falls back to the documented defaults while that module is absent, so the runtimes never
-drift from what the artifacts helper writes.
+``artifacts/layout.py`` owns the names (the artifacts helper writes directories with them);
+this module re-exports them for the runtimes and adds the extensions the stock KServe runtimes
+accept, so a directory written by someone else's tool still loads.
 """
 
 from __future__ import annotations
 
-try:  # pragma: no cover - depends on which modules exist in the tree
-    from artifacts import layout as _artifacts_layout
-except ImportError:  # pragma: no cover
-    _artifacts_layout = None
+from artifacts.layout import (
+    METADATA_FILE,
+    SKLEARN_MODEL_FILE,
+    TRANSFORMER_FILE,
+    XGBOOST_MODEL_FILE,
+    XGBOOST_UBJ_MODEL_FILE,
+)
 
-SKLEARN_MODEL_FILE: str = getattr(_artifacts_layout, "SKLEARN_MODEL_FILE", "model.joblib")
-XGBOOST_MODEL_FILE: str = getattr(_artifacts_layout, "XGBOOST_MODEL_FILE", "model.json")
-XGBOOST_UBJ_MODEL_FILE: str = getattr(_artifacts_layout, "XGBOOST_UBJ_MODEL_FILE", "model.ubj")
-TRANSFORMER_FILE: str = getattr(_artifacts_layout, "TRANSFORMER_FILE", "transformer.joblib")
-METADATA_FILE: str = getattr(_artifacts_layout, "METADATA_FILE", "kfp-serve-metadata.yaml")
+__all__ = [
+    "METADATA_FILE",
+    "MODEL_EXTENSIONS",
+    "MODEL_FILES",
+    "SKLEARN_MODEL_FILE",
+    "TRANSFORMER_FILE",
+    "XGBOOST_MODEL_FILE",
+    "XGBOOST_UBJ_MODEL_FILE",
+]
 
 #: Well-known model file names, checked first, and the framework each one means.
 MODEL_FILES: dict[str, str] = {

@@ -38,7 +38,7 @@ print({PROBE!r} + _json.dumps({{
     "passed": smoke["passed"],
 }}))
 """
-KALE_TAGS = ("imports", "pipeline-parameters", "pipeline-metrics")
+KALE_TAGS = ("imports", "functions", "pipeline-parameters", "pipeline-metrics")
 
 
 def code_cells(nb: Any) -> list[Any]:
@@ -73,7 +73,7 @@ def test_notebook_has_kale_metadata_and_tags(notebook: Path) -> None:
     for tag in KALE_TAGS:
         assert tag in all_tags, f"no cell tagged {tag!r}"
     steps = [t.split(":", 1)[1] for t in all_tags if t.startswith("step:")]
-    assert len(steps) >= 3
+    assert len(steps) >= 2
     # Every step after the first names its predecessor, and each step is explained to a reader.
     for index, cell in enumerate(nb.cells):
         if any(t.startswith("step:") for t in tags_of(cell)):
@@ -227,9 +227,10 @@ def test_compiled_pipeline_runs_under_kfp_local(
     expected = objects["model"].predict(features).tolist()
     assert Endpoint(endpoint_name).predictions(samples.tolist()) == expected
 
+    # KFP spells metric names with dashes.
     metrics = step_metrics(root)
     assert metrics["accuracy"] > 0.8
-    assert metrics["smoke_p50_ms"] > 0
+    assert metrics["smoke-p50-ms"] > 0
     # What the steps recorded is in this home's MLMD, snapshotted.
     recorded = {a.kind: a for a in list_artifacts()}
     assert recorded["model"].snapshot_uri

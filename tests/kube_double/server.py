@@ -178,8 +178,9 @@ class KubeDouble:
         )
         self._thread.start()
         if self.validate:
-            # Building the schema validators costs seconds once per process: start it now.
-            threading.Thread(target=_warm_validators, daemon=True).start()
+            # Building the schema validators costs seconds once per process (cached after):
+            # pay it here, not inside the first request, where a client could time out.
+            _warm_validators()
         return self
 
     def stop(self) -> None:

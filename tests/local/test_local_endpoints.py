@@ -76,6 +76,9 @@ def test_v1_predict_equals_in_process(
         assert ep.predictions(frame) == expected  # DataFrame (as records)
         with pytest.raises(ServingError, match=r"rejected the predict request \(HTTP 400\)"):
             ep.predict([1.0, 2.0])  # 1-D: the server's message comes through
+        assert ep.metadata()["name"] == "iris-v1"
+        explained = ep.explain(ROWS)
+        assert isinstance(explained, dict) and explained
 
 
 def test_v2_through_transformer_equals_in_process(

@@ -130,14 +130,11 @@ def _submit_fitted(obj: Any, kind: str, name: str | None) -> ArtifactRecord:
     # A content-derived version: re-running a notebook cell reuses the artifact instead of
     # failing on a duplicate version or silently overwriting a released one.
     version = "auto-" + hashlib.sha256(pickle.dumps(obj)).hexdigest()[:12]
-    existing = artifacts.find_artifact(name, version=version, missing_ok=True)
-    if existing is not None:
-        return existing
     if kind == MODEL:
         artifact = artifacts.Model(model=obj, name=name, version=version)
     else:
         artifact = artifacts.Transformer(name=name, transformer=obj, version=version)
-    return artifacts.get_artifact(artifact.submit_artifact())
+    return artifacts.get_artifact(artifact.submit_artifact(allow_existing=True))
 
 
 def ensure_snapshot(record: ArtifactRecord) -> str:
@@ -146,9 +143,7 @@ def ensure_snapshot(record: ArtifactRecord) -> str:
         return record.snapshot_uri
     import artifacts
 
-    snapshot = artifacts.SnapshotStore().snapshot(record.uri)
-    artifacts.link_snapshot(record.id, snapshot)
-    return snapshot.uri
+    return artifacts.snapshot_artifact(record.id).uri
 
 
 def storage_uri(snapshot_uri: str) -> str:

@@ -1,0 +1,77 @@
+"""Component start-up cost: ``import components`` and importing one component.
+
+Figures (each the median of several fresh interpreters, minus a bare interpreter's start-up):
+
+- ``import components``: what any process pays to use the package (target ≤ 0.5 s).
+- ``from components import smoke_predict``: building one KFP component definition (kfp.dsl
+  included), what a pipeline author pays (target ≤ 0.5 s; kfp itself is most of it).
+- the same component's import at run time, as the KFP executor does it (``_KFP_RUNTIME=true``
+  plus its body's first import, ``serving.smoke``), what every pipeline step pays.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+TARGET_S = 0.5
+#: Any KFP component definition needs kfp.dsl; its import is the floor of the second figure.
+KFP_FLOOR = ("import kfp.dsl (floor of any component definition)", "import kfp.dsl", {})
+CASES = [
+    ("import components", "import components", {}),
+    ("import one component (smoke_predict)", "from components import smoke_predict", {}),
+    (
+        "component import at run time (executor + serving.smoke)",
+        "import kfp.dsl.executor_main, serving.smoke",
+        {"_KFP_RUNTIME": "true"},
+    ),
+]
+HEAVY = ("kserve", "sklearn", "xgboost", "ml_metadata")
+
+
+def _time(code: str, env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, **env})
+    return time.perf_counter() - start
+
+
+def heavy_modules_loaded(code: str) -> list[str]:
+    """Heavy packages that ``code`` imports (must stay empty for ``import components``)."""
+    probe = f"{code}\nimport sys\nprint(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
+                         text=True).stdout
+    return out.split()
+
+
+def run(quick: bool) -> list[dict]:
+    """The import-cost figures (see the module docstring)."""
+    repeats = 3 if quick else 7
+    _time("pass", {})  # warm the OS file cache and .pyc files once
+    bare = statistics.median(_time("pass", {}) for _ in range(repeats))
+    figures = []
+    for name, code, env in [*CASES, KFP_FLOOR]:
+        _time(code, env)
+        runs = [max(0.0, _time(code, env) - bare) for _ in range(repeats)]
+        value = statistics.median(runs)
+        heavy = heavy_modules_loaded(code) if code == "import components" else []
+        figures.append({
+            "name": name + (f" (loads {', '.join(heavy)}!)" if heavy else ""),
+            "value": round(value, 3),
+            "unit": "s",
+            "reference": round(bare, 3),
+            "ratio": None,
+            "target": "reference only" if code == KFP_FLOOR[1]
+            else f"≤ {TARGET_S} s over a bare interpreter",
+            "passed": code == KFP_FLOOR[1] or (value <= TARGET_S and not heavy),
+            "runs": repeats,
+            "spread": f"{min(runs):.3f}–{max(runs):.3f} s",
+        })
+    return figures
+
+
+if __name__ == "__main__":
+    for figure in run(quick="--quick" in sys.argv):
+        print(figure)

@@ -1,0 +1,267 @@
+"""Closed-loop HTTP load on loopback: wrk (preferred) or a small asyncio client (fallback).
+
+Both send the same POST body over ``connections`` keep-alive connections for a bounded time and
+return a :class:`LoadResult` (requests/s, p50/p99 latency, error counts). wrk is C and uses far
+less CPU per request than any Python client, which matters on a 2-core machine where the load
+generator shares the box with the server under test. The fallback runs in its own process (so
+it can be pinned to another core, and its GIL is not the benchmark's) as
+``python -m bench.loadgen URL BODY_FILE --connections N --duration S``, and prints one JSON line.
+
+Only loopback URLs are accepted: a load test here must never leave the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+#: Marker of the result line both generators print (wrk prints its own report too).
+RESULT_MARKER = "LOADGEN-RESULT "
+
+# wrk's Lua hooks: the body comes from a file (JSON with nested arrays holds "]]", which would
+# end a Lua long string), and done() prints exact percentiles instead of wrk's rounded report.
+_WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = assert(io.open(%(body)s, "rb"))
+wrk.body = f:read("*a")
+f:close()
+
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '%(marker)s{"requests":%%d,"duration_s":%%.6f,"p50_ms":%%.4f,"p99_ms":%%.4f,' ..
+    '"mean_ms":%%.4f,"max_ms":%%.4f,"errors_connect":%%d,"errors_read":%%d,' ..
+    '"errors_write":%%d,"errors_status":%%d,"errors_timeout":%%d}\\n',
+    summary.requests, summary.duration / 1e6,
+    latency:percentile(50) / 1e3, latency:percentile(99) / 1e3,
+    latency.mean / 1e3, latency.max / 1e3,
+    e.connect, e.read, e.write, e.status, e.timeout))
+end
+"""
+
+
+@dataclass
+class LoadResult:
+    """One bounded load run against one URL."""
+
+    requests: int
+    duration_s: float
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+    max_ms: float
+    errors: int
+    tool: str
+
+    @property
+    def rps(self) -> float:
+        """Completed requests per second (errors included: wrk counts them as requests)."""
+        return self.requests / self.duration_s if self.duration_s > 0 else 0.0
+
+
+def check_loopback(url: str) -> None:
+    """Refuse any URL that is not on this machine's loopback.
+
+    Raises:
+        ValueError: The host is not 127.0.0.0/8, localhost or [::1].
+    """
+    host = urlsplit(url).hostname or ""
+    if not (host == "localhost" or host == "::1" or host.startswith("127.")):
+        raise ValueError(f"load generation is loopback-only; refusing {url!r}")
+
+
+def wrk_path() -> str | None:
+    """Path of the wrk binary, or None (then :func:`run_load` uses the asyncio client)."""
+    return shutil.which("wrk")
+
+
+def _cpu_prefix(cpus: str | None) -> list[str]:
+    # Pinning the generator away from the server keeps the two from trading one core back
+    # and forth, which is most of the run-to-run spread on a 2-core machine.
+    if cpus and shutil.which("taskset"):
+        return ["taskset", "-c", cpus]
+    return []
+
+
+def run_load(
+    url: str,
+    body: bytes,
+    *,
+    connections: int = 16,
+    duration: float = 5.0,
+    cpus: str | None = None,
+    tool: str | None = None,
+) -> LoadResult:
+    """POST ``body`` to ``url`` over ``connections`` keep-alive connections for ``duration`` s.
+
+    Args:
+        url: Full loopback URL of the predict/infer route.
+        body: Request body (JSON).
+        connections: Concurrent connections, each with one request in flight.
+        duration: Seconds of load (wrk takes whole seconds; at least 1).
+        cpus: ``taskset`` CPU list for the generator process, e.g. ``"1"``.
+        tool: ``"wrk"`` or ``"asyncio"``; default wrk when installed.
+
+    Returns:
+        The result; ``errors`` counts non-2xx answers, timeouts and socket errors.
+
+    Raises:
+        RuntimeError: The generator failed or printed no result.
+    """
+    check_loopback(url)
+    tool = tool or ("wrk" if wrk_path() else "asyncio")
+    with tempfile.TemporaryDirectory(prefix="kfp-serve-load-") as tmp:
+        body_file = Path(tmp) / "body.json"
+        body_file.write_bytes(body)
+        if tool == "wrk":
+            script = Path(tmp) / "post.lua"
+            script.write_text(
+                _WRK_SCRIPT % {"body": json.dumps(str(body_file)), "marker": RESULT_MARKER}
+            )
+            seconds = max(1, round(duration))
+            cmd = [
+                *_cpu_prefix(cpus),
+                wrk_path() or "wrk",
+                "-t1",  # one thread: the generator gets one core, like the server
+                f"-c{connections}",
+                f"-d{seconds}s",
+                "--timeout",
+                "10s",
+                "-s",
+                str(script),
+                url,
+            ]
+        else:
+            cmd = [
+                *_cpu_prefix(cpus),
+                sys.executable,
+                "-m",
+                "bench.loadgen",
+                url,
+                str(body_file),
+                f"--connections={connections}",
+                f"--duration={duration}",
+            ]
+        proc = subprocess.run(  # noqa: S603 - fixed argv, loopback URL checked above
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=duration + 60,
+            cwd=Path(__file__).resolve().parents[1],
+            check=False,
+        )
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_MARKER):
+            data = json.loads(line[len(RESULT_MARKER) :])
+            errors = sum(v for k, v in data.items() if k.startswith("errors"))
+            return LoadResult(
+                requests=int(data["requests"]),
+                duration_s=float(data["duration_s"]),
+                p50_ms=float(data["p50_ms"]),
+                p99_ms=float(data["p99_ms"]),
+                mean_ms=float(data["mean_ms"]),
+                max_ms=float(data["max_ms"]),
+                errors=int(errors),
+                tool=tool,
+            )
+    raise RuntimeError(
+        f"{tool} printed no result (exit {proc.returncode}): "
+        f"{(proc.stderr or proc.stdout)[-2000:]}"
+    )
+
+
+# --- asyncio fallback client --------------------------------------------------------------
+
+
+async def _worker(
+    host: str, port: int, request: bytes, stop_at: float, latencies: list[float], errors: list[int]
+) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        while time.perf_counter() < stop_at:
+            started = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            if length:
+                await reader.readexactly(length)
+            latencies.append(time.perf_counter() - started)
+            if not 200 <= status < 300:
+                errors[0] += 1
+    except (OSError, asyncio.IncompleteReadError, ValueError):
+        errors[0] += 1
+    finally:
+        writer.close()
+
+
+async def _load(url: str, body: bytes, connections: int, duration: float) -> dict:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    latencies: list[float] = []
+    errors = [0]
+    started = time.perf_counter()
+    stop_at = started + duration
+    await asyncio.gather(
+        *(_worker(host, port, request, stop_at, latencies, errors) for _ in range(connections))
+    )
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+
+    def pct(q: float) -> float:
+        if not latencies:
+            return 0.0
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1e3
+
+    return {
+        "requests": len(latencies),
+        "duration_s": elapsed,
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "mean_ms": sum(latencies) / len(latencies) * 1e3 if latencies else 0.0,
+        "max_ms": latencies[-1] * 1e3 if latencies else 0.0,
+        "errors_status": errors[0],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m bench.loadgen URL BODY_FILE``: the fallback generator's process."""
+    parser = argparse.ArgumentParser(description="Closed-loop POST load (wrk fallback).")
+    parser.add_argument("url")
+    parser.add_argument("body_file")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--duration", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    check_loopback(args.url)
+    body = Path(args.body_file).read_bytes()
+    try:
+        import uvloop  # the event loop costs less CPU per request than asyncio's own
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    result = runner(_load(args.url, body, args.connections, args.duration))
+    print(RESULT_MARKER + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Each pipeline end to end under kfp.local (one run per pipeline), plus compile options."""
+
+import yaml
+
+from pipelines import PIPELINES, ClusterOptions, compile_pipeline
+from pipelines.local_run import coerce_params, run_local, task_display_names
+
+
+def _check_common(result, events):
+    assert result["smoke_verdict"] == "blessed" and result["blessed"] is True
+    assert result["endpoint_url"].startswith("http://127.0.0.1:")
+    assert isinstance(result["model_id"], int)
+    assert set(result["step_seconds"]) >= {"train", "submit-model", "snapshot-model", "serve",
+                                           "smoke-predict"}
+    started = [step for step, event, _ in events if event == "started"]
+    assert started == list(result["step_seconds"])
+
+
+def test_sklearn_transformer_pipeline_end_to_end(kfp_home):
+    import artifacts
+    from serving.endpoint import Endpoint
+
+    events = []
+    result = run_local(
+        "sklearn-transformer",
+        {"endpoint_name": "iris-e2e", "model_version": "2.0.0",
+         "serve_config": {"labels": {"team": "ml"}}},
+        progress=lambda *event: events.append(event),
+    )
+    _check_common(result, events)
+    assert result["endpoint_name"] == "iris-e2e"
+    assert "snapshot-transformer" in result["step_seconds"]
+    model = artifacts.get_artifact(result["model_id"])
+    transformer = artifacts.get_artifact(result["transformer_id"])
+    assert (model.name, model.version, model.kind) == ("iris-classifier", "2.0.0", "model")
+    assert transformer.kind == "transformer" and transformer.snapshot_uri
+    endpoint = Endpoint("iris-e2e")
+    # Raw features go in: the transformer scales them in front of the model.
+    assert endpoint.predictions([[5.1, 3.5, 1.4, 0.2]]) == [0]
+    manifest = endpoint.status.manifest
+    assert manifest["metadata"]["labels"]["team"] == "ml"
+    assert "transformer" in manifest["spec"]
+
+
+def test_xgboost_pipeline_end_to_end(kfp_home):
+    events = []
+    result = run_local("xgboost", {"hyperparameters": '{"n_estimators": 10}'},
+                       progress=lambda *event: events.append(event))
+    _check_common(result, events)
+    assert result["transformer_id"] is None
+    assert result["endpoint_name"] == "breast-cancer"
+
+
+def test_coerce_params_converts_and_rejects():
+    pipeline = PIPELINES["sklearn-transformer"]
+    assert coerce_params(pipeline, {"fail_on_mismatch": "false", "serve_config": {"a": 1}}) == {
+        "fail_on_mismatch": False, "serve_config": '{"a": 1}'}
+    for bad, message in (({"nope": 1}, "unknown parameter"),
+                         ({"fail_on_mismatch": "maybe"}, "must be boolean")):
+        try:
+            coerce_params(pipeline, bad)
+        except ValueError as e:
+            assert message in str(e)
+        else:
+            raise AssertionError(f"{bad} was accepted")
+
+
+def test_display_names_cover_both_snapshots():
+    names = task_display_names(PIPELINES["sklearn-transformer"])
+    assert {"snapshot-model", "snapshot-transformer"} <= set(names.values())
+
+
+def test_default_compile_needs_no_cluster(tmp_path):
+    path = compile_pipeline("sklearn-transformer", tmp_path / "p.yaml")
+    spec = yaml.safe_load_all(path.read_text())
+    docs = list(spec)
+    assert len(docs) == 1  # no platform spec without cluster options
+
+
+def test_cluster_options_add_secret_env_and_pvc_mount(tmp_path):
+    options = ClusterOptions(s3_secret="s3-creds", snapshot_pvc="models-pvc")
+    path = compile_pipeline("xgboost", tmp_path / "x.yaml", options)
+    docs = list(yaml.safe_load_all(path.read_text()))
+    assert len(docs) == 2
+    executors = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert len(executors) == 2  # snapshot and serve
+    for config in executors.values():
+        assert config["secretAsEnv"][0]["secretName"] == "s3-creds"
+        assert config["pvcMount"][0]["constant"] == "models-pvc"
