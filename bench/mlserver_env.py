@@ -43,6 +43,15 @@ def mlserver_bin() -> Path:
     return VENV / "bin" / "mlserver"
 
 
+def _ignore_in_git() -> None:
+    # The venv sits inside the work tree (1+ GB): a `git add -A` must never pick it up, whatever
+    # the repo's own .gitignore says. Python 3.13's venv writes the same file for this reason.
+    if VENV.is_dir():
+        marker = VENV / ".gitignore"
+        if not marker.exists():
+            marker.write_text("# created by bench/mlserver_env.py: keep this venv out of git\n*\n")
+
+
 def installed() -> bool:
     """True when the venv holds MLServer and both runtimes (an import check, ~1 s)."""
     python = VENV / "bin" / "python"
@@ -69,6 +78,7 @@ def ensure_venv(log=print) -> Path:
     Raises:
         RuntimeError: A step failed; the message carries its output tail.
     """
+    _ignore_in_git()
     if installed():
         return mlserver_bin()
     interpreter = shutil.which("python3.11") or (
@@ -83,6 +93,7 @@ def ensure_venv(log=print) -> Path:
         done = subprocess.run(  # noqa: S603 - fixed argv
             cmd, capture_output=True, text=True, timeout=1800, check=False
         )
+        _ignore_in_git()  # right after `venv` creates the directory, before pip fills it
         if done.returncode != 0:
             tail = (done.stderr or done.stdout)[-2000:]
             raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}): {tail}")

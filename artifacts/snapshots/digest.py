@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from artifacts.errors import SnapshotError
 
@@ -199,37 +200,65 @@ def hash_file(
     copy_to: str | None = None,
     expected: os.stat_result | None = None,
 ) -> tuple[str, int]:
-    """SHA-256 of a file, optionally copying it to ``copy_to`` in the same pass.
+    """SHA-256 of a file, optionally copying it to ``copy_to`` first.
 
-    Hashing while copying means the stored bytes are exactly the hashed bytes, even if the
-    source changes meanwhile; a source that changed during the read is reported.
+    When copying, the kernel copies the bytes (``copy_file_range``, no trip through Python) and
+    the *copy* is hashed, so the digest describes exactly the stored bytes; a source that
+    changed meanwhile is reported through its stat.
 
     Returns:
         (hex digest, size in bytes)
     """
+    with open(path, "rb") as src:
+        before = os.fstat(src.fileno())
+        if copy_to is not None:
+            with open(copy_to, "xb") as out:
+                _kernel_copy(src.fileno(), out.fileno(), before.st_size)
+        after = os.fstat(src.fileno())
+        if copy_to is None:
+            sha, size = _hash_fd(src, progress)
+            after = os.fstat(src.fileno())
+    if copy_to is not None:
+        with open(copy_to, "rb") as copied:
+            sha, size = _hash_fd(copied, progress)
+    ref = expected or before
+    if _changed(ref, after) or size != after.st_size:
+        raise SnapshotError(f"{path!r} changed while it was being read; retry the snapshot")
+    return sha, size
+
+
+def _hash_fd(f: Any, progress: ProgressFn | None) -> tuple[str, int]:
     h = hashlib.sha256()
     size = 0
     buf = bytearray(CHUNK)
     view = memoryview(buf)
-    with open(path, "rb") as src:
-        before = os.fstat(src.fileno())
-        out = open(copy_to, "xb") if copy_to else None  # noqa: SIM115 - closed below
-        try:
-            while n := src.readinto(buf):
-                h.update(view[:n])
-                if out is not None:
-                    out.write(view[:n])
-                size += n
-                if progress:
-                    progress(n)
-        finally:
-            if out is not None:
-                out.close()
-        after = os.fstat(src.fileno())
-    ref = expected or before
-    if _changed(ref, after) or size != after.st_size:
-        raise SnapshotError(f"{path!r} changed while it was being read; retry the snapshot")
+    while n := f.readinto(buf):
+        h.update(view[:n])  # hashlib releases the GIL: threads hash in parallel
+        size += n
+        if progress:
+            progress(n)
     return h.hexdigest(), size
+
+
+def _kernel_copy(src: int, dst: int, size: int) -> None:
+    """Copy ``size`` bytes between file descriptors inside the kernel where possible."""
+    left = size
+    try:
+        while left > 0:
+            n = os.copy_file_range(src, dst, min(left, 1 << 30))
+            if n == 0:
+                break
+            left -= n
+        if left <= 0:
+            return
+    except OSError:
+        pass  # EXDEV/ENOSYS/EINVAL on some filesystems: fall back to a plain copy
+    os.lseek(src, size - left, os.SEEK_SET)
+    os.lseek(dst, size - left, os.SEEK_SET)
+    while chunk := os.read(src, CHUNK):
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(dst, view) :]
 
 
 def _changed(a: os.stat_result, b: os.stat_result) -> bool:

@@ -283,13 +283,6 @@ def resolve_storage(uri: str, *, field: str = "storageUri") -> Path:
 # Starting processes
 
 
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 right now (a server that loses it is started again)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
-
-
 #: Popen objects of servers this process started: kept so they are not garbage-collected with
 #: a ResourceWarning while the server runs, and so exit codes can be read.
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
@@ -544,7 +537,7 @@ class LocalBackend:
                 raise ServingError(f"{e}{previous}") from e
             raise
         self._drain_and_stop(record, removed)
-        status = self._status(record, probe=wait)
+        status = self._status(record, probe=True)
         if not wait and not status.ready and status.reason == REASON_NOT_READY:
             status.reason = REASON_STARTING
         progress.done(
@@ -726,7 +719,6 @@ class LocalBackend:
             p.model_name,
             dirs["predictor"],
             log_path=p_log,
-            port=free_port(),
             host=LOOPBACK,
             env=_server_env(p.env),
             python=self.python,
@@ -744,7 +736,6 @@ class LocalBackend:
                     t.model_name,
                     dirs["transformer"],
                     log_path=t_log,
-                    port=free_port(),
                     host=LOOPBACK,
                     predictor_host=f"{LOOPBACK}:{started['predictor'].port}",
                     predictor_protocol=t.predictor_protocol,
@@ -955,5 +946,4 @@ __all__ = [
     "Plan",
     "plan_manifest",
     "resolve_storage",
-    "free_port",
 ]

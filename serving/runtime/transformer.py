@@ -44,38 +44,6 @@ log = logging.getLogger("kfp_serve.runtime.transformer")
 SUPPORTED_PROTOCOLS = ("v1", "v2")
 
 
-def _ensure_sniffio() -> None:
-    """Make ``import sniffio`` succeed in this (asyncio-only) process.
-
-    httpcore runs ``import sniffio`` on every connection-pool lock when the package is absent,
-    and a failed import is not cached: ~0.3 ms per forwarded request, a third of the hop budget.
-    When the real package is installed (it should be: it is a declared dependency), nothing
-    changes; otherwise a minimal stand-in answers "asyncio" inside a running loop, the only
-    question httpcore and anyio ask it.
-    """
-    try:
-        import sniffio  # noqa: F401
-    except ImportError:
-        import asyncio
-        import types
-
-        shim = types.ModuleType("sniffio")
-
-        class AsyncLibraryNotFoundError(RuntimeError):
-            pass
-
-        def current_async_library() -> str:
-            try:
-                asyncio.get_running_loop()
-            except RuntimeError as e:
-                raise AsyncLibraryNotFoundError("no running event loop") from e
-            return "asyncio"
-
-        shim.AsyncLibraryNotFoundError = AsyncLibraryNotFoundError  # type: ignore[attr-defined]
-        shim.current_async_library = current_async_library  # type: ignore[attr-defined]
-        sys.modules["sniffio"] = shim
-
-
 def _dense(X: Any) -> np.ndarray:
     if hasattr(X, "toarray"):  # scipy sparse output (OneHotEncoder, ...)
         X = X.toarray()
@@ -164,7 +132,6 @@ class TransformerModel(kserve.Model):
 
     async def start_client(self) -> None:
         """Open the keep-alive HTTP client to the predictor (inside the server's event loop)."""
-        _ensure_sniffio()
         import httpx
         import orjson
 
