@@ -156,9 +156,17 @@ class Results:
 
     runs: dict[tuple, list[LoadResult]] = field(default_factory=dict)
     failures: dict[tuple, str] = field(default_factory=dict)
+    #: Server CPU microseconds per request, per case and round (transformer: both hops).
+    cpu_us: dict[tuple, list[float]] = field(default_factory=dict)
 
-    def add(self, case: Case, result: LoadResult) -> None:
+    def add(self, case: Case, result: LoadResult, cpu_s: float) -> None:
         self.runs.setdefault(case.key, []).append(result)
+        if result.requests:
+            self.cpu_us.setdefault(case.key, []).append(cpu_s / result.requests * 1e6)
+
+    def cpu_per_request(self, key: tuple) -> float | None:
+        values = self.cpu_us.get(key, [])
+        return statistics.median(values) if values else None
 
     def median(self, key: tuple, metric: str) -> float | None:
         values = [getattr(r, metric) for r in self.runs.get(key, [])]
@@ -183,6 +191,27 @@ def all_cases() -> list[Case]:
         cases.append(Case("transformer", "sklearn", 1, protocol, HOP_CONNECTIONS))
         cases.append(Case("transformer", "sklearn", 1, protocol, CONNECTIONS))
     return cases
+
+
+@dataclass(frozen=True)
+class Server:
+    """A running server: its base URL and the pid whose CPU time is its cost."""
+
+    url: str
+    pid: int
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads) so far; 0.0 if unreadable.
+
+    CPU time per request is the figure least disturbed by other load on the machine (a busy
+    neighbour lowers req/s for both servers, but not the CPU each request costs).
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager
@@ -212,11 +241,11 @@ def _pinning() -> tuple[str | None, str | None]:
 
 def start_servers(
     stack: contextlib.ExitStack, artifacts: dict[str, Path], workdir: Path, server_cpus: str | None
-) -> dict[str, str]:
+) -> dict[str, Server]:
     """Start MLServer, our two predictors and two transformers; register their stops on ``stack``.
 
     Returns:
-        Base URL per server: ``mlserver``, ``ours-sklearn``, ``ours-xgboost``,
+        The servers by role: ``mlserver``, ``ours-sklearn``, ``ours-xgboost``,
         ``transformer-v1``, ``transformer-v2``.
     """
     from serving.runtime.launch import free_port, start_server, stop_server, wait_ready
@@ -238,40 +267,48 @@ def start_servers(
     peer = mlserver_env.start(repo, logs / "mlserver.log", cpus=server_cpus)
     peer.log_path = logs / "mlserver.log"  # type: ignore[attr-defined]  # for wait_ready's tail
     stack.callback(stop_server, peer)
-    urls = {"mlserver": f"http://127.0.0.1:{http_port}"}
+    servers = {"mlserver": Server(f"http://127.0.0.1:{http_port}", peer.pid)}
 
     pin = {int(c) for c in server_cpus.split(",")} if server_cpus else None
+    started = []
     with _cpu_affinity(pin):
+        # All start at once (a transformer needs only its predictor's address, not its
+        # readiness), then all are awaited: startup costs the slowest, not the sum.
         for fw in FRAMEWORKS:
             proc = start_server("predictor", MODEL_NAMES[fw], artifacts[fw],
                                 log_path=logs / f"predictor-{fw}.log")
             stack.callback(stop_server, proc)
-            urls[f"ours-{fw}"] = proc.url
-            wait_ready(proc.url, timeout=120, proc=proc)
-        predictor_host = urls["ours-sklearn"].removeprefix("http://")
+            servers[f"ours-{fw}"] = Server(proc.url, proc.pid)
+            started.append(proc)
+        predictor_host = servers["ours-sklearn"].url.removeprefix("http://")
         for protocol in PROTOCOLS:
             proc = start_server("transformer", TRANSFORMER_NAME, artifacts["transformer"],
                                 log_path=logs / f"transformer-{protocol}.log",
                                 predictor_host=predictor_host, predictor_protocol=protocol)
             stack.callback(stop_server, proc)
-            urls[f"transformer-{protocol}"] = proc.url
-            wait_ready(proc.url, timeout=120, proc=proc)
-    # MLServer loads its models while ours start; its model-ready route says when both are in.
+            servers[f"transformer-{protocol}"] = Server(proc.url, proc.pid)
+            started.append(proc)
+    for proc in started:
+        wait_ready(proc.url, timeout=120, proc=proc)
+    # MLServer's model-ready route says when each of its models is in.
     for fw in FRAMEWORKS:
-        wait_ready(urls["mlserver"], timeout=180, proc=peer,
+        wait_ready(servers["mlserver"].url, timeout=180, proc=peer,
                    path=f"/v2/models/{MODEL_NAMES[fw]}/ready")
-    return urls
+    return servers
 
 
-def case_url(case: Case, urls: dict[str, str]) -> str:
-    """Full URL of the case's predict route."""
+def case_servers(case: Case, servers: dict[str, Server]) -> list[Server]:
+    """The servers a case's requests go through, the one the client talks to first."""
     if case.server == "mlserver":
-        base = urls["mlserver"]
-    elif case.server == "transformer":
-        base = urls[f"transformer-{case.protocol}"]
-    else:
-        base = urls[f"ours-{case.framework}"]
-    return base + route(case.protocol, MODEL_NAMES[case.framework])
+        return [servers["mlserver"]]
+    if case.server == "transformer":
+        return [servers[f"transformer-{case.protocol}"], servers[f"ours-{case.framework}"]]
+    return [servers[f"ours-{case.framework}"]]
+
+
+def case_url(case: Case, servers: dict[str, Server]) -> str:
+    """Full URL of the case's predict route."""
+    return case_servers(case, servers)[0].url + route(case.protocol, MODEL_NAMES[case.framework])
 
 
 def check_and_warm(url: str, case: Case, body: bytes, requests: int) -> None:
@@ -327,6 +364,11 @@ def comparison_figures(results: Results, note: str) -> list[dict]:
                         passed = ratio is not None and ratio <= 1.0
                     spread = (f"{_spread(results.values(ours, metric), unit)}; MLServer "
                               f"{_spread(results.values(peer, metric), unit)}")
+                    cpu_ours = results.cpu_per_request(ours)
+                    cpu_peer = results.cpu_per_request(peer)
+                    if metric == "rps" and cpu_ours and cpu_peer:
+                        spread += (f"; server CPU {cpu_ours:.0f} vs MLServer {cpu_peer:.0f} "
+                                   "us/request")
                     if errors:
                         spread += f"; {errors} failed requests under load"
                     if failed:
@@ -369,6 +411,11 @@ def hop_figures(results: Results, note: str) -> list[dict]:
                   f"({HOP_CONNECTIONS} conn); at {CONNECTIONS} conns "
                   f"{rps_via if rps_via is None else round(rps_via)} req/s via transformer vs "
                   f"{rps_alone if rps_alone is None else round(rps_alone)} alone")
+        cpu_via = results.cpu_per_request(via_loaded)
+        cpu_alone = results.cpu_per_request(alone_loaded)
+        if cpu_via and cpu_alone:
+            spread += (f"; server CPU {cpu_via:.0f} us/request via transformer (both hops) vs "
+                       f"{cpu_alone:.0f} alone")
         if errors:
             spread += f"; {errors} failed requests under load"
         if failed:
@@ -393,7 +440,7 @@ def hop_figures(results: Results, note: str) -> list[dict]:
 
 
 def measure(
-    urls: dict[str, str], rounds: int, duration: float, load_cpus: str | None,
+    servers: dict[str, Server], rounds: int, duration: float, load_cpus: str | None,
     progress: Callable[[str], None] = _log,
 ) -> Results:
     """Check and warm every case, then run ``rounds`` interleaved rounds of bounded load."""
@@ -402,7 +449,7 @@ def measure(
     bodies = {(c.protocol, c.batch): body_for(c.protocol, c.batch) for c in cases}
     for case in cases:
         try:
-            check_and_warm(case_url(case, urls), case, bodies[case.protocol, case.batch], 30)
+            check_and_warm(case_url(case, servers), case, bodies[case.protocol, case.batch], 30)
         except Exception as e:  # one broken case must not hide the others' figures
             results.failures[case.key] = f"{type(e).__name__}: {e}"
     for round_no in range(rounds):
@@ -410,13 +457,16 @@ def measure(
         for case in cases:
             if case.key in results.failures:
                 continue
+            pids = [s.pid for s in case_servers(case, servers)]
             try:
-                result = run_load(case_url(case, urls), bodies[case.protocol, case.batch],
+                cpu_before = sum(cpu_seconds(pid) for pid in pids)
+                result = run_load(case_url(case, servers), bodies[case.protocol, case.batch],
                                   connections=case.connections, duration=duration, cpus=load_cpus)
+                cpu_used = sum(cpu_seconds(pid) for pid in pids) - cpu_before
             except Exception as e:
                 results.failures[case.key] = f"{type(e).__name__}: {e}"
                 continue
-            results.add(case, result)
+            results.add(case, result, cpu_used)
         progress(f"round {round_no + 1}/{rounds} done in {time.monotonic() - started:.0f} s")
     return results
 
@@ -442,8 +492,10 @@ def run(quick: bool) -> list[dict]:
         _log("training models")
         artifacts = build_artifacts(workdir / "artifacts")
         _log("starting servers (MLServer and ours)")
-        urls = start_servers(stack, artifacts, workdir, server_cpus)
-        results = measure(urls, rounds, duration, load_cpus)
+        phase = time.monotonic()
+        servers = start_servers(stack, artifacts, workdir, server_cpus)
+        _log(f"servers ready in {time.monotonic() - phase:.0f} s")
+        results = measure(servers, rounds, duration, load_cpus)
     return comparison_figures(results, note) + hop_figures(results, note)
 
 

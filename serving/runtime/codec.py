@@ -398,6 +398,15 @@ def _tensor(tensor: Any, i: int, *, allow_bytes: bool) -> np.ndarray:
         if np.dtype(target).kind in "iu":
             if arr.dtype.kind == "f":
                 raise RequestError(f"{where}: datatype {datatype} but data holds non-integers")
+            # An array cast wraps silently (300 as UINT8 becomes 44): check the range first.
+            info = np.iinfo(target)
+            if arr.size and arr.dtype.kind in "iu" and (
+                int(arr.min()) < info.min or int(arr.max()) > info.max
+            ):
+                raise RequestError(
+                    f"{where}: data does not fit datatype {datatype}: values must be within "
+                    f"[{info.min}, {info.max}]"
+                )
         elif np.dtype(target).kind == "b" and arr.dtype.kind != "b":
             raise RequestError(f"{where}: datatype BOOL but data holds non-booleans")
         try:

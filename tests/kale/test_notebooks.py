@@ -149,29 +149,36 @@ def _probe_output(cell: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], Path]:
-    """Compile a notebook once per module with ``kale --nb`` (offline); the pipeline YAML."""
+    """Compile a notebook once per module with Kale's CLI (offline); the pipeline YAML path."""
     cache: dict[Path, Path] = {}
 
     def compile_notebook(notebook: Path) -> Path:
         if notebook not in cache:
             workdir = tmp_path_factory.mktemp(f"kale-{notebook.stem}")
             shutil.copy(notebook, workdir / notebook.name)
+            meta = nbformat.read(notebook, as_version=4).metadata["kubeflow_notebook"]
             # Without HOSTNAME Kale does not look for a notebook server pod to copy PodDefault
             # labels from, so it never tries to reach a cluster.
             env = venv_env()
             env.pop("HOSTNAME", None)
+            # The command the README gives: the CLI's own name defaults would override the
+            # notebook's metadata.
+            command = [
+                str(Path(sys.executable).parent / "kale"),
+                "--nb",
+                notebook.name,
+                "--pipeline_name",
+                meta["pipeline_name"],
+                "--experiment_name",
+                meta["experiment_name"],
+            ]
             result = subprocess.run(
-                [str(Path(sys.executable).parent / "kale"), "--nb", notebook.name],
-                cwd=workdir,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=120,
+                command, cwd=workdir, env=env, capture_output=True, text=True, timeout=120
             )
             assert result.returncode == 0, result.stdout + result.stderr
-            outputs = list((workdir / ".kale").glob("*.pipeline.yaml"))
-            assert len(outputs) == 1, result.stdout + result.stderr
-            cache[notebook] = outputs[0]
+            output = workdir / ".kale" / f"{meta['pipeline_name']}.pipeline.yaml"
+            assert output.is_file(), result.stdout + result.stderr
+            cache[notebook] = output
         return cache[notebook]
 
     return compile_notebook
@@ -190,11 +197,14 @@ def test_kale_compiles_the_notebook(notebook: Path, compiled: Callable[[Path], P
     assert {f"exec-{s.replace('_', '-')}-step" for s in steps} <= set(executors)
     for executor in executors.values():
         assert executor["container"]["image"] == DEFAULT_IMAGE
+    assert spec["pipelineInfo"]["name"] == nb.metadata["kubeflow_notebook"]["pipeline_name"]
     params = spec["root"]["inputDefinitions"]["parameters"]
-    assert "endpoint_name" in params
+    assert {"endpoint_name", "snapshot_store"} <= set(params)
 
 
 @pytest.mark.timeout(300)
+# kfp.local warns that the kfp-serve image is not a "python" image; this venv stands in for it.
+@pytest.mark.filterwarnings("ignore:You may be attemping:RuntimeWarning")
 def test_compiled_pipeline_runs_under_kfp_local(
     notebook: Path,
     compiled: Callable[[Path], Path],

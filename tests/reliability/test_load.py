@@ -1,0 +1,127 @@
+"""Load: 64 concurrent clients against a local endpoint (router -> transformer -> predictor).
+
+A bounded run (a short warm-up, then DURATION seconds): every answer must be a 200 with the
+right predictions, and the resident memory of each server process may grow by less than 10%
+between the first and the last third of the run (a leak per request would show as steady growth).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+
+import httpx
+import numpy as np
+
+from tests.reliability.conftest import Served, rss_kib
+
+CLIENTS = 64
+WARMUP = 1.5  # seconds, not measured: first requests allocate caches and pools
+DURATION = 8.0  # seconds, measured
+SAMPLE_EVERY = 0.2  # seconds between RSS samples
+MAX_GROWTH = 0.10
+JSON = {"content-type": "application/json"}
+
+
+async def _client(
+    url: str, path: str, batches: list[tuple[bytes, list[int]]], stop: float, seed: int,
+    tally: Counter, answered: list[int],
+) -> None:
+    """One client: its own keep-alive connection, requests back to back until ``stop``."""
+    rng = np.random.default_rng(seed)
+    async with httpx.AsyncClient(base_url=url, timeout=30.0, trust_env=False) as client:
+        while time.monotonic() < stop:
+            body, expected = batches[int(rng.integers(len(batches)))]
+            try:
+                r = await client.post(path, content=body, headers=JSON)
+            except httpx.HTTPError as e:
+                tally[f"transport error: {type(e).__name__}"] += 1
+                continue
+            if r.status_code != 200:
+                tally[f"HTTP {r.status_code}: {r.text[:120]}"] += 1
+            elif r.json().get("predictions") != expected:
+                tally["wrong predictions"] += 1
+            else:
+                tally["ok"] += 1
+                answered[seed] += 1
+
+
+def _run_clients(url: str, path: str, batches, seconds: float, tally: Counter) -> list[int]:
+    """Run CLIENTS concurrent clients for ``seconds``; the number of answers of each."""
+    answered = [0] * CLIENTS
+
+    async def main() -> None:
+        stop = time.monotonic() + seconds
+        await asyncio.gather(
+            *(_client(url, path, batches, stop, seed, tally, answered) for seed in range(CLIENTS))
+        )
+
+    asyncio.run(main())
+    return answered
+
+
+def test_64_concurrent_clients_zero_errors_and_flat_memory(served: Served) -> None:
+    import json
+
+    X = served.trained.X
+    # Batches of 1 to 8 rows, with their in-process predictions.
+    batches = []
+    for start in range(0, 120, 7):
+        rows = X[start : start + 1 + start % 8].tolist()
+        batches.append((json.dumps({"instances": rows}).encode(), served.trained.expected(rows)))
+    path = f"/v1/models/{served.endpoint.model_name}:predict"
+    url = served.urls["router"]
+
+    warm = Counter()
+    _run_clients(url, path, batches, WARMUP, warm)
+    assert set(warm) == {"ok"}, warm
+
+    samples: list[tuple[float, dict[str, int]]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            samples.append(
+                (time.monotonic(), {role: rss_kib(pid) for role, pid in served.pids.items()})
+            )
+            done.wait(SAMPLE_EVERY)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    tally: Counter = Counter()
+    started = time.monotonic()
+    sampler.start()
+    try:
+        answered = _run_clients(url, path, batches, DURATION, tally)
+    finally:
+        done.set()
+        sampler.join(timeout=5)
+    elapsed = time.monotonic() - started
+
+    errors = {k: v for k, v in tally.items() if k != "ok"}
+    assert not errors, f"{sum(errors.values())} failed of {sum(tally.values())}: {errors}"
+    # The load was real and concurrent: every one of the 64 clients got answers throughout.
+    assert min(answered) >= 3, answered
+
+    # Memory: mean RSS of the first third of the run against the mean of the last third.
+    end = started + elapsed
+    first = [s for t, s in samples if t < started + elapsed / 3]
+    last = [s for t, s in samples if t >= end - elapsed / 3]
+    assert len(first) >= 5 and len(last) >= 5, len(samples)
+    report = {}
+    for role in served.pids:
+        before = sum(s[role] for s in first) / len(first)
+        after = sum(s[role] for s in last) / len(last)
+        report[role] = (round(before), round(after), round(after / before - 1, 4))
+    grew = {role: r for role, r in report.items() if r[2] >= MAX_GROWTH}
+    assert not grew, f"RSS (KiB first third, last third, growth) grew >= 10%: {report}"
+    # Every server is still alive and answering after the run.
+    ok = httpx.post(
+        f"{url}{path}", json={"instances": X[:2].tolist()}, trust_env=False, timeout=10
+    )
+    assert ok.status_code == 200, ok.text
+    print(
+        f"load: {tally['ok']} requests in {elapsed:.1f} s "
+        f"({tally['ok'] / elapsed:.0f} req/s, {CLIENTS} clients); RSS {report}"
+    )
