@@ -65,11 +65,7 @@ def submit_model(
     link_run()
     kwargs = _artifact_kwargs(description=description, author=author, tags=tags)
     artifact = Model(model=model, name=name, version=version, **kwargs)
-    return int(
-        artifact.submit_artifact(
-            allow_overwrite=allow_overwrite, allow_existing=not allow_overwrite
-        )
-    )
+    return _submit(artifact, allow_overwrite)
 
 
 def submit_transformer(
@@ -109,11 +105,7 @@ def submit_transformer(
     link_run()
     kwargs = _artifact_kwargs(description=description, author=author, tags=tags)
     artifact = Transformer(name=name, transformer=transformer, version=version, **kwargs)
-    return int(
-        artifact.submit_artifact(
-            allow_overwrite=allow_overwrite, allow_existing=not allow_overwrite
-        )
-    )
+    return _submit(artifact, allow_overwrite)
 
 
 def snapshot(artifact_id: int, store: str | None = None) -> dict[str, Any]:

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from artifacts.errors import KfpServeError
+
 RUNS_DIR = "pipeline-runs"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START = re.compile(r"Executing task '([^']+)'")
@@ -30,7 +32,7 @@ _TAIL = 15
 Progress = Callable[[str, str, float | None], None]
 
 
-class PipelineRunError(RuntimeError):
+class PipelineRunError(KfpServeError, RuntimeError):
     """A local pipeline run failed; the message names the step and quotes its log's end."""
 
     def __init__(self, message: str, *, step: str | None, log_file: Path) -> None:

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from artifacts.environment import pod_namespace, running_in_pod
+from artifacts.environment import pod_namespace
 from artifacts.errors import SnapshotError
+from artifacts.kube import client_configuration, default_namespace
 from artifacts.snapshots.base import Snapshot, snapshot_dir_name, split_snapshot_uri
 from artifacts.snapshots.digest import digest_hex
 from artifacts.snapshots.file import FileSnapshotBackend
@@ -226,25 +227,11 @@ def _kube_clients(namespace: str | None) -> tuple[Any, str]:
     """(ApiClient, namespace) from the in-cluster config in a pod, else the kubeconfig."""
     from kubernetes import client, config
 
-    cfg = client.Configuration()
     try:
-        if running_in_pod():
-            config.load_incluster_config(client_configuration=cfg)
-            ns = namespace or os.environ.get(NAMESPACE_ENV) or pod_namespace() or "default"
-        else:
-            path = os.environ.get("KUBECONFIG") or str(Path("~/.kube/config").expanduser())
-            config.load_kube_config(
-                config_file=path, client_configuration=cfg, persist_config=False
-            )
-            _, active = config.list_kube_config_contexts(path)
-            ns = (
-                namespace
-                or os.environ.get(NAMESPACE_ENV)
-                or ((active or {}).get("context") or {}).get("namespace")
-                or "default"
-            )
+        cfg = client_configuration()
     except (config.ConfigException, OSError) as e:
         raise SnapshotError(f"pvc:// snapshots need access to the Kubernetes API: {e}") from e
+    ns = namespace or os.environ.get(NAMESPACE_ENV) or default_namespace() or "default"
     return client.ApiClient(cfg), ns
 
 

@@ -27,11 +27,11 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-from artifacts.environment import pod_namespace, running_in_pod
+from artifacts.environment import running_in_pod
+from artifacts.kube import client_configuration, default_namespace, kubeconfig_path, use_in_cluster
 from serving.backends.base import KUBERNETES, EndpointStatus
 from serving.constants import (
     ANNOTATION_MODEL_SNAPSHOT,
@@ -272,17 +272,6 @@ class KubernetesBackend:
         self._core: Any = None
 
     # -- configuration ------------------------------------------------------------------------
-    def _use_in_cluster(self) -> bool:
-        return self._kubeconfig is None and running_in_pod()
-
-    def _kubeconfig_path(self) -> str:
-        # Read $KUBECONFIG now: the client's own default was frozen when it was imported.
-        return (
-            self._kubeconfig
-            or os.environ.get("KUBECONFIG")
-            or str(Path("~/.kube/config").expanduser())
-        )
-
     def _clients(self) -> tuple[Any, Any]:
         """(CustomObjectsApi, CoreV1Api), configured on first use."""
         if self._custom is None:
@@ -298,56 +287,34 @@ class KubernetesBackend:
         return self._custom, self._core
 
     def _load_configuration(self) -> Any:
-        from kubernetes import client, config
+        from kubernetes import config
 
-        cfg = client.Configuration()
         try:
-            if self._use_in_cluster():
-                config.load_incluster_config(client_configuration=cfg)
-            else:
-                path = self._kubeconfig_path()
-                config.load_kube_config(
-                    config_file=path,
-                    context=self._context,
-                    client_configuration=cfg,
-                    persist_config=False,
-                )
+            return client_configuration(self._kubeconfig, self._context)
         except (config.ConfigException, OSError) as e:
             where = (
                 "in-cluster service account"
-                if self._use_in_cluster()
-                else (f"kubeconfig {self._kubeconfig_path()!r}")
+                if use_in_cluster(self._kubeconfig)
+                else f"kubeconfig {kubeconfig_path(self._kubeconfig)!r}"
             )
             raise ServingError(
                 f"cannot configure the Kubernetes client from the {where}: {e}. Point KUBECONFIG "
                 "at a cluster, or serve locally with KFP_SERVE_BACKEND=local"
             ) from e
-        return cfg
 
     @property
     def namespace(self) -> str:
         """The namespace used when a call or manifest names none."""
         if self._namespace:
             return self._namespace
-        if self._use_in_cluster():
-            return pod_namespace() or "default"
         if self._context_namespace is None:
-            self._context_namespace = self._namespace_from_kubeconfig() or "default"
+            # An ApiClient handed in without a kubeconfig says nothing about namespaces.
+            configured_elsewhere = self._api_client is not None and self._kubeconfig is None
+            found = None if configured_elsewhere and not running_in_pod() else default_namespace(
+                self._kubeconfig, self._context
+            )
+            self._context_namespace = found or "default"
         return self._context_namespace
-
-    def _namespace_from_kubeconfig(self) -> str | None:
-        # KServeClient ignores the context's namespace and uses "default": we do not.
-        if self._api_client is not None and self._kubeconfig is None:
-            return None
-        from kubernetes import config
-
-        try:
-            contexts, active = config.list_kube_config_contexts(self._kubeconfig_path())
-        except (config.ConfigException, OSError):
-            return None
-        if self._context:
-            active = next((c for c in contexts if c.get("name") == self._context), active)
-        return ((active or {}).get("context") or {}).get("namespace")
 
     # -- plumbing -----------------------------------------------------------------------------
     def _say(self, text: str) -> None:

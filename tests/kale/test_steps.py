@@ -151,6 +151,9 @@ def test_submit_snapshot_serve_and_smoke(kfp_serve_home: Path, wine: dict[str, A
         wine["model"], name="wine-lr", version="1.0.0", tags={"dataset": "wine"}
     )
     assert isinstance(transformer_id, int) and isinstance(model_id, int)
+    # A re-run cell (or a retried step) submits the same content again: the same artifact.
+    again = kale_steps.submit_model(wine["model"], name="wine-lr", version="1.0.0")
+    assert again == model_id
     record = get_artifact(model_id)
     assert (record.kind, record.name, record.version) == ("model", "wine-lr", "1.0.0")
     assert record.tags.get("dataset") == "wine"

@@ -24,5 +24,4 @@ def backend(kube_double: KubeDouble, kubeconfig: Path, progress: io.StringIO,  #
 
     monkeypatch.delenv("KFP_SERVE_INGRESS", raising=False)
     monkeypatch.delenv("INGRESS_HOST", raising=False)
-    monkeypatch.setattr(kb, "running_in_pod", lambda: False)
     return kb.KubernetesBackend(kubeconfig=kubeconfig, progress=progress, request_timeout=5.0)

@@ -6,7 +6,6 @@ import time
 
 import pytest
 
-from serving.backends import kubernetes as kb
 from serving.backends.base import get_backend
 from serving.backends.kubernetes import InferenceServiceNotReadyError, KubernetesBackend
 from serving.errors import ServingError
@@ -228,7 +227,6 @@ def test_persistent_5xx_gives_a_clear_error_within_the_deadline(kube_double, bac
 
 
 def test_namespace_from_the_kubeconfig_context(kube_double, tmp_path, monkeypatch):
-    monkeypatch.setattr(kb, "running_in_pod", lambda: False)
     path = kube_double.write_kubeconfig(tmp_path / "config", namespace="team-a")
     backend = KubernetesBackend(kubeconfig=path, progress=False)
     assert backend.namespace == "team-a"
@@ -245,9 +243,8 @@ def test_namespace_from_the_kubeconfig_context(kube_double, tmp_path, monkeypatc
     assert status.namespace == "team-b"
 
 
-def test_namespace_and_url_inside_a_pod(kube_double, monkeypatch):
-    monkeypatch.setattr(kb, "running_in_pod", lambda: True)
-    monkeypatch.setattr(kb, "pod_namespace", lambda: "pipelines")
+def test_namespace_and_url_inside_a_pod(kube_double, inside_a_pod):
+    inside_a_pod("pipelines")
     backend = KubernetesBackend(api_client=kube_double.api_client(), progress=False,
                                 probe_timeout=0)
     assert backend.namespace == "pipelines"
@@ -262,7 +259,6 @@ def test_get_backend_picks_kubernetes(monkeypatch):
 
 
 def test_missing_kubeconfig_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(kb, "running_in_pod", lambda: False)
     backend = KubernetesBackend(kubeconfig=tmp_path / "nope", progress=False)
     with pytest.raises(ServingError, match="KFP_SERVE_BACKEND=local"):
         backend.list()

@@ -10,7 +10,6 @@ import pytest
 
 from artifacts.errors import SnapshotError
 from artifacts.snapshots import SnapshotStore
-from artifacts.snapshots import pvc as pvc_mod
 from artifacts.snapshots.pvc import (
     PvcSnapshotBackend,
     hydrated_pvc_name,
@@ -37,7 +36,6 @@ def store_env(kube_double, kubeconfig, tmp_path, monkeypatch):
     mount.mkdir()
     monkeypatch.setenv("KFP_SERVE_PVC_MOUNT", str(mount))
     monkeypatch.setenv("KFP_SERVE_VOLUME_SNAPSHOT_CLASS", "csi-snapclass")
-    monkeypatch.setattr(pvc_mod, "running_in_pod", lambda: False)
     kube_double.seed(PVC, {"metadata": {"name": "artifacts"}, "spec": {
         "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "2Gi"}}}})
     return mount

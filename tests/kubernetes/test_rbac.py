@@ -28,8 +28,6 @@ def _role() -> dict:
 def test_role_covers_exactly_the_calls_made(kube_double, kubeconfig, tmp_path, monkeypatch):
     role = _role()
     kube_double.rbac_rules = role["rules"]  # anything else is answered 403
-    monkeypatch.setattr(kb, "running_in_pod", lambda: False)
-    monkeypatch.setattr(pvc_mod, "running_in_pod", lambda: False)
     monkeypatch.setenv("KFP_SERVE_PVC_MOUNT", str(tmp_path / "mount"))
     (tmp_path / "mount").mkdir()
     kube_double.seed(PVC, {"metadata": {"name": "artifacts"}, "spec": {
