@@ -22,7 +22,7 @@ def validate_name(value: object, field: str = "name") -> str:
     """Return ``value`` if it is a DNS-1123 label, else raise InvalidNameError naming ``field``."""
     if not isinstance(value, str):
         raise InvalidNameError(f"{field} must be a string, got {type(value).__name__}: {value!r}")
-    if len(value) > DNS1123_MAX_LENGTH or not _DNS1123_LABEL.match(value):
+    if len(value) > DNS1123_MAX_LENGTH or not _DNS1123_LABEL.fullmatch(value):
         raise InvalidNameError(
             f"{field} {value!r} is not a valid DNS-1123 name: use at most {DNS1123_MAX_LENGTH} "
             "lower-case letters, digits and '-', starting and ending with a letter or digit "
@@ -33,7 +33,7 @@ def validate_name(value: object, field: str = "name") -> str:
 
 def validate_version(value: object, field: str = "version") -> str:
     """Return ``value`` if it is a safe version string (also a valid label value)."""
-    if not isinstance(value, str) or not _VERSION.match(value):
+    if not isinstance(value, str) or not _VERSION.fullmatch(value):
         raise InvalidNameError(
             f"{field} {value!r} is not a valid version: use up to 63 letters, digits and "
             "'.', '_', '-', starting and ending with a letter or digit (for example '1.0.0')"
@@ -43,4 +43,4 @@ def validate_version(value: object, field: str = "version") -> str:
 
 def is_label_value(value: str) -> bool:
     """True if ``value`` may be used as a Kubernetes label value."""
-    return len(value) <= DNS1123_MAX_LENGTH and bool(_LABEL_VALUE.match(value))
+    return len(value) <= DNS1123_MAX_LENGTH and bool(_LABEL_VALUE.fullmatch(value))

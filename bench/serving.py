@@ -16,8 +16,9 @@ so the generator does not steal the server's core; cases are interleaved round b
 case once per round), so a slow patch of the machine hits ours and the peer alike. A value is
 the median over rounds, spread is min–max, and a ratio is ours/MLServer's medians. Each case is
 checked for a correct answer (200, one prediction per row) before it is loaded, and any non-2xx
-answer or socket error under load fails the figure. Every server is stopped at the end, also on
-error.
+answer or socket error under load fails the figure. Beside req/s, the spread text gives each
+server's CPU time per request (from /proc): on a machine shared with other work it is the
+steadiest measure of cost. Every server is stopped at the end, also on error.
 
 Targets: >= 1.5x MLServer's req/s for sklearn at batch 1, >= 1.0x at batch 64 and for XGBoost;
 p50 and p99 <= MLServer's; the transformer hop <= 1 ms at p50.

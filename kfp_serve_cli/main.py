@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -32,6 +33,11 @@ NamespaceOpt = Annotated[
 ]
 
 
+def say(text: str) -> None:
+    """One line of plain text on stdout (no markup, no wrapping: paths and URLs stay whole)."""
+    out.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
 def fails_cleanly(command):
     """Turn the errors kfp-serve raises on purpose into one line on stderr and exit code 1."""
 
@@ -41,9 +47,14 @@ def fails_cleanly(command):
 
         try:
             return command(*args, **kwargs)
-        except (KfpServeError, ValueError, FileNotFoundError) as e:
-            err.print(f"[red]error:[/red] {e}", markup=True, highlight=False, soft_wrap=True)
+        except (KfpServeError, ValueError, OSError) as e:
+            # The message is text, not markup: a "[...]" in it (a list of choices) must print
+            # as is.
+            err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print("interrupted", highlight=False)
+            raise typer.Exit(130) from None
 
     return wrapper
 
@@ -98,7 +109,7 @@ def print_run_summary(result: dict[str, Any]) -> None:
     table = Table(title="Pipeline run", show_header=False)
     for key, value in result.items():
         if key != "step_seconds":
-            table.add_row(key, str(value))
+            table.add_row(key, escape(str(value)))
     for step, seconds in result.get("step_seconds", {}).items():
         table.add_row(f"step {step}", f"{seconds:.1f} s")
     out.print(table)
@@ -116,7 +127,7 @@ def compile_(
 
     written = build_all(out_dir)
     for path in written:
-        out.print(str(path))
+        say(str(path))
 
 
 @app.command()
@@ -130,7 +141,7 @@ def upload(
     from pipelines.upload import upload_pipeline
 
     result = upload_pipeline(pipeline, host=host, namespace=namespace)
-    out.print(f"uploaded {result['name']!r} version {result['version']!r} (id {result['id']})")
+    say(f"uploaded {result['name']!r} version {result['version']!r} (id {result['id']})")
 
 
 @app.command()
@@ -159,7 +170,7 @@ def serve(
     if dry_run:
         out.print_json(data=result)
     else:
-        out.print(f"endpoint {result.name!r} is ready at {result.url}")
+        say(f"endpoint {result.name!r} is ready at {result.url}")
 
 
 @app.command()
@@ -198,16 +209,26 @@ def endpoints(namespace: NamespaceOpt = None) -> None:
     from serving.backends.base import get_backend
 
     table = Table("name", "url", "health", "model id", "transformer id", "reason")
+    # Names, URLs and ids must stay whole (people copy them); only the reason may wrap.
+    for column in table.columns[:5]:
+        column.no_wrap = True
     for status in get_backend().list(namespace):
         labels = status.manifest.get("metadata", {}).get("labels", {})
-        health = (
-            "[green]ready[/green]" if status.ready else f"[red]{status.reason or 'not ready'}[/red]"
-        )
         table.add_row(
-            status.name, status.url or "-", health, labels.get(constants.LABEL_MODEL_ID, "-"),
-            labels.get(constants.LABEL_TRANSFORMER_ID, "-"), status.message or "",
+            status.name, status.url or "-", health_label(status),
+            labels.get(constants.LABEL_MODEL_ID, "-"),
+            labels.get(constants.LABEL_TRANSFORMER_ID, "-"), escape(status.message or ""),
         )
     out.print(table)
+
+
+def health_label(status: Any) -> str:
+    """ready, dead (a server process is gone) or the backend's reason, coloured."""
+    if status.ready:
+        return "[green]ready[/green]"
+    if status.reason == "ProcessExited":
+        return "[red]dead[/red]"
+    return f"[red]{escape(status.reason or 'not ready')}[/red]"
 
 
 @app.command()
@@ -219,7 +240,7 @@ def stop(
     from serving.backends.base import get_backend
 
     get_backend().delete(check_name(name), namespace)
-    out.print(f"stopped {name!r}")
+    say(f"stopped {name!r}")
 
 
 @app.command()
@@ -233,8 +254,10 @@ def models(
     table = Table("id", "kind", "name", "version", "framework", "author", "snapshot")
     for rec in artifacts.list_artifacts(kind=kind):
         table.add_row(
-            str(rec.id), rec.kind, rec.name, rec.version, rec.framework or "-",
-            rec.author or "-", rec.snapshot_uri or "-",
+            *(escape(v) for v in (
+                str(rec.id), rec.kind, rec.name, rec.version, rec.framework or "-",
+                rec.author or "-", rec.snapshot_uri or "-",
+            ))
         )
     out.print(table)
 
@@ -252,11 +275,11 @@ def lineage(
     graph = artifacts.lineage(artifact_id)
     table = Table("relation", "what", "id", "detail")
     for row in lineage_rows(graph):
-        table.add_row(*row)
+        table.add_row(*(escape(cell) for cell in row))
     out.print(table)
     if png:
         draw_lineage(graph, png)
-        out.print(f"wrote {png}")
+        say(f"wrote {png}")
 
 
 @app.command()

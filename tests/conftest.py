@@ -1,8 +1,30 @@
 """Fixtures shared by every test area."""
 
+import os
+
 import pytest
 
 from artifacts import environment
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_state(tmp_path_factory):
+    """No test touches the user's ~/.kfp-serve or a cluster: a session KFP_SERVE_HOME, local
+    serving; endpoints still running at the end are stopped."""
+    saved = {k: os.environ.get(k) for k in ("KFP_SERVE_HOME", "KFP_SERVE_BACKEND")}
+    os.environ["KFP_SERVE_HOME"] = str(tmp_path_factory.mktemp("kfp-serve-home"))
+    os.environ["KFP_SERVE_BACKEND"] = "local"
+    yield
+    from serving.backends.local import LocalBackend
+
+    backend = LocalBackend(progress=False, stop_grace=2.0)
+    for status in backend.list():
+        backend.delete(status.name)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(autouse=True)

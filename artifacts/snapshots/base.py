@@ -126,7 +126,7 @@ def split_snapshot_uri(uri: str) -> tuple[str, str, str]:
     """
     scheme, sep, rest = uri.partition("://")
     base, _, name = rest.rstrip("/").rpartition("/")
-    match = _SNAPSHOT_NAME.match(name)
+    match = _SNAPSHOT_NAME.fullmatch(name)
     if not sep or not scheme or not match:
         raise SnapshotError(
             f"{uri!r} is not a snapshot URI; expected '<scheme>://<root>/sha256-<64 hex digits>' "

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 from artifacts.environment import running_in_pod
 from artifacts.kube import client_configuration, default_namespace, kubeconfig_path, use_in_cluster
+from artifacts.names import validate_name
 from serving.backends.base import KUBERNETES, EndpointStatus
 from serving.constants import (
     ANNOTATION_MODEL_SNAPSHOT,
@@ -415,6 +416,9 @@ class KubernetesBackend:
         if not meta.get("name"):
             raise ServingError("the InferenceService manifest has no metadata.name")
         meta["namespace"] = meta.get("namespace") or self.namespace
+        # Refused here, before any API call, like everywhere else a name enters kfp-serve.
+        validate_name(meta["name"], "metadata.name")
+        validate_name(meta["namespace"], "metadata.namespace")
         body.pop("status", None)
         return body
 
@@ -802,7 +806,8 @@ class KubernetesBackend:
         Raises:
             ServingError: it does not exist, or the API refused the read.
         """
-        namespace = namespace or self.namespace
+        validate_name(name, "name")
+        namespace = validate_name(namespace or self.namespace, "namespace")
         custom, _ = self._clients()
         deadline = time.monotonic() + self.request_timeout * 2
         try:
@@ -827,7 +832,7 @@ class KubernetesBackend:
 
     def list(self, namespace: str | None = None) -> list[EndpointStatus]:
         """Every InferenceService in ``namespace``, sorted by name."""
-        namespace = namespace or self.namespace
+        namespace = validate_name(namespace or self.namespace, "namespace")
         custom, _ = self._clients()
         deadline = time.monotonic() + self.request_timeout * 2
         try:
@@ -851,7 +856,8 @@ class KubernetesBackend:
         Raises:
             ServingError: it does not exist, or the API refused the delete.
         """
-        namespace = namespace or self.namespace
+        validate_name(name, "name")
+        namespace = validate_name(namespace or self.namespace, "namespace")
         custom, _ = self._clients()
         deadline = time.monotonic() + self.request_timeout * 2
         try:
