@@ -23,7 +23,7 @@ COPY kfp_serve_cli ./kfp_serve_cli
 
 # ml-metadata 1.17.1 pins protobuf<5 but works with the protobuf 6 kfp and kserve need:
 # install it last and without its dependencies, exactly as the Makefile does.
-RUN pip install . \
+RUN pip install ".[kale]" \
     && pip install --no-deps ml-metadata==1.17.1 \
     && python -c "import components, serving, artifacts, ml_metadata, kfp, kserve"
 
