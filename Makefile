@@ -10,6 +10,9 @@ MLMD := ml-metadata==1.17.1
 # and packaging in the main venv, so it gets a venv of its own.
 ELYRA_VENV := .venv-elyra
 ELYRA_STAMP := $(ELYRA_VENV)/.installed-stamp
+# MLServer 1.7, the peer the serving benchmark measures against, in its own venv as well.
+MLSERVER_VENV := .venv-mlserver
+MLSERVER_STAMP := $(MLSERVER_VENV)/.installed-stamp
 
 .PHONY: install test demo lint bench clean
 
@@ -37,8 +40,16 @@ demo: install
 lint: install
 	$(VENV)/bin/ruff check .
 
-bench: install
+$(MLSERVER_STAMP):
+	$(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MLSERVER_VENV)/bin/python -m pip install --quiet "mlserver==1.7.*" mlserver-sklearn mlserver-xgboost
+	touch $(MLSERVER_STAMP)
+
+# wrk (Debian) is the load generator; without it the benchmark falls back to an asyncio client.
+bench: install $(MLSERVER_STAMP)
+	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; } || true
 	$(PY) -m bench.run
 
 clean:
-	rm -rf $(VENV) $(ELYRA_VENV) build *.egg-info
+	rm -rf $(VENV) $(ELYRA_VENV) $(MLSERVER_VENV) build *.egg-info

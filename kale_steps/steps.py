@@ -331,12 +331,14 @@ def link_run(read_pod_labels: Callable[[str, str], Mapping[str, str]] | None = N
 # helpers
 
 
-def _read_pod_labels(pod: str, namespace: str) -> Mapping[str, str]:
-    """The labels of a pod, read with the in-cluster service account."""
-    from kubernetes import client, config
+def _read_pod_labels(pod: str, namespace: str, api_client: Any = None) -> Mapping[str, str]:
+    """The labels of a pod, read with the pod's service account (or ``api_client``)."""
+    from kubernetes import client
 
-    config.load_incluster_config()
-    found = client.CoreV1Api().read_namespaced_pod(pod, namespace, _request_timeout=5)
+    from artifacts.kube import client_configuration
+
+    api_client = api_client or client.ApiClient(client_configuration())
+    found = client.CoreV1Api(api_client).read_namespaced_pod(pod, namespace, _request_timeout=5)
     return found.metadata.labels or {}
 
 

@@ -39,7 +39,7 @@ def upload_pipeline(
         namespace: The Kubeflow profile namespace (multi-user installs); the pipeline is looked
             up and created there.
         options: Kubernetes additions (S3 secret, snapshot PVC) to compile in.
-        version: The version name; default ``<pipeline>-<UTC timestamp>``.
+        version: The version name; default ``<pipeline>-<UTC timestamp to the millisecond>``.
 
     Returns:
         {"name": pipeline display name, "version": version name, "id": pipeline id,
@@ -53,7 +53,7 @@ def upload_pipeline(
     if name not in PIPELINES:
         raise ValueError(f"unknown pipeline {name!r}; choose one of {sorted(PIPELINES)}")
     display_name = get_pipeline(name, options).name
-    version = version or f"{display_name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    version = version or default_version(display_name)
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(name, Path(tmp) / f"{name}.yaml", options)
         try:
@@ -104,6 +104,13 @@ def _upload(
         raise
     return {"name": display_name, "version": version, "id": pipeline_id,
             "version_id": uploaded.pipeline_version_id, "created": created}
+
+
+def default_version(display_name: str) -> str:
+    """``<pipeline>-YYYYmmdd-HHMMSS-mmm`` (UTC): two uploads in one second still differ."""
+    now = time.time()
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
+    return f"{display_name}-{stamp}-{int(now * 1000) % 1000:03d}"
 
 
 def find_pipeline_id(client: Any, display_name: str, namespace: str | None) -> str | None:

@@ -198,7 +198,8 @@ def _filter_predicates(raw: str | None) -> list[tuple[str, str]]:
         raise ApiError(400, f"Invalid input error: cannot parse filter {raw!r}") from None
     out = []
     for p in predicates:
-        if p.get("operation") != "EQUALS" or p.get("key") not in ("display_name", "name"):
+        # protojson takes an enum by name or by number (kfp.Client sends EQUALS as 1).
+        if p.get("operation") not in ("EQUALS", 1) or p.get("key") not in ("display_name", "name"):
             raise ApiError(400, f"Invalid input error: unsupported predicate {p!r}")
         value = p.get("stringValue", p.get("string_value"))
         out.append((p["key"], value))

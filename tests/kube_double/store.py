@@ -39,7 +39,8 @@ class Resource:
 ISVC = Resource("serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService")
 PVC = Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
 VOLUME_SNAPSHOT = Resource("snapshot.storage.k8s.io", "v1", "volumesnapshots", "VolumeSnapshot")
-RESOURCES: tuple[Resource, ...] = (ISVC, PVC, VOLUME_SNAPSHOT)
+POD = Resource("", "v1", "pods", "Pod")
+RESOURCES: tuple[Resource, ...] = (ISVC, PVC, VOLUME_SNAPSHOT, POD)
 
 
 def now_rfc3339() -> str:

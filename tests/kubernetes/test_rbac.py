@@ -9,9 +9,11 @@ import yaml
 
 from artifacts.snapshots import SnapshotStore
 from artifacts.snapshots import pvc as pvc_mod
+from kale_steps import steps as kale_step_helpers
 from serving.backends import kubernetes as kb
 from tests.kube_double import PVC
 from tests.kube_double.manifests import isvc_manifest
+from tests.kube_double.store import POD
 
 RBAC = Path(__file__).resolve().parents[2] / "serving" / "rbac.yaml"
 
@@ -52,6 +54,9 @@ def test_role_covers_exactly_the_calls_made(kube_double, kubeconfig, tmp_path, m
     backend.list()
     backend.get("iris")
     backend.delete("iris")
+    kube_double.seed(POD, {"metadata": {"name": "step", "labels": {"pipeline/runid": "r1"}}})
+    labels = kale_step_helpers._read_pod_labels("step", "default", kube_double.api_client())
+    assert labels["pipeline/runid"] == "r1"
 
     refused = [c for c in kube_double.calls if c.code == 403]
     assert not refused, f"rbac.yaml misses: {refused}"
