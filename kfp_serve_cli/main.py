@@ -33,6 +33,25 @@ NamespaceOpt = Annotated[
 ]
 
 
+def new_table(*headers: str, **options: Any) -> Table:
+    """A table whose cells wrap (fold) instead of being cut off with "…": ids, names and paths
+    are what people copy."""
+    table = Table(*headers, **options)
+    for column in table.columns:
+        column.overflow = "fold"
+    return table
+
+
+def show(table: Table) -> None:
+    """Print ``table``; into a pipe or file as wide as it needs, one line per row (grep-able)."""
+    if out.is_terminal:
+        out.print(table)
+        return
+    needed = out.measure(table, options=out.options.update_width(100_000)).maximum
+    # Console.print caps width= at the console's own width: a wider console does the job.
+    Console(file=out.file, width=max(out.width, needed)).print(table)
+
+
 def say(text: str) -> None:
     """One line of plain text on stdout (no markup, no wrapping: paths and URLs stay whole)."""
     out.print(text, markup=False, highlight=False, soft_wrap=True)
@@ -106,13 +125,15 @@ def run(
 
 
 def print_run_summary(result: dict[str, Any]) -> None:
-    table = Table(title="Pipeline run", show_header=False)
+    table = new_table(title="Pipeline run", show_header=False)
+    table.add_column(overflow="fold")
+    table.add_column(overflow="fold")
     for key, value in result.items():
         if key != "step_seconds":
             table.add_row(key, escape(str(value)))
     for step, seconds in result.get("step_seconds", {}).items():
         table.add_row(f"step {step}", f"{seconds:.1f} s")
-    out.print(table)
+    show(table)
 
 
 @app.command("compile")
@@ -136,11 +157,14 @@ def upload(
     host: Annotated[str, typer.Option(help="KFP API endpoint, e.g. http://localhost:8080.")],
     pipeline: Annotated[str, typer.Option(help="Pipeline name.")] = "sklearn-transformer",
     namespace: NamespaceOpt = None,
+    version: Annotated[
+        str | None, typer.Option(help="Version name (default: pipeline name + UTC time).")
+    ] = None,
 ) -> None:
     """Upload a pipeline to a KFP cluster; uploading again adds a new pipeline version."""
     from pipelines.upload import upload_pipeline
 
-    result = upload_pipeline(pipeline, host=host, namespace=namespace)
+    result = upload_pipeline(pipeline, host=host, namespace=namespace, version=version)
     say(f"uploaded {result['name']!r} version {result['version']!r} (id {result['id']})")
 
 
@@ -208,10 +232,7 @@ def endpoints(namespace: NamespaceOpt = None) -> None:
     from serving import constants
     from serving.backends.base import get_backend
 
-    table = Table("name", "url", "health", "model id", "transformer id", "reason")
-    # Names, URLs and ids must stay whole (people copy them); only the reason may wrap.
-    for column in table.columns[:5]:
-        column.no_wrap = True
+    table = new_table("name", "url", "health", "model id", "transformer id", "reason")
     for status in get_backend().list(namespace):
         labels = status.manifest.get("metadata", {}).get("labels", {})
         table.add_row(
@@ -219,7 +240,7 @@ def endpoints(namespace: NamespaceOpt = None) -> None:
             labels.get(constants.LABEL_MODEL_ID, "-"),
             labels.get(constants.LABEL_TRANSFORMER_ID, "-"), escape(status.message or ""),
         )
-    out.print(table)
+    show(table)
 
 
 def health_label(status: Any) -> str:
@@ -251,7 +272,7 @@ def models(
     """List Model and Transformer artifacts recorded in ML Metadata."""
     import artifacts
 
-    table = Table("id", "kind", "name", "version", "framework", "author", "snapshot")
+    table = new_table("id", "kind", "name", "version", "framework", "author", "snapshot")
     for rec in artifacts.list_artifacts(kind=kind):
         table.add_row(
             *(escape(v) for v in (
@@ -259,7 +280,7 @@ def models(
                 rec.author or "-", rec.snapshot_uri or "-",
             ))
         )
-    out.print(table)
+    show(table)
 
 
 @app.command()
@@ -273,10 +294,10 @@ def lineage(
     from kfp_serve_cli.lineage_view import draw_lineage, lineage_rows
 
     graph = artifacts.lineage(artifact_id)
-    table = Table("relation", "what", "id", "detail")
+    table = new_table("relation", "what", "id", "detail")
     for row in lineage_rows(graph):
         table.add_row(*(escape(cell) for cell in row))
-    out.print(table)
+    show(table)
     if png:
         draw_lineage(graph, png)
         say(f"wrote {png}")

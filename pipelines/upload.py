@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,11 @@ def _upload(
     import kfp
     import kfp_server_api
 
-    client = kfp.Client(host=host, namespace=namespace)
+    with warnings.catch_warnings():
+        # "This client only works with Kubeflow Pipeline v2.0.0-beta.2 and later": noise on
+        # every upload, and the API we call is v2beta1 anyway.
+        warnings.filterwarnings("ignore", category=FutureWarning, module="kfp.client")
+        client = kfp.Client(host=host, namespace=namespace)
     pipeline_id = find_pipeline_id(client, display_name, namespace)
     created = False
     if pipeline_id is None:

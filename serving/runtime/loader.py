@@ -20,7 +20,7 @@ from serving.errors import ServingError
 from serving.runtime import layout
 from serving.runtime.codec import FeatureSpec
 from serving.runtime.explain import explain_linear, explain_xgboost, find_linear
-from serving.runtime.fastpath import fast_predict
+from serving.runtime.fastpath import fast_predict, fast_transform
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ def _load_sklearn(
         predict = est.predict_proba
     else:
         predict = est.predict
-    predict = fast_predict(est, predict_proba) or predict
+    predict = fast_predict(est, predict_proba) or xgb_fast_predict(est, predict_proba) or predict
 
     explainer = None
     unsupported = (
@@ -276,13 +276,16 @@ def _load_xgboost(
         est.load_model(str(path))
         est.set_params(n_jobs=1)
         inner = est.get_booster()
+        inner.set_param({"nthread": 1})
         if predict_proba and est_type != "classifier":
             raise ServingError("PREDICT_PROBA=true but the XGBoost model is a regressor")
-        method = est.predict_proba if predict_proba else est.predict
+        method = xgb_fast_predict(est, predict_proba, validate_features=False) or _validation_off(
+            est.predict_proba if predict_proba else est.predict
+        )
         label_map = np.asarray(classes) if (classes and not predict_proba) else None
 
         def predict(X: Any) -> Any:
-            out = _with_threads(inner, X, n_cpu, lambda: method(X, validate_features=False))
+            out = _with_threads(inner, X, n_cpu, lambda: method(X))
             return label_map[out] if label_map is not None and est_type == "classifier" else out
 
     else:
@@ -319,6 +322,102 @@ def _load_xgboost(
     )
 
 
+def _validation_off(method: Callable[..., Any]) -> Callable[[Any], Any]:
+    def run(X: Any) -> Any:
+        return method(X, validate_features=False)
+
+    return run
+
+
+def xgb_fast_predict(
+    est: Any, predict_proba: bool, *, validate_features: bool = True
+) -> Callable[[Any], Any] | None:
+    """``XGBClassifier``/``XGBRegressor`` predict (or predict_proba) without the wrapper costs.
+
+    The sklearn wrapper runs every call inside ``xgboost.config_context`` (a JSON round trip
+    of the global config through the C API, twice for a classifier) and re-derives the
+    iteration range; for one row that is a large share of the call. This calls
+    ``Booster.inplace_predict`` with the arguments the wrapper would pass (iteration range,
+    ``missing``, predict type "value", ``validate_features``) and applies the wrapper's own
+    post-processing: argmax / 0.5 threshold for labels, the two-column stack for binary
+    probabilities. Results are identical to ``est.predict(X, validate_features=...)`` /
+    ``est.predict_proba(...)``.
+
+    Only the exact ``XGBClassifier``/``XGBRegressor`` classes with a tree booster qualify
+    (subclasses such as the random-forest wrappers, ``gblinear``, ``multi:softmax``
+    probabilities and non-numpy input use the wrapper's method).
+
+    Returns:
+        A callable taking the validated array, or None when the wrapper must be used.
+    """
+    try:
+        import xgboost as xgb
+    except ImportError:  # pragma: no cover
+        return None
+    cls = type(est)
+    if cls not in (xgb.XGBClassifier, xgb.XGBRegressor) or est.booster == "gblinear":
+        return None
+    if predict_proba and cls is not xgb.XGBClassifier:
+        return None
+    try:
+        booster = est.get_booster()
+        iteration_range = est._get_iteration_range(None)
+    except Exception:  # noqa: BLE001 - unfitted or a changed private API: use the wrapper
+        return None
+    missing = est.missing
+    wrapper = est.predict_proba if predict_proba else est.predict
+    inplace = booster.inplace_predict
+
+    def raw(X: np.ndarray) -> np.ndarray:
+        return inplace(
+            X,
+            iteration_range=iteration_range,
+            predict_type="value",
+            missing=missing,
+            validate_features=validate_features,
+        )
+
+    def guarded(fn: Callable[[np.ndarray], Any]) -> Callable[[Any], Any]:
+        def run(X: Any) -> Any:
+            if type(X) is np.ndarray and X.ndim == 2:
+                return fn(X)
+            return wrapper(X, validate_features=validate_features)
+
+        return run
+
+    if cls is xgb.XGBRegressor:
+        return guarded(raw)
+    objective = est.objective
+    n_classes = int(est.n_classes_)
+    if predict_proba:
+        if objective == "multi:softmax":
+            return None
+
+        def proba(X: np.ndarray) -> np.ndarray:
+            p = raw(X)
+            if p.ndim == 2 and (p.shape[1] == n_classes or (n_classes == 2 and p.shape[1] >= 2)):
+                return p
+            return np.vstack((1.0 - p, p)).transpose()
+
+        return guarded(proba)
+
+    def labels(X: np.ndarray) -> np.ndarray:
+        p = raw(X)
+        if p.ndim > 1 and n_classes != 2:
+            return np.argmax(p, axis=1)
+        if p.ndim > 1 and p.shape[1] != 1:  # multi-label
+            out = np.zeros(p.shape)
+            out[p > 0.5] = 1
+            return out
+        if objective == "multi:softmax":
+            return p.astype(np.int32)
+        out = np.repeat(0, p.shape[0])
+        out[p > 0.5] = 1
+        return out
+
+    return guarded(labels)
+
+
 def _with_threads(booster: Any, X: Any, n_cpu: int, fn: Callable[[], Any]) -> Any:
     """Run ``fn`` single-threaded, or with every core for a large batch."""
     if n_cpu > 1 and len(X) >= XGB_PARALLEL_ROWS:
@@ -338,6 +437,7 @@ class ServedTransformer:
     spec: FeatureSpec
     transform: Callable[[Any], Any]
     metadata: dict[str, Any] = field(default_factory=dict)
+    transformer: Any = None
 
 
 def load_transformer(model_dir: str | Path) -> ServedTransformer:
@@ -371,4 +471,10 @@ def load_transformer(model_dir: str | Path) -> ServedTransformer:
         dtype=np.float64,
         allow_nan=_allow_nan(obj),
     )
-    return ServedTransformer(path=path, spec=spec, transform=obj.transform, metadata=metadata)
+    return ServedTransformer(
+        path=path,
+        spec=spec,
+        transform=fast_transform(obj) or obj.transform,
+        metadata=metadata,
+        transformer=obj,
+    )

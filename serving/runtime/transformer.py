@@ -66,7 +66,7 @@ class TransformerModel(kserve.Model):
         predictor_protocol: ``"v1"`` or ``"v2"``: what the predictor speaks.
         use_ssl: Talk https to the predictor.
         timeout: Seconds to wait for the predictor.
-        retries: Connection retries (httpx transport level).
+        retries: Extra attempts to connect to the predictor.
         health_check: Ready only while the predictor is ready too.
     """
 
@@ -103,6 +103,7 @@ class TransformerModel(kserve.Model):
         self.served: ServedTransformer | None = None
         self._client: Any = None
         self._dumps: Any = None
+        self._dump_opts = 0
         self._loads: Any = None
         self._predict_path = (
             f"/v1/models/{name}:predict"
@@ -121,9 +122,7 @@ class TransformerModel(kserve.Model):
         self.ready = True
         log.info(
             "loaded transformer %s from %s; predictor %s (%s)",
-            type(self.served.transform.__self__).__name__
-            if hasattr(self.served.transform, "__self__")
-            else "?",
+            type(self.served.transformer).__name__,
             self.served.path,
             self.base_url,
             self.protocol,
@@ -132,16 +131,17 @@ class TransformerModel(kserve.Model):
 
     async def start_client(self) -> None:
         """Open the keep-alive HTTP client to the predictor (inside the server's event loop)."""
-        import httpx
         import orjson
 
+        from serving.runtime.upstream import UpstreamClient
+
         self._dumps = orjson.dumps
+        self._dump_opts = orjson.OPT_SERIALIZE_NUMPY
         self._loads = orjson.loads
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url,
+        self._client = UpstreamClient(
+            self.base_url,
             timeout=self.timeout,
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
-            transport=httpx.AsyncHTTPTransport(retries=self.retries),
+            retries=self.retries,
             headers={"content-type": "application/json"},
         )
 
@@ -162,7 +162,7 @@ class TransformerModel(kserve.Model):
             r = await self._client.get(path, timeout=5.0)
         except Exception:  # noqa: BLE001 - any failure means "not ready"
             return False
-        return r.status_code == 200
+        return r.status == 200
 
     async def __call__(
         self,
@@ -234,33 +234,31 @@ class TransformerModel(kserve.Model):
     async def _post(
         self, path: str, body: dict[str, Any], headers: dict[str, str] | None
     ) -> dict[str, Any]:
-        import httpx
+        from serving.runtime.upstream import UpstreamError, UpstreamTimeout
 
         if self._client is None:
             await self.start_client()
-        import orjson
-
-        content = self._dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
-        url = f"{self.base_url}{path}"
+        content = self._dumps(body, option=self._dump_opts)
         try:
-            r = await self._client.post(path, content=content, headers=headers or None)
-        except httpx.TimeoutException as e:
-            raise RequestError(f"predictor at {url} timed out: {e!r}", 504) from e
-        except httpx.HTTPError as e:
-            raise RequestError(f"cannot reach predictor at {url}: {e!r}", 502) from e
-        if r.status_code != 200:
+            r = await self._client.post(path, content, headers or None)
+        except UpstreamTimeout as e:
+            raise RequestError(f"predictor at {self.base_url}{path} timed out: {e}", 504) from e
+        except UpstreamError as e:
+            raise RequestError(f"cannot reach predictor at {self.base_url}{path}: {e}", 502) from e
+        if r.status != 200:
             try:
-                message = self._loads(r.content).get("error") or r.text
+                message = self._loads(r.body).get("error") or r.text
             except Exception:  # noqa: BLE001 - not JSON: show the text
                 message = r.text
-            status = r.status_code if 400 <= r.status_code < 500 or r.status_code == 501 else 502
+            status = r.status if 400 <= r.status < 500 or r.status == 501 else 502
             raise RequestError(
-                f"predictor at {url} answered {r.status_code}: {str(message)[:1000]}", status
+                f"predictor at {self.base_url}{path} answered {r.status}: {str(message)[:1000]}",
+                status,
             )
         try:
-            return self._loads(r.content)
+            return self._loads(r.body)
         except ValueError as e:
-            raise RequestError(f"predictor at {url} sent non-JSON: {e}", 502) from e
+            raise RequestError(f"predictor at {self.base_url}{path} sent non-JSON: {e}", 502) from e
 
     @property
     def _transformer(self) -> ServedTransformer:

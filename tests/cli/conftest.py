@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -30,9 +29,8 @@ def kfp_serve_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("KFP_SERVE_HOME", str(home))
         mp.setenv("KFP_SERVE_BACKEND", "local")
-        # Rich output as a pipe gets it: no colours, a fixed width.
+        # Rich output as a pipe gets it: no colours.
         mp.setenv("NO_COLOR", "1")
-        mp.setenv("COLUMNS", "120")
         for name in _ENV_OVERRIDES:
             mp.delenv(name, raising=False)
         yield home
@@ -111,8 +109,9 @@ def iris() -> tuple[Any, Any]:
 @pytest.fixture(scope="package")
 def iris_model(iris: Any) -> tuple[int, Any]:
     """A LogisticRegression on iris submitted to MLMD: (model id, fitted estimator)."""
-    import artifacts
     from sklearn.linear_model import LogisticRegression
+
+    import artifacts
 
     X, y = iris
     est = LogisticRegression(max_iter=500).fit(X, y)
@@ -126,8 +125,9 @@ def iris_model(iris: Any) -> tuple[int, Any]:
 @pytest.fixture(scope="package")
 def iris_scaler(iris: Any) -> int:
     """A StandardScaler transformer submitted to MLMD: its id."""
-    import artifacts
     from sklearn.preprocessing import StandardScaler
+
+    import artifacts
 
     X, _ = iris
     return artifacts.Transformer(

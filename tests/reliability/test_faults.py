@@ -133,8 +133,8 @@ def test_predictor_killed_mid_load_is_reported_and_serving_again_recovers(
     # `kfp-serve endpoints` shows it dead, and the shared endpoint still healthy.
     listing = run_cli("endpoints")
     assert listing.returncode == 0, listing.stderr
-    line = next(x for x in listing.stdout.splitlines() if KILL_ENDPOINT in x)
-    assert "ProcessExited" in line and "has exited" in line, listing.stdout
+    row = _row(listing.stdout, KILL_ENDPOINT)
+    assert "dead" in row.split() and "predictor" in row and "has exited" in row, listing.stdout
 
     # Serving again brings it back on the same URL; the old clients' URL works again.
     url = kill_endpoint.url
@@ -145,8 +145,21 @@ def test_predictor_killed_mid_load_is_reported_and_serving_again_recovers(
     assert again.predictions(rows) == expected
     assert kill_endpoint.predictions(rows) == expected
     listing = run_cli("endpoints")
-    line = next(x for x in listing.stdout.splitlines() if KILL_ENDPOINT in x)
-    assert "ready" in line and "ProcessExited" not in line, listing.stdout
+    row = _row(listing.stdout, KILL_ENDPOINT)
+    assert "ready" in row.split() and "dead" not in row.split(), listing.stdout
+
+
+def _row(table: str, name: str) -> str:
+    """The cells of the table row of endpoint ``name``, wrapped lines joined."""
+    lines = table.splitlines()
+    start = next(i for i, line in enumerate(lines) if f" {name} " in line)
+    row = [lines[start]]
+    for line in lines[start + 1 :]:
+        first_cell = line.split("│")[1].strip() if line.count("│") > 2 else "?"
+        if first_cell:  # the next row (or the table's bottom border)
+            break
+        row.append(line)
+    return " ".join(cell.strip() for line in row for cell in line.split("│") if cell.strip())
 
 
 # -------------------------------------------------------------- tampered snapshot, refused
@@ -235,7 +248,7 @@ def test_sigkill_during_a_snapshot_leaves_the_store_verifying_clean(tmp_path: Pa
     tree = tmp_path / "big"
     tree.mkdir()
     chunk = os.urandom(1 << 20)
-    for i in range(80):
+    for i in range(120):  # 120 MiB: long enough to be caught mid-copy
         (tree / f"part-{i:03d}.bin").write_bytes(chunk[i:] + chunk[:i])
     digest, size = tree_digest(tree)
     would_be = f"file://{root}/sha256-{digest.removeprefix('sha256:')}"
