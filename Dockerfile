@@ -19,7 +19,7 @@ COPY serving ./serving
 COPY components ./components
 COPY pipelines ./pipelines
 COPY kale_steps ./kale_steps
-COPY kfp_serve_cli ./kfp_serve_cli
+COPY kfp_serve ./kfp_serve
 
 # ml-metadata 1.17.1 pins protobuf<5 but works with the protobuf 6 kfp and kserve need:
 # install it last and without its dependencies, exactly as the Makefile does.

@@ -205,7 +205,7 @@ def quantity(value: Any, path: str) -> str:
             f"{path}: expected a quantity such as '4Gi' or '500m', got {value!r}"
         )
     text = str(value)
-    if not _QUANTITY.match(text):
+    if not _QUANTITY.fullmatch(text):
         raise ServeConfigError(
             f"{path}: {value!r} is not a Kubernetes quantity; write it like '4Gi', '512Mi', "
             "'500m' or '2' (no spaces; binary suffixes Ki/Mi/Gi, decimal k/M/G)"

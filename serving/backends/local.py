@@ -15,6 +15,7 @@ and sends that percentage of requests to the new one.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -258,7 +259,7 @@ def resolve_storage(uri: str, *, field: str = "storageUri") -> Path:
             f"{field} {uri!r}: the local backend loads file:// and s3:// snapshots or local "
             f"directories, not {scheme}://; serve it on a cluster (KFP_SERVE_BACKEND=kubernetes)"
         )
-    if scheme and _SNAPSHOT_NAME.match(uri.rstrip("/").rsplit("/", 1)[-1]):
+    if scheme and _SNAPSHOT_NAME.fullmatch(uri.rstrip("/").rsplit("/", 1)[-1]):
         from artifacts.snapshots import SnapshotStore
 
         try:
@@ -468,6 +469,7 @@ class LocalBackend:
         timeout: float,
     ) -> EndpointStatus:
         directory = endpoint_dir(plan.name)
+        first_apply = not directory.exists()
         directory.mkdir(parents=True, exist_ok=True)
         number = (max(r.revision for r in record.revisions) + 1) if record else 1
         previous = (
@@ -533,6 +535,11 @@ class LocalBackend:
                     [*(new.processes if new else []), *([router] if router else [])],
                     self.stop_grace,
                 )
+                if first_apply:
+                    # Refused before any server wrote a log (e.g. a tampered snapshot): leave
+                    # no empty endpoint directory behind. Logs of a failed start are kept.
+                    with contextlib.suppress(OSError):
+                        directory.rmdir()
             if isinstance(e, ServingError):
                 raise ServingError(f"{e}{previous}") from e
             raise

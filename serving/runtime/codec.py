@@ -128,6 +128,13 @@ def decode_v1(body: Any, spec: FeatureSpec) -> Batch:
         raise RequestError(f"'{key}' must be a list of rows, got {_json_type(instances)}")
     if not instances:
         raise RequestError(f"'{key}' is empty; send at least one row")
+    if key == "inputs" and isinstance(instances[0], dict) and {"datatype", "data"} <= set(
+        instances[0]
+    ):
+        raise RequestError(
+            "this is a v2 (Open Inference Protocol) request: POST it to /v2/models/<name>/infer, "
+            'or send v1 {"instances": [[f1, f2, ...], ...]}'
+        )
     if isinstance(instances[0], dict):
         columns = _columns_from_records(instances, key)
         X = _from_columns(columns, len(instances), spec)
@@ -157,6 +164,11 @@ def decode_v2(body: Any, spec: FeatureSpec) -> Batch:
             f"request body must be a JSON object with an 'inputs' list, got {_json_type(body)}"
         )
     inputs = body.get("inputs")
+    if inputs is None and "instances" in body:
+        raise RequestError(
+            "this is a v1 request ('instances'): POST it to /v1/models/<name>:predict, or send "
+            'v2 {"inputs": [{"name": ..., "shape": [N, F], "datatype": "FP64", "data": [...]}]}'
+        )
     if inputs is None:
         raise RequestError(
             'missing key \'inputs\': send {"inputs": [{"name": ..., "shape": [N, F], '

@@ -64,7 +64,7 @@ def cli() -> Any:
     Exceptions are not caught by the runner: an error the CLI does not turn into a clean
     message fails the test with its traceback.
     """
-    from kfp_serve_cli.main import app
+    from kfp_serve.cli import app
 
     runner = CliRunner()
 

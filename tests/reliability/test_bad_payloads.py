@@ -95,9 +95,10 @@ CASES: list[tuple[str, str, Any, str, int, str]] = [
     ("huge-padded-body", V1, HUGE, "application/json", 413, f"larger than {MAX_BODY} bytes"),
     ("huge-row-count", V1, HUGE_ROWS, "application/json", 413, f"larger than {MAX_BODY} bytes"),
     # -- the wrong protocol: a v2 body on the v1 route and the other way round, a wrong verb
-    ("v2-body-on-v1-route", V1, tensor(ROW), "application/json", 400, ""),
+    ("v2-body-on-v1-route", V1, tensor(ROW), "application/json", 400,
+     "POST it to /v2/models/<name>/infer"),
     ("v1-body-on-v2-route", V2, {"instances": [ROW]}, "application/json", 400,
-     "missing key 'inputs'"),
+     "POST it to /v1/models/<name>:predict"),
     ("get-on-predict", GET_V1, None, "", 405, "not allowed"),
     ("unknown-model", UNKNOWN, {"instances": [ROW]}, "application/json", 404, "not served here"),
     # -- v2 tensors

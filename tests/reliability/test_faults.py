@@ -130,7 +130,7 @@ def test_predictor_killed_mid_load_is_reported_and_serving_again_recovers(
         Endpoint(KILL_ENDPOINT, retry_window=2.0).predict(rows)
     assert time.monotonic() - started < 5
 
-    # `kfp-serve endpoints` shows it dead, and the shared endpoint still healthy.
+    # `kfp-serve endpoints` shows it dead, with the reason.
     listing = run_cli("endpoints")
     assert listing.returncode == 0, listing.stderr
     row = _row(listing.stdout, KILL_ENDPOINT)

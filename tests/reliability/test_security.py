@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 import artifacts
 from artifacts import InvalidNameError, SnapshotError, SnapshotStore
-from kfp_serve_cli.main import app
+from kfp_serve.cli import app
 from serving.backends.base import get_backend
 from tests.kube_double.fixtures import kube_double, kubeconfig  # noqa: F401
 from tests.reliability.conftest import (

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
+from pathlib import Path
+
+import httpx
+import joblib
 import numpy as np
 import pytest
+from sklearn.preprocessing import StandardScaler
 
+from serving.runtime._kserve import InferenceVerb
+from serving.runtime.codec import RequestError
+from serving.runtime.launch import free_port, start_server, stop_server, wait_ready
+from serving.runtime.transformer import TransformerModel
 from tests.runtime.conftest import v2_body, v2_output
 
 
@@ -48,3 +59,61 @@ def test_transformer_forwards_explain(servers, iris):
     model = servers["scaled-lr"].model
     e = r.json()["explanations"][0]
     np.testing.assert_allclose(e["attributions"], t.model.transform(X) * model.coef_[0])
+
+
+def _scaler_dir(tmp_path: Path, iris) -> Path:
+    d = tmp_path / "scaler"
+    d.mkdir()
+    joblib.dump(StandardScaler().fit(iris[0]), d / "transformer.joblib")
+    return d
+
+
+def test_transformer_answers_502_naming_a_dead_predictor(tmp_path, iris):
+    port = free_port()  # nothing listens there
+    proc = start_server(
+        "transformer",
+        "model",
+        _scaler_dir(tmp_path, iris),
+        predictor_host=f"127.0.0.1:{port}",
+        log_path=tmp_path / "t.log",
+    )
+    try:
+        wait_ready(proc.url, timeout=120, proc=proc)
+        r = httpx.post(
+            f"{proc.url}/v1/models/model:predict",
+            json={"instances": iris[0][:1].tolist()},
+            timeout=30,
+        )
+        assert r.status_code == 502, r.text
+        assert f"predictor at http://127.0.0.1:{port}/v1/models/model:predict" in r.json()["error"]
+    finally:
+        stop_server(proc)
+
+
+def test_transformer_answers_504_when_the_predictor_hangs(tmp_path, iris):
+    async def main() -> RequestError:
+        async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(1)
+            await asyncio.sleep(10)
+
+        server = await asyncio.start_server(hang, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        model = TransformerModel(
+            "model", _scaler_dir(tmp_path, iris), f"127.0.0.1:{port}", "v2", timeout=0.3
+        )
+        model.load()
+        await model.start_client()
+        try:
+            await model({"instances": iris[0][:1].tolist()}, {}, InferenceVerb.PREDICT)
+        except RequestError as e:
+            return e
+        finally:
+            await model.close()
+            server.close()
+        raise AssertionError("no error")
+
+    err = asyncio.run(main())
+    assert err.status == 504
+    assert re.search(
+        r"predictor at http://127\.0\.0\.1:\d+/v2/models/model/infer timed out", str(err)
+    )

@@ -134,7 +134,7 @@ def test_bad_calls_fail_clearly_and_record_nothing(submitted, call, error, words
 
 @pytest.mark.parametrize("protocol", ["v1", "v2"])
 def test_served_predictions_equal_in_process_and_stop_removes_it(submitted, fitted, protocol):
-    from kfp_serve_cli.main import app
+    from kfp_serve.cli import app
 
     X, scaler, model = fitted
     model_id, transformer_id = submitted

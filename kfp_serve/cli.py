@@ -291,7 +291,7 @@ def lineage(
 ) -> None:
     """Show where an artifact came from and what points to it."""
     import artifacts
-    from kfp_serve_cli.lineage_view import draw_lineage, lineage_rows
+    from kfp_serve.lineage_view import draw_lineage, lineage_rows
 
     graph = artifacts.lineage(artifact_id)
     table = new_table("relation", "what", "id", "detail")
@@ -307,7 +307,7 @@ def lineage(
 @fails_cleanly
 def demo() -> None:
     """Run the sklearn-with-transformer pipeline locally end to end and show the result."""
-    from kfp_serve_cli.demo import run_demo
+    from kfp_serve.demo import run_demo
 
     run_demo(out)
 
