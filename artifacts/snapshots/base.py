@@ -28,10 +28,13 @@ from artifacts.snapshots.digest import (
     MANIFEST_NAME,
     Entry,
     Manifest,
+    _manifest_from,
     build_manifest,
+    copy_tree,
     diff_manifests,
     digest_hex,
     hash_file,
+    scan_tree,
 )
 from artifacts.snapshots.progress import ByteProgress
 
@@ -141,18 +144,24 @@ def snapshot_dir_name(digest: str) -> str:
 
 
 def verify_local_tree(directory: Path, digest: str, source: str) -> Manifest:
-    """Re-hash a local snapshot copy and refuse it unless it matches ``digest``.
+    """Re-hash a local snapshot copy (files in parallel) and refuse it unless it matches.
 
     Raises:
         SnapshotError: naming the snapshot and the files that differ.
     """
     if not directory.is_dir():
         raise SnapshotError(f"snapshot {source!r} does not exist")
-    size = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
+    items = scan_tree(directory)
+    size = sum(i.entry.size for i in items if i.entry.kind == "f")
     with ByteProgress(f"Verifying {directory.name[:19]}", size) as progress:
-        actual = build_manifest(directory, progress=progress)
+        actual = build_manifest(directory, progress=progress, scanned=items)
+    _check_digest(directory, actual, digest, source)
+    return actual
+
+
+def _check_digest(directory: Path, actual: Manifest, digest: str, source: str) -> None:
     if actual.digest == digest:
-        return actual
+        return
     details: list[str] = []
     try:
         stored = Manifest.parse((directory / MANIFEST_NAME).read_text(), source)
@@ -196,25 +205,28 @@ def materialize(
 
 
 def copy_tree_verified(src: Path, dest: Path, digest: str, source: str) -> Path:
-    """Restore a verified local snapshot copy into ``dest`` atomically (temp dir, rename)."""
+    """Restore a local snapshot copy into ``dest`` atomically (temp dir, rename), verified.
+
+    One pass: every file is read once, hashed and written from the same buffer; the digest of
+    what was written must equal ``digest`` before the temp directory is renamed to ``dest``.
+    """
     dest = Path(dest)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise SnapshotError(
             f"cannot restore {source!r} into {str(dest)!r}: it exists and is not an empty "
             "directory (choose a new path)"
         )
-    manifest = verify_local_tree(src, digest, source)
+    if not src.is_dir():
+        raise SnapshotError(f"snapshot {source!r} does not exist")
+    items = scan_tree(src)
+    size = sum(i.entry.size for i in items if i.entry.kind == "f")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.restore-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir()
-        with ByteProgress(f"Restoring {src.name[:19]}", manifest.size) as progress:
-            materialize(
-                manifest,
-                tmp,
-                lambda entry, path: shutil.copyfile(src / entry.path, path),
-                progress,
-            )
+        with ByteProgress(f"Restoring {src.name[:19]}", size) as progress:
+            hashes = copy_tree(items, tmp, read_only=False, progress=progress)
+        _check_digest(src, _manifest_from(items, hashes), digest, source)
         if dest.exists():
             dest.rmdir()
         os.rename(tmp, dest)

@@ -22,10 +22,9 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from artifacts.errors import SnapshotError
 
@@ -33,9 +32,18 @@ DIGEST_PREFIX = "sha256:"
 # Written inside every stored snapshot; never part of a digest. No *.json suffix: xgbserver
 # refuses a model directory with two *.json files.
 MANIFEST_NAME = ".kfp-snapshot.manifest"
-CHUNK = 1 << 20
-# Hash a few files at once: hashlib releases the GIL, so two cores hash twice as fast.
-HASH_THREADS = max(1, min(4, os.cpu_count() or 1))
+CHUNK = 1 << 20  # read/hash/write buffer per worker
+# Worker threads for hashing and copying: SHA-256 releases the GIL and the kernel's cost of
+# creating files scales with cores, so one worker per usable core (more only add contention).
+WORKERS = max(1, min(8, len(os.sched_getaffinity(0))))
+# Files smaller than this are handled in batches of up to BATCH_FILES / BATCH_BYTES per
+# directory (one directory per batch keeps workers out of each other's directory locks).
+BATCH_FILE_MAX = 1 << 20
+BATCH_FILES = 256
+BATCH_BYTES = 16 << 20
+FILE_COST = 256 << 10  # the cost of creating a file, in bytes copied (for ordering work)
+FADVISE_BYTES = 4 << 20  # sequential read-ahead hint for files at least this large
+FSYNC_ENV = "KFP_SERVE_SNAPSHOT_FSYNC"
 # A cached file hash is trusted only if the file's ctime is older than this when it was
 # hashed: a change within the same clock tick as the hash could otherwise go unnoticed.
 CACHE_SAFETY_NS = 1_000_000_000
@@ -68,11 +76,11 @@ class Manifest:
 
     entries: tuple[Entry, ...]
 
-    @property
+    @cached_property
     def text(self) -> str:
         return "".join(e.line() + "\n" for e in self.entries)
 
-    @property
+    @cached_property
     def digest(self) -> str:
         return DIGEST_PREFIX + hashlib.sha256(self.text.encode()).hexdigest()
 
@@ -160,30 +168,34 @@ def scan_tree(root: str | os.PathLike[str]) -> list[_Scanned]:
     if not os.path.isdir(root):
         raise SnapshotError(f"{root!r} is not a directory; a snapshot is taken of a directory")
     out: list[_Scanned] = []
+    append = out.append
 
     def walk(abs_dir: str, rel_dir: str) -> None:
         try:
-            names = sorted(os.listdir(abs_dir))
+            with os.scandir(abs_dir) as it:
+                dir_entries = sorted(it, key=lambda d: d.name)
         except OSError as e:
             raise SnapshotError(f"cannot read directory {abs_dir!r}: {e}") from e
-        for name in names:
-            rel = f"{rel_dir}/{name}" if rel_dir else name
+        prefix = rel_dir + "/" if rel_dir else ""
+        for de in dir_entries:
+            name = de.name
             if not rel_dir and name == MANIFEST_NAME:
                 continue
+            rel = prefix + name
             if "\n" in name or "\r" in name:
                 raise SnapshotError(f"file name {rel!r} contains a newline; rename it")
-            abspath = os.path.join(abs_dir, name)
-            st = os.lstat(abspath)
-            if stat.S_ISLNK(st.st_mode):
+            abspath = de.path
+            st = de.stat(follow_symlinks=False)
+            mode = st.st_mode
+            if stat.S_ISREG(mode):
+                append(_Scanned(Entry("f", rel, file_mode(mode), st.st_size), abspath, st))
+            elif stat.S_ISDIR(mode):
+                append(_Scanned(Entry("d", rel), abspath))
+                walk(abspath, rel)
+            elif stat.S_ISLNK(mode):
                 target = os.readlink(abspath)
                 check_link_target(rel, target, source=root)
-                out.append(_Scanned(Entry("l", rel, target=target), abspath))
-            elif stat.S_ISDIR(st.st_mode):
-                out.append(_Scanned(Entry("d", rel), abspath))
-                walk(abspath, rel)
-            elif stat.S_ISREG(st.st_mode):
-                entry = Entry("f", rel, file_mode(st.st_mode), st.st_size)
-                out.append(_Scanned(entry, abspath, st))
+                append(_Scanned(Entry("l", rel, target=target), abspath))
             else:
                 raise SnapshotError(
                     f"{abspath!r} is not a regular file, directory or symlink (a socket, FIFO "
@@ -200,65 +212,81 @@ def hash_file(
     copy_to: str | None = None,
     expected: os.stat_result | None = None,
 ) -> tuple[str, int]:
-    """SHA-256 of a file, optionally copying it to ``copy_to`` first.
-
-    When copying, the kernel copies the bytes (``copy_file_range``, no trip through Python) and
-    the *copy* is hashed, so the digest describes exactly the stored bytes; a source that
-    changed meanwhile is reported through its stat.
+    """SHA-256 of one file, optionally copying it to ``copy_to`` in the same pass.
 
     Returns:
         (hex digest, size in bytes)
     """
-    with open(path, "rb") as src:
-        before = os.fstat(src.fileno())
-        if copy_to is not None:
-            with open(copy_to, "xb") as out:
-                _kernel_copy(src.fileno(), out.fileno(), before.st_size)
-        after = os.fstat(src.fileno())
-        if copy_to is None:
-            sha, size = _hash_fd(src, progress)
-            after = os.fstat(src.fileno())
-    if copy_to is not None:
-        with open(copy_to, "rb") as copied:
-            sha, size = _hash_fd(copied, progress)
-    ref = expected or before
-    if _changed(ref, after) or size != after.st_size:
-        raise SnapshotError(f"{path!r} changed while it was being read; retry the snapshot")
-    return sha, size
-
-
-def _hash_fd(f: Any, progress: ProgressFn | None) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
     buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    while n := f.readinto(buf):
-        h.update(view[:n])  # hashlib releases the GIL: threads hash in parallel
-        size += n
-        if progress:
-            progress(n)
-    return h.hexdigest(), size
+    if expected is None:
+        try:
+            expected = os.lstat(path)
+        except OSError as e:
+            raise SnapshotError(f"cannot read {path!r}: {e}") from e
+    sha = _stream(path, expected, buf, memoryview(buf), copy_to, 0o644, progress, False)
+    return sha, expected.st_size
 
 
-def _kernel_copy(src: int, dst: int, size: int) -> None:
-    """Copy ``size`` bytes between file descriptors inside the kernel where possible."""
-    left = size
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _stream(
+    src: str,
+    expected: os.stat_result,
+    buf: bytearray,
+    view: memoryview,
+    dst: str | None,
+    mode: int,
+    progress: ProgressFn | None,
+    durable: bool,
+    chmod: bool = True,
+) -> str:
+    """Read ``src`` once, hashing each chunk and (if ``dst``) writing that same chunk.
+
+    The hashed bytes are the written bytes (one private buffer), so the digest describes
+    exactly what was stored. A source that was replaced, grew, shrank or was written to since
+    it was scanned (``expected``) is refused. ``dst`` is created with ``mode`` (writing
+    through the new descriptor is allowed even if it is read-only); ``chmod`` sets it again
+    explicitly, for when the umask would change it.
+    """
     try:
-        while left > 0:
-            n = os.copy_file_range(src, dst, min(left, 1 << 30))
-            if n == 0:
-                break
-            left -= n
-        if left <= 0:
-            return
-    except OSError:
-        pass  # EXDEV/ENOSYS/EINVAL on some filesystems: fall back to a plain copy
-    os.lseek(src, size - left, os.SEEK_SET)
-    os.lseek(dst, size - left, os.SEEK_SET)
-    while chunk := os.read(src, CHUNK):
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(dst, view) :]
+        fd = os.open(src, _READ_FLAGS)
+    except OSError as e:
+        raise SnapshotError(f"cannot read {src!r} (changed while being read?): {e}") from e
+    try:
+        if expected.st_size >= FADVISE_BYTES:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # larger read-ahead when cold
+        out = os.open(dst, _CREATE_FLAGS, mode) if dst is not None else -1
+        try:
+            h = hashlib.sha256()
+            total = 0
+            readv, write = os.readv, os.write
+            while n := readv(fd, (buf,)):
+                chunk = view[:n]
+                h.update(chunk)  # releases the GIL: the other workers run meanwhile
+                if out >= 0:
+                    while chunk:
+                        chunk = chunk[write(out, chunk) :]
+                total += n
+                if progress:
+                    progress(n)
+            if out >= 0:
+                if chmod:
+                    os.fchmod(out, mode)
+                if durable:
+                    os.fsync(out)
+        finally:
+            if out >= 0:
+                os.close(out)
+        after = os.fstat(fd)
+    except OSError as e:
+        raise SnapshotError(f"cannot copy {src!r}: {e}") from e
+    finally:
+        os.close(fd)
+    if total != after.st_size or _changed(expected, after):
+        raise SnapshotError(f"{src!r} changed while it was being read; retry the snapshot")
+    return h.hexdigest()
 
 
 def _changed(a: os.stat_result, b: os.stat_result) -> bool:
@@ -270,15 +298,194 @@ def _changed(a: os.stat_result, b: os.stat_result) -> bool:
     )
 
 
-def _run_parallel(jobs: Iterable[Callable[[], None]]) -> None:
-    jobs = list(jobs)
-    if len(jobs) <= 1 or HASH_THREADS == 1:
+def _jobs(files: list[_Scanned]) -> list[list[_Scanned]]:
+    """Group files into work units: each large file alone, small files in per-directory batches.
+
+    Ordered by estimated cost, largest first, so the workers finish together. Creating a file
+    costs about as much as copying a few hundred KiB, hence the per-file weight.
+    """
+    jobs: list[list[_Scanned]] = []
+    batch: list[_Scanned] = []
+    batch_bytes = 0
+    batch_dir = ""
+    for item in files:
+        size = item.entry.size
+        if size >= BATCH_FILE_MAX:
+            jobs.append([item])
+            continue
+        parent = item.entry.path.rpartition("/")[0]
+        if batch and (
+            parent != batch_dir or len(batch) >= BATCH_FILES or batch_bytes >= BATCH_BYTES
+        ):
+            jobs.append(batch)
+            batch, batch_bytes = [], 0
+        batch.append(item)
+        batch_bytes += size
+        batch_dir = parent
+    if batch:
+        jobs.append(batch)
+    jobs.sort(key=lambda job: -sum(i.entry.size + FILE_COST for i in job))
+    return jobs
+
+
+def _run_workers(
+    jobs: list[list[_Scanned]], work: Callable[[_Scanned, bytearray, memoryview], None]
+) -> None:
+    """Run ``work(item, buffer, view)`` for every file of ``jobs`` on ``WORKERS`` threads."""
+    if WORKERS <= 1 or len(jobs) <= 1:
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
         for job in jobs:
-            job()
+            for item in job:
+                work(item, buf, view)
         return
-    with ThreadPoolExecutor(HASH_THREADS) as pool:
-        for fut in [pool.submit(job) for job in jobs]:
-            fut.result()
+    pending = iter(jobs)
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        while not errors:
+            with lock:
+                job = next(pending, None)
+            if job is None:
+                return
+            try:
+                for item in job:
+                    if errors:
+                        return
+                    work(item, buf, view)
+            except BaseException as e:  # re-raised in the calling thread
+                errors.append(e)
+                return
+
+    threads = [
+        threading.Thread(target=worker, name=f"kfp-snapshot-{i}", daemon=True)
+        for i in range(min(WORKERS, len(jobs)))
+    ]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            t.join()
+    except BaseException as e:  # e.g. KeyboardInterrupt: stop the workers before cleanup
+        errors.append(e)
+        for t in threads:
+            t.join()
+        raise
+    if errors:
+        raise errors[0]
+
+
+def hash_files(
+    items: list[_Scanned],
+    progress: ProgressFn | None = None,
+    cache: DigestCache | None = None,
+) -> dict[str, str]:
+    """Hash the files among ``items`` in parallel: {relative path: sha256 hex}."""
+    hashes: dict[str, str] = {}
+    todo = []
+    for item in items:
+        if item.entry.kind != "f" or item.st is None:
+            continue
+        hit = cache.get(item.entry.path, item.st) if cache is not None else None
+        if hit:
+            hashes[item.entry.path] = hit
+            if progress:
+                progress(item.entry.size)
+        else:
+            todo.append(item)
+
+    def work(item: _Scanned, buf: bytearray, view: memoryview) -> None:
+        assert item.st is not None
+        sha = _stream(item.abspath, item.st, buf, view, None, 0, progress, False)
+        hashes[item.entry.path] = sha
+        if cache is not None:
+            cache.put(item.entry.path, item.st, sha)
+
+    _run_workers(_jobs(todo), work)
+    return hashes
+
+
+def copy_tree(
+    items: list[_Scanned],
+    dest: str | os.PathLike[str],
+    *,
+    read_only: bool,
+    progress: ProgressFn | None = None,
+    cache: DigestCache | None = None,
+    durable: bool = False,
+) -> dict[str, str]:
+    """Copy the scanned tree into the existing, empty directory ``dest``, hashing as it copies.
+
+    Every file is read once: each chunk is hashed and written from the same buffer, on
+    ``WORKERS`` threads (file creation and SHA-256 both use a core each). Files get their
+    normalised mode (``read_only``: without write bits). Nothing is fsynced unless
+    ``durable`` (then every file and directory is, before this returns).
+
+    Returns:
+        {relative path: sha256 hex} of the files, as copied.
+    """
+    dest = os.fspath(dest)
+    files = []
+    for item in items:
+        e = item.entry
+        target = os.path.join(dest, e.path)
+        if e.kind == "d":
+            os.mkdir(target)
+        elif e.kind == "l":
+            os.symlink(e.target, target)
+        else:
+            files.append(item)
+    hashes: dict[str, str] = {}
+    mask = 0o555 if read_only else 0o777
+    umask = _umask()
+
+    def work(item: _Scanned, buf: bytearray, view: memoryview) -> None:
+        assert item.st is not None
+        e = item.entry
+        target = os.path.join(dest, e.path)
+        mode = e.mode & mask
+        chmod = umask is None or bool(mode & umask)  # skip a syscall when the umask is harmless
+        sha = _stream(item.abspath, item.st, buf, view, target, mode, progress, durable, chmod)
+        hashes[e.path] = sha
+        if cache is not None:
+            cache.put(e.path, item.st, sha)
+
+    _run_workers(_jobs(files), work)
+    if durable:
+        for item in items:
+            if item.entry.kind == "d":
+                fsync_dir(os.path.join(dest, item.entry.path))
+        fsync_dir(dest)
+    return hashes
+
+
+def _umask() -> int | None:
+    """The process umask, read without changing it (None if unknown)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """fsync a directory (makes the names in it durable)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def durable_writes() -> bool:
+    """True if ``KFP_SERVE_SNAPSHOT_FSYNC`` asks for power-loss durable snapshots."""
+    return os.environ.get(FSYNC_ENV, "").lower() in ("1", "true", "yes")
 
 
 class DigestCache:
@@ -318,6 +525,17 @@ class DigestCache:
             self._data[rel] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, sha]
             self._dirty = True
 
+    def manifest(self, items: list[_Scanned]) -> Manifest | None:
+        """The manifest from cached hashes alone, or None if any file is not cached."""
+        hashes = {}
+        for item in items:
+            if item.entry.kind == "f":
+                hit = self.get(item.entry.path, item.st) if item.st else None
+                if hit is None:
+                    return None
+                hashes[item.entry.path] = hit
+        return _manifest_from(items, hashes)
+
     def save(self, keep: Iterable[str], force: bool = False) -> None:
         """Write the cache, keeping only the paths in ``keep`` (``force``: even if unchanged)."""
         if self._file is None or not (self._dirty or force):
@@ -347,8 +565,9 @@ def build_manifest(
     use_cache: bool = False,
     cache_dir: Path | None = None,
     scanned: list[_Scanned] | None = None,
+    cache: DigestCache | None = None,
 ) -> Manifest:
-    """Hash every file under ``root`` and return the tree's manifest.
+    """Hash every file under ``root`` (in parallel) and return the tree's manifest.
 
     Args:
         root: The directory.
@@ -356,31 +575,15 @@ def build_manifest(
         use_cache: Reuse hashes of files whose stat is unchanged since they were last hashed.
         cache_dir: Where the cache lives (default ``$KFP_SERVE_HOME/cache/tree-digest``).
         scanned: A result of ``scan_tree(root)`` to reuse.
+        cache: An already loaded cache to use (implies ``use_cache``).
     """
     root = os.fspath(root)
     items = scanned if scanned is not None else scan_tree(root)
-    cache = DigestCache(root, (cache_dir or default_cache_dir()) if use_cache else None)
-    hashes: dict[str, str] = {}
-    jobs = []
-    for item in items:
-        if item.entry.kind != "f":
-            continue
-        hit = cache.get(item.entry.path, item.st) if use_cache and item.st else None
-        if hit:
-            hashes[item.entry.path] = hit
-            if progress:
-                progress(item.entry.size)
-            continue
-
-        def job(item: _Scanned = item) -> None:
-            sha, _ = hash_file(item.abspath, progress, expected=item.st)
-            hashes[item.entry.path] = sha
-            cache.put(item.entry.path, item.st, sha)
-
-        jobs.append((item.entry.size, job))
-    # Largest first, so the threads finish together.
-    _run_parallel(job for _, job in sorted(jobs, key=lambda t: -t[0]))
-    cache.save(hashes)
+    if cache is None and use_cache:
+        cache = DigestCache(root, cache_dir or default_cache_dir())
+    hashes = hash_files(items, progress, cache)
+    if cache is not None:
+        cache.save(hashes)
     return _manifest_from(items, hashes)
 
 
@@ -388,15 +591,7 @@ def cached_manifest(
     root: str, items: list[_Scanned], cache_dir: Path | None = None
 ) -> Manifest | None:
     """The manifest from the digest cache alone, or None if any file is not cached."""
-    cache = DigestCache(root, cache_dir or default_cache_dir())
-    hashes = {}
-    for item in items:
-        if item.entry.kind == "f":
-            hit = cache.get(item.entry.path, item.st) if item.st else None
-            if hit is None:
-                return None
-            hashes[item.entry.path] = hit
-    return _manifest_from(items, hashes)
+    return DigestCache(root, cache_dir or default_cache_dir()).manifest(items)
 
 
 def _manifest_from(items: list[_Scanned], hashes: dict[str, str]) -> Manifest:

@@ -94,21 +94,24 @@ def test_unchanged_tree_is_deduplicated_without_copy(home, tmp_path, monkeypatch
     first = store.snapshot(tree)
     stored = home / "snapshots" / first.uri.rsplit("/", 1)[1]
     inode = (stored / "model.joblib").stat().st_ino
-    # A copy would go through hash_file(copy_to=...): make any copy fail loudly.
+    # A copy goes through copy_tree: make any copy fail loudly.
     import artifacts.snapshots.file as file_backend
 
-    real = file_backend.hash_file
+    real = file_backend.copy_tree
 
-    def no_copy(path, progress=None, copy_to=None, expected=None):
-        assert copy_to is None, "an unchanged tree must not be copied again"
-        return real(path, progress, None, expected)
+    def no_copy(*args, **kwargs):
+        raise AssertionError("an unchanged tree must not be copied again")
 
-    monkeypatch.setattr(file_backend, "hash_file", no_copy)
+    monkeypatch.setattr(file_backend, "copy_tree", no_copy)
     assert store.snapshot(tree) == first
     assert (stored / "model.joblib").stat().st_ino == inode
     assert snapshot_dirs(home) == [stored.name]
+    # Also without the digest cache (a digest pass, still no copy).
+    for cached in (home / "cache" / "tree-digest").iterdir():
+        cached.write_text("{}")
+    assert store.snapshot(tree) == first
     # A change is a new snapshot; the old one stays as it was (immutable).
-    monkeypatch.setattr(file_backend, "hash_file", real)
+    monkeypatch.setattr(file_backend, "copy_tree", real)
     (tree / "sub" / "a.txt").write_text("changed")
     second = store.snapshot(tree)
     assert second.digest != first.digest and len(snapshot_dirs(home)) == 2
