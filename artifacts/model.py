@@ -246,6 +246,31 @@ def _check_tags(tags: Mapping[str, str] | None) -> dict[str, str]:
     return tags
 
 
+def saved_metadata(directory: Path, kind: str) -> dict[str, Any] | None:
+    """The metadata file of a directory saved for ``kind`` (by ``save`` or a train step), or None.
+
+    A directory that already describes what it holds (framework, framework version, signature)
+    can be submitted without unpickling it: the signature was computed from the fitted object
+    when the file was written, and loading a scikit-learn model only to compute it again costs
+    about a second of imports. Only a file of the right kind with a model file that fits its
+    framework counts; anything else (no file, another kind, unreadable) returns None, and the
+    caller loads the object as before.
+    """
+    if not (directory / layout.METADATA_FILE).is_file():
+        return None
+    try:
+        metadata = layout.read_metadata(directory)
+        if metadata["kind"] != kind:
+            return None
+        if kind == "model":
+            layout.model_file(directory, metadata["framework"])
+        elif not (directory / layout.TRANSFORMER_JOBLIB).is_file():
+            return None
+    except ArtifactError:
+        return None
+    return metadata
+
+
 class _Artifact:
     """Shared save/submit logic of Model and Transformer."""
 
@@ -406,6 +431,36 @@ class _Artifact:
         )
 
 
+def load_model_file(directory: Path) -> Any:
+    """Load the model file of a model directory (``model.joblib``, ``model.json``/``.ubj``).
+
+    Raises:
+        ArtifactError: No model file, or it cannot be loaded.
+    """
+    path = directory / layout.MODEL_JOBLIB
+    try:
+        if path.is_file():
+            import joblib
+
+            return joblib.load(path)
+        for name in (layout.XGBOOST_JSON, layout.XGBOOST_UBJ):
+            path = directory / name
+            if path.is_file():
+                from xgboost import XGBClassifier
+
+                model = XGBClassifier()
+                model.load_model(str(path))
+                return model
+    except ArtifactError:
+        raise
+    except Exception as e:  # noqa: BLE001 - unpickling can raise anything
+        raise ArtifactError(f"cannot load {str(path)!r}: {type(e).__name__}: {e}") from e
+    raise ArtifactError(
+        f"{str(directory)!r} holds no model file ({layout.MODEL_JOBLIB}, {layout.XGBOOST_JSON} "
+        f"or {layout.XGBOOST_UBJ}); connect the model output of a train step"
+    )
+
+
 class Model(_Artifact):
     """A fitted scikit-learn or XGBoost model, ready to submit to MLMD.
 
@@ -448,6 +503,40 @@ class Model(_Artifact):
         if input_example is not None:
             self._check_example(input_example)
 
+    @classmethod
+    def from_dir(
+        cls,
+        model_dir: str | os.PathLike[str],
+        name: str,
+        version: str = DEFAULT_VERSION,
+        description: str = "",
+        author: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> Model:
+        """A model from a directory in the serving layout (e.g. a train step's output).
+
+        When the directory has a ``kfp-serve-metadata.yaml`` of kind "model" (written by
+        ``save`` or by ``artifacts.training.train_model``), its framework and signature are
+        used and the model file is copied as it is, without loading it. Otherwise the model
+        file (``model.joblib``, ``model.json`` or ``model.ubj``) is loaded and inspected like
+        a fitted estimator passed to ``Model(...)``.
+
+        Raises:
+            ArtifactError: The directory holds no loadable model file.
+        """
+        directory = Path(model_dir)
+        metadata = saved_metadata(directory, "model")
+        if metadata is None:
+            return cls(load_model_file(directory), name, version, description, author, tags)
+        self = cls.__new__(cls)
+        _Artifact.__init__(self, name, version, description, author, tags)
+        self.model = None
+        self.framework = str(metadata["framework"])
+        self.framework_version = str(metadata["framework_version"])
+        self.signature = dict(metadata["signature"])
+        self._model_file = layout.model_file(directory, self.framework)
+        return self
+
     def _check_example(self, example: Any) -> None:
         try:
             if self.framework == "xgboost" and type(self.model).__name__ == "Booster":
@@ -462,6 +551,9 @@ class Model(_Artifact):
             ) from e
 
     def _write_files(self, directory: Path) -> None:
+        if self.model is None:  # from_dir without loading: the saved file is the model
+            shutil.copy2(self._model_file, directory / self._model_file.name)
+            return
         if self.framework == "xgboost":
             # Native JSON format: what xgbserver loads, and portable across xgboost versions.
             self.model.save_model(str(directory / layout.XGBOOST_JSON))
@@ -504,6 +596,14 @@ class Transformer(_Artifact):
             )
         self.transformer_dir = Path(transformer_dir) if transformer_dir is not None else None
         if self.transformer_dir is not None:
+            metadata = saved_metadata(self.transformer_dir, self.kind)
+            if metadata is not None and input_example is None:
+                # Saved with its signature (by save() or a train step): no need to unpickle.
+                self.transformer = None
+                self.signature = dict(metadata["signature"])
+                self.framework = str(metadata["framework"])
+                self.framework_version = str(metadata["framework_version"])
+                return
             transformer = self._load_dir(self.transformer_dir)
         self.transformer = transformer
         detect = _modules(transformer)

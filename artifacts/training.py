@@ -42,6 +42,8 @@ PREPROCESSORS = ("standard_scaler", "min_max_scaler")
 NO_PREPROCESSING = ("", "none")
 #: File left in ``transformer_dir`` when no transformer was fitted.
 NO_TRANSFORMER_MARKER = "NO_TRANSFORMER.txt"
+#: Version in the metadata a train step writes; the submit step records the real one.
+UNSUBMITTED_VERSION = "0.0.0"
 
 #: Output kinds of the samples file: "label" predictions compare exactly, "value" with tolerance.
 OUTPUT_LABEL = "label"
@@ -209,6 +211,7 @@ def train_model(
         import joblib
 
         joblib.dump(model, model_dir / MODEL_JOBLIB)
+    _describe(model_dir, transformer_dir if has_transformer else None, estimator, preprocessing)
     # Expected answers are what the saved model itself predicts: original labels for
     # scikit-learn, class indices for XGBoost (trained on 0..k-1; ``classes`` maps them back).
     # The probabilities are what a runtime answers instead when asked to (PREDICT_PROBA) or
@@ -245,6 +248,37 @@ def train_model(
         class_names=[str(c) for c in labels],
         confusion_matrix=matrix.astype(int).tolist(),
     )
+
+
+def _describe(
+    model_dir: Path, transformer_dir: str | os.PathLike[str] | None, estimator: str,
+    preprocessing: str,
+) -> None:
+    """Write ``kfp-serve-metadata.yaml`` (framework, signature) next to the saved files.
+
+    The signature is computed from the saved files, exactly as a submit step would compute it
+    from them, but here scikit-learn is loaded already: the submit steps then record the
+    artifacts without unpickling them (see ``artifacts.Model.from_dir``), and each trained
+    directory is a complete artifact in the stock serving layout. Name and version are
+    placeholders until a submit step gives the real ones.
+    """
+    from artifacts.layout import write_metadata
+    from artifacts.model import Model, Transformer, load_model_file
+
+    model = Model(
+        load_model_file(model_dir), _placeholder(estimator), UNSUBMITTED_VERSION, author=""
+    )
+    write_metadata(model_dir, model.metadata())
+    if transformer_dir is not None:
+        transformer = Transformer(
+            _placeholder(preprocessing), transformer_dir=transformer_dir,
+            version=UNSUBMITTED_VERSION, author="",
+        )
+        write_metadata(transformer_dir, transformer.metadata())
+
+
+def _placeholder(choice: str) -> str:
+    return choice.replace("_", "-")
 
 
 def read_samples(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -50,24 +50,9 @@ def parse_json_object(text: str | dict[str, Any] | None, what: str) -> dict[str,
 
 def load_estimator(model_dir: str | os.PathLike[str]) -> Any:
     """Load the fitted model a ``train`` step saved (model.joblib or model.json)."""
-    from artifacts.layout import MODEL_JOBLIB, XGBOOST_JSON, XGBOOST_UBJ
+    from artifacts.model import load_model_file
 
-    directory = Path(model_dir)
-    if (directory / MODEL_JOBLIB).is_file():
-        import joblib
-
-        return joblib.load(directory / MODEL_JOBLIB)
-    for name in (XGBOOST_JSON, XGBOOST_UBJ):
-        if (directory / name).is_file():
-            from xgboost import XGBClassifier
-
-            model = XGBClassifier()
-            model.load_model(str(directory / name))
-            return model
-    raise ArtifactError(
-        f"{str(directory)!r} holds no model file ({MODEL_JOBLIB}, {XGBOOST_JSON} or {XGBOOST_UBJ});"
-        " connect the model output of a train step"
-    )
+    return load_model_file(Path(model_dir))
 
 
 def submit(
@@ -112,7 +97,9 @@ def submit(
         "description": description or None, "tags": tag_values,
     }
     if kind == MODEL:
-        artifact = artifacts.Model(model=load_estimator(source_dir), **common)
+        # A train step's directory describes itself (framework, signature): recorded without
+        # unpickling the model, so this step never imports scikit-learn or xgboost.
+        artifact = artifacts.Model.from_dir(source_dir, **common)
     elif kind == TRANSFORMER:
         artifact = artifacts.Transformer(transformer_dir=str(source_dir), **common)
     else:

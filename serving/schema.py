@@ -49,10 +49,11 @@ _PRIMITIVES: dict[str, tuple[type, ...]] = {
 def model_class(type_name: str) -> type:
     """The generated client class called ``type_name`` (KServe's V1beta1*, else Kubernetes')."""
     if type_name.startswith(("V1beta1", "V1alpha1")):
-        # Lazy: kserve costs about a second to import and is only needed to check a config.
-        import kserve
+        # The generated classes alone (kserve.models), not the whole SDK: a full ``import
+        # kserve`` costs ~1.8 s and parses sys.argv (see serving.runtime.kserve_package).
+        from serving.runtime.kserve_package import lazy_kserve
 
-        cls = getattr(kserve, type_name, None)
+        cls = getattr(lazy_kserve(), type_name, None)
     else:
         import kubernetes.client
 

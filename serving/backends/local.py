@@ -492,11 +492,15 @@ class LocalBackend:
                 dirs["transformer"] = resolve_storage(
                     plan.transformer.storage_uri, field=f"transformer {STORAGE_URI_ENV}"
                 )
+            router_proc = None
             if record is None or not record.router.alive():
-                router = self._start_router(
+                # Started first and awaited last: it comes up while the model servers load.
+                router, router_proc = self._spawn_router(
                     plan.name, record.router.port if record is not None else None
                 )
             new = self._start_revision(plan, number, dirs, deadline, timeout, progress, wait=wait)
+            if router is not None:
+                self._await_router_up(plan.name, router, router_proc)
             now = _now()
             if record is None:
                 assert router is not None
@@ -608,8 +612,13 @@ class LocalBackend:
             "endpoint %r: the router did not confirm the switch within 10 s", record.name
         )
 
-    def _start_router(self, name: str, port: int | None) -> ProcessRecord:
-        """Start the endpoint's router on ``port`` if it is free (a stable URL), else any."""
+    def _spawn_router(
+        self, name: str, port: int | None
+    ) -> tuple[ProcessRecord, subprocess.Popen[bytes]]:
+        """Start the endpoint's router on ``port`` if it is free (a stable URL), else any.
+
+        Does not wait: see :meth:`_await_router_up`.
+        """
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -641,25 +650,27 @@ class LocalBackend:
             )
         finally:
             sock.close()
-        router = _record(proc, "router", bound, log)
+        return _record(proc, "router", bound, log), proc
+
+    def _await_router_up(
+        self, name: str, router: ProcessRecord, proc: subprocess.Popen[bytes] | None
+    ) -> None:
+        """Wait until the router answers its status path (it was started by _spawn_router)."""
+        log = Path(router.log)
         deadline = time.monotonic() + 30.0
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise ServingError(
-                    f"the router of endpoint {name!r} exited with code {proc.returncode} "
-                    f"while starting; its log {str(log)!r} ends with:\n{log_tail(log)}"
-                )
-            try:
-                if (
-                    httpx.get(
-                        f"{router.url}/kfp-serve/router", timeout=1.0, trust_env=False
-                    ).status_code
-                    == 200
-                ):
-                    return router
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.02)
+        with httpx.Client(timeout=1.0, trust_env=False) as client:
+            while time.monotonic() < deadline:
+                if proc is not None and proc.poll() is not None:
+                    raise ServingError(
+                        f"the router of endpoint {name!r} exited with code {proc.returncode} "
+                        f"while starting; its log {str(log)!r} ends with:\n{log_tail(log)}"
+                    )
+                try:
+                    if client.get(f"{router.url}/kfp-serve/router").status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.02)
         router.terminate(self.stop_grace)
         raise ServingError(
             f"the router of endpoint {name!r} did not answer within 30 s; see {str(log)!r}"
@@ -798,8 +809,10 @@ class LocalBackend:
                         f"ready within {timeout:.0f} s (raise timeout= if the model is large); "
                         f"its log {proc.log!r} ends with:\n{log_tail(proc.log)}"
                     )
+                # A refused connection costs microseconds: poll often, so the step that waits
+                # finishes within a few tens of ms of the servers being ready.
                 time.sleep(delay)
-                delay = min(delay * 1.5, 0.25)
+                delay = min(delay * 1.5, 0.05)
 
     # -- get / list / delete ------------------------------------------------------------------
 

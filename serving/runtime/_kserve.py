@@ -1,24 +1,38 @@
-"""Import kserve without letting it read this process's command line.
+"""kserve's model API for the runtimes, imported cheaply and without reading the command line.
 
-``kserve.model_server`` runs ``argparse.parse_known_args()`` on ``sys.argv`` at import time, so a
-runtime's own flags (``--predictor_protocol v3``, ``--http_port``...) would be parsed by kserve's
-parser too: it could exit the process on a value it does not know, and its module-level
-defaults would silently depend on our flags. Importing through this module hides ``sys.argv``
-for the duration of the import; everything else imports kserve from here.
+See :mod:`serving.runtime.kserve_package` for why (and how) ``kserve/__init__`` is deferred.
+Everything in kfp-serve imports ``kserve.Model`` and its errors from here.
 """
 
 from __future__ import annotations
 
 import sys
+from types import ModuleType
 
-_saved_argv = sys.argv
-sys.argv = sys.argv[:1]
-try:
-    import kserve  # noqa: E402
-    from kserve.errors import InvalidInput, ModelNotReady  # noqa: E402
-    from kserve.model import InferenceVerb  # noqa: E402
-    from kserve.protocol.infer_type import InferRequest  # noqa: E402
-finally:
-    sys.argv = _saved_argv
+from serving.runtime.kserve_package import hidden_argv, lazy_kserve, suspended
+
+
+def _import() -> ModuleType:
+    fresh = "kserve" not in sys.modules
+    package = lazy_kserve()
+    try:
+        with hidden_argv(), suspended(package):
+            from kserve.model import Model
+    except BaseException:
+        if fresh:
+            # Leave no half-made package behind: a later ``import kserve`` starts over.
+            for name in [n for n in sys.modules if n == "kserve" or n.startswith("kserve.")]:
+                del sys.modules[name]
+        raise
+    if "__getattr__" in package.__dict__:
+        package.Model = Model
+    return package
+
+
+kserve = _import()
+
+from kserve.errors import InvalidInput, ModelNotReady  # noqa: E402
+from kserve.model import InferenceVerb  # noqa: E402
+from kserve.protocol.infer_type import InferRequest  # noqa: E402
 
 __all__ = ["kserve", "InvalidInput", "ModelNotReady", "InferenceVerb", "InferRequest"]

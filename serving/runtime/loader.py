@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,11 +242,19 @@ def _load_sklearn(
     )
 
 
+def _xgboost_if_loaded() -> Any:
+    """The xgboost module if it is imported already, else None.
+
+    An unpickled XGBoost estimator has imported xgboost on its way in; for any other model,
+    importing it only to check ``isinstance`` would cost every sklearn server start.
+    """
+    return sys.modules.get("xgboost")
+
+
 def _xgb_booster_of(est: Any) -> Any:
     """The Booster of an XGBoost sklearn-API estimator, else None."""
-    try:
-        import xgboost as xgb
-    except ImportError:
+    xgb = _xgboost_if_loaded()
+    if xgb is None:
         return None
     if isinstance(est, xgb.XGBModel):
         booster = est.get_booster()
@@ -350,9 +359,8 @@ def xgb_fast_predict(
     Returns:
         A callable taking the validated array, or None when the wrapper must be used.
     """
-    try:
-        import xgboost as xgb
-    except ImportError:  # pragma: no cover
+    xgb = _xgboost_if_loaded()
+    if xgb is None:
         return None
     cls = type(est)
     if cls not in (xgb.XGBClassifier, xgb.XGBRegressor) or est.booster == "gblinear":

@@ -1,0 +1,87 @@
+"""A train step's directories describe themselves: submit steps record them without loading."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import joblib
+import pytest
+
+from artifacts import layout
+from artifacts.model import Model, Transformer
+from artifacts.training import UNSUBMITTED_VERSION, train_model
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def trained(tmp_path):
+    train_model(
+        model_dir=tmp_path / "model", transformer_dir=tmp_path / "transformer",
+        samples_path=tmp_path / "samples.json",
+    )
+    return tmp_path
+
+
+def test_train_writes_metadata_computed_from_the_saved_files(trained):
+    model_meta = layout.read_metadata(trained / "model")
+    assert model_meta["version"] == UNSUBMITTED_VERSION
+    loaded = Model(joblib.load(trained / "model" / layout.MODEL_JOBLIB), "m")
+    assert model_meta["signature"] == loaded.signature
+    assert model_meta["framework_version"] == loaded.framework_version
+    t_meta = layout.read_metadata(trained / "transformer")
+    assert t_meta["kind"] == "transformer"
+    assert t_meta["signature"]["n_features"] == t_meta["signature"]["n_features_out"] == 4
+
+
+def test_from_dir_uses_the_metadata_and_copies_the_model_file(trained, tmp_path):
+    model = Model.from_dir(trained / "model", "iris", "2.0.0", author="me")
+    assert model.model is None and model.signature["n_features"] == 4
+    saved = model.save(tmp_path / "saved")
+    assert sorted(p.name for p in saved.iterdir()) == [layout.METADATA_FILE, layout.MODEL_JOBLIB]
+    assert (saved / layout.MODEL_JOBLIB).read_bytes() == (
+        trained / "model" / layout.MODEL_JOBLIB
+    ).read_bytes()
+    meta = layout.read_metadata(saved)
+    assert (meta["name"], meta["version"]) == ("iris", "2.0.0")
+
+
+def test_from_dir_without_metadata_loads_the_model(trained, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / layout.MODEL_JOBLIB).write_bytes((trained / "model" / layout.MODEL_JOBLIB).read_bytes())
+    model = Model.from_dir(bare, "iris")
+    assert model.model is not None
+    assert model.signature == layout.read_metadata(trained / "model")["signature"]
+
+
+def test_metadata_of_another_kind_is_not_trusted(trained):
+    # A model's metadata file next to a transformer.joblib: the transformer is loaded instead.
+    directory = trained / "transformer"
+    meta = layout.read_metadata(trained / "model")
+    layout.write_metadata(directory, meta)
+    t = Transformer("scaler", transformer_dir=directory)
+    assert t.transformer is not None and t.signature["n_features_out"] == 4
+
+
+def test_submit_steps_import_neither_sklearn_nor_joblib(trained, kfp_home):
+    code = (
+        "import json, sys\n"
+        "from components.ops import submit\n"
+        f"m = submit('model', {str(trained / 'model')!r}, {str(trained / 'sm')!r}, name='iris',"
+        " version='1.0.0')\n"
+        f"t = submit('transformer', {str(trained / 'transformer')!r}, {str(trained / 'st')!r},"
+        " name='scaler', version='1.0.0')\n"
+        "print(json.dumps([m, t, sorted(k for k in ('sklearn', 'joblib', 'xgboost')"
+        " if k in sys.modules)]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert out.returncode == 0, out.stderr
+    model_id, transformer_id, heavy = json.loads(out.stdout.strip().splitlines()[-1])
+    assert heavy == []
+    assert model_id > 0 and transformer_id > 0
+    assert (trained / "sm" / layout.MODEL_JOBLIB).is_file()
+    assert (trained / "st" / layout.TRANSFORMER_JOBLIB).is_file()
