@@ -193,6 +193,7 @@ def run_local(
     root.mkdir(parents=True, exist_ok=True)
     log_file = root / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6}.log"
     reporter = print_progress if progress is True else (progress or None)
+    _warm_serving()
 
     local.init(
         runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
@@ -233,6 +234,17 @@ def run_local(
         "pipeline_root": str(root),
         "log_file": str(log_file),
     }
+
+
+def _warm_serving() -> None:
+    """Start the model servers' warm pool now: it imports while the first steps run, so the
+    serve step forks ready servers instead of starting two interpreters."""
+    from serving.backends.base import LOCAL, default_backend_name
+
+    if default_backend_name() == LOCAL:
+        from serving.runtime import launch
+
+        launch.warm_up()
 
 
 def _failed_step(clock: _StepClock) -> str | None:

@@ -43,6 +43,9 @@ BATCH_FILES = 256
 BATCH_BYTES = 16 << 20
 FILE_COST = 256 << 10  # the cost of creating a file, in bytes copied (for ordering work)
 FADVISE_BYTES = 4 << 20  # sequential read-ahead hint for files at least this large
+# Files at least this large are copied by reading straight into a memory map of the new file
+# and hashing from that map: one kernel copy instead of three, about half the CPU per byte.
+MAPPED_COPY_BYTES = 1 << 20
 FSYNC_ENV = "KFP_SERVE_SNAPSHOT_FSYNC"
 # A cached file hash is trusted only if the file's ctime is older than this when it was
 # hashed: a change within the same clock tick as the hash could otherwise go unnoticed.
@@ -257,6 +260,12 @@ def _stream(
     try:
         if expected.st_size >= FADVISE_BYTES:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # larger read-ahead when cold
+        if dst is not None and expected.st_size >= MAPPED_COPY_BYTES:
+            digest, total = _copy_mapped(fd, dst, expected.st_size, mode, progress, durable)
+            after = os.fstat(fd)
+            if total != after.st_size or _changed(expected, after):
+                raise SnapshotError(f"{src!r} changed while it was being read; retry the snapshot")
+            return digest
         out = os.open(dst, _CREATE_FLAGS, mode) if dst is not None else -1
         try:
             h = hashlib.sha256()
@@ -287,6 +296,48 @@ def _stream(
     if total != after.st_size or _changed(expected, after):
         raise SnapshotError(f"{src!r} changed while it was being read; retry the snapshot")
     return h.hexdigest()
+
+
+def _copy_mapped(
+    fd: int, dst: str, size: int, mode: int, progress: ProgressFn | None, durable: bool
+) -> tuple[str, int]:
+    """Copy ``size`` bytes of ``fd`` into a new file ``dst`` through a map of ``dst``.
+
+    The source is read straight into the mapped pages of the new file and hashed from them, so
+    the digest describes exactly the stored bytes. Only our own, private new file is mapped:
+    a source truncated meanwhile just reads short (and is refused), and ``posix_fallocate``
+    reserves the blocks first, so a full disk is an OSError here, not a SIGBUS in the map.
+
+    Returns:
+        (hex digest, bytes copied).
+    """
+    import mmap
+
+    # mmap needs a read-write descriptor.
+    out = os.open(dst, (_CREATE_FLAGS & ~os.O_WRONLY) | os.O_RDWR, mode)
+    try:
+        os.posix_fallocate(out, 0, size)
+        h = hashlib.sha256()
+        total = 0
+        with mmap.mmap(out, size) as mapped, memoryview(mapped) as whole:
+            while total < size:
+                with whole[total : total + CHUNK] as window:
+                    n = os.readv(fd, (window,))
+                    if n == 0:
+                        break  # the source shrank: the caller refuses the short copy
+                    with window[:n] as chunk:
+                        h.update(chunk)  # releases the GIL: the other workers run meanwhile
+                total += n
+                if progress:
+                    progress(n)
+            if durable:
+                mapped.flush()
+        os.fchmod(out, mode)
+        if durable:
+            os.fsync(out)
+    finally:
+        os.close(out)
+    return h.hexdigest(), total
 
 
 def _changed(a: os.stat_result, b: os.stat_result) -> bool:

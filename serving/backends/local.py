@@ -479,6 +479,11 @@ class LocalBackend:
         )
         progress = _Progress(self.progress)
         progress.start(f"endpoint {plan.name!r}: starting revision {number}")
+        from serving.runtime import launch
+
+        # The servers are forked from a warm pool: start it now, so it imports while the
+        # snapshots are verified and the router starts (no-op if it runs or is disabled).
+        launch.warm_up(self.python)
         router: ProcessRecord | None = None
         new: RevisionRecord | None = None
         committed = False

@@ -1,6 +1,9 @@
 """Start kfp-serve runtime servers as detached local processes and wait until they are ready.
 
 Used by tests and by the local serving backend. Cheap to import (no kserve, no numpy).
+Servers are forked from a warm pool when possible (:mod:`serving.runtime.warm_pool`: the same
+server, without paying interpreter start and imports again); ``KFP_SERVE_WARM_POOL=0`` turns
+that off.
 
 Example::
 
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 from serving.errors import ServingError
+from serving.runtime import warm_pool
 
 Kind = Literal["predictor", "transformer"]
 MODULES: dict[str, str] = {
@@ -46,6 +50,10 @@ class ServerProcess(subprocess.Popen):
     model_name: str
 
 
+class _PooledServerProcess(warm_pool.PooledProcess, ServerProcess):
+    """A server forked by the warm pool: same attributes, not a child of this process."""
+
+
 def free_port(host: str = LOOPBACK) -> int:
     """A TCP port that is free on ``host`` right now (the kernel's choice)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -57,6 +65,26 @@ def _repo_root() -> Path:
     # serving/runtime/launch.py -> repo root; lets `python -m serving...` work from any cwd
     # even when kfp-serve is not installed into the interpreter that runs the server.
     return Path(__file__).resolve().parents[2]
+
+
+def server_environment(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a server: this process's, plus ``env``, the repo on PYTHONPATH and
+    unbuffered output."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    root = str(_repo_root())
+    pythonpath = full_env.get("PYTHONPATH")
+    full_env["PYTHONPATH"] = root if not pythonpath else f"{root}{os.pathsep}{pythonpath}"
+    full_env.setdefault("PYTHONUNBUFFERED", "1")
+    return full_env
+
+
+def warm_up(python: str | None = None) -> None:
+    """Start the warm pool now, without waiting, so later servers start fast (no-op when it
+    runs or is disabled; never raises)."""
+    warm_pool.ensure_started(
+        python=python or sys.executable, env=server_environment(), cwd=str(_repo_root())
+    )
 
 
 def server_command(
@@ -103,6 +131,7 @@ def start_server(
     env: dict[str, str] | None = None,
     python: str | None = None,
     extra_args: list[str] | None = None,
+    warm: bool | None = None,
 ) -> ServerProcess:
     """Start a runtime server as a detached process; does not wait for readiness.
 
@@ -123,6 +152,8 @@ def start_server(
         env: Extra environment variables (e.g. ``{"PREDICT_PROBA": "true"}``).
         python: Interpreter to run; the current one by default.
         extra_args: More command-line flags.
+        warm: Fork it from the warm pool (:mod:`serving.runtime.warm_pool`) when possible;
+            default: unless ``KFP_SERVE_WARM_POOL=0``. The result is the same server either way.
 
     Returns:
         The process, with ``.port``, ``.host``, ``.url``, ``.log_path`` set.
@@ -141,23 +172,33 @@ def start_server(
     )
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    full_env = dict(os.environ)
-    full_env.update(env or {})
+    full_env = server_environment(env)
     root = str(_repo_root())
-    pythonpath = full_env.get("PYTHONPATH")
-    full_env["PYTHONPATH"] = root if not pythonpath else f"{root}{os.pathsep}{pythonpath}"
-    full_env.setdefault("PYTHONUNBUFFERED", "1")
-    with open(log_path, "ab") as log_file:
-        proc = ServerProcess(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
+    proc: ServerProcess | None = None
+    if warm if warm is not None else warm_pool.enabled():
+        # Forked from the warm pool (imports already done); None means start it plainly.
+        proc = warm_pool.spawn(
+            MODULES[kind],
+            cmd[3:],
             env=full_env,
             cwd=root,
-            start_new_session=True,
-            close_fds=True,
+            log_path=log_path,
+            python=cmd[0],
+            pool_env=server_environment(),
+            cls=_PooledServerProcess,
         )
+    if proc is None:
+        with open(log_path, "ab") as log_file:
+            proc = ServerProcess(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=full_env,
+                cwd=root,
+                start_new_session=True,
+                close_fds=True,
+            )
     proc.port = port
     proc.host = host
     connect_host = LOOPBACK if host in ("0.0.0.0", "", "::") else host

@@ -307,3 +307,19 @@ def test_digest_is_sha256_of_manifest(tmp_path):
     m = build_manifest(tree)
     assert m.digest == "sha256:" + hashlib.sha256(m.text.encode()).hexdigest()
     assert Manifest.parse(m.text) == m
+
+
+@pytest.mark.parametrize("size", [0, 1000, (1 << 20) - 1, 1 << 20, 3 * (1 << 20) + 17])
+def test_copied_bytes_and_digest_do_not_depend_on_the_copy_path(home, tmp_path, size):
+    # Files from 1 MiB up are copied through a map of the new file, smaller ones by streaming.
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(size)
+    (src / "model.bin").write_bytes(data)
+    (src / "small.txt").write_text("x")
+    store = SnapshotStore()
+    snap = store.snapshot(src)
+    assert snap.digest == tree_digest(src)[0]
+    restored = store.restore(snap.uri, tmp_path / "out")
+    assert (restored / "model.bin").read_bytes() == data
+    assert (store.open(snap.uri) / "model.bin").read_bytes() == data

@@ -1,0 +1,162 @@
+"""serving.runtime.warm_pool: servers forked from a warm pool behave like freshly started ones."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import joblib
+import numpy as np
+import pytest
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+
+from serving.errors import ServingError
+from serving.runtime import warm_pool
+from serving.runtime.launch import start_server, stop_server, wait_ready
+
+
+def _gone(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not Path(f"/proc/{pid}").exists():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _pool_pid() -> int:
+    answer = warm_pool._request(warm_pool.socket_path(), {"op": "ping"}, 30.0)
+    assert answer and answer["ok"], answer
+    return int(answer["pid"])
+
+
+def _unix_inode(path: Path) -> str | None:
+    """Inode of the unix socket listening on ``path`` (from /proc/net/unix)."""
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 8 and fields[7].endswith(path.name):
+            return fields[6]
+    return None
+
+
+@pytest.fixture()
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private KFP_SERVE_HOME (so a private pool), stopped afterwards."""
+    monkeypatch.setenv("KFP_SERVE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(warm_pool.ENABLE_ENV, raising=False)
+    yield tmp_path / "home"
+    warm_pool.stop()
+
+
+@pytest.fixture(scope="module")
+def model() -> tuple[Path, LogisticRegression, np.ndarray]:
+    import tempfile
+
+    X, y = load_iris(return_X_y=True)
+    est = LogisticRegression(max_iter=500).fit(X, y)
+    directory = Path(tempfile.mkdtemp(prefix="warm-pool-model-"))
+    joblib.dump(est, directory / "model.joblib")
+    return directory, est, X
+
+
+def test_forked_server_is_a_detached_faithful_server(home: Path, model, tmp_path: Path):
+    model_dir, est, X = model
+    log = tmp_path / "logs" / "p.log"
+    proc = start_server("predictor", "iris", model_dir, log_path=log,
+                        env={"PREDICT_PROBA": "true"}, warm=True)
+    try:
+        assert isinstance(proc, warm_pool.PooledProcess), "the pool did not fork the server"
+        wait_ready(proc.url, timeout=120, proc=proc)
+        answer = httpx.post(f"{proc.url}/v1/models/iris:predict",
+                            json={"instances": X[:3].tolist()}, timeout=30).json()
+        # The per-server env reached it: probabilities, as a fresh server with that env gives.
+        np.testing.assert_allclose(answer["predictions"], est.predict_proba(X[:3]), rtol=1e-6)
+        pid = proc.pid
+        # Its own session and process group, stdin from /dev/null, output to the log file.
+        assert os.getsid(pid) == pid and os.getpgid(pid) == pid
+        assert os.readlink(f"/proc/{pid}/fd/0") == os.devnull
+        assert os.readlink(f"/proc/{pid}/fd/1") == str(log)
+        assert os.readlink(f"/proc/{pid}/fd/2") == str(log)
+        # It does not hold the pool's socket (nor its lock file).
+        pool_socket = _unix_inode(warm_pool.socket_path())
+        assert pool_socket is not None
+        targets = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        assert f"socket:[{pool_socket}]" not in targets
+        assert not any(t.endswith(warm_pool.LOCK_NAME) for t in targets)
+        # ps shows the server's command line, as for a plain start.
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        assert cmdline[1:3] == [b"-m", b"serving.runtime.predictor"]
+        assert b"--model_name=iris" in cmdline and f"--http_port={proc.port}".encode() in cmdline
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert b"PREDICT_PROBA=true" in environ
+        assert not any(e.startswith(warm_pool.ROOM_ENV.encode()) for e in environ)
+        assert Path(f"/proc/{pid}/cwd").resolve() == Path(__file__).resolve().parents[2]
+        assert "serving on" in log.read_text() or "loaded" in log.read_text()
+    finally:
+        code = stop_server(proc)
+    assert code is not None and proc.poll() is not None
+    assert _gone(proc.pid), "the pool did not reap its stopped child"
+    mode = stat.S_IMODE(os.stat(warm_pool.socket_path()).st_mode)
+    assert mode == 0o600
+
+
+def test_exit_code_of_a_failed_forked_server(home: Path, tmp_path: Path):
+    proc = start_server("predictor", "m", tmp_path / "missing", log_path=tmp_path / "p.log",
+                        warm=True)
+    assert isinstance(proc, warm_pool.PooledProcess)
+    with pytest.raises(ServingError, match="exited with code 2"):
+        wait_ready(proc.url, timeout=120, proc=proc)
+    assert proc.wait(timeout=5) == 2
+    assert "does not exist" in (tmp_path / "p.log").read_text()
+
+
+def test_startup_env_difference_falls_back_to_a_plain_start(
+    home: Path, model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    model_dir, _, _ = model
+    # OpenMP reads OMP_NUM_THREADS when it loads: the pool cannot honour a different value.
+    proc = start_server("predictor", "m", model_dir, log_path=tmp_path / "p.log",
+                        env={"OMP_NUM_THREADS": "3"}, warm=True)
+    try:
+        assert not isinstance(proc, warm_pool.PooledProcess)
+        wait_ready(proc.url, timeout=120, proc=proc)
+    finally:
+        stop_server(proc)
+    monkeypatch.setenv(warm_pool.ENABLE_ENV, "0")
+    proc = start_server("predictor", "m", model_dir, log_path=tmp_path / "q.log")
+    try:
+        assert not isinstance(proc, warm_pool.PooledProcess)
+    finally:
+        stop_server(proc)
+
+
+def test_stale_socket_is_replaced_and_pool_exits_when_its_socket_goes(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+):
+    path = warm_pool.socket_path()
+    # A socket file nobody listens on (a pool that died).
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(path))
+    assert warm_pool.ensure_started(wait=True) == path
+    pid = _pool_pid()
+    path.unlink()
+    assert _gone(pid), "the pool kept running without its socket file"
+
+
+def test_pool_exits_when_idle(home: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv(warm_pool.IDLE_ENV, "1")
+    assert warm_pool.ensure_started(wait=True) is not None
+    pid = _pool_pid()
+    assert _gone(pid, timeout=15), "the idle pool did not exit"
+    assert not warm_pool.socket_path().exists()
+
+
+def test_only_runtime_modules_are_forked(home: Path):
+    assert warm_pool.spawn("os", [], env=dict(os.environ), cwd=os.getcwd(),
+                           log_path=home / "x.log", python="python") is None
