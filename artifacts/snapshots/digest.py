@@ -54,7 +54,12 @@ CACHE_SAFETY_NS = 1_000_000_000
 ProgressFn = Callable[[int], None]
 
 
-@dataclass(frozen=True)
+# One encoder for every manifest line: json.dumps with separators builds a new encoder per
+# call, a third of a re-snapshot's time on a tree of thousands of files. Same output.
+_encode_line = json.JSONEncoder(separators=(",", ":")).encode
+
+
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One entry of a tree: ``kind`` is "d" (directory), "f" (file) or "l" (symlink)."""
 
@@ -67,10 +72,7 @@ class Entry:
 
     def line(self) -> str:
         """The entry's manifest line (compact JSON, so any file name round-trips)."""
-        return json.dumps(
-            [self.kind, self.path, self.mode, self.size, self.sha256, self.target],
-            separators=(",", ":"),
-        )
+        return _encode_line([self.kind, self.path, self.mode, self.size, self.sha256, self.target])
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ def file_mode(st_mode: int) -> int:
     return 0o755 if st_mode & 0o111 else 0o644
 
 
-@dataclass
+@dataclass(slots=True)
 class _Scanned:
     entry: Entry
     abspath: str
