@@ -91,6 +91,7 @@ WARM_IMPORTS = (
     "uvicorn.protocols.websockets.auto",
     "httptools",
     "uvloop",
+    "encodings.idna",
 )
 #: Environment variables read when the interpreter or a native library starts (Python's own
 #: start-up, BLAS/OpenMP thread pools, locale, allocator): a child whose environment differs
@@ -470,13 +471,41 @@ def _debug(message: str) -> None:
 
 
 class _EnvReads(os._Environ):  # type: ignore[name-defined,misc]
-    """``os.environ`` while the pool imports: records every key Python code looks up."""
+    """``os.environ`` while the pool imports: records every key Python code looks up, and
+    which modules copy the whole environment (iterate over it)."""
 
     keys_read: set[str] = set()
+    copied_by: set[str] = set()
+    iterating = 0
 
     def __getitem__(self, key: str) -> str:
-        _EnvReads.keys_read.add(key)
+        if not _EnvReads.iterating:
+            _EnvReads.keys_read.add(key)
         return super().__getitem__(key)
+
+    def __iter__(self) -> Iterator[str]:
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_globals.get("__name__") in _MAPPING_MODULES:
+            frame = frame.f_back
+        _EnvReads.copied_by.add(frame.f_globals.get("__name__", "?") if frame else "?")
+        _EnvReads.iterating += 1
+        try:
+            yield from super().__iter__()
+        finally:
+            _EnvReads.iterating -= 1
+
+
+_MAPPING_MODULES = frozenset({"os", "_collections_abc", "collections.abc"})
+
+
+def _refresh_wsgiref() -> None:
+    handlers = sys.modules["wsgiref.handlers"]
+    handlers.BaseHandler.os_environ = handlers.read_environ()
+
+
+#: Modules that keep a copy of the whole environment made at import time, and how a child
+#: renews it from its own. A copy made by any other module makes every variable count as read.
+_ENV_COPIES = {"wsgiref.handlers": _refresh_wsgiref}
 
 
 class Pool:
@@ -490,6 +519,8 @@ class Pool:
         self.cwd = os.getcwd()
         self.attrs = _process_attributes()
         self.import_env: set[str] = set()
+        self.import_changes: dict[str, str | None] = {}
+        self.env_copies: list[str] = []
         self.warm_error: str | None = None
         self.children: dict[int, int] = {}  # pid -> start time
         self.exited: dict[int, tuple[int, int]] = {}  # pid -> (start time, return code)
@@ -532,8 +563,19 @@ class Pool:
         finally:
             os.environ.__class__ = os._Environ  # type: ignore[attr-defined]
         self.import_env = set(_EnvReads.keys_read)
-        if os.environ != self.base_env:
-            self.warm_error = "the environment changed while importing"
+        self.env_copies = sorted(_EnvReads.copied_by & _ENV_COPIES.keys())
+        unknown = _EnvReads.copied_by - _ENV_COPIES.keys()
+        if unknown:
+            _log(f"{sorted(unknown)} copied the environment: every variable must match")
+            self.import_env |= set(self.base_env)
+        # Imports may set variables themselves (sklearn: KMP_DUPLICATE_LIB_OK, joblib:
+        # KMP_INIT_AT_FORK): a fresh server's imports would set them too, so children get the
+        # same changes on top of their own environment.
+        after = dict(os.environ)
+        self.import_changes = {
+            k: after.get(k) for k in after.keys() | self.base_env.keys()
+            if after.get(k) != self.base_env.get(k)
+        }
         import threading
 
         if threading.active_count() != 1:
@@ -545,6 +587,7 @@ class Pool:
         gc.collect()
         gc.freeze()
         _log(f"warm in {time.monotonic() - _STARTED:.2f} s; " + (self.warm_error or "ready"))
+        self.last_request = time.monotonic()  # idle time counts from here
 
     # -- loop ---------------------------------------------------------------------------------
 
@@ -679,7 +722,14 @@ class Pool:
             stream.flush()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child never returns (covered by the launch tests)
-            _become_server(request, log_fd, null_fd, [conn, self.listener])
+            _become_server(
+                request,
+                self.import_changes,
+                self.env_copies,
+                log_fd,
+                null_fd,
+                [conn, self.listener],
+            )
         os.close(log_fd)
         os.close(null_fd)
         # Read while the child cannot have been reaped (a zombie still has its start time).
@@ -701,7 +751,12 @@ class Pool:
 
 
 def _become_server(
-    request: dict[str, Any], log_fd: int, null_fd: int, sockets: list[socket.socket | None]
+    request: dict[str, Any],
+    import_changes: dict[str, str | None],
+    env_copies: list[str],
+    log_fd: int,
+    null_fd: int,
+    sockets: list[socket.socket | None],
 ) -> None:
     """In the forked child: turn into ``python -m module args``; never returns."""
     code = 1
@@ -724,7 +779,14 @@ def _become_server(
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        for key, value in import_changes.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         time.tzset()
+        for module in env_copies:
+            _ENV_COPIES[module]()
         if "numpy" in sys.modules:
             # The random module reseeds itself after fork; numpy's global generator does not.
             sys.modules["numpy"].random.seed()

@@ -30,6 +30,9 @@ def kfp_serve_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     backend = LocalBackend(progress=False, stop_grace=2.0)
     for status in backend.list():
         backend.delete(status.name)
+    from serving.runtime import warm_pool
+
+    warm_pool.stop()  # the home's warm pool would otherwise idle for minutes
     if old is None:
         os.environ.pop("KFP_SERVE_HOME", None)
     else:

@@ -18,3 +18,6 @@ def kfp_home(tmp_path, monkeypatch):
     backend = get_backend("local")
     for status in backend.list():
         backend.delete(status.name)
+    from serving.runtime import warm_pool
+
+    warm_pool.stop()  # the home's warm pool would otherwise idle for minutes

@@ -153,6 +153,15 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Serv
             stop_server(proc)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _stop_warm_pool() -> Iterator[None]:
+    """Stop the session home's warm pool (the servers above are forked from it) at the end."""
+    yield
+    from serving.runtime import warm_pool
+
+    warm_pool.stop()
+
+
 def v2_body(X: np.ndarray, datatype: str = "FP64", **extra: Any) -> dict[str, Any]:
     """A v2 request with one [N, F] tensor."""
     X = np.asarray(X)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,13 +37,11 @@ def _pool_pid() -> int:
     return int(answer["pid"])
 
 
-def _unix_inode(path: Path) -> str | None:
-    """Inode of the unix socket listening on ``path`` (from /proc/net/unix)."""
-    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
-        fields = line.split()
-        if len(fields) >= 8 and fields[7].endswith(path.name):
-            return fields[6]
-    return None
+def _fd_targets(pid: int) -> set[str]:
+    """What the descriptors above stderr of ``pid`` point at."""
+    return {
+        os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd") if int(fd) > 2
+    }
 
 
 @pytest.fixture()
@@ -83,12 +82,11 @@ def test_forked_server_is_a_detached_faithful_server(home: Path, model, tmp_path
         assert os.readlink(f"/proc/{pid}/fd/0") == os.devnull
         assert os.readlink(f"/proc/{pid}/fd/1") == str(log)
         assert os.readlink(f"/proc/{pid}/fd/2") == str(log)
-        # It does not hold the pool's socket (nor its lock file).
-        pool_socket = _unix_inode(warm_pool.socket_path())
-        assert pool_socket is not None
-        targets = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
-        assert f"socket:[{pool_socket}]" not in targets
-        assert not any(t.endswith(warm_pool.LOCK_NAME) for t in targets)
+        # It holds none of the pool's descriptors (its socket, its lock file).
+        pool = _fd_targets(_pool_pid())
+        assert any(t.startswith("socket:") for t in pool)
+        assert any(t.endswith(warm_pool.LOCK_NAME) for t in pool)
+        assert not (_fd_targets(pid) & pool)
         # ps shows the server's command line, as for a plain start.
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
         assert cmdline[1:3] == [b"-m", b"serving.runtime.predictor"]
@@ -160,3 +158,44 @@ def test_pool_exits_when_idle(home: Path, monkeypatch: pytest.MonkeyPatch):
 def test_only_runtime_modules_are_forked(home: Path):
     assert warm_pool.spawn("os", [], env=dict(os.environ), cwd=os.getcwd(),
                            log_path=home / "x.log", python="python") is None
+
+
+def _request_like(pool: warm_pool.Pool, **changes) -> dict:
+    request = {
+        "module": "serving.runtime.predictor", "args": [], "python": sys.executable,
+        "cwd": pool.cwd, "env": dict(pool.base_env), **pool.attrs,
+    }
+    env_changes = changes.pop("env", {})
+    request.update(changes)
+    for key, value in env_changes.items():
+        if value is None:
+            request["env"].pop(key, None)
+        else:
+            request["env"][key] = value
+    return request
+
+
+@pytest.mark.parametrize(
+    ("changes", "refused"),
+    [
+        pytest.param({}, None, id="same-everything"),
+        pytest.param({"env": {"PREDICT_PROBA": "true"}}, None, id="runtime-env-var"),
+        pytest.param({"env": {"READ_AT_IMPORT": "2"}}, "READ_AT_IMPORT", id="import-read-var"),
+        pytest.param({"env": {"OMP_NUM_THREADS": "7"}}, "OMP_NUM_THREADS", id="native-startup"),
+        pytest.param({"env": {"PYTHONHASHSEED": "1"}}, "PYTHONHASHSEED", id="python-startup"),
+        pytest.param({"env": {"LANG": "C.UTF-8x"}}, "LANG", id="locale"),
+        pytest.param({"python": "/usr/bin/python3"}, "interpreter", id="other-python"),
+        pytest.param({"cwd": "/"}, "working directory", id="other-cwd"),
+        pytest.param({"module": "os"}, "not served", id="other-module"),
+        pytest.param({"nice": -5}, "niceness", id="higher-priority"),
+        pytest.param({"rlimits": {"RLIMIT_NOFILE": [1, 1]}}, "resource limits", id="rlimits"),
+    ],
+)
+def test_what_the_pool_refuses_to_fork(changes: dict, refused: str | None, tmp_path: Path):
+    pool = warm_pool.Pool(tmp_path / "s.sock", None, 1.0)
+    pool.import_env = {"READ_AT_IMPORT"}
+    why = pool.refusal(_request_like(pool, **changes))
+    if refused is None:
+        assert why is None
+    else:
+        assert why is not None and refused in why
