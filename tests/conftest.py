@@ -11,15 +11,21 @@ from artifacts import environment
 def private_state(tmp_path_factory):
     """No test touches the user's ~/.kfp-serve or a cluster: a session KFP_SERVE_HOME, local
     serving; endpoints still running at the end are stopped."""
-    saved = {k: os.environ.get(k) for k in ("KFP_SERVE_HOME", "KFP_SERVE_BACKEND")}
+    names = ("KFP_SERVE_HOME", "KFP_SERVE_BACKEND", "KFP_SERVE_WARM_POOL_IDLE")
+    saved = {k: os.environ.get(k) for k in names}
     os.environ["KFP_SERVE_HOME"] = str(tmp_path_factory.mktemp("kfp-serve-home"))
     os.environ["KFP_SERVE_BACKEND"] = "local"
+    # Many tests use a home of their own, and each home that serves gets a warm server pool
+    # (~250 MB): let idle ones go quickly instead of after the default ten minutes.
+    os.environ["KFP_SERVE_WARM_POOL_IDLE"] = "30"
     yield
     from serving.backends.local import LocalBackend
+    from serving.runtime import warm_pool
 
     backend = LocalBackend(progress=False, stop_grace=2.0)
     for status in backend.list():
         backend.delete(status.name)
+    warm_pool.stop()
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
