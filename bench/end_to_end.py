@@ -2,14 +2,16 @@
 
 The pipeline (``sklearn-transformer`` under kfp.local) runs each step in its own Python
 process and records everything (MLMD, snapshots, a transformer + predictor endpoint, a smoke
-test). The reference does the same useful work in one process with no bookkeeping: train a
-scaler + classifier, save it in the serving layout, start a model server on 127.0.0.1, wait
-until it is ready and send the same held-out requests. Target: pipeline ≤ 2× the reference.
+test). The reference does the same useful work as one plain script with no bookkeeping: train
+a scaler + classifier, save it in the serving layout, start a model server on 127.0.0.1, wait
+until it is ready and send the same held-out requests. Both are timed from a fresh process, so
+both pay their interpreter start and imports. Target: pipeline ≤ 2× the reference.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import statistics
@@ -49,14 +51,27 @@ def _isolated_home() -> Iterator[Path]:
 
 
 def pipeline_run() -> dict:
-    """One local pipeline run: its wall time and per-step seconds."""
-    from pipelines.local_run import run_local
-
+    """One local pipeline run, timed like the reference: as a fresh process (``kfp-serve run``
+    would be one), with its per-step seconds."""
     with _isolated_home():
-        result = run_local(PIPELINE, {"endpoint_name": ENDPOINT}, progress=False)
+        start = time.perf_counter()
+        out = subprocess.run(
+            [sys.executable, "-c", "from bench.end_to_end import pipeline_work; pipeline_work()"],
+            cwd=Path(__file__).resolve().parents[1], check=True, capture_output=True, text=True,
+        ).stdout
+        wall = time.perf_counter() - start
+    result = json.loads(out.strip().splitlines()[-1])
     if not result["blessed"]:
         raise RuntimeError(f"pipeline run was not blessed: {result['smoke_verdict']}")
-    return result
+    return {**result, "process_seconds": wall}
+
+
+def pipeline_work() -> None:
+    """Run the pipeline in this process and print its result as the last line of JSON."""
+    from pipelines.local_run import run_local
+
+    result = run_local(PIPELINE, {"endpoint_name": ENDPOINT}, progress=False)
+    print(json.dumps(result))
 
 
 def _free_port() -> int:
@@ -66,7 +81,18 @@ def _free_port() -> int:
 
 
 def plain_script_run() -> float:
-    """The reference: train, save, start a model server, predict — in one process."""
+    """The reference, timed as ``time python script.py`` would: one fresh process that pays
+    its own interpreter start and imports, as every pipeline step pays its own."""
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-c", "from bench.end_to_end import plain_work; plain_work()"],
+        cwd=Path(__file__).resolve().parents[1], check=True,
+    )
+    return time.perf_counter() - start
+
+
+def plain_work() -> None:
+    """The reference's work: train, save, start a model server, predict — in one process."""
     import httpx
     from sklearn.datasets import load_iris
     from sklearn.linear_model import LogisticRegression
@@ -76,7 +102,6 @@ def plain_script_run() -> float:
 
     from artifacts import Model
 
-    start = time.perf_counter()
     x, y = load_iris(return_X_y=True)
     x_train, x_test, y_train, _ = train_test_split(x, y, test_size=0.2, random_state=42,
                                                    stratify=y)
@@ -110,7 +135,6 @@ def plain_script_run() -> float:
             server.terminate()
             server.wait(timeout=30)
             log.close()
-    return time.perf_counter() - start
 
 
 def run(quick: bool) -> list[dict]:
@@ -118,7 +142,7 @@ def run(quick: bool) -> list[dict]:
     repeats = 1 if quick else 3
     runs = [pipeline_run() for _ in range(repeats)]
     plain = [plain_script_run() for _ in range(repeats)]
-    walls = [r["wall_seconds"] for r in runs]
+    walls = [r["process_seconds"] for r in runs]
     wall, reference = statistics.median(walls), statistics.median(plain)
     ratio = wall / reference
     figures = [{
@@ -140,7 +164,7 @@ def run(quick: bool) -> list[dict]:
             "value": round(statistics.median(values), 2),
             "unit": "s",
             "reference": None,
-            "ratio": round(statistics.median(values) / wall, 3),
+            "ratio": round(statistics.median(values) / wall, 3),  # of the process wall time
             "target": "breakdown (share of the pipeline wall time)",
             "passed": True,
             "runs": repeats,
