@@ -23,6 +23,7 @@ from serving.backends.local_registry import process_start_time, read_record, reg
 from serving.endpoint import Endpoint
 from serving.errors import ServingError
 from tests.local.conftest import make_manifest
+from tests.processes import processes_mentioning
 
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
 
@@ -34,19 +35,6 @@ def _wait_gone(pid: int, timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.02)
     return False
-
-
-def _processes_mentioning(text: str) -> list[int]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if text in cmdline and process_start_time(int(proc.name)) is not None:
-                found.append(int(proc.name))
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +154,7 @@ def test_failed_rollout_keeps_the_old_revision_serving(
     assert ep.predictions(ROWS) == est.predict(ROWS).tolist()
     assert backend.get("iris-v1").ready
     # Nothing of the failed revision is left running.
-    assert not _processes_mentioning(str(corrupt_model_dir))
+    assert not processes_mentioning(str(corrupt_model_dir))
 
 
 def test_rollout_and_canary_split(

@@ -31,6 +31,7 @@ from serving.errors import ServingError
 from tests.kube_double import ISVC
 from tests.kube_double.fixtures import kube_double, kubeconfig  # noqa: F401
 from tests.kube_double.manifests import isvc_manifest
+from tests.processes import processes_mentioning
 from tests.reliability.conftest import Trained, server_pids
 
 CLI = str(Path(sys.executable).with_name("kfp-serve"))
@@ -196,7 +197,7 @@ def test_tampered_snapshot_is_refused_before_any_server_starts(
         f.write(b"\x00evil")
 
     name = f"tampered-{which}"
-    before = set(_processes_mentioning(name))
+    before = set(processes_mentioning(name))
     started = time.monotonic()
     with pytest.raises(ServingError) as info:
         serving.serve(model_id, transformer_id, name=name, timeout=60)
@@ -205,24 +206,11 @@ def test_tampered_snapshot_is_refused_before_any_server_starts(
     assert snap.uri in message and "failed verification" in message, message
     assert target.name in message and "refusing" in message, message
     # No server was started for it, none is listed, no deployment was recorded.
-    assert set(_processes_mentioning(name)) == before
+    assert set(processes_mentioning(name)) == before
     assert name not in {s.name for s in get_backend().list()}
     assert artifacts.lineage(model_id)["deployments"] == []
     listing = run_cli("endpoints")
     assert name not in listing.stdout
-
-
-def _processes_mentioning(text: str) -> list[int]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if text in cmdline and process_start_time(int(proc.name)) is not None:
-                found.append(int(proc.name))
-    return found
 
 
 # --------------------------------------------------------- SIGKILL during a snapshot: clean store
