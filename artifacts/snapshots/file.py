@@ -1,6 +1,6 @@
 """``file://`` snapshots: a content-addressed directory store on the local filesystem.
 
-Layout under the root: ``sha256-<hex>/`` (the tree, files read-only, plus the manifest file) and
+Layout under the root: ``blake3-<hex>/`` (the tree, files read-only, plus the manifest file) and
 ``.tmp/<pid>-<random>/`` (work in progress). A snapshot becomes visible with one ``rename`` of
 a complete temp directory, so a crash or SIGKILL midway leaves only a ``.tmp`` entry, which is
 never listed or opened and is swept by the next snapshot once its process is gone.
@@ -23,15 +23,13 @@ from artifacts.snapshots.base import (
     split_snapshot_uri,
     verify_local_tree,
 )
+from artifacts.snapshots.cache import DigestCache
+from artifacts.snapshots.copy import copy_tree, durable_writes, fsync_dir
 from artifacts.snapshots.digest import (
     MANIFEST_NAME,
-    DigestCache,
-    _manifest_from,
     build_manifest,
-    copy_tree,
-    default_cache_dir,
-    durable_writes,
-    fsync_dir,
+    cached_hashes,
+    manifest_from,
     scan_tree,
 )
 from artifacts.snapshots.progress import ByteProgress
@@ -54,7 +52,7 @@ def file_uri_path(uri: str) -> Path:
 
 
 class FileSnapshotBackend:
-    """Snapshots stored in a local directory, addressed by ``file://<root>/sha256-<hex>``."""
+    """Snapshots stored in a local directory, addressed by ``file://<root>/blake3-<hex>``."""
 
     scheme = "file"
 
@@ -77,8 +75,8 @@ class FileSnapshotBackend:
 
         An unchanged tree that was snapshotted from the same path before costs a stat pass
         (digest cache) or a digest pass, never a copy. A new tree is hashed while it is copied
-        (one read per file, hashed and written from the same buffer, on parallel workers), so
-        the stored bytes are exactly the hashed ones.
+        (each chunk is hashed back from the new file right after the kernel copied it, see
+        ``copy.py``), so the stored bytes are exactly the hashed ones.
 
         Durability: the snapshot appears with one ``rename`` of a complete work directory, so a
         crash or SIGKILL of this process never leaves a visible partial snapshot. Files are not
@@ -89,17 +87,25 @@ class FileSnapshotBackend:
         durable too.
         """
         src = Path(path).resolve()
-        items = scan_tree(src)
-        total = sum(i.entry.size for i in items if i.entry.kind == "f")
-        cache = DigestCache(str(src), default_cache_dir())
+        tree = scan_tree(src)
+        cache = DigestCache(str(src))
+        # The whole tree unchanged since its last snapshot: one scan, nothing read.
+        digest = cache.tree_digest(tree.signature)
+        if digest is not None and self.exists(digest):
+            return Snapshot(self.uri_for(digest), digest, tree.size)
 
-        manifest = cache.manifest(items) if cache.seen else None
-        if manifest is None and cache.seen:
-            # This path was snapshotted before: most likely unchanged, so a digest pass (no
-            # writes) decides whether anything needs copying at all.
-            with ByteProgress(f"Hashing {src.name}", total, progress) as bar:
-                manifest = build_manifest(src, progress=bar, scanned=items, cache=cache)
+        manifest = None
+        if cache.seen:
+            # This path was snapshotted before: most likely little changed, so a digest pass
+            # (cached hashes for unchanged files, no writes) decides whether to copy at all.
+            hashes = cached_hashes(tree.items, cache)
+            if hashes is not None:
+                manifest = manifest_from(tree.items, hashes)
+            else:
+                with ByteProgress(f"Hashing {src.name}", tree.size, progress) as bar:
+                    manifest = build_manifest(src, progress=bar, tree=tree, cache=cache)
         if manifest is not None and self.exists(manifest.digest):
+            cache.remember_tree(tree.signature, tree.newest_change_ns, manifest.digest)
             return Snapshot(self.uri_for(manifest.digest), manifest.digest, manifest.size)
 
         self._sweep_tmp()
@@ -107,12 +113,12 @@ class FileSnapshotBackend:
         tmp = self.path / TMP_DIR / f"{os.getpid()}-{uuid.uuid4().hex}"
         tmp.mkdir(parents=True)
         try:
-            with ByteProgress(f"Snapshotting {src.name}", total, progress) as bar:
+            with ByteProgress(f"Snapshotting {src.name}", tree.size, progress) as bar:
                 # Read-only: a snapshot is immutable (the digest is re-checked anyway).
                 hashes = copy_tree(
-                    items, tmp, read_only=True, progress=bar, cache=cache, durable=durable
+                    tree.items, tmp, read_only=True, progress=bar, cache=cache, durable=durable
                 )
-            new = _manifest_from(items, hashes)
+            new = manifest_from(tree.items, hashes)
             if manifest is not None and new.digest != manifest.digest:
                 raise SnapshotError(f"{str(src)!r} changed while it was being snapshotted; retry")
             # Saved even when no hash was cacheable yet: it records that this path was seen.
@@ -128,6 +134,7 @@ class FileSnapshotBackend:
                 shutil.rmtree(tmp, ignore_errors=True)
             if durable:
                 fsync_dir(self.path)
+            cache.remember_tree(tree.signature, tree.newest_change_ns, new.digest)
             return Snapshot(self.uri_for(new.digest), new.digest, new.size)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

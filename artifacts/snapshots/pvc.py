@@ -3,17 +3,17 @@
 The open stand-in for Rok on a cluster. Root ``pvc://<pvc>/<prefix>``; inside a pod the PVC is
 mounted at ``$KFP_SERVE_PVC_MOUNT`` (default ``/mnt/kfp-serve``). ``snapshot(path)``:
 
-1. copies the tree into ``<mount>/<prefix>/sha256-<hex>`` exactly like the file:// store does
+1. copies the tree into ``<mount>/<prefix>/blake3-<hex>`` exactly like the file:// store does
    (content-addressed, atomic rename, deduplicated, manifest inside), and flushes it to disk;
 2. takes a ``snapshot.storage.k8s.io/v1`` VolumeSnapshot of the PVC (class from
    ``$KFP_SERVE_VOLUME_SNAPSHOT_CLASS``, else the cluster default), named after the PVC, prefix
    and digest, so the same tree is never snapshotted twice, and waits (watch) for readyToUse;
-3. returns ``pvc://<pvc>/<prefix>/sha256-<hex>``: the snapshot URI names the directory, and the
+3. returns ``pvc://<pvc>/<prefix>/blake3-<hex>``: the snapshot URI names the directory, and the
    VolumeSnapshot name is a pure function of it (``volume_snapshot_name``).
 
 Serving (``serving.backends.kubernetes``) calls ``hydrate(uri, namespace, core_api)`` to create
 a PVC from the VolumeSnapshot (``dataSource``), and the manifest builder points ``storageUri``
-at ``serving_storage_uri(uri)`` = ``pvc://<hydrated pvc>/<prefix>/sha256-<hex>``, also a pure
+at ``serving_storage_uri(uri)`` = ``pvc://<hydrated pvc>/<prefix>/blake3-<hex>``, also a pure
 function, so ``serve(dry_run=True)`` shows the exact manifest.
 
 ``verify``/``open``/``restore`` read the tree from the mounted PVC and check its digest.
@@ -56,7 +56,7 @@ _DEFAULT_SIZE = "1Gi"
 
 @dataclass(frozen=True)
 class PvcSnapshotRef:
-    """The parts of ``pvc://<pvc>/<prefix>/sha256-<hex>``."""
+    """The parts of ``pvc://<pvc>/<prefix>/blake3-<hex>``."""
 
     pvc: str
     prefix: str
@@ -64,7 +64,7 @@ class PvcSnapshotRef:
 
     @property
     def directory(self) -> str:
-        """Path of the tree inside the volume: ``<prefix>/sha256-<hex>``."""
+        """Path of the tree inside the volume: ``<prefix>/blake3-<hex>``."""
         name = snapshot_dir_name(self.digest)
         return f"{self.prefix}/{name}" if self.prefix else name
 
@@ -73,19 +73,19 @@ def parse_snapshot_uri(uri: str) -> PvcSnapshotRef:
     """Split a pvc:// snapshot URI.
 
     Raises:
-        SnapshotError: not a ``pvc://<pvc>/[<prefix>/]sha256-<hex>`` URI.
+        SnapshotError: not a ``pvc://<pvc>/[<prefix>/]blake3-<hex>`` URI.
     """
     scheme, root, digest = split_snapshot_uri(uri)
     if scheme != "pvc":
         raise SnapshotError(f"{uri!r} is not a pvc:// snapshot URI")
     pvc, _, prefix = root[len("pvc://") :].partition("/")
     if not pvc:
-        raise SnapshotError(f"{uri!r} names no PVC: expected pvc://<pvc>/<prefix>/sha256-<hex>")
+        raise SnapshotError(f"{uri!r} names no PVC: expected pvc://<pvc>/<prefix>/blake3-<hex>")
     return PvcSnapshotRef(pvc, prefix.strip("/"), digest)
 
 
 def is_pvc_snapshot_uri(uri: str) -> bool:
-    """True for a ``pvc://…/sha256-<hex>`` snapshot URI (not for a plain pvc:// storage URI)."""
+    """True for a ``pvc://…/blake3-<hex>`` snapshot URI (not for a plain pvc:// storage URI)."""
     try:
         parse_snapshot_uri(uri)
     except SnapshotError:
@@ -136,7 +136,7 @@ def hydrate(
     client, for the caller to retry; an existing PVC from another source is an error.
 
     Args:
-        snapshot_uri: ``pvc://<pvc>/<prefix>/sha256-<hex>``.
+        snapshot_uri: ``pvc://<pvc>/<prefix>/blake3-<hex>``.
         namespace: where the InferenceService runs; the VolumeSnapshot must be there too.
         core_api: a ``kubernetes.client.CoreV1Api``.
         request_timeout: read timeout of each API request.

@@ -1,9 +1,9 @@
 """``s3://`` snapshots: content-addressed trees in an S3-compatible object store.
 
-Layout: ``s3://bucket/prefix/sha256-<hex>/<relative path>`` for each file, and the manifest as
-``…/sha256-<hex>/.kfp-snapshot.manifest``, uploaded *last*: a snapshot exists only once its
+Layout: ``s3://bucket/prefix/blake3-<hex>/<relative path>`` for each file, and the manifest as
+``…/blake3-<hex>/.kfp-snapshot.manifest``, uploaded *last*: a snapshot exists only once its
 manifest does, so an interrupted upload is never visible (S3 has no rename). The snapshot URI
-``s3://bucket/prefix/sha256-<hex>`` is also a KServe ``storageUri``.
+``s3://bucket/prefix/blake3-<hex>`` is also a KServe ``storageUri``.
 
 Credentials come from the standard AWS variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
 ``AWS_SESSION_TOKEN``, profiles, …) through boto3; the endpoint from ``AWS_ENDPOINT_URL_S3``,
@@ -13,7 +13,6 @@ Opening a snapshot downloads it to ``$KFP_SERVE_HOME/cache/snapshots/s3/`` and v
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import uuid
@@ -30,11 +29,11 @@ from artifacts.snapshots.base import (
     verify_local_tree,
 )
 from artifacts.snapshots.digest import (
-    DIGEST_PREFIX,
     MANIFEST_NAME,
     Manifest,
     build_manifest,
     scan_tree,
+    text_digest,
 )
 from artifacts.snapshots.progress import ByteProgress
 
@@ -133,16 +132,16 @@ class S3SnapshotBackend:
     def snapshot(self, path: Path, *, progress: bool | None = None) -> Snapshot:
         """Upload the tree at ``path`` unless a snapshot with its digest already exists."""
         src = Path(path).resolve()
-        items = scan_tree(src)
-        total = sum(i.entry.size for i in items if i.entry.kind == "f")
+        tree = scan_tree(src)
+        total = tree.size
         # S3 keys depend on the digest, so hash first (the digest cache makes this a stat pass
         # for an unchanged tree) and upload afterwards.
         with ByteProgress(f"Hashing {src.name}", total, progress) as bar:
-            manifest = build_manifest(src, progress=bar, use_cache=True, scanned=items)
+            manifest = build_manifest(src, progress=bar, use_cache=True, tree=tree)
         snap = Snapshot(self.uri_for(manifest.digest), manifest.digest, manifest.size)
         if self.exists(manifest.digest):
             return snap
-        stats = {i.entry.path: i.st for i in items if i.st is not None}
+        stats = {i.entry.path: i.st for i in tree.files}
         with ByteProgress(f"Uploading {src.name}", total, progress) as bar:
             for entry in manifest.files:
                 self._call(
@@ -176,7 +175,7 @@ class S3SnapshotBackend:
         )["Body"].read()
         # The digest is the hash of the manifest text: a tampered manifest is refused here,
         # and every file is then checked against the manifest as it is downloaded.
-        if DIGEST_PREFIX + hashlib.sha256(body).hexdigest() != digest:
+        if text_digest(body) != digest:
             raise SnapshotError(
                 f"snapshot {uri!r} failed verification: its manifest does not match digest "
                 f"{digest} (tampered); refusing it. Take a new snapshot."

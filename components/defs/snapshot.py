@@ -27,7 +27,7 @@ def snapshot(
 
     Returns:
         uri: The snapshot URI.
-        digest: The sha256 digest of the snapshot's directory tree.
+        digest: The BLAKE3 digest of the snapshot's directory tree.
         size: The snapshot's size in bytes.
     """
     from components.ops import snapshot as take_snapshot

@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import socket
@@ -70,8 +69,6 @@ REASON_STARTING = "Starting"
 #: Flags of a transformer container that the local backend sets itself: the cluster values
 #: (``--model_dir=/mnt/models``, ``--http_host=0.0.0.0``) must never reach a local server.
 _LOCAL_FLAGS = {"--model_dir", "--http_host", "--http_port", "--predictor_host", "--grpc_port"}
-#: The last path component of a snapshot URI (see artifacts.snapshots.base).
-_SNAPSHOT_NAME = re.compile(r"^sha256-[0-9a-f]{64}$")
 _ADDRESS_IN_USE = ("address already in use", "errno 98")
 _PORT_ATTEMPTS = 3
 #: Env vars that choose a server's listen address: the local backend decides that, not the
@@ -249,7 +246,7 @@ def _flag(args: list[str], flag: str) -> str | None:
 def resolve_storage(uri: str, *, field: str = "storageUri") -> Path:
     """A local directory to load an artifact from.
 
-    A snapshot URI (file:// or s3://, ending in ``sha256-<hex>``) is opened through the snapshot
+    A snapshot URI (file:// or s3://, ending in ``blake3-<hex>``) is opened through the snapshot
     store, which verifies its digest: a tampered or incomplete snapshot is refused, never loaded.
     A plain directory (a path, or a file:// URI that is not a snapshot) is used as it is.
     """
@@ -259,7 +256,9 @@ def resolve_storage(uri: str, *, field: str = "storageUri") -> Path:
             f"{field} {uri!r}: the local backend loads file:// and s3:// snapshots or local "
             f"directories, not {scheme}://; serve it on a cluster (KFP_SERVE_BACKEND=kubernetes)"
         )
-    if scheme and _SNAPSHOT_NAME.fullmatch(uri.rstrip("/").rsplit("/", 1)[-1]):
+    from artifacts.snapshots.base import SNAPSHOT_NAME
+
+    if scheme and SNAPSHOT_NAME.fullmatch(uri.rstrip("/").rsplit("/", 1)[-1]):
         from artifacts.snapshots import SnapshotStore
 
         try:

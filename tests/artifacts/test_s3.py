@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import pytest
+from blake3 import blake3
 
 from artifacts import SnapshotError, SnapshotStore
 from artifacts.snapshots.digest import MANIFEST_NAME, tree_digest
@@ -62,7 +62,7 @@ def test_s3_snapshot_roundtrip_and_dedup(s3, tmp_path):
     store = SnapshotStore(f"s3://{BUCKET}/snaps")
     snap = store.snapshot(tree)
     digest, size = tree_digest(tree)
-    assert snap.uri == f"s3://{BUCKET}/snaps/sha256-{digest[7:]}" and snap.size == size
+    assert snap.uri == f"s3://{BUCKET}/snaps/blake3-{digest[7:]}" and snap.size == size
     name = snap.uri.rsplit("/", 1)[1]
     assert sorted(_keys(s3, f"snaps/{name}/")) == [
         f"snaps/{name}/{MANIFEST_NAME}",
@@ -83,7 +83,7 @@ def test_s3_snapshot_roundtrip_and_dedup(s3, tmp_path):
 def test_interrupted_upload_is_invisible(s3, tmp_path):
     tree = make_tree(tmp_path / "t")
     digest, _ = tree_digest(tree)
-    prefix = f"half/sha256-{digest[7:]}"
+    prefix = f"half/blake3-{digest[7:]}"
     # What a crash before the manifest (uploaded last) leaves behind.
     s3.put_object(Bucket=BUCKET, Key=f"{prefix}/model.joblib", Body=b"partial")
     store = SnapshotStore(f"s3://{BUCKET}/half")
@@ -110,9 +110,9 @@ def test_tampered_s3_snapshot_is_refused(s3, tmp_path, home, tamper):
 
 
 def test_s3_manifest_with_path_traversal_is_refused(s3, tmp_path):
-    evil = '["f","../../outside.txt",420,1,"' + hashlib.sha256(b"x").hexdigest() + '",""]\n'
-    digest = hashlib.sha256(evil.encode()).hexdigest()
-    key = f"evil/sha256-{digest}"
+    evil = '["f","../../outside.txt",420,1,"' + blake3(b"x").hexdigest() + '",""]\n'
+    digest = blake3(evil.encode()).hexdigest()
+    key = f"evil/blake3-{digest}"
     s3.put_object(Bucket=BUCKET, Key=f"{key}/{MANIFEST_NAME}", Body=evil.encode())
     with pytest.raises(SnapshotError, match="path traversal refused"):
         SnapshotStore(f"s3://{BUCKET}/evil").open(f"s3://{BUCKET}/{key}")

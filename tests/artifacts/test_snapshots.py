@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-import hashlib
+import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
+from blake3 import blake3
 
 from artifacts import Snapshot, SnapshotError, SnapshotStore
-from artifacts.snapshots import base, progress
+from artifacts.snapshots import base, cache, copy, progress
 from artifacts.snapshots.digest import MANIFEST_NAME, Manifest, tree_digest
 
 
@@ -31,7 +34,7 @@ def make_tree(root: Path) -> Path:
 
 
 def snapshot_dirs(home: Path) -> list[str]:
-    return sorted(p.name for p in (home / "snapshots").iterdir() if p.name.startswith("sha256-"))
+    return sorted(p.name for p in (home / "snapshots").iterdir() if p.name.startswith("blake3-"))
 
 
 @pytest.mark.parametrize(
@@ -50,7 +53,7 @@ def snapshot_dirs(home: Path) -> list[str]:
 def test_digest_covers_names_modes_contents(tmp_path, change, same):
     tree = make_tree(tmp_path / "t")
     before, size = tree_digest(tree)
-    assert before.startswith("sha256:") and size == 7000 + 1 + 3000 + 10
+    assert before.startswith("blake3:") and size == 7000 + 1 + 3000 + 10
     match change:
         case "touch":
             os.utime(tree / "model.joblib", (1, 1))
@@ -75,7 +78,7 @@ def test_snapshot_restore_open_roundtrip(home, tmp_path):
     store = SnapshotStore()
     snap = store.snapshot(tree)
     digest, size = tree_digest(tree)
-    assert snap == Snapshot(f"file://{home}/snapshots/sha256-{digest[7:]}", digest, size)
+    assert snap == Snapshot(f"file://{home}/snapshots/blake3-{digest[7:]}", digest, size)
     opened = store.open(snap.uri)
     assert (opened / "model.joblib").read_bytes() == (tree / "model.joblib").read_bytes()
     restored = store.restore(snap.uri, tmp_path / "restored")
@@ -211,10 +214,10 @@ def test_manifest_path_traversal_is_refused(line):
 @pytest.mark.parametrize(
     "uri",
     [
-        "file:///tmp/x/sha256-../../etc",
-        "file:///tmp/x/../sha256-abc",
+        "file:///tmp/x/blake3-../../etc",
+        "file:///tmp/x/../blake3-abc",
         "file:///tmp/x",
-        "sha256-" + "0" * 64,
+        "blake3-" + "0" * 64,
     ],
 )
 def test_uris_that_are_not_snapshots_are_refused(home, uri):
@@ -223,7 +226,7 @@ def test_uris_that_are_not_snapshots_are_refused(home, uri):
 
 
 def test_missing_snapshot_is_reported(home):
-    uri = f"file://{home}/snapshots/sha256-{'0' * 64}"
+    uri = f"file://{home}/snapshots/blake3-{'0' * 64}"
     with pytest.raises(SnapshotError, match="does not exist"):
         SnapshotStore().open(uri)
 
@@ -300,18 +303,22 @@ def test_sigkill_midway_leaves_no_visible_snapshot(home, tmp_path):
     assert snap.digest == tree_digest(tree)[0]
 
 
-def test_digest_is_sha256_of_manifest(tmp_path):
+def test_digest_is_blake3_of_manifest(tmp_path):
     tree = make_tree(tmp_path / "t")
     from artifacts.snapshots.digest import build_manifest
 
     m = build_manifest(tree)
-    assert m.digest == "sha256:" + hashlib.sha256(m.text.encode()).hexdigest()
+    assert m.digest == "blake3:" + blake3(m.text.encode()).hexdigest()
     assert Manifest.parse(m.text) == m
 
 
-@pytest.mark.parametrize("size", [0, 1000, (1 << 20) - 1, 1 << 20, 3 * (1 << 20) + 17])
+@pytest.mark.parametrize(
+    "size", [0, 1000, (1 << 20) - 1, 1 << 20, 3 * (1 << 20) + 17, 2 * copy.COPY_CHUNK + 5]
+)
 def test_copied_bytes_and_digest_do_not_depend_on_the_copy_path(home, tmp_path, size):
-    # Files from 1 MiB up are copied through a map of the new file, smaller ones by streaming.
+    # Files from 1 MiB up are copied by the calling thread and hashed chunk by chunk by the
+    # other one; smaller ones are copied and hashed in one go. Both must store the same bytes
+    # and digest as hashing the source does.
     src = tmp_path / "src"
     src.mkdir()
     data = os.urandom(size)
@@ -323,3 +330,86 @@ def test_copied_bytes_and_digest_do_not_depend_on_the_copy_path(home, tmp_path, 
     restored = store.restore(snap.uri, tmp_path / "out")
     assert (restored / "model.bin").read_bytes() == data
     assert (store.open(snap.uri) / "model.bin").read_bytes() == data
+
+
+def test_unchanged_tree_costs_one_scan_and_reads_nothing(home, tmp_path, monkeypatch):
+    tree = make_tree(tmp_path / "t")
+    monkeypatch.setattr(cache, "SAFETY_NS", 0)  # the tree counts as settled at once
+    store = SnapshotStore()
+    first = store.snapshot(tree)
+    import artifacts.snapshots.digest as digest
+    import artifacts.snapshots.file as file_backend
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("an unchanged tree must not be read again")
+
+    monkeypatch.setattr(file_backend, "copy_tree", no_read)
+    monkeypatch.setattr(file_backend, "build_manifest", no_read)
+    monkeypatch.setattr(digest, "open_source", no_read)
+    assert store.snapshot(tree) == first
+    # Rewritten with the same size: the tree record no longer matches, so it is hashed again.
+    monkeypatch.undo()
+    (tree / "sub" / "a.txt").write_text("b")
+    second = store.snapshot(tree)
+    assert second.digest == tree_digest(tree)[0] != first.digest
+    (tree / "sub" / "a.txt").write_text("a")  # back to the first content: the first snapshot
+    assert store.snapshot(tree) == first
+
+
+def test_snapshot_from_another_filesystem_copies_without_the_kernel(home, tmp_path):
+    # copy_file_range refuses to cross filesystems (EXDEV): files are read and written instead.
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on a filesystem of its own")
+    src = Path(tempfile.mkdtemp(dir=shm, prefix="kfp-serve-test-"))
+    try:
+        make_tree(src / "t")
+        big = os.urandom(3 * (1 << 20) + 5)
+        (src / "t" / "big.bin").write_bytes(big)
+        snap = SnapshotStore().snapshot(src / "t")
+        assert snap.digest == tree_digest(src / "t")[0]
+        opened = SnapshotStore().open(snap.uri)
+        assert (opened / "big.bin").read_bytes() == big
+    finally:
+        shutil.rmtree(src)
+
+
+def test_kernel_copy_refused_midway_falls_back_where_it_stopped(home, tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(3 * (1 << 20) + 17)
+    (src / "model.bin").write_bytes(data)
+    real = os.copy_file_range
+    calls = []
+
+    def refuse_after_first(fd_in, fd_out, count, *args):
+        calls.append(count)
+        if len(calls) == 1:
+            return real(fd_in, fd_out, min(count, 4096))  # a short first copy...
+        raise OSError(errno.EXDEV, "Invalid cross-device link")  # ...then a refusal
+
+    monkeypatch.setattr(os, "copy_file_range", refuse_after_first)
+    snap = SnapshotStore().snapshot(src)
+    assert len(calls) == 2
+    assert snap.digest == tree_digest(src)[0]
+    assert (SnapshotStore().open(snap.uri) / "model.bin").read_bytes() == data
+
+
+@pytest.mark.parametrize("size", [1000, 3 << 20])
+def test_source_written_during_the_copy_is_refused(home, tmp_path, monkeypatch, size):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "model.bin").write_bytes(os.urandom(size))
+    (src / "other.txt").write_text("x")
+    real = os.copy_file_range
+
+    def with_a_concurrent_writer(fd_in, fd_out, count, *args):
+        with open(src / "model.bin", "ab") as f:  # another process appends meanwhile
+            f.write(b"more")
+        return real(fd_in, fd_out, count, *args)
+
+    monkeypatch.setattr(os, "copy_file_range", with_a_concurrent_writer)
+    with pytest.raises(SnapshotError, match="model.bin' changed while it was being read"):
+        SnapshotStore().snapshot(src)
+    assert snapshot_dirs(home) == []
+    assert not any((home / "snapshots" / ".tmp").iterdir())

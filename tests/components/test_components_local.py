@@ -34,7 +34,7 @@ def test_train_submit_snapshot_chain_records_mlmd(kfp_local):
     record = artifacts.get_artifact(model_id)
     assert (record.kind, record.name, record.version) == ("model", "wine-rf", "0.1.0")
     assert record.tags == {"stage": "test"}
-    assert record.snapshot_uri and record.digest.startswith("sha256:")
+    assert record.snapshot_uri and record.digest.startswith("blake3:")
     assert record.signature["n_features"] == 13
 
 

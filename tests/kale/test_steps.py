@@ -160,7 +160,7 @@ def test_submit_snapshot_serve_and_smoke(kfp_serve_home: Path, wine: dict[str, A
     assert get_artifact(transformer_id).kind == "transformer"
 
     snap = kale_steps.snapshot(model_id)
-    assert snap["digest"].startswith("sha256:") and snap["artifact_id"] == model_id
+    assert snap["digest"].startswith("blake3:") and snap["artifact_id"] == model_id
     assert get_artifact(model_id).snapshot_uri == snap["uri"]
     assert kale_steps.snapshot(model_id)["uri"] == snap["uri"], "snapshots are idempotent"
     # A later step runs in another pod, where the artifact's directory does not exist: the

@@ -285,7 +285,7 @@ def test_pvc_snapshots_are_hydrated_before_apply(kube_double, backend):
         volume_snapshot_name,
     )
 
-    uri = "pvc://artifacts/models/sha256-" + "ab" * 32
+    uri = "pvc://artifacts/models/blake3-" + "ab" * 32
     kube_double.seed(PVC, {"metadata": {"name": "artifacts"}, "spec": {
         "accessModes": ["ReadWriteMany"], "storageClassName": "csi-rbd",
         "resources": {"requests": {"storage": "5Gi"}}}})
@@ -303,14 +303,14 @@ def test_pvc_snapshots_are_hydrated_before_apply(kube_double, backend):
     assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
     assert claim["spec"]["storageClassName"] == "csi-rbd"
-    assert serving_storage_uri(uri) == f"pvc://{hydrated_pvc_name(uri)}/models/sha256-{'ab' * 32}"
+    assert serving_storage_uri(uri) == f"pvc://{hydrated_pvc_name(uri)}/models/blake3-{'ab' * 32}"
     # Idempotent: applying again finds the PVC (409) and goes on.
     backend.apply(manifest, timeout=10)
     assert len(kube_double.store.list(PVC, "default")[0]) == 2
 
 
 def test_missing_volume_snapshot_is_a_clear_error(kube_double, backend):
-    uri = "pvc://artifacts/models/sha256-" + "cd" * 32
+    uri = "pvc://artifacts/models/blake3-" + "cd" * 32
     manifest = isvc_manifest(annotations={"kfp-serve.kubeflow.org/model-snapshot": uri})
     with pytest.raises(ServingError, match="does not exist in namespace 'default'"):
         backend.apply(manifest, timeout=10)

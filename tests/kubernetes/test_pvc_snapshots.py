@@ -48,10 +48,10 @@ def test_snapshot_copies_freezes_and_dedupes(kube_double, store_env, model_dir):
     started = time.monotonic()
     snap = store.snapshot(model_dir)
     assert time.monotonic() - started >= 0.3
-    assert re.fullmatch(r"pvc://artifacts/kfp-serve/sha256-[0-9a-f]{64}", snap.uri)
+    assert re.fullmatch(r"pvc://artifacts/kfp-serve/blake3-[0-9a-f]{64}", snap.uri)
     assert is_pvc_snapshot_uri(snap.uri)
     hexd = snap.digest.split(":")[1]
-    assert (store_env / "kfp-serve" / f"sha256-{hexd}" / "model.joblib").is_file()
+    assert (store_env / "kfp-serve" / f"blake3-{hexd}" / "model.joblib").is_file()
     vs = kube_double.get(VOLUME_SNAPSHOT, volume_snapshot_name(snap.uri))
     assert vs["spec"] == {"source": {"persistentVolumeClaimName": "artifacts"},
                           "volumeSnapshotClassName": "csi-snapclass"}
@@ -71,7 +71,7 @@ def test_snapshot_copies_freezes_and_dedupes(kube_double, store_env, model_dir):
 def test_tampered_snapshot_is_refused(kube_double, store_env, model_dir):
     store = SnapshotStore("pvc://artifacts/kfp-serve")
     snap = store.snapshot(model_dir)
-    target = store_env / "kfp-serve" / f"sha256-{snap.digest.split(':')[1]}" / "model.joblib"
+    target = store_env / "kfp-serve" / f"blake3-{snap.digest.split(':')[1]}" / "model.joblib"
     target.chmod(0o644)
     target.write_bytes(b"evil")
     with pytest.raises(SnapshotError, match="failed verification"):
@@ -100,16 +100,16 @@ def test_unmounted_pvc_is_a_clear_error(tmp_path, model_dir):
 
 
 def test_names_and_serving_uri_are_pure_and_valid():
-    uri = "pvc://artifacts/a/b/sha256-" + "0f" * 32
+    uri = "pvc://artifacts/a/b/blake3-" + "0f" * 32
     ref = parse_snapshot_uri(uri)
-    assert (ref.pvc, ref.prefix, ref.directory) == ("artifacts", "a/b", "a/b/sha256-" + "0f" * 32)
+    assert (ref.pvc, ref.prefix, ref.directory) == ("artifacts", "a/b", "a/b/blake3-" + "0f" * 32)
     label = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     for name in (volume_snapshot_name(uri), hydrated_pvc_name(uri)):
         assert label.match(name) and len(name) <= 63
     assert serving_storage_uri(uri) == serving_storage_uri(uri)
-    assert serving_storage_uri(uri) == f"pvc://{hydrated_pvc_name(uri)}/a/b/sha256-{'0f' * 32}"
+    assert serving_storage_uri(uri) == f"pvc://{hydrated_pvc_name(uri)}/a/b/blake3-{'0f' * 32}"
     # Same tree on another PVC: other names.
     assert volume_snapshot_name(uri) != volume_snapshot_name(uri.replace("artifacts", "other"))
     assert not is_pvc_snapshot_uri("pvc://artifacts/model")  # a storage URI, not a snapshot
     with pytest.raises(SnapshotError):
-        parse_snapshot_uri("file:///tmp/sha256-" + "0f" * 32)
+        parse_snapshot_uri("file:///tmp/blake3-" + "0f" * 32)

@@ -239,7 +239,7 @@ def test_sigkill_during_a_snapshot_leaves_the_store_verifying_clean(tmp_path: Pa
     for i in range(120):  # 120 MiB: long enough to be caught mid-copy
         (tree / f"part-{i:03d}.bin").write_bytes(chunk[i:] + chunk[:i])
     digest, size = tree_digest(tree)
-    would_be = f"file://{root}/sha256-{digest.removeprefix('sha256:')}"
+    would_be = f"file://{root}/blake3-{digest.removeprefix('blake3:')}"
     script = tmp_path / "worker.py"
     script.write_text(SNAPSHOT_WORKER)
     proc = subprocess.Popen(

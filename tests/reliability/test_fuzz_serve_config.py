@@ -209,10 +209,10 @@ def test_config_builds_a_valid_manifest_or_raises_serve_config_error(
             warnings.simplefilter("ignore")
             manifest = build_inference_service(
                 "fuzz",
-                "file:///snapshots/sha256-0",
+                "file:///snapshots/blake3-0",
                 framework,
                 serve_config=config,
-                transformer_uri="file:///snapshots/sha256-1" if with_transformer else None,
+                transformer_uri="file:///snapshots/blake3-1" if with_transformer else None,
             )
     except ServeConfigError:
         return

@@ -153,7 +153,7 @@ def _entry_points(trained: Trained) -> dict[str, Callable[[str], Any]]:
 
     estimator = DummyClassifier().fit([[0.0], [1.0]], [0, 1])
     scaler = StandardScaler().fit([[0.0], [1.0]])
-    uri = f"file:///tmp/snapshots/sha256-{'0' * 64}"
+    uri = f"file:///tmp/snapshots/blake3-{'0' * 64}"
     backend = get_backend("local")
     return {
         "serve(name=)": lambda n: serving.serve(trained.model_id, name=n),
@@ -301,7 +301,7 @@ def test_restore_refuses_uris_that_walk_out_of_the_store(stored, tmp_path: Path)
         f"{snap.uri}/../../outside",
         f"{root}/../outside",
         f"{root}/{name[:-1]}/../{name}x",
-        f"{root}/sha256-../../outside",
+        f"{root}/blake3-../../outside",
         f"file://{tmp_path}/outside",
         f"{snap.uri}\n",
         f"{snap.uri}\n/../../outside",

@@ -18,8 +18,8 @@ from tests.kserve_schema import SKIP_REASON, reference_available, validate_stric
 from tests.serving.test_config import REFERENCE_EXAMPLES
 
 needs_reference = pytest.mark.skipif(not reference_available(), reason=SKIP_REASON)
-MODEL_URI = "file:///var/kfp-serve/snapshots/sha256-abc"
-TRANSFORMER_URI = "s3://models/transformers/sha256-def"
+MODEL_URI = "file:///var/kfp-serve/snapshots/blake3-abc"
+TRANSFORMER_URI = "s3://models/transformers/blake3-def"
 RAW = {"annotations": {constants.ANNOTATION_DEPLOYMENT_MODE: "RawDeployment"}}
 
 FULL_PREDICTOR = {
