@@ -100,7 +100,7 @@ def bench_snapshot(work: Path, quick: bool) -> list[dict[str, Any]]:
     src = work / "src"
     size = make_tree(src, total_mib)
     time.sleep(1.2)  # let the files age past the digest cache's safety window
-    runs = 2 if quick else 5
+    runs = 2 if quick else 7
     os.environ.setdefault("KFP_SERVE_PROGRESS", "0")  # no progress bars in benchmark output
     cp_times, snap_times, again_times, verify_times = [], [], [], []
     for r in range(runs):

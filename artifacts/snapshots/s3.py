@@ -28,6 +28,7 @@ from artifacts.snapshots.base import (
     split_snapshot_uri,
     verify_local_tree,
 )
+from artifacts.snapshots.cache import DigestCache
 from artifacts.snapshots.digest import (
     MANIFEST_NAME,
     Manifest,
@@ -134,8 +135,12 @@ class S3SnapshotBackend:
         src = Path(path).resolve()
         tree = scan_tree(src)
         total = tree.size
+        # Unchanged since its last snapshot: one scan and one HEAD request.
+        known = DigestCache(str(src)).tree_digest(tree.signature)
+        if known is not None and self.exists(known):
+            return Snapshot(self.uri_for(known), known, total)
         # S3 keys depend on the digest, so hash first (the digest cache makes this a stat pass
-        # for an unchanged tree) and upload afterwards.
+        # for files unchanged since they were last hashed) and upload afterwards.
         with ByteProgress(f"Hashing {src.name}", total, progress) as bar:
             manifest = build_manifest(src, progress=bar, use_cache=True, tree=tree)
         snap = Snapshot(self.uri_for(manifest.digest), manifest.digest, manifest.size)

@@ -9,6 +9,8 @@ import pytest
 from blake3 import blake3
 
 from artifacts import SnapshotError, SnapshotStore
+from artifacts.snapshots import cache
+from artifacts.snapshots import s3 as s3_backend
 from artifacts.snapshots.digest import MANIFEST_NAME, tree_digest
 
 pytest.importorskip("boto3")
@@ -78,6 +80,22 @@ def test_s3_snapshot_roundtrip_and_dedup(s3, tmp_path):
     assert store.verify(snap.uri).digest == digest
     # Any store opens a URI of another backend: the URI says where it lives.
     assert SnapshotStore().open(snap.uri) == opened
+
+
+def test_unchanged_tree_is_found_without_hashing(s3, tmp_path, monkeypatch):
+    monkeypatch.setattr(cache, "SAFETY_NS", 0)  # the tree counts as settled at once
+    tree = make_tree(tmp_path / "t")
+    store = SnapshotStore(f"s3://{BUCKET}/again")
+    snap = store.snapshot(tree)
+
+    def no_hashing(*args, **kwargs):
+        raise AssertionError("an unchanged tree must not be hashed again")
+
+    monkeypatch.setattr(s3_backend, "build_manifest", no_hashing)
+    assert store.snapshot(tree) == snap
+    (tree / "sub" / "a.txt").write_text("b")  # changed: hashed and uploaded again
+    monkeypatch.undo()
+    assert store.snapshot(tree).digest == tree_digest(tree)[0] != snap.digest
 
 
 def test_interrupted_upload_is_invisible(s3, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import signal
@@ -18,7 +19,7 @@ from blake3 import blake3
 
 from artifacts import Snapshot, SnapshotError, SnapshotStore
 from artifacts.snapshots import base, cache, copy, progress
-from artifacts.snapshots.digest import MANIFEST_NAME, Manifest, tree_digest
+from artifacts.snapshots.digest import MANIFEST_NAME, Manifest, build_manifest, tree_digest
 
 
 def make_tree(root: Path) -> Path:
@@ -413,3 +414,13 @@ def test_source_written_during_the_copy_is_refused(home, tmp_path, monkeypatch, 
         SnapshotStore().snapshot(src)
     assert snapshot_dirs(home) == []
     assert not any((home / "snapshots" / ".tmp").iterdir())
+
+
+@pytest.mark.parametrize("name", ['quote"d', "back\\slash", "tab\there", "é中😀", "plain"])
+def test_manifest_lines_are_compact_json_for_any_name(tmp_path, name):
+    (tmp_path / name).write_text("x")
+    manifest = Manifest.parse(build_manifest(tmp_path).text)
+    (entry,) = manifest.entries
+    assert entry.path == name
+    fields = [entry.kind, entry.path, entry.mode, entry.size, entry.content_hash, entry.target]
+    assert entry.line() == json.dumps(fields, separators=(",", ":"))
