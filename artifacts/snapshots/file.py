@@ -101,11 +101,11 @@ class FileSnapshotBackend:
             hashes = cached_hashes(tree.items, cache)
             if hashes is not None:
                 manifest = manifest_from(tree.items, hashes)
-            else:
+                cache.remember_tree(tree.signature, tree.newest_change_ns, manifest.digest)
+            else:  # build_manifest records the tree itself
                 with ByteProgress(f"Hashing {src.name}", tree.size, progress) as bar:
                     manifest = build_manifest(src, progress=bar, tree=tree, cache=cache)
         if manifest is not None and self.exists(manifest.digest):
-            cache.remember_tree(tree.signature, tree.newest_change_ns, manifest.digest)
             return Snapshot(self.uri_for(manifest.digest), manifest.digest, manifest.size)
 
         self._sweep_tmp()
