@@ -25,7 +25,7 @@ COPY kfp_serve ./kfp_serve
 # install it last and without its dependencies, exactly as the Makefile does.
 RUN pip install ".[kale]" \
     && pip install --no-deps ml-metadata==1.17.1 \
-    && python -c "import components, serving, artifacts, ml_metadata, kfp, kserve, blake3"
+    && python -c "import kfp_serve.components, kfp_serve.serving, kfp_serve.artifacts, ml_metadata, kfp, kserve, blake3"
 
 # Root, as KFP v2 expects: its launcher materialises artifacts under /minio, /s3, /gcs.
 ENV KFP_SERVE_HOME=/var/lib/kfp-serve

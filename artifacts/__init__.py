@@ -1,16 +1,15 @@
 """Model and Transformer artifacts, the ML Metadata store and the snapshot store.
 
-Attributes load on first use so that ``import artifacts`` stays cheap (no sklearn, xgboost or
+Attributes load on first use so that ``import kfp_serve.artifacts`` stays cheap (no sklearn,
+xgboost or
 ml_metadata until they are needed)::
 
-    from artifacts import Model, find_artifact, lineage, SnapshotStore
+    from kfp_serve.artifacts import Model, find_artifact, lineage, SnapshotStore
     model_id = Model(model=clf, name="iris", version="1.0.0").submit_artifact()
 """
 
-from importlib import import_module
-from typing import Any
-
-from artifacts.errors import (
+from kfp_serve._lazy import lazy_exports
+from kfp_serve.artifacts.errors import (
     ArtifactError,
     InvalidNameError,
     KfpServeError,
@@ -19,19 +18,19 @@ from artifacts.errors import (
 )
 
 _EXPORTS = {
-    "Model": "artifacts.model",
-    "Transformer": "artifacts.model",
-    "ArtifactRecord": "artifacts.records",
-    "get_artifact": "artifacts.records",
-    "find_artifact": "artifacts.records",
-    "list_artifacts": "artifacts.records",
-    "lineage": "artifacts.records",
-    "link_snapshot": "artifacts.records",
-    "record_deployment": "artifacts.records",
-    "snapshot_artifact": "artifacts.records",
-    "metadata_store": "artifacts.mlmd",
-    "SnapshotStore": "artifacts.snapshots",
-    "Snapshot": "artifacts.snapshots",
+    "Model": "kfp_serve.artifacts.model",
+    "Transformer": "kfp_serve.artifacts.model",
+    "ArtifactRecord": "kfp_serve.artifacts.records",
+    "get_artifact": "kfp_serve.artifacts.records",
+    "find_artifact": "kfp_serve.artifacts.records",
+    "list_artifacts": "kfp_serve.artifacts.records",
+    "lineage": "kfp_serve.artifacts.records",
+    "link_snapshot": "kfp_serve.artifacts.records",
+    "record_deployment": "kfp_serve.artifacts.records",
+    "snapshot_artifact": "kfp_serve.artifacts.records",
+    "metadata_store": "kfp_serve.artifacts.mlmd",
+    "SnapshotStore": "kfp_serve.artifacts.snapshots",
+    "Snapshot": "kfp_serve.artifacts.snapshots",
 }
 
 __all__ = [
@@ -55,14 +54,4 @@ __all__ = [
     "snapshot_artifact",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'artifacts' has no attribute {name!r}")
-    value = getattr(import_module(_EXPORTS[name]), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from artifacts.environment import pod_namespace, running_in_pod
+from kfp_serve.artifacts.environment import pod_namespace, running_in_pod
 
 
 def use_in_cluster(kubeconfig: str | None = None) -> bool:

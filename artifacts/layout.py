@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from artifacts.errors import ArtifactError
+from kfp_serve.artifacts.errors import ArtifactError
 
 MODEL_JOBLIB = "model.joblib"
 XGBOOST_JSON = "model.json"
@@ -53,7 +53,7 @@ def write_metadata(directory: str | os.PathLike[str], metadata: dict[str, Any]) 
     Raises:
         ArtifactError: ``metadata`` misses a key or holds an unknown kind/framework.
     """
-    import yaml  # lazy: keeps ``import artifacts`` cheap
+    import yaml  # lazy: keeps ``import kfp_serve.artifacts`` cheap
 
     _check_metadata(metadata, source="metadata to write")
     path = Path(directory) / METADATA_FILE

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from artifacts.errors import MetadataError
+from kfp_serve.artifacts.errors import MetadataError
 
 MLMD_ENV = "KFP_SERVE_MLMD"
 GRPC_HOST_ENV = "METADATA_GRPC_SERVICE_HOST"
@@ -89,7 +89,7 @@ T = TypeVar("T")
 
 
 def _mlmd() -> tuple[Any, Any, Any]:
-    """Import ml_metadata lazily (it is not needed for ``import artifacts``)."""
+    """Import ml_metadata lazily (it is not needed for ``import kfp_serve.artifacts``)."""
     try:
         from ml_metadata import errors
         from ml_metadata.metadata_store import metadata_store
@@ -145,12 +145,12 @@ def store_uri() -> str:
     if override:
         return override
     host = os.environ.get(GRPC_HOST_ENV)
-    from artifacts.environment import running_in_pod
+    from kfp_serve.artifacts.environment import running_in_pod
 
     if host or running_in_pod():
         port = os.environ.get(GRPC_PORT_ENV) or DEFAULT_GRPC_PORT
         return f"grpc://{host or IN_CLUSTER_HOST}:{port}"
-    from artifacts.home import state_dir
+    from kfp_serve.artifacts.home import state_dir
 
     return f"sqlite://{state_dir() / 'mlmd.sqlite'}"
 

@@ -20,9 +20,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from artifacts import layout
-from artifacts.errors import ArtifactError, MetadataError
-from artifacts.names import validate_name, validate_version
+from kfp_serve.artifacts import layout
+from kfp_serve.artifacts.errors import ArtifactError, MetadataError
+from kfp_serve.artifacts.names import validate_name, validate_version
 
 DEFAULT_VERSION = "1.0.0"
 SUPPORTED = (
@@ -212,7 +212,7 @@ def transformer_signature(transformer: Any, example: Any = None) -> dict[str, An
 
 def artifacts_root() -> Path:
     """``$KFP_SERVE_HOME/artifacts``: where submitted artifact directories live."""
-    from artifacts.home import state_dir
+    from kfp_serve.artifacts.home import state_dir
 
     return state_dir() / "artifacts"
 
@@ -340,9 +340,9 @@ class _Artifact:
             inputs: MLMD ids of artifacts this one was made from (INPUT events; for example
                 the dataset or the transformer it was trained behind).
             run: The pipeline run to record under (default: from the environment, see
-                ``artifacts.mlmd.current_run``).
+                ``kfp_serve.artifacts.mlmd.current_run``).
             experiment: The experiment to record under (default: from the environment).
-            store: An ``artifacts.mlmd.Store`` (default: ``metadata_store()``).
+            store: An ``kfp_serve.artifacts.mlmd.Store`` (default: ``metadata_store()``).
 
         Returns:
             The MLMD artifact id.
@@ -350,9 +350,9 @@ class _Artifact:
         Raises:
             MetadataError: the version exists and ``allow_overwrite`` is False, or MLMD fails.
         """
-        from artifacts.mlmd import RunInfo, current_run
-        from artifacts.records import Submission, record_submission
-        from artifacts.snapshots.digest import tree_digest
+        from kfp_serve.artifacts.mlmd import RunInfo, current_run
+        from kfp_serve.artifacts.records import Submission, record_submission
+        from kfp_serve.artifacts.snapshots.digest import tree_digest
 
         run_info = current_run()
         if run or experiment:
@@ -516,7 +516,8 @@ class Model(_Artifact):
         """A model from a directory in the serving layout (e.g. a train step's output).
 
         When the directory has a ``kfp-serve-metadata.yaml`` of kind "model" (written by
-        ``save`` or by ``artifacts.training.train_model``), its framework and signature are
+        ``save`` or by ``kfp_serve.artifacts.training.train_model``), its framework and signature
+        are
         used and the model file is copied as it is, without loading it. Otherwise the model
         file (``model.joblib``, ``model.json`` or ``model.ubj``) is loaded and inspected like
         a fitted estimator passed to ``Model(...)``.

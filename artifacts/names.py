@@ -7,7 +7,7 @@ artifact names, so one strict rule everywhere keeps them from escaping any of th
 
 import re
 
-from artifacts.errors import InvalidNameError
+from kfp_serve.artifacts.errors import InvalidNameError
 
 # RFC 1123 label, the rule Kubernetes applies to most object names.
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

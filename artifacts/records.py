@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from artifacts.errors import MetadataError
-from artifacts.mlmd import (
+from kfp_serve.artifacts.errors import MetadataError
+from kfp_serve.artifacts.mlmd import (
     DEPLOY_EXECUTION,
     EXPERIMENT_TYPE,
     KIND_TYPES,
@@ -33,7 +33,7 @@ from artifacts.mlmd import (
     metadata_store,
     set_value,
 )
-from artifacts.names import validate_name, validate_version
+from kfp_serve.artifacts.names import validate_name, validate_version
 
 _TYPE_KINDS = {v: k for k, v in KIND_TYPES.items()}
 
@@ -46,7 +46,7 @@ class ArtifactRecord:
         id: The MLMD artifact id (what ``submit_artifact()`` returned).
         kind: "model" or "transformer".
         uri: The local directory it was saved to.
-        signature: The input/output signature (see ``artifacts.layout``).
+        signature: The input/output signature (see ``kfp_serve.artifacts.layout``).
         snapshot_uri: The latest snapshot linked to it (what ``serve()`` uses), or None.
         digest: That snapshot's digest, or None.
         create_time: When it was recorded (UTC).
@@ -350,7 +350,7 @@ def link_snapshot(artifact_id: int, snapshot: Any, *, store: Store | None = None
 
     Args:
         artifact_id: The model/transformer id.
-        snapshot: An ``artifacts.Snapshot`` (uri, digest, size).
+        snapshot: An ``kfp_serve.artifacts.Snapshot`` (uri, digest, size).
     """
     store = _store(store)
     pb = store.pb
@@ -392,12 +392,12 @@ def snapshot_artifact(
 
     Args:
         artifact_id: The model/transformer id.
-        snapshot_store: An ``artifacts.SnapshotStore`` (default: ``SnapshotStore()``).
+        snapshot_store: An ``kfp_serve.artifacts.SnapshotStore`` (default: ``SnapshotStore()``).
 
     Returns:
         The ``Snapshot``.
     """
-    from artifacts.snapshots import SnapshotStore
+    from kfp_serve.artifacts.snapshots import SnapshotStore
 
     record = get_artifact(artifact_id, store=store)
     snap = (snapshot_store or SnapshotStore()).snapshot(record.uri)

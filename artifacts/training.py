@@ -7,7 +7,8 @@ the returned :class:`TrainResult` into KFP metrics. That keeps the logic testabl
 What it writes:
 
 - ``model_dir``: the fitted estimator in the file name KServe's stock runtime loads
-  (``model.joblib`` for scikit-learn, ``model.json`` for XGBoost; see ``artifacts.layout``).
+  (``model.joblib`` for scikit-learn, ``model.json`` for XGBoost; see
+  ``kfp_serve.artifacts.layout``).
 - ``transformer_dir``: the fitted preprocessing transformer as ``transformer.joblib``, when one
   is asked for (the model is then trained on its output).
 - ``samples_path``: a JSON file of held-out requests (raw features, before any transformer) and
@@ -23,8 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from artifacts.errors import ArtifactError
-from artifacts.layout import MODEL_JOBLIB, TRANSFORMER_JOBLIB, XGBOOST_JSON
+from kfp_serve.artifacts.errors import ArtifactError
+from kfp_serve.artifacts.layout import MODEL_JOBLIB, TRANSFORMER_JOBLIB, XGBOOST_JSON
 
 SKLEARN = "sklearn"
 XGBOOST = "xgboost"
@@ -48,7 +49,8 @@ UNSUBMITTED_VERSION = "0.0.0"
 #: Output kinds of the samples file: "label" predictions compare exactly, "value" with tolerance.
 OUTPUT_LABEL = "label"
 OUTPUT_VALUE = "value"
-#: Keys of the samples JSON file read by ``serving.smoke``: raw ``instances``, the ``expected``
+#: Keys of the samples JSON file read by ``kfp_serve.serving.smoke``: raw ``instances``, the
+# ``expected``
 #: label of each, ``expected_values`` (class probabilities, the answer of a runtime serving
 #: probabilities), ``output`` ("label"), ``feature_names`` and ``classes``.
 SAMPLES_KEYS = ("instances", "expected", "expected_values", "output", "feature_names", "classes")
@@ -258,12 +260,12 @@ def _describe(
 
     The signature is computed from the saved files, exactly as a submit step would compute it
     from them, but here scikit-learn is loaded already: the submit steps then record the
-    artifacts without unpickling them (see ``artifacts.Model.from_dir``), and each trained
+    artifacts without unpickling them (see ``kfp_serve.artifacts.Model.from_dir``), and each trained
     directory is a complete artifact in the stock serving layout. Name and version are
     placeholders until a submit step gives the real ones.
     """
-    from artifacts.layout import write_metadata
-    from artifacts.model import Model, Transformer, load_model_file
+    from kfp_serve.artifacts.layout import write_metadata
+    from kfp_serve.artifacts.model import Model, Transformer, load_model_file
 
     model = Model(
         load_model_file(model_dir), _placeholder(estimator), UNSUBMITTED_VERSION, author=""

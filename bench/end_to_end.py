@@ -38,7 +38,7 @@ def _isolated_home() -> Iterator[Path]:
             yield Path(home)
         finally:
             with contextlib.suppress(Exception):
-                from serving.backends.base import get_backend
+                from kfp_serve.serving.backends.base import get_backend
 
                 backend = get_backend("local")
                 for status in backend.list():
@@ -68,7 +68,7 @@ def pipeline_run() -> dict:
 
 def pipeline_work() -> None:
     """Run the pipeline in this process and print its result as the last line of JSON."""
-    from pipelines.local_run import run_local
+    from kfp_serve.pipelines.local_run import run_local
 
     result = run_local(PIPELINE, {"endpoint_name": ENDPOINT}, progress=False)
     print(json.dumps(result))
@@ -100,7 +100,7 @@ def plain_work() -> None:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from artifacts import Model
+    from kfp_serve.artifacts import Model
 
     x, y = load_iris(return_X_y=True)
     x_train, x_test, y_train, _ = train_test_split(x, y, test_size=0.2, random_state=42,
@@ -112,7 +112,7 @@ def plain_work() -> None:
         port = _free_port()
         log = open(Path(tmp) / "server.log", "w")  # noqa: SIM115 - closed below
         server = subprocess.Popen(
-            [sys.executable, "-m", "serving.runtime.predictor", "--model_name", "plain",
+            [sys.executable, "-m", "kfp_serve.serving.runtime.predictor", "--model_name", "plain",
              "--model_dir", str(model_dir), "--http_port", str(port)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )

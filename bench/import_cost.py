@@ -1,12 +1,12 @@
-"""Component start-up cost: ``import components`` and importing one component.
+"""Component start-up cost: ``import kfp_serve.components`` and importing one component.
 
 Figures (each the median of several fresh interpreters, minus a bare interpreter's start-up):
 
-- ``import components``: what any process pays to use the package (target ≤ 0.5 s).
+- ``import kfp_serve.components``: what any process pays to use the package (target ≤ 0.5 s).
 - the component's import at run time, as the KFP executor does it (``_KFP_RUNTIME=true`` plus
-  its body's first import, ``serving.smoke``): the start-up every pipeline step pays
+  its body's first import, ``kfp_serve.serving.smoke``): the start-up every pipeline step pays
   (target ≤ 0.5 s).
-- ``from components import smoke_predict``: building one KFP component definition, what a
+- ``from kfp_serve.components import smoke_predict``: building one KFP component definition, what a
   pipeline author pays once. It needs ``kfp.dsl`` itself, whose import is measured alongside
   as the floor; the figure is held to that floor plus 0.1 s rather than to 0.5 s, since no
   code of ours can make kfp import faster.
@@ -23,15 +23,15 @@ import time
 TARGET_S = 0.5
 #: Any KFP component definition needs kfp.dsl; its import is the floor of the second figure.
 KFP_FLOOR = ("import kfp.dsl (floor of any component definition)", "import kfp.dsl", {})
-DEFINITION = "from components import smoke_predict"
+DEFINITION = "from kfp_serve.components import smoke_predict"
 #: What building a definition may cost above importing kfp.dsl.
 DEFINITION_MARGIN_S = 0.1
 CASES = [
-    ("import components", "import components", {}),
-    ("import one component (smoke_predict)", "from components import smoke_predict", {}),
+    ("import kfp_serve.components", "import kfp_serve.components", {}),
+    ("import one component (smoke_predict)", "from kfp_serve.components import smoke_predict", {}),
     (
-        "component import at run time (executor + serving.smoke)",
-        "import kfp.dsl.executor_main, serving.smoke",
+        "component import at run time (executor + kfp_serve.serving.smoke)",
+        "import kfp.dsl.executor_main, kfp_serve.serving.smoke",
         {"_KFP_RUNTIME": "true"},
     ),
 ]
@@ -45,7 +45,8 @@ def _time(code: str, env: dict[str, str]) -> float:
 
 
 def heavy_modules_loaded(code: str) -> list[str]:
-    """Heavy packages that ``code`` imports (must stay empty for ``import components``)."""
+    """Heavy packages that ``code`` imports (must stay empty for ``import
+    kfp_serve.components``)."""
     probe = f"{code}\nimport sys\nprint(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
                          text=True).stdout
@@ -63,7 +64,7 @@ def run(quick: bool) -> list[dict]:
         _time(code, env)
         runs = [max(0.0, _time(code, env) - bare) for _ in range(repeats)]
         value = measured[code] = statistics.median(runs)
-        heavy = heavy_modules_loaded(code) if code == "import components" else []
+        heavy = heavy_modules_loaded(code) if code == "import kfp_serve.components" else []
         if code == DEFINITION:
             limit = measured[KFP_FLOOR[1]] + DEFINITION_MARGIN_S
             target = f"≤ kfp.dsl import + {DEFINITION_MARGIN_S} s ({limit:.3f} s)"

@@ -31,7 +31,7 @@ def _manifest(name: str) -> dict:
 
 
 def _ours(double, kubeconfig: Path, runs: int, delay: float) -> list[float]:
-    from serving.backends.kubernetes import KubernetesBackend
+    from kfp_serve.serving.backends.kubernetes import KubernetesBackend
 
     backend = KubernetesBackend(kubeconfig=kubeconfig, progress=False, probe_timeout=0)
     backend.namespace  # noqa: B018 - configure the client outside the measurement

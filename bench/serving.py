@@ -89,7 +89,7 @@ def build_artifacts(root: Path) -> dict[str, Path]:
     from sklearn.preprocessing import StandardScaler
     from xgboost import XGBClassifier
 
-    from artifacts.model import Model, Transformer
+    from kfp_serve.artifacts.model import Model, Transformer
 
     X, y = iris_like()
     sk = LogisticRegression(max_iter=1000).fit(X, y)
@@ -249,7 +249,7 @@ def start_servers(
         The servers by role: ``mlserver``, ``ours-sklearn``, ``ours-xgboost``,
         ``transformer-v1``, ``transformer-v2``.
     """
-    from serving.runtime.launch import free_port, start_server, stop_server, wait_ready
+    from kfp_serve.serving.runtime.launch import free_port, start_server, stop_server, wait_ready
 
     mlserver_env.ensure_venv(_log)
     logs = workdir / "logs"

@@ -94,7 +94,7 @@ def _time(fn: Any) -> float:
 
 
 def bench_snapshot(work: Path, quick: bool) -> list[dict[str, Any]]:
-    from artifacts.snapshots import SnapshotStore
+    from kfp_serve.artifacts.snapshots import SnapshotStore
 
     total_mib = 256 if quick else 1024
     src = work / "src"
@@ -174,8 +174,8 @@ def bench_snapshot(work: Path, quick: bool) -> list[dict[str, Any]]:
 
 
 def bench_mlmd(work: Path, quick: bool) -> list[dict[str, Any]]:
-    from artifacts.mlmd import MODEL_TYPE, Store
-    from artifacts.records import Submission, record_submission
+    from kfp_serve.artifacts.mlmd import MODEL_TYPE, Store
+    from kfp_serve.artifacts.records import Submission, record_submission
 
     batches, per_batch = 5, (40 if quick else 200)
     ours_store = Store(f"sqlite://{work / 'ours.sqlite'}")

@@ -1,29 +1,33 @@
 """kfp-serve's KFP v2 components: train → submit → snapshot → serve → smoke_predict.
 
-``from components import train`` gives the KFP component. Components load on first use, so
-``import components`` costs next to nothing (kfp itself takes about half a second to import):
-a pipeline pod that only needs ``components.ops`` never pays for the definitions.
+``from kfp_serve.components import train`` gives the KFP component. Components load on first use, so
+``import kfp_serve.components`` costs next to nothing (kfp itself takes about half a second to
+import):
+a pipeline pod that only needs ``kfp_serve.components.ops`` never pays for the definitions.
 
-Each component is a few lines over a plain function (``artifacts.training``, ``components.ops``,
-``serving.smoke``) and runs in the image ``KFP_SERVE_IMAGE`` names at compile time.
+Each component is a few lines over a plain function (``kfp_serve.artifacts.training``,
+``kfp_serve.components.ops``,
+``kfp_serve.serving.smoke``) and runs in the image ``KFP_SERVE_IMAGE`` names at compile time.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from kfp_serve._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from kfp.dsl.python_component import PythonComponent
 
 #: Component name -> module defining it, in pipeline order.
 _MODULES = {
-    "train": "components.defs.train",
-    "submit_model": "components.defs.submit",
-    "submit_transformer": "components.defs.submit",
-    "snapshot": "components.defs.snapshot",
-    "serve": "components.defs.serve",
-    "smoke_predict": "components.defs.smoke_predict",
+    "train": "kfp_serve.components.defs.train",
+    "submit_model": "kfp_serve.components.defs.submit",
+    "submit_transformer": "kfp_serve.components.defs.submit",
+    "snapshot": "kfp_serve.components.defs.snapshot",
+    "serve": "kfp_serve.components.defs.serve",
+    "smoke_predict": "kfp_serve.components.defs.smoke_predict",
 }
 COMPONENT_NAMES: tuple[str, ...] = tuple(_MODULES)
 
@@ -42,7 +46,4 @@ def all_components() -> dict[str, PythonComponent]:
     return {name: get_component(name) for name in COMPONENT_NAMES}
 
 
-def __getattr__(name: str) -> Any:
-    if name in _MODULES:
-        return get_component(name)
-    raise AttributeError(f"module 'components' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(globals(), _MODULES)

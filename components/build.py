@@ -1,6 +1,7 @@
 """Write every generated file: component IR YAML, palette files and pipeline IR YAML.
 
-``python -m components.build`` regenerates the committed files in place (run it after changing
+``python -m kfp_serve.components.build`` regenerates the committed files in place (run it after
+changing
 a component or pipeline; a test fails while they are stale). ``--out DIR`` writes the same tree
 under DIR instead (``DIR/components``, ``DIR/components/palette``, ``DIR/pipelines``).
 
@@ -16,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from serving.constants import IMAGE_ENV
+from kfp_serve.serving.constants import IMAGE_ENV
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
@@ -35,9 +36,9 @@ def build_components(component_dir: Path, palette_dir: Path) -> list[Path]:
     """Compile each component to ``<name>.yaml`` and write its palette file."""
     from kfp import compiler
 
-    from components import all_components
-    from components.defs._base import component_image
-    from components.palette import palette_yaml
+    from kfp_serve.components import all_components
+    from kfp_serve.components.defs._base import component_image
+    from kfp_serve.components.palette import palette_yaml
 
     component_dir.mkdir(parents=True, exist_ok=True)
     palette_dir.mkdir(parents=True, exist_ok=True)
@@ -71,7 +72,7 @@ def build_all(out_dir: str | os.PathLike[str] | None = None) -> list[Path]:
     written = build_components(component_dir, palette_dir)
     # Pipelines sit a layer above components; imported here only because one command writes
     # every generated file.
-    from pipelines import compile_pipelines
+    from kfp_serve.pipelines import compile_pipelines
 
     written += compile_pipelines(pipeline_dir)
     return written
@@ -99,7 +100,9 @@ def stale_files() -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry: build, or ``--check`` for staleness."""
-    parser = argparse.ArgumentParser(prog="python -m components.build", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m kfp_serve.components.build", description=__doc__
+    )
     parser.add_argument("--out", help="write under this directory instead of the source tree")
     parser.add_argument("--check", action="store_true",
                         help="only report generated files that are stale (exit 1 if any)")
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in stale:
             print(f"stale: {name}")
         if stale:
-            print("run `python -m components.build` to regenerate them", file=sys.stderr)
+            print("run `python -m kfp_serve.components.build` to regenerate them", file=sys.stderr)
         return 1 if stale else 0
     try:
         written = build_all(args.out)

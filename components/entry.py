@@ -1,9 +1,10 @@
 """Run a kfp-serve component from the command line: the entry point of the palette files.
 
-``python -m components.entry COMPONENT --INPUT VALUE ... --output-OUTPUT PATH ...`` calls the
+``python -m kfp_serve.components.entry COMPONENT --INPUT VALUE ... --output-OUTPUT PATH ...`` calls
+the
 same Python function the KFP component wraps, with KFP artifact objects pointing at the given
 paths, then writes each returned value to its output path (the KFP v1 ``outputPath`` contract)
-and each metrics artifact's metadata as JSON. See ``components.palette`` for the flags.
+and each metrics artifact's metadata as JSON. See ``kfp_serve.components.palette`` for the flags.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from components.palette import OUTPUT_FLAG_PREFIX, is_artifact_type, v1_type
+from kfp_serve.components.palette import OUTPUT_FLAG_PREFIX, is_artifact_type, v1_type
 
 _TRUE = {"true", "1", "yes", "y"}
 _FALSE = {"false", "0", "no", "n"}
@@ -52,11 +53,11 @@ def format_value(value: Any) -> str:
 
 def build_parser(name: str, component: Any) -> argparse.ArgumentParser:
     """The argument parser of one component, derived from its spec."""
-    from components.palette import component_description
+    from kfp_serve.components.palette import component_description
 
     spec = component.component_spec
     parser = argparse.ArgumentParser(
-        prog=f"python -m components.entry {name}",
+        prog=f"python -m kfp_serve.components.entry {name}",
         description=component_description(component.python_func),
     )
     for input_name, item in spec.inputs.items():
@@ -77,7 +78,7 @@ def run(name: str, argv: list[str]) -> dict[str, Any]:
     """Run component ``name`` with command-line ``argv``; returns the returned values by name."""
     from kfp.dsl.types.type_utils import ARTIFACT_CLASSES_MAPPING
 
-    from components import COMPONENT_NAMES, get_component
+    from kfp_serve.components import COMPONENT_NAMES, get_component
 
     if name not in COMPONENT_NAMES:
         raise SystemExit(f"unknown component {name!r}; choose one of {list(COMPONENT_NAMES)}")
@@ -119,12 +120,13 @@ def run(name: str, argv: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m components.entry COMPONENT [flags]``."""
+    """``python -m kfp_serve.components.entry COMPONENT [flags]``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        from components import COMPONENT_NAMES
+        from kfp_serve.components import COMPONENT_NAMES
 
-        print(f"usage: python -m components.entry {{{','.join(COMPONENT_NAMES)}}} [--help] ...")
+        names = ",".join(COMPONENT_NAMES)
+        print(f"usage: python -m kfp_serve.components.entry {{{names}}} [--help] ...")
         raise SystemExit(0 if argv else 2)
     values = run(argv[0], argv[1:])
     for key, value in values.items():

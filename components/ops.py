@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from artifacts.errors import ArtifactError
+from kfp_serve.artifacts.errors import ArtifactError
 
 MODEL = "model"
 TRANSFORMER = "transformer"
@@ -50,7 +50,7 @@ def parse_json_object(text: str | dict[str, Any] | None, what: str) -> dict[str,
 
 def load_estimator(model_dir: str | os.PathLike[str]) -> Any:
     """Load the fitted model a ``train`` step saved (model.joblib or model.json)."""
-    from artifacts.model import load_model_file
+    from kfp_serve.artifacts.model import load_model_file
 
     return load_model_file(Path(model_dir))
 
@@ -89,8 +89,7 @@ def submit(
     Returns:
         The MLMD artifact id.
     """
-    import artifacts
-
+    from kfp_serve import artifacts
     tag_values = {str(k): str(v) for k, v in parse_json_object(tags, "tags").items()}
     common: dict[str, Any] = {
         "name": name, "version": version, "author": author or None,
@@ -124,10 +123,9 @@ def snapshot(
             (``KFP_SERVE_SNAPSHOT_STORE``, else under ``KFP_SERVE_HOME``).
 
     Returns:
-        The ``artifacts.Snapshot`` (uri, digest, size).
+        The ``kfp_serve.artifacts.Snapshot`` (uri, digest, size).
     """
-    import artifacts
-
+    from kfp_serve import artifacts
     artifact_id = _check_id(artifact_id, "artifact_id")
     taken = artifacts.SnapshotStore(store or None).snapshot(Path(path))
     artifacts.link_snapshot(artifact_id, taken)
@@ -155,7 +153,7 @@ def serve(
         wait: Wait until the endpoint is Ready.
         timeout: Seconds to wait for Ready.
     """
-    from serving.deploy import serve as serve_model
+    from kfp_serve.serving.deploy import serve as serve_model
 
     config = parse_json_object(serve_config, "serve_config")
     transformer = _check_id(transformer_id, "transformer_id") if transformer_id > NO_ID else None

@@ -13,7 +13,7 @@ Importing this package loads only the standard library; ``artifacts`` and ``serv
 the first call.
 """
 
-from kale_steps.steps import (
+from kfp_serve.kale_steps.steps import (
     link_run,
     serve,
     smoke_predict,

@@ -3,7 +3,7 @@
 Kale runs every ``step:`` cell in its own pod and moves variables between steps by pickling them,
 so each function here takes and returns plain values (ids, names, URLs, small dicts of numbers
 and lists) that survive that trip unchanged. The heavy layers (``artifacts``, ``serving``, numpy,
-scikit-learn, KServe) are imported inside the functions: ``import kale_steps`` sits in a
+scikit-learn, KServe) are imported inside the functions: ``import kfp_serve.kale_steps`` sits in a
 notebook's ``imports`` cell, which Kale prepends to every step, and must cost nothing.
 
 Run-linking: inside a KFP pod the artifacts layer records experiment and run contexts from the
@@ -21,7 +21,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-#: Where the artifacts layer reads the pipeline run id from (see artifacts.mlmd.current_run).
+#: Where the artifacts layer reads the pipeline run id from (see
+# kfp_serve.artifacts.mlmd.current_run).
 RUN_ID_ENV = "KFP_SERVE_RUN_ID"
 _RUN_ID_ENVS = (RUN_ID_ENV, "KFP_RUN_ID")
 #: The label KFP's API server puts on every pod of a run, holding the run id.
@@ -56,11 +57,11 @@ def submit_model(
         The MLMD id of the Model artifact (an ``int``).
 
     Raises:
-        artifacts.errors.ArtifactError: ``model`` is not a supported, fitted model.
-        artifacts.errors.InvalidNameError: ``name`` or ``version`` is not valid.
-        artifacts.errors.MetadataError: ``name``/``version`` exists with other content.
+        kfp_serve.artifacts.errors.ArtifactError: ``model`` is not a supported, fitted model.
+        kfp_serve.artifacts.errors.InvalidNameError: ``name`` or ``version`` is not valid.
+        kfp_serve.artifacts.errors.MetadataError: ``name``/``version`` exists with other content.
     """
-    from artifacts import Model
+    from kfp_serve.artifacts import Model
 
     link_run()
     kwargs = _artifact_kwargs(description=description, author=author, tags=tags)
@@ -96,11 +97,12 @@ def submit_transformer(
         The MLMD id of the Transformer artifact (an ``int``).
 
     Raises:
-        artifacts.errors.ArtifactError: ``transformer`` has no ``transform`` or is not fitted.
-        artifacts.errors.InvalidNameError: ``name`` or ``version`` is not valid.
-        artifacts.errors.MetadataError: ``name``/``version`` exists with other content.
+        kfp_serve.artifacts.errors.ArtifactError: ``transformer`` has no ``transform`` or is not
+        fitted.
+        kfp_serve.artifacts.errors.InvalidNameError: ``name`` or ``version`` is not valid.
+        kfp_serve.artifacts.errors.MetadataError: ``name``/``version`` exists with other content.
     """
-    from artifacts import Transformer
+    from kfp_serve.artifacts import Transformer
 
     link_run()
     kwargs = _artifact_kwargs(description=description, author=author, tags=tags)
@@ -125,10 +127,10 @@ def snapshot(artifact_id: int, store: str | None = None) -> dict[str, Any]:
         ``{"artifact_id", "uri", "digest", "size"}``.
 
     Raises:
-        artifacts.errors.MetadataError: no artifact has that id.
-        artifacts.errors.SnapshotError: the artifact's files cannot be read or stored.
+        kfp_serve.artifacts.errors.MetadataError: no artifact has that id.
+        kfp_serve.artifacts.errors.SnapshotError: the artifact's files cannot be read or stored.
     """
-    from artifacts import SnapshotStore, get_artifact, snapshot_artifact
+    from kfp_serve.artifacts import SnapshotStore, get_artifact, snapshot_artifact
 
     link_run()
     artifact_id = _as_id(artifact_id, "artifact_id")
@@ -164,7 +166,7 @@ def serve(
     Args:
         model_id: The Model artifact id from ``submit_model``.
         transformer_id: The Transformer artifact id from ``submit_transformer``, if any.
-        serve_config: A ``serving.ServeConfig``, a dict, or a JSON string (handy as a Kale
+        serve_config: A ``kfp_serve.serving.ServeConfig``, a dict, or a JSON string (handy as a Kale
             pipeline parameter), e.g. ``{"limits": {"memory": "1Gi"}}``.
         name: Endpoint name (DNS-1123 label); default: the model artifact's name.
         namespace: Kubernetes namespace; default: the pod's own, or the kube context's.
@@ -174,13 +176,14 @@ def serve(
         ``{"name", "url", "namespace", "model_id", "transformer_id"}``.
 
     Raises:
-        artifacts.errors.MetadataError: no artifact has ``model_id``/``transformer_id``.
-        serving.errors.ServeConfigError: ``serve_config`` has an unknown or invalid field.
-        serving.errors.ServingError: the endpoint did not become Ready in time.
+        kfp_serve.artifacts.errors.MetadataError: no artifact has ``model_id``/``transformer_id``.
+        kfp_serve.serving.errors.ServeConfigError: ``serve_config`` has an unknown or invalid field.
+        kfp_serve.serving.errors.ServingError: the endpoint did not become Ready in time.
     """
-    # The function, not ``serving.serve``: that attribute turns into the submodule of the same
+    # The function, not ``kfp_serve.serving.serve``: that attribute turns into the submodule of the
+    # same
     # name once the submodule has been imported.
-    from serving.deploy import serve as serve_model
+    from kfp_serve.serving.deploy import serve as serve_model
 
     link_run()
     model_id = _as_id(model_id, "model_id")
@@ -236,11 +239,11 @@ def smoke_predict(
         ``timeout`` or ``error``; ``message`` says what happened.
 
     Raises:
-        serving.errors.ServingError: no endpoint has that name.
+        kfp_serve.serving.errors.ServingError: no endpoint has that name.
         ValueError: ``samples`` and ``expected`` do not have one entry per row.
     """
-    from serving import Endpoint
-    from serving.smoke import OUTPUT_LABEL, OUTPUT_VALUE, check_predictions
+    from kfp_serve.serving import Endpoint
+    from kfp_serve.serving.smoke import OUTPUT_LABEL, OUTPUT_VALUE, check_predictions
 
     rows = _plain(samples)
     want = _plain(expected)
@@ -284,7 +287,7 @@ def stop(name: str, namespace: str | None = None) -> None:
         name: Endpoint name.
         namespace: Kubernetes namespace, if not the default.
     """
-    from serving.backends.base import get_backend
+    from kfp_serve.serving.backends.base import get_backend
 
     get_backend().delete(name, namespace)
 
@@ -308,7 +311,7 @@ def link_run(read_pod_labels: Callable[[str, str], Mapping[str, str]] | None = N
     for name in _RUN_ID_ENVS:
         if os.environ.get(name):
             return os.environ[name]
-    from artifacts.environment import pod_namespace, running_in_pod
+    from kfp_serve.artifacts.environment import pod_namespace, running_in_pod
 
     if not running_in_pod():
         return None
@@ -335,7 +338,7 @@ def _read_pod_labels(pod: str, namespace: str, api_client: Any = None) -> Mappin
     """The labels of a pod, read with the pod's service account (or ``api_client``)."""
     from kubernetes import client
 
-    from artifacts.kube import client_configuration
+    from kfp_serve.artifacts.kube import client_configuration
 
     api_client = api_client or client.ApiClient(client_configuration())
     found = client.CoreV1Api(api_client).read_namespaced_pod(pod, namespace, _request_timeout=5)

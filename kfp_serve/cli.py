@@ -62,7 +62,7 @@ def fails_cleanly(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from artifacts.errors import KfpServeError
+        from kfp_serve.artifacts.errors import KfpServeError
 
         try:
             return command(*args, **kwargs)
@@ -115,8 +115,8 @@ def run(
     ] = [],  # noqa: B006 - typer needs a literal default
 ) -> None:
     """Run a pipeline locally with kfp.local, showing each step, then summarise the result."""
-    from pipelines import PIPELINES
-    from pipelines.local_run import run_local
+    from kfp_serve.pipelines import PIPELINES
+    from kfp_serve.pipelines.local_run import run_local
 
     if pipeline not in PIPELINES:
         raise ValueError(f"unknown pipeline {pipeline!r}; choose one of {sorted(PIPELINES)}")
@@ -144,7 +144,7 @@ def compile_(
     ),
 ) -> None:
     """Compile every pipeline and component to KFP IR YAML (and the palette files)."""
-    from components.build import build_all
+    from kfp_serve.components.build import build_all
 
     written = build_all(out_dir)
     for path in written:
@@ -162,7 +162,7 @@ def upload(
     ] = None,
 ) -> None:
     """Upload a pipeline to a KFP cluster; uploading again adds a new pipeline version."""
-    from pipelines.upload import upload_pipeline
+    from kfp_serve.pipelines.upload import upload_pipeline
 
     result = upload_pipeline(pipeline, host=host, namespace=namespace, version=version)
     say(f"uploaded {result['name']!r} version {result['version']!r} (id {result['id']})")
@@ -184,8 +184,7 @@ def serve(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for Ready.")] = 300.0,
 ) -> None:
     """Serve a model (and transformer) from ML Metadata as an InferenceService."""
-    import serving
-
+    from kfp_serve import serving
     serve_config = parse_json_arg(config, "--config") if config else None
     result = serving.serve(
         model_id, transformer_id, serve_config=serve_config, name=name, namespace=namespace,
@@ -205,7 +204,7 @@ def predict(
     namespace: NamespaceOpt = None,
 ) -> None:
     """Send rows to an endpoint and print its answer."""
-    from serving.endpoint import Endpoint
+    from kfp_serve.serving.endpoint import Endpoint
 
     rows = parse_json_arg(data, "--data")
     out.print_json(data=Endpoint(check_name(name), namespace).predict(rows))
@@ -219,7 +218,7 @@ def explain(
     namespace: NamespaceOpt = None,
 ) -> None:
     """Per-feature attributions for rows, from the served model."""
-    from serving.endpoint import Endpoint
+    from kfp_serve.serving.endpoint import Endpoint
 
     rows = parse_json_arg(data, "--data")
     out.print_json(data=Endpoint(check_name(name), namespace).explain(rows))
@@ -229,8 +228,8 @@ def explain(
 @fails_cleanly
 def endpoints(namespace: NamespaceOpt = None) -> None:
     """List endpoints with their URL, served model ids and health."""
-    from serving import constants
-    from serving.backends.base import get_backend
+    from kfp_serve.serving import constants
+    from kfp_serve.serving.backends.base import get_backend
 
     table = new_table("name", "url", "health", "model id", "transformer id", "reason")
     for status in get_backend().list(namespace):
@@ -258,7 +257,7 @@ def stop(
     name: Annotated[str, typer.Argument(help="Endpoint name.")], namespace: NamespaceOpt = None
 ) -> None:
     """Stop an endpoint and clean up its processes (local) or InferenceService (cluster)."""
-    from serving.backends.base import get_backend
+    from kfp_serve.serving.backends.base import get_backend
 
     get_backend().delete(check_name(name), namespace)
     say(f"stopped {name!r}")
@@ -270,8 +269,7 @@ def models(
     kind: Annotated[str | None, typer.Option(help="model or transformer.")] = None,
 ) -> None:
     """List Model and Transformer artifacts recorded in ML Metadata."""
-    import artifacts
-
+    from kfp_serve import artifacts
     table = new_table("id", "kind", "name", "version", "framework", "author", "snapshot")
     for rec in artifacts.list_artifacts(kind=kind):
         table.add_row(
@@ -290,7 +288,7 @@ def lineage(
     png: Annotated[Path | None, typer.Option(help="Also draw the lineage graph as PNG.")] = None,
 ) -> None:
     """Show where an artifact came from and what points to it."""
-    import artifacts
+    from kfp_serve import artifacts
     from kfp_serve.lineage_view import draw_lineage, lineage_rows
 
     graph = artifacts.lineage(artifact_id)
@@ -313,7 +311,7 @@ def demo() -> None:
 
 
 def check_name(name: str) -> str:
-    from artifacts.names import validate_name
+    from kfp_serve.artifacts.names import validate_name
 
     return validate_name(name, "NAME")
 

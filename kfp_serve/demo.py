@@ -14,9 +14,9 @@ SAMPLE_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
 
 def run_demo(console: Console) -> dict:
     """Run the pipeline on the embedded defaults, then query the endpoint it left running."""
-    from pipelines.local_run import run_local
-    from serving.endpoint import Endpoint
-    from serving.errors import ServingError
+    from kfp_serve.pipelines.local_run import run_local
+    from kfp_serve.serving.endpoint import Endpoint
+    from kfp_serve.serving.errors import ServingError
 
     # A fresh version per run: re-running the demo must not overwrite a released version.
     version = time.strftime("1.0.%Y%m%d%H%M%S", time.gmtime())

@@ -1,4 +1,4 @@
-"""Show an artifact's lineage (``artifacts.lineage``) as table rows or a PNG graph."""
+"""Show an artifact's lineage (``kfp_serve.artifacts.lineage``) as table rows or a PNG graph."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 ``PIPELINES`` maps the CLI's pipeline names to the pipeline functions; each module also offers
 ``make_pipeline(ClusterOptions(...))`` for the Kubernetes additions a cluster needs (see
-``pipelines.cluster``). :func:`compile_pipelines` writes their IR YAML.
+``kfp_serve.pipelines.cluster``). :func:`compile_pipelines` writes their IR YAML.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipelines import sklearn_transformer, xgboost
-from pipelines.cluster import ClusterOptions
+from kfp_serve.pipelines import sklearn_transformer, xgboost
+from kfp_serve.pipelines.cluster import ClusterOptions
 
 _MODULES = {sklearn_transformer.NAME: sklearn_transformer, xgboost.NAME: xgboost}
 

@@ -1,7 +1,7 @@
 """What pipeline pods need on a cluster, applied with kfp-kubernetes at compile time.
 
 Nothing here is applied by default, so the default pipelines compile (and run under kfp.local)
-without a cluster. ``kfp-serve compile`` / :func:`pipelines.compile_pipelines` take a
+without a cluster. ``kfp-serve compile`` / :func:`kfp_serve.pipelines.compile_pipelines` take a
 :class:`ClusterOptions` to add:
 
 - the S3 credentials of the snapshot store, as environment variables from a Secret

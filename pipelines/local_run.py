@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from artifacts.errors import KfpServeError
+from kfp_serve.artifacts.errors import KfpServeError
 
 RUNS_DIR = "pipeline-runs"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -164,7 +164,7 @@ def run_local(
     """Run pipeline ``name`` locally end to end and return what it produced.
 
     Args:
-        name: A key of ``pipelines.PIPELINES`` (e.g. ``"sklearn-transformer"``).
+        name: A key of ``kfp_serve.pipelines.PIPELINES`` (e.g. ``"sklearn-transformer"``).
         params: Pipeline parameters; strings are converted to the declared types.
         progress: True prints one line per step start/finish on stderr; a callable
             ``(step, event, seconds)`` receives them instead; False is silent.
@@ -182,8 +182,8 @@ def run_local(
     """
     from kfp import local
 
-    from artifacts.home import state_dir
-    from pipelines import PIPELINES
+    from kfp_serve.artifacts.home import state_dir
+    from kfp_serve.pipelines import PIPELINES
 
     if name not in PIPELINES:
         raise KeyError(f"unknown pipeline {name!r}; choose one of {sorted(PIPELINES)}")
@@ -239,10 +239,10 @@ def run_local(
 def _warm_serving() -> None:
     """Start the model servers' warm pool now: it imports while the first steps run, so the
     serve step forks ready servers instead of starting two interpreters."""
-    from serving.backends.base import LOCAL, default_backend_name
+    from kfp_serve.serving.backends.base import LOCAL, default_backend_name
 
     if default_backend_name() == LOCAL:
-        from serving.runtime import launch
+        from kfp_serve.serving.runtime import launch
 
         launch.warm_up()
 

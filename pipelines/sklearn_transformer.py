@@ -8,8 +8,8 @@ from typing import NamedTuple
 
 from kfp import dsl
 
-from components import get_component
-from pipelines.cluster import ClusterOptions
+from kfp_serve.components import get_component
+from kfp_serve.pipelines.cluster import ClusterOptions
 
 
 class PipelineOutputs(NamedTuple):

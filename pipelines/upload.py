@@ -14,8 +14,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from artifacts.errors import KfpServeError
-from pipelines import PIPELINES, ClusterOptions, compile_pipeline, get_pipeline
+from kfp_serve.artifacts.errors import KfpServeError
+from kfp_serve.pipelines import PIPELINES, ClusterOptions, compile_pipeline, get_pipeline
 
 _CONFLICT = 409
 
@@ -35,7 +35,7 @@ def upload_pipeline(
     """Compile pipeline ``name`` and upload it as a new version (creating the pipeline if new).
 
     Args:
-        name: A key of ``pipelines.PIPELINES``.
+        name: A key of ``kfp_serve.pipelines.PIPELINES``.
         host: The KFP API endpoint, e.g. ``http://localhost:8080``.
         namespace: The Kubeflow profile namespace (multi-user installs); the pipeline is looked
             up and created there.

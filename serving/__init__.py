@@ -1,27 +1,22 @@
 """Serving: ServeConfig, the InferenceService builder, serve() and Endpoint.
 
-Attributes load on first use so that ``import serving`` stays cheap for KFP components.
+Attributes load on first use so that ``import kfp_serve.serving`` stays cheap for KFP components.
 """
 
-from importlib import import_module
-from typing import Any
+from kfp_serve._lazy import lazy_exports
 
 _EXPORTS = {
-    "ServeConfig": "serving.config",
-    "ResolvedComponent": "serving.config",
-    "build_inference_service": "serving.isvc",
-    "Provenance": "serving.isvc",
-    "KnativeSchedulingWarning": "serving.isvc",
-    "serve": "serving.deploy",
-    "Endpoint": "serving.endpoint",
-    "ServeConfigError": "serving.errors",
-    "ServingError": "serving.errors",
+    "ServeConfig": "kfp_serve.serving.config",
+    "ResolvedComponent": "kfp_serve.serving.config",
+    "build_inference_service": "kfp_serve.serving.isvc",
+    "Provenance": "kfp_serve.serving.isvc",
+    "KnativeSchedulingWarning": "kfp_serve.serving.isvc",
+    "serve": "kfp_serve.serving.deploy",
+    "Endpoint": "kfp_serve.serving.endpoint",
+    "ServeConfigError": "kfp_serve.serving.errors",
+    "ServingError": "kfp_serve.serving.errors",
 }
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'serving' has no attribute {name!r}")
-    return getattr(import_module(_EXPORTS[name]), name)
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

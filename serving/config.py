@@ -16,8 +16,8 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from serving.errors import ServeConfigError
-from serving.schema import normalize, normalize_object, normalize_quantities, to_plain
+from kfp_serve.serving.errors import ServeConfigError
+from kfp_serve.serving.schema import normalize, normalize_object, normalize_quantities, to_plain
 
 PREDICTOR = "predictor"
 TRANSFORMER = "transformer"

@@ -11,14 +11,14 @@ import pickle
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from artifacts.errors import MetadataError
-from artifacts.names import validate_name
-from serving.config import ServeConfig
-from serving.isvc import Provenance, build_inference_service
+from kfp_serve.artifacts.errors import MetadataError
+from kfp_serve.artifacts.names import validate_name
+from kfp_serve.serving.config import ServeConfig
+from kfp_serve.serving.isvc import Provenance, build_inference_service
 
 if TYPE_CHECKING:
-    from artifacts import ArtifactRecord
-    from serving.endpoint import Endpoint
+    from kfp_serve.artifacts import ArtifactRecord
+    from kfp_serve.serving.endpoint import Endpoint
 
 MODEL = "model"
 TRANSFORMER = "transformer"
@@ -39,7 +39,7 @@ def serve(
     """Serve a model (and optionally a transformer) as a KServe InferenceService.
 
     Args:
-        model: An MLMD artifact id, an ``artifacts.Model``, an ArtifactRecord, or a fitted
+        model: An MLMD artifact id, an ``kfp_serve.artifacts.Model``, an ArtifactRecord, or a fitted
             estimator (submitted and snapshotted first, for notebooks).
         transformer: Likewise for the transformer, or None for a predictor alone.
         serve_config: A ServeConfig, or a dict / JSON string of one.
@@ -84,9 +84,9 @@ def serve(
     if dry_run:
         return manifest
 
-    from artifacts import record_deployment
-    from serving.backends.base import get_backend
-    from serving.endpoint import Endpoint
+    from kfp_serve.artifacts import record_deployment
+    from kfp_serve.serving.backends.base import get_backend
+    from kfp_serve.serving.endpoint import Endpoint
 
     chosen = get_backend(backend)
     status = chosen.apply(manifest, wait=wait, timeout=timeout)
@@ -98,8 +98,7 @@ def serve(
 
 def resolve_artifact(value: Any, kind: str, *, name: str | None = None) -> ArtifactRecord:
     """The MLMD record behind ``value``, submitting it first when it is not recorded yet."""
-    import artifacts
-
+    from kfp_serve import artifacts
     if isinstance(value, bool):
         raise MetadataError(f"{kind}: expected an artifact id, got {value!r}")
     if isinstance(value, int):
@@ -120,8 +119,7 @@ def resolve_artifact(value: Any, kind: str, *, name: str | None = None) -> Artif
 
 def _submit_fitted(obj: Any, kind: str, name: str | None) -> ArtifactRecord:
     """Submit a bare fitted estimator/transformer; the same object twice is the same artifact."""
-    import artifacts
-
+    from kfp_serve import artifacts
     if name is None:
         raise MetadataError(
             f"{kind}: serving a bare fitted object needs name=...; or submit it first with "
@@ -141,8 +139,7 @@ def ensure_snapshot(record: ArtifactRecord) -> str:
     """The artifact's snapshot URI, snapshotting (and linking) it first if it has none."""
     if record.snapshot_uri:
         return record.snapshot_uri
-    import artifacts
-
+    from kfp_serve import artifacts
     return artifacts.snapshot_artifact(record.id).uri
 
 
@@ -153,7 +150,7 @@ def storage_uri(snapshot_uri: str) -> str:
     so a dry run shows the exact manifest); other snapshots are loaded where they are.
     """
     if urlparse(snapshot_uri).scheme == "pvc":
-        from artifacts.snapshots.pvc import serving_storage_uri
+        from kfp_serve.artifacts.snapshots.pvc import serving_storage_uri
 
         return serving_storage_uri(snapshot_uri)
     return snapshot_uri

@@ -15,9 +15,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from artifacts.names import validate_name
-from serving.backends.base import EndpointStatus, ServingBackend, get_backend
-from serving.errors import ServingError
+from kfp_serve.artifacts.names import validate_name
+from kfp_serve.serving.backends.base import EndpointStatus, ServingBackend, get_backend
+from kfp_serve.serving.errors import ServingError
 
 #: Statuses that right after Ready mean "not routed yet" (kserve/kserve#1658), so retrying helps.
 _RETRY_STATUS = {404, 503}
@@ -49,7 +49,7 @@ class Endpoint:
         name: InferenceService name.
         namespace: Kubernetes namespace (ignored by the local backend).
         backend: A ServingBackend, a backend name ("local", "kubernetes"), or None for the
-            default (see ``serving.backends.base.get_backend``).
+            default (see ``kfp_serve.serving.backends.base.get_backend``).
         timeout: Seconds to wait for one answer.
         retry_window: Seconds during which 404/503, connection failures and an unavailable
             server are retried with backoff before the error is raised. Right after Ready a

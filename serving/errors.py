@@ -1,6 +1,6 @@
 """Errors raised by the serving layer."""
 
-from artifacts.errors import KfpServeError
+from kfp_serve.artifacts.errors import KfpServeError
 
 
 class ServeConfigError(KfpServeError, ValueError):

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-from artifacts.names import is_label_value, validate_name
-from serving import constants
-from serving.config import PREDICTOR, TRANSFORMER, ServeConfig, merge_env
-from serving.errors import ServeConfigError
+from kfp_serve.artifacts.names import is_label_value, validate_name
+from kfp_serve.serving import constants
+from kfp_serve.serving.config import PREDICTOR, TRANSFORMER, ServeConfig, merge_env
+from kfp_serve.serving.errors import ServeConfigError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ MAIN_CONTAINER = "kserve-container"
 #: KServe runs the storage initializer for a custom container that sets this variable.
 STORAGE_URI_ENV = "STORAGE_URI"
 MODEL_MOUNT = "/mnt/models"
-TRANSFORMER_MODULE = "serving.runtime.transformer"
+TRANSFORMER_MODULE = "kfp_serve.serving.runtime.transformer"
 #: Deployment modes that run plain Deployments, where Knative's pod-spec gates do not apply.
 RAW_MODES = ("RawDeployment", "Standard")
 KNATIVE_FLAGS = {

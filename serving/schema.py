@@ -13,7 +13,7 @@ import functools
 import re
 from typing import Any
 
-from serving.errors import ServeConfigError
+from kfp_serve.serving.errors import ServeConfigError
 
 # Kubernetes resource quantity (resource.Quantity): a signed decimal number with an optional
 # binary (Ki…Ei), decimal (n, u, m, k, M…E) or exponent suffix.
@@ -50,8 +50,8 @@ def model_class(type_name: str) -> type:
     """The generated client class called ``type_name`` (KServe's V1beta1*, else Kubernetes')."""
     if type_name.startswith(("V1beta1", "V1alpha1")):
         # The generated classes alone (kserve.models), not the whole SDK: a full ``import
-        # kserve`` costs ~1.8 s and parses sys.argv (see serving.runtime.kserve_package).
-        from serving.runtime.kserve_package import lazy_kserve
+        # kserve`` costs ~1.8 s and parses sys.argv (see kfp_serve.serving.runtime.kserve_package).
+        from kfp_serve.serving.runtime.kserve_package import lazy_kserve
 
         cls = getattr(lazy_kserve(), type_name, None)
     else:

@@ -7,7 +7,7 @@ the predictions the training step recorded: exactly for class labels, within a t
 numeric values such as probabilities.
 
 :func:`check_predictions` takes any ``predict`` callable, so it is tested without a server;
-:func:`smoke_endpoint` wires it to :class:`serving.Endpoint`.
+:func:`smoke_endpoint` wires it to :class:`kfp_serve.serving.Endpoint`.
 """
 
 from __future__ import annotations
@@ -294,7 +294,7 @@ def smoke_endpoint(
 
     Args:
         endpoint_name: The InferenceService name.
-        samples_path: The JSON samples file (see ``artifacts.training``).
+        samples_path: The JSON samples file (see ``kfp_serve.artifacts.training``).
         namespace: The endpoint's namespace on a cluster; None for the default.
         tolerance: Tolerance for numeric predictions.
         deadline_s: Overall deadline in seconds.
@@ -303,9 +303,9 @@ def smoke_endpoint(
     Returns:
         A :class:`SmokeResult`.
     """
-    from artifacts.training import read_samples
-    from serving.endpoint import Endpoint
-    from serving.errors import ServingError
+    from kfp_serve.artifacts.training import read_samples
+    from kfp_serve.serving.endpoint import Endpoint
+    from kfp_serve.serving.errors import ServingError
 
     samples = read_samples(samples_path)
     try:

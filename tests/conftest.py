@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from artifacts import environment
+from kfp_serve.artifacts import environment
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -19,8 +19,8 @@ def private_state(tmp_path_factory):
     # (~250 MB): let idle ones go quickly instead of after the default ten minutes.
     os.environ["KFP_SERVE_WARM_POOL_IDLE"] = "30"
     yield
-    from serving.backends.local import LocalBackend
-    from serving.runtime import warm_pool
+    from kfp_serve.serving.backends.local import LocalBackend
+    from kfp_serve.serving.runtime import warm_pool
 
     backend = LocalBackend(progress=False, stop_grace=2.0)
     for status in backend.list():

@@ -4,7 +4,7 @@ import json
 import re
 from pathlib import Path
 
-from serving.backends.local import LocalBackend
+from kfp_serve.serving.backends.local import LocalBackend
 from tests.kserve_schema import reference_available, validate_strict
 
 README = Path(__file__).resolve().parents[1] / "README.md"

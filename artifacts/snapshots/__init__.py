@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from artifacts.errors import SnapshotError
-from artifacts.snapshots.base import (
+from kfp_serve.artifacts.errors import SnapshotError
+from kfp_serve.artifacts.snapshots.base import (
     BACKENDS,
     Snapshot,
     SnapshotBackend,
@@ -19,7 +19,7 @@ from artifacts.snapshots.base import (
     register_backend,
     split_snapshot_uri,
 )
-from artifacts.snapshots.digest import tree_digest
+from kfp_serve.artifacts.snapshots.digest import tree_digest
 
 STORE_ENV = "KFP_SERVE_SNAPSHOT_STORE"
 
@@ -41,7 +41,7 @@ def default_root() -> str:
     root = os.environ.get(STORE_ENV)
     if root:
         return root
-    from artifacts.home import state_dir
+    from kfp_serve.artifacts.home import state_dir
 
     return f"file://{state_dir() / 'snapshots'}"
 

@@ -3,7 +3,7 @@
 A backend serves one URI scheme and is constructed with the store root URI, for example
 ``FileSnapshotBackend("file:///home/me/.kfp-serve/snapshots")``. ``SnapshotStore`` finds the
 class for a scheme in ``BACKENDS`` (``"module:Class"``, imported on first use, so
-``artifacts.snapshots.pvc`` is only imported when a ``pvc://`` root or URI is used) or in
+``kfp_serve.artifacts.snapshots.pvc`` is only imported when a ``pvc://`` root or URI is used) or in
 classes added with ``register_backend``.
 
 Every snapshot URI ends with ``blake3-<64 hex>``, the tree digest of its content; a backend's
@@ -22,9 +22,9 @@ from importlib import import_module
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from artifacts.errors import SnapshotError
-from artifacts.snapshots.copy import copy_tree
-from artifacts.snapshots.digest import (
+from kfp_serve.artifacts.errors import SnapshotError
+from kfp_serve.artifacts.snapshots.copy import copy_tree
+from kfp_serve.artifacts.snapshots.digest import (
     ALGORITHM,
     DIGEST_PREFIX,
     MANIFEST_NAME,
@@ -37,7 +37,7 @@ from artifacts.snapshots.digest import (
     manifest_from,
     scan_tree,
 )
-from artifacts.snapshots.progress import ByteProgress
+from kfp_serve.artifacts.snapshots.progress import ByteProgress
 
 
 @dataclass(frozen=True)
@@ -86,9 +86,9 @@ class SnapshotBackend(Protocol):
 
 
 BACKENDS: dict[str, str] = {
-    "file": "artifacts.snapshots.file:FileSnapshotBackend",
-    "s3": "artifacts.snapshots.s3:S3SnapshotBackend",
-    "pvc": "artifacts.snapshots.pvc:PvcSnapshotBackend",
+    "file": "kfp_serve.artifacts.snapshots.file:FileSnapshotBackend",
+    "s3": "kfp_serve.artifacts.snapshots.s3:S3SnapshotBackend",
+    "pvc": "kfp_serve.artifacts.snapshots.pvc:PvcSnapshotBackend",
 }
 _REGISTERED: dict[str, type] = {}
 

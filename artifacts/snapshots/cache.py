@@ -27,7 +27,7 @@ SAFETY_NS = 1_000_000_000
 
 
 def default_cache_dir() -> Path:
-    from artifacts.home import state_dir
+    from kfp_serve.artifacts.home import state_dir
 
     return state_dir() / "cache" / "tree-digest"
 

@@ -29,9 +29,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from artifacts.errors import SnapshotError
-from artifacts.snapshots.cache import DigestCache
-from artifacts.snapshots.digest import (
+from kfp_serve.artifacts.errors import SnapshotError
+from kfp_serve.artifacts.snapshots.cache import DigestCache
+from kfp_serve.artifacts.snapshots.digest import (
     CHUNK,
     WORKERS,
     ProgressFn,

@@ -32,8 +32,8 @@ from pathlib import Path, PurePosixPath
 
 from blake3 import blake3
 
-from artifacts.errors import SnapshotError
-from artifacts.snapshots.cache import DigestCache
+from kfp_serve.artifacts.errors import SnapshotError
+from kfp_serve.artifacts.snapshots.cache import DigestCache
 
 ALGORITHM = "blake3"
 DIGEST_PREFIX = ALGORITHM + ":"

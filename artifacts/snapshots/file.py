@@ -15,24 +15,24 @@ import uuid
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from artifacts.errors import SnapshotError
-from artifacts.snapshots.base import (
+from kfp_serve.artifacts.errors import SnapshotError
+from kfp_serve.artifacts.snapshots.base import (
     Snapshot,
     copy_tree_verified,
     snapshot_dir_name,
     split_snapshot_uri,
     verify_local_tree,
 )
-from artifacts.snapshots.cache import DigestCache
-from artifacts.snapshots.copy import copy_tree, durable_writes, fsync_dir
-from artifacts.snapshots.digest import (
+from kfp_serve.artifacts.snapshots.cache import DigestCache
+from kfp_serve.artifacts.snapshots.copy import copy_tree, durable_writes, fsync_dir
+from kfp_serve.artifacts.snapshots.digest import (
     MANIFEST_NAME,
     build_manifest,
     cached_hashes,
     manifest_from,
     scan_tree,
 )
-from artifacts.snapshots.progress import ByteProgress
+from kfp_serve.artifacts.snapshots.progress import ByteProgress
 
 TMP_DIR = ".tmp"
 

@@ -11,7 +11,8 @@ mounted at ``$KFP_SERVE_PVC_MOUNT`` (default ``/mnt/kfp-serve``). ``snapshot(pat
 3. returns ``pvc://<pvc>/<prefix>/blake3-<hex>``: the snapshot URI names the directory, and the
    VolumeSnapshot name is a pure function of it (``volume_snapshot_name``).
 
-Serving (``serving.backends.kubernetes``) calls ``hydrate(uri, namespace, core_api)`` to create
+Serving (``kfp_serve.serving.backends.kubernetes``) calls ``hydrate(uri, namespace, core_api)`` to
+create
 a PVC from the VolumeSnapshot (``dataSource``), and the manifest builder points ``storageUri``
 at ``serving_storage_uri(uri)`` = ``pvc://<hydrated pvc>/<prefix>/blake3-<hex>``, also a pure
 function, so ``serve(dry_run=True)`` shows the exact manifest.
@@ -29,12 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from artifacts.environment import pod_namespace
-from artifacts.errors import SnapshotError
-from artifacts.kube import client_configuration, default_namespace
-from artifacts.snapshots.base import Snapshot, snapshot_dir_name, split_snapshot_uri
-from artifacts.snapshots.digest import digest_hex
-from artifacts.snapshots.file import FileSnapshotBackend
+from kfp_serve.artifacts.environment import pod_namespace
+from kfp_serve.artifacts.errors import SnapshotError
+from kfp_serve.artifacts.kube import client_configuration, default_namespace
+from kfp_serve.artifacts.snapshots.base import Snapshot, snapshot_dir_name, split_snapshot_uri
+from kfp_serve.artifacts.snapshots.digest import digest_hex
+from kfp_serve.artifacts.snapshots.file import FileSnapshotBackend
 
 MOUNT_ENV = "KFP_SERVE_PVC_MOUNT"
 DEFAULT_MOUNT = "/mnt/kfp-serve"
@@ -44,7 +45,7 @@ NAMESPACE_ENV = "KFP_SERVE_NAMESPACE"
 SNAPSHOT_GROUP = "snapshot.storage.k8s.io"
 SNAPSHOT_VERSION = "v1"
 SNAPSHOT_PLURAL = "volumesnapshots"
-# The artifacts layer cannot import serving.constants: these keys are named here once.
+# The artifacts layer cannot import kfp_serve.serving.constants: these keys are named here once.
 _DOMAIN = "kfp-serve.kubeflow.org"
 ANNOTATION_DIGEST = f"{_DOMAIN}/digest"
 ANNOTATION_SOURCE = f"{_DOMAIN}/snapshot-uri"

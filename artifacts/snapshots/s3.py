@@ -19,8 +19,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from artifacts.errors import SnapshotError
-from artifacts.snapshots.base import (
+from kfp_serve.artifacts.errors import SnapshotError
+from kfp_serve.artifacts.snapshots.base import (
     Snapshot,
     copy_tree_verified,
     materialize,
@@ -28,15 +28,15 @@ from artifacts.snapshots.base import (
     split_snapshot_uri,
     verify_local_tree,
 )
-from artifacts.snapshots.cache import DigestCache
-from artifacts.snapshots.digest import (
+from kfp_serve.artifacts.snapshots.cache import DigestCache
+from kfp_serve.artifacts.snapshots.digest import (
     MANIFEST_NAME,
     Manifest,
     build_manifest,
     scan_tree,
     text_digest,
 )
-from artifacts.snapshots.progress import ByteProgress
+from kfp_serve.artifacts.snapshots.progress import ByteProgress
 
 BOTO3_HINT = "pip install boto3"
 
@@ -220,7 +220,7 @@ class S3SnapshotBackend:
 
     def open(self, uri: str) -> Path:
         """Download (once) into the local cache and return the verified directory."""
-        from artifacts.home import state_dir
+        from kfp_serve.artifacts.home import state_dir
 
         digest = self._check_uri(uri)
         cache = state_dir() / "cache" / "snapshots" / "s3" / snapshot_dir_name(digest)

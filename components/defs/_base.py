@@ -7,7 +7,7 @@ import os
 
 from kfp import dsl
 
-from serving.constants import DEFAULT_IMAGE, IMAGE_ENV
+from kfp_serve.serving.constants import DEFAULT_IMAGE, IMAGE_ENV
 
 
 def component_image() -> str:

@@ -5,7 +5,7 @@ from typing import NamedTuple
 
 from kfp.dsl import Artifact, Output
 
-from components.defs._base import component
+from kfp_serve.components.defs._base import component
 
 
 @component
@@ -41,7 +41,7 @@ def serve(
     """
     import json
 
-    from components.ops import serve as serve_endpoint
+    from kfp_serve.components.ops import serve as serve_endpoint
 
     served = serve_endpoint(
         model_id, transformer_id, name=name, namespace=namespace, serve_config=serve_config,

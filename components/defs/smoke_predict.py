@@ -5,7 +5,7 @@ from typing import NamedTuple
 
 from kfp.dsl import Dataset, Input, Markdown, Metrics, Output
 
-from components.defs._base import component
+from kfp_serve.components.defs._base import component
 
 
 @component
@@ -41,7 +41,7 @@ def smoke_predict(
         blessed: True when every answer matched.
         verdict: "blessed", "mismatch", "timeout" or "error".
     """
-    from serving.smoke import SmokeTestFailed, smoke_endpoint
+    from kfp_serve.serving.smoke import SmokeTestFailed, smoke_endpoint
 
     result = smoke_endpoint(
         endpoint_name, samples.path, namespace=namespace or None, tolerance=tolerance,

@@ -5,7 +5,7 @@ from typing import NamedTuple
 
 from kfp.dsl import Artifact, Input
 
-from components.defs._base import component
+from kfp_serve.components.defs._base import component
 
 
 @component
@@ -30,7 +30,7 @@ def snapshot(
         digest: The BLAKE3 digest of the snapshot's directory tree.
         size: The snapshot's size in bytes.
     """
-    from components.ops import snapshot as take_snapshot
+    from kfp_serve.components.ops import snapshot as take_snapshot
 
     taken = take_snapshot(artifact_id, artifact.path, store)
     return (taken.uri, taken.digest, taken.size)

@@ -5,7 +5,7 @@ from typing import NamedTuple
 
 from kfp.dsl import Artifact, Input, Model, Output
 
-from components.defs._base import component
+from kfp_serve.components.defs._base import component
 
 
 @component
@@ -40,7 +40,7 @@ def submit_model(
     Returns:
         model_id: The MLMD id of the Model artifact.
     """
-    from components.ops import submit
+    from kfp_serve.components.ops import submit
 
     model_id = submit(
         "model", model.path, saved_model.path, name=name, version=version, author=author,
@@ -81,7 +81,7 @@ def submit_transformer(
     Returns:
         transformer_id: The MLMD id of the Transformer artifact.
     """
-    from components.ops import submit
+    from kfp_serve.components.ops import submit
 
     transformer_id = submit(
         "transformer", transformer.path, saved_transformer.path, name=name, version=version,

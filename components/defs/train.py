@@ -5,7 +5,7 @@ from typing import NamedTuple, Optional
 
 from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
-from components.defs._base import component
+from kfp_serve.components.defs._base import component
 
 
 @component
@@ -59,7 +59,7 @@ def train(
         has_transformer: True when a transformer was fitted and saved.
         accuracy: Accuracy on the held-out data.
     """
-    from artifacts.training import train_model
+    from kfp_serve.artifacts.training import train_model
 
     result = train_model(
         model_dir=model.path, transformer_dir=transformer.path, samples_path=samples.path,

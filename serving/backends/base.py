@@ -6,8 +6,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from artifacts.environment import running_in_pod
-from serving.errors import ServingError
+from kfp_serve.artifacts.environment import running_in_pod
+from kfp_serve.serving.errors import ServingError
 
 BACKEND_ENV = "KFP_SERVE_BACKEND"
 LOCAL = "local"
@@ -57,11 +57,11 @@ def get_backend(name: str | None = None) -> ServingBackend:
     """The backend called ``name`` (default: see default_backend_name)."""
     name = name or default_backend_name()
     if name == LOCAL:
-        from serving.backends.local import LocalBackend
+        from kfp_serve.serving.backends.local import LocalBackend
 
         return LocalBackend()
     if name == KUBERNETES:
-        from serving.backends.kubernetes import KubernetesBackend
+        from kfp_serve.serving.backends.kubernetes import KubernetesBackend
 
         return KubernetesBackend()
     raise ServingError(

@@ -30,16 +30,21 @@ from collections.abc import Callable, Iterator
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-from artifacts.environment import running_in_pod
-from artifacts.kube import client_configuration, default_namespace, kubeconfig_path, use_in_cluster
-from artifacts.names import validate_name
-from serving.backends.base import KUBERNETES, EndpointStatus
-from serving.constants import (
+from kfp_serve.artifacts.environment import running_in_pod
+from kfp_serve.artifacts.kube import (
+    client_configuration,
+    default_namespace,
+    kubeconfig_path,
+    use_in_cluster,
+)
+from kfp_serve.artifacts.names import validate_name
+from kfp_serve.serving.backends.base import KUBERNETES, EndpointStatus
+from kfp_serve.serving.constants import (
     ANNOTATION_MODEL_SNAPSHOT,
     ANNOTATION_TRANSFORMER_SNAPSHOT,
     DOMAIN,
 )
-from serving.errors import ServingError
+from kfp_serve.serving.errors import ServingError
 
 GROUP = "serving.kserve.io"
 VERSION = "v1beta1"
@@ -431,8 +436,8 @@ class KubernetesBackend:
         uris = [u for u in uris if isinstance(u, str) and u.startswith("pvc://")]
         if not uris:
             return
-        from artifacts.errors import SnapshotError
-        from artifacts.snapshots import pvc
+        from kfp_serve.artifacts.errors import SnapshotError
+        from kfp_serve.artifacts.snapshots import pvc
 
         _, core = self._clients()
 

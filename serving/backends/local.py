@@ -35,11 +35,11 @@ from typing import Any
 
 import httpx
 
-from artifacts.errors import SnapshotError
-from artifacts.names import validate_name
-from serving import constants
-from serving.backends.base import LOCAL, EndpointStatus
-from serving.backends.local_registry import (
+from kfp_serve.artifacts.errors import SnapshotError
+from kfp_serve.artifacts.names import validate_name
+from kfp_serve.serving import constants
+from kfp_serve.serving.backends.base import LOCAL, EndpointStatus
+from kfp_serve.serving.backends.local_registry import (
     LOGS_DIR,
     EndpointRecord,
     ProcessRecord,
@@ -53,13 +53,13 @@ from serving.backends.local_registry import (
     registry_path,
     write_record,
 )
-from serving.errors import ServingError
+from kfp_serve.serving.errors import ServingError
 
 logger = logging.getLogger(__name__)
 
-PREDICTOR_MODULE = "serving.runtime.predictor"
-TRANSFORMER_MODULE = "serving.runtime.transformer"
-ROUTER_MODULE = "serving.router"
+PREDICTOR_MODULE = "kfp_serve.serving.runtime.predictor"
+TRANSFORMER_MODULE = "kfp_serve.serving.runtime.transformer"
+ROUTER_MODULE = "kfp_serve.serving.router"
 STORAGE_URI_ENV = "STORAGE_URI"
 LOOPBACK = "127.0.0.1"
 #: Reasons reported in EndpointStatus.reason.
@@ -256,10 +256,10 @@ def resolve_storage(uri: str, *, field: str = "storageUri") -> Path:
             f"{field} {uri!r}: the local backend loads file:// and s3:// snapshots or local "
             f"directories, not {scheme}://; serve it on a cluster (KFP_SERVE_BACKEND=kubernetes)"
         )
-    from artifacts.snapshots.base import SNAPSHOT_NAME
+    from kfp_serve.artifacts.snapshots.base import SNAPSHOT_NAME
 
     if scheme and SNAPSHOT_NAME.fullmatch(uri.rstrip("/").rsplit("/", 1)[-1]):
-        from artifacts.snapshots import SnapshotStore
+        from kfp_serve.artifacts.snapshots import SnapshotStore
 
         try:
             return Path(SnapshotStore().open(uri))
@@ -478,7 +478,7 @@ class LocalBackend:
         )
         progress = _Progress(self.progress)
         progress.start(f"endpoint {plan.name!r}: starting revision {number}")
-        from serving.runtime import launch
+        from kfp_serve.serving.runtime import launch
 
         # The servers are forked from a warm pool: start it now, so it imports while the
         # snapshots are verified and the router starts (no-op if it runs or is disabled).
@@ -728,8 +728,9 @@ class LocalBackend:
     def _spawn_revision(
         self, plan: Plan, number: int, dirs: dict[str, Path]
     ) -> dict[str, ProcessRecord]:
-        """Start the servers of a revision through the runtimes' launcher (serving.runtime)."""
-        from serving.runtime import launch
+        """Start the servers of a revision through the runtimes' launcher
+        (kfp_serve.serving.runtime)."""
+        from kfp_serve.serving.runtime import launch
 
         logs = endpoint_dir(plan.name) / LOGS_DIR
         started: dict[str, ProcessRecord] = {}

@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from artifacts.home import state_dir
-from artifacts.names import validate_name
+from kfp_serve.artifacts.home import state_dir
+from kfp_serve.artifacts.names import validate_name
 
 REGISTRY_FORMAT = 1
 REGISTRY_FILE = "endpoint.json"

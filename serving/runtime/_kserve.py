@@ -1,6 +1,7 @@
 """kserve's model API for the runtimes, imported cheaply and without reading the command line.
 
-See :mod:`serving.runtime.kserve_package` for why (and how) ``kserve/__init__`` is deferred.
+See :mod:`kfp_serve.serving.runtime.kserve_package` for why (and how) ``kserve/__init__`` is
+deferred.
 Everything in kfp-serve imports ``kserve.Model`` and its errors from here.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 import sys
 from types import ModuleType
 
-from serving.runtime.kserve_package import hidden_argv, lazy_kserve, suspended
+from kfp_serve.serving.runtime.kserve_package import hidden_argv, lazy_kserve, suspended
 
 
 def _import() -> ModuleType:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.errors import ServingError
+from kfp_serve.serving.errors import ServingError
 
 #: v2 tensor datatypes accepted as numeric input, and their numpy types.
 V2_NUMERIC_DTYPES: dict[str, type] = {

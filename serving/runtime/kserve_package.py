@@ -17,7 +17,7 @@ use submodules); the generated CRD classes (``kserve.V1beta1PredictorSpec``, wha
 is checked against) come from ``kserve.models`` alone (~0.1 s instead of ~1.8 s); the first
 access to anything else on the package (``kserve.ModelServer``, ``from kserve import
 KServeClient``) runs the real ``__init__`` then, with ``sys.argv`` hidden. Every name is the
-same object either way. :mod:`serving.runtime._kserve` uses it for the runtimes; a process
+same object either way. :mod:`kfp_serve.serving.runtime._kserve` uses it for the runtimes; a process
 that only builds manifests calls :func:`lazy_kserve` before checking a ServeConfig.
 """
 

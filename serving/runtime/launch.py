@@ -1,7 +1,8 @@
 """Start kfp-serve runtime servers as detached local processes and wait until they are ready.
 
 Used by tests and by the local serving backend. Cheap to import (no kserve, no numpy).
-Servers are forked from a warm pool when possible (:mod:`serving.runtime.warm_pool`: the same
+Servers are forked from a warm pool when possible (:mod:`kfp_serve.serving.runtime.warm_pool`: the
+same
 server, without paying interpreter start and imports again); ``KFP_SERVE_WARM_POOL=0`` turns
 that off.
 
@@ -26,13 +27,13 @@ import urllib.request
 from pathlib import Path
 from typing import Literal
 
-from serving.errors import ServingError
-from serving.runtime import warm_pool
+from kfp_serve.serving.errors import ServingError
+from kfp_serve.serving.runtime import warm_pool
 
 Kind = Literal["predictor", "transformer"]
 MODULES: dict[str, str] = {
-    "predictor": "serving.runtime.predictor",
-    "transformer": "serving.runtime.transformer",
+    "predictor": "kfp_serve.serving.runtime.predictor",
+    "transformer": "kfp_serve.serving.runtime.transformer",
 }
 LOOPBACK = "127.0.0.1"
 #: Readiness path: 200 once every model of the server is loaded (same on v1 and v2 servers).
@@ -61,20 +62,18 @@ def free_port(host: str = LOOPBACK) -> int:
         return int(s.getsockname()[1])
 
 
-def _repo_root() -> Path:
-    # serving/runtime/launch.py -> repo root; lets `python -m serving...` work from any cwd
-    # even when kfp-serve is not installed into the interpreter that runs the server.
-    return Path(__file__).resolve().parents[2]
+#: A server's working directory. Servers import only ``kfp_serve.*`` from the installed
+#: distribution; with PYTHONSAFEPATH (below) the working directory is not on sys.path, so a
+#: user's own ``serving/`` or ``pipelines/`` folder can never shadow anything in a server.
+SERVER_CWD = "/"
 
 
 def server_environment(env: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of a server: this process's, plus ``env``, the repo on PYTHONPATH and
+    """The environment of a server: this process's, plus ``env``, a safe sys.path and
     unbuffered output."""
     full_env = dict(os.environ)
     full_env.update(env or {})
-    root = str(_repo_root())
-    pythonpath = full_env.get("PYTHONPATH")
-    full_env["PYTHONPATH"] = root if not pythonpath else f"{root}{os.pathsep}{pythonpath}"
+    full_env["PYTHONSAFEPATH"] = "1"
     full_env.setdefault("PYTHONUNBUFFERED", "1")
     return full_env
 
@@ -83,7 +82,7 @@ def warm_up(python: str | None = None) -> None:
     """Start the warm pool now, without waiting, so later servers start fast (no-op when it
     runs or is disabled; never raises)."""
     warm_pool.ensure_started(
-        python=python or sys.executable, env=server_environment(), cwd=str(_repo_root())
+        python=python or sys.executable, env=server_environment(), cwd=SERVER_CWD
     )
 
 
@@ -152,7 +151,7 @@ def start_server(
         env: Extra environment variables (e.g. ``{"PREDICT_PROBA": "true"}``).
         python: Interpreter to run; the current one by default.
         extra_args: More command-line flags.
-        warm: Fork it from the warm pool (:mod:`serving.runtime.warm_pool`) when possible;
+        warm: Fork it from the warm pool (:mod:`kfp_serve.serving.runtime.warm_pool`) when possible;
             default: unless ``KFP_SERVE_WARM_POOL=0``. The result is the same server either way.
 
     Returns:
@@ -173,7 +172,6 @@ def start_server(
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     full_env = server_environment(env)
-    root = str(_repo_root())
     proc: ServerProcess | None = None
     if warm if warm is not None else warm_pool.enabled():
         # Forked from the warm pool (imports already done); None means start it plainly.
@@ -181,7 +179,7 @@ def start_server(
             MODULES[kind],
             cmd[3:],
             env=full_env,
-            cwd=root,
+            cwd=SERVER_CWD,
             log_path=log_path,
             python=cmd[0],
             pool_env=server_environment(),
@@ -195,7 +193,7 @@ def start_server(
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 env=full_env,
-                cwd=root,
+                cwd=SERVER_CWD,
                 start_new_session=True,
                 close_fds=True,
             )

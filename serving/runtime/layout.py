@@ -7,7 +7,7 @@ accept, so a directory written by someone else's tool still loads.
 
 from __future__ import annotations
 
-from artifacts.layout import (
+from kfp_serve.artifacts.layout import (
     METADATA_FILE,
     SKLEARN_MODEL_FILE,
     TRANSFORMER_FILE,

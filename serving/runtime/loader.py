@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from serving.errors import ServingError
-from serving.runtime import layout
-from serving.runtime.codec import FeatureSpec
-from serving.runtime.explain import explain_linear, explain_xgboost, find_linear
-from serving.runtime.fastpath import fast_predict, fast_transform
+from kfp_serve.serving.errors import ServingError
+from kfp_serve.serving.runtime import layout
+from kfp_serve.serving.runtime.codec import FeatureSpec
+from kfp_serve.serving.runtime.explain import explain_linear, explain_xgboost, find_linear
+from kfp_serve.serving.runtime.fastpath import fast_predict, fast_transform
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class ServedModel:
     estimator: Any = None
 
     def explain(self, X: Any) -> dict[str, Any]:
-        """Per-feature attributions (see :mod:`serving.runtime.explain`).
+        """Per-feature attributions (see :mod:`kfp_serve.serving.runtime.explain`).
 
         Raises:
             NotImplementedError: The model has no built-in explainer (HTTP 501).

@@ -1,7 +1,8 @@
 """The kfp-serve predictor runtime: a kserve.Model serving sklearn and XGBoost model directories.
 
-Run it as ``python -m serving.runtime.predictor --model_name NAME --model_dir DIR --http_port P
-[--http_host 127.0.0.1]`` (flags: :func:`serving.runtime.server.build_parser`). Env
+Run it as ``python -m kfp_serve.serving.runtime.predictor --model_name NAME --model_dir DIR
+--http_port P
+[--http_host 127.0.0.1]`` (flags: :func:`kfp_serve.serving.runtime.server.build_parser`). Env
 ``PREDICT_PROBA=true`` answers class probabilities instead of labels, like the stock
 sklearnserver.
 
@@ -11,7 +12,7 @@ sklearnserver.
   one named input per feature column (several inputs, or ``parameters.content_type: "pd"``)
   -> one output tensor ``output-0``; ``id`` is echoed, or generated when absent.
 - explain: ``POST /v1/models/NAME:explain`` (body as v1 predict) -> attributions, see
-  :mod:`serving.runtime.explain`; 501 for models without a built-in explainer.
+  :mod:`kfp_serve.serving.runtime.explain`; 501 for models without a built-in explainer.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from serving.errors import ServingError
-from serving.runtime._kserve import InferenceVerb, InferRequest, InvalidInput, kserve
-from serving.runtime.codec import (
+from kfp_serve.serving.errors import ServingError
+from kfp_serve.serving.runtime._kserve import InferenceVerb, InferRequest, InvalidInput, kserve
+from kfp_serve.serving.runtime.codec import (
     Batch,
     RequestError,
     decode_v1,
@@ -32,8 +33,8 @@ from serving.runtime.codec import (
     encode_v2,
     v2_datatype,
 )
-from serving.runtime.loader import ServedModel, env_flag, load_model
-from serving.runtime.server import (
+from kfp_serve.serving.runtime.loader import ServedModel, env_flag, load_model
+from kfp_serve.serving.runtime.server import (
     RuntimeApp,
     V2Request,
     configure_logging,
@@ -69,7 +70,7 @@ class PredictorModel(kserve.Model):
 
     Args:
         name: Model name in the URL paths.
-        model_dir: Directory in the stock layout (see :mod:`serving.runtime.layout`).
+        model_dir: Directory in the stock layout (see :mod:`kfp_serve.serving.runtime.layout`).
         predict_proba: Answer probabilities; defaults to env ``PREDICT_PROBA``.
     """
 
@@ -146,7 +147,7 @@ class PredictorModel(kserve.Model):
         return result
 
     def explain(self, payload: Batch, headers: dict[str, str] | None = None) -> dict[str, Any]:  # type: ignore[override]
-        """Per-feature attributions (see :mod:`serving.runtime.explain`).
+        """Per-feature attributions (see :mod:`kfp_serve.serving.runtime.explain`).
 
         Raises:
             NotImplementedError: The model has no built-in explainer (HTTP 501).
@@ -192,7 +193,7 @@ class PredictorModel(kserve.Model):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m serving.runtime.predictor``.
+    """Entry point of ``python -m kfp_serve.serving.runtime.predictor``.
 
     Returns:
         Process exit code (2 when the model cannot be loaded).

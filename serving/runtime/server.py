@@ -46,14 +46,14 @@ def _strtobool(value: str) -> bool:
 
 
 def build_parser(kind: str) -> argparse.ArgumentParser:
-    """The command line of ``python -m serving.runtime.<kind>``.
+    """The command line of ``python -m kfp_serve.serving.runtime.<kind>``.
 
     The flags are KServe's (what the controller and ServingRuntimes pass), plus ``--http_host``.
     kserve flags that make no sense here (gRPC, multiprocess workers, docs, access-log format)
     are accepted and ignored with a log line, so a stock ServingRuntime's args still start us.
     """
     p = argparse.ArgumentParser(
-        prog=f"python -m serving.runtime.{kind}",
+        prog=f"python -m kfp_serve.serving.runtime.{kind}",
         description=f"kfp-serve KServe {kind} runtime (REST v1 + v2).",
     )
     p.add_argument("--model_name", default="model", help="Name in the URL paths.")
@@ -214,7 +214,7 @@ class RuntimeApp:
     ) -> None:
         import orjson
 
-        from serving.runtime._kserve import InferenceVerb, InvalidInput, ModelNotReady
+        from kfp_serve.serving.runtime._kserve import InferenceVerb, InvalidInput, ModelNotReady
 
         self.models = models
         self._on_startup = on_startup
@@ -317,7 +317,7 @@ class RuntimeApp:
         await self._infer(kind, model, raw, scope, send)
 
     async def _infer(self, kind: str, model: Any, raw: bytes, scope: dict, send: Callable) -> None:
-        from serving.runtime.codec import RequestError, parse_json
+        from kfp_serve.serving.runtime.codec import RequestError, parse_json
 
         try:
             body = parse_json(raw)

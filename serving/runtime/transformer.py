@@ -1,6 +1,6 @@
 """The kfp-serve transformer runtime: apply a Transformer artifact, then ask the predictor.
 
-Run it as ``python -m serving.runtime.transformer --model_name NAME --model_dir DIR
+Run it as ``python -m kfp_serve.serving.runtime.transformer --model_name NAME --model_dir DIR
 --predictor_host HOST:PORT --predictor_protocol v1|v2 --http_port P``. Callers may speak v1 or v2
 whatever the predictor speaks: the request is decoded and validated against the transformer's
 input signature, ``transform()`` is applied, the result is sent to the predictor in
@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from serving.errors import ServingError
-from serving.runtime._kserve import InferenceVerb, InvalidInput, kserve
-from serving.runtime.codec import (
+from kfp_serve.serving.errors import ServingError
+from kfp_serve.serving.runtime._kserve import InferenceVerb, InvalidInput, kserve
+from kfp_serve.serving.runtime.codec import (
     INPUT_NAME,
     Batch,
     RequestError,
@@ -29,9 +29,9 @@ from serving.runtime.codec import (
     tensor_dict,
     v2_output_array,
 )
-from serving.runtime.loader import ServedTransformer, load_transformer
-from serving.runtime.predictor import decode_payload
-from serving.runtime.server import (
+from kfp_serve.serving.runtime.loader import ServedTransformer, load_transformer
+from kfp_serve.serving.runtime.predictor import decode_payload
+from kfp_serve.serving.runtime.server import (
     RuntimeApp,
     configure_logging,
     parse_args,
@@ -133,7 +133,7 @@ class TransformerModel(kserve.Model):
         """Open the keep-alive HTTP client to the predictor (inside the server's event loop)."""
         import orjson
 
-        from serving.runtime.upstream import UpstreamClient
+        from kfp_serve.serving.runtime.upstream import UpstreamClient
 
         self._dumps = orjson.dumps
         self._dump_opts = orjson.OPT_SERIALIZE_NUMPY
@@ -234,7 +234,7 @@ class TransformerModel(kserve.Model):
     async def _post(
         self, path: str, body: dict[str, Any], headers: dict[str, str] | None
     ) -> dict[str, Any]:
-        from serving.runtime.upstream import UpstreamError, UpstreamTimeout
+        from kfp_serve.serving.runtime.upstream import UpstreamError, UpstreamTimeout
 
         if self._client is None:
             await self.start_client()
@@ -268,7 +268,7 @@ class TransformerModel(kserve.Model):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m serving.runtime.transformer``.
+    """Entry point of ``python -m kfp_serve.serving.runtime.transformer``.
 
     Returns:
         Process exit code (2 when the transformer cannot be loaded or configured).

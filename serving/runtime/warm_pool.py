@@ -3,7 +3,8 @@
 Starting a model server costs an interpreter start plus numpy, scikit-learn, kserve.model and
 uvicorn imports: about a second of CPU per server, paid twice for a transformer endpoint. The
 pool pays it once per ``KFP_SERVE_HOME``: it imports the runtimes' dependencies, then, asked over
-a unix socket, forks a child that becomes exactly the server :func:`serving.runtime.launch.
+a unix socket, forks a child that becomes exactly the server
+:func:`kfp_serve.serving.runtime.launch.
 start_server` would have started — the same module run as ``__main__`` with the same argv (so the
 same parser), its own session, stdin from /dev/null, stdout+stderr appended to the log file, the
 caller's environment, working directory, umask, CPU affinity and niceness, bound where its flags
@@ -26,7 +27,8 @@ slow, or refuses a request (another interpreter, working directory or resource l
 difference in an environment variable that is read at import time), :func:`spawn` returns None
 and the caller starts the server as a plain subprocess.
 
-Run as ``python -m serving.runtime.warm_pool --socket PATH --lock-fd N`` (the client does this).
+Run as ``python -m kfp_serve.serving.runtime.warm_pool --socket PATH --lock-fd N`` (the client does
+this).
 """
 
 from __future__ import annotations
@@ -55,13 +57,15 @@ DEFAULT_IDLE = 600.0
 #: Seconds a client waits for a spawn answer (covers a pool that is still importing).
 DEFAULT_TIMEOUT = 30.0
 #: Modules the pool runs as ``__main__``: the runtime servers, nothing else.
-MODULES = frozenset({"serving.runtime.predictor", "serving.runtime.transformer"})
+MODULES = frozenset(
+    {"kfp_serve.serving.runtime.predictor", "kfp_serve.serving.runtime.transformer"}
+)
 #: What the servers import before they answer (pre-imported by the pool; optional ones may fail).
 WARM_IMPORTS = (
-    "serving.runtime.predictor",
-    "serving.runtime.transformer",
-    "serving.runtime.upstream",
-    "serving.runtime.kserve_package",
+    "kfp_serve.serving.runtime.predictor",
+    "kfp_serve.serving.runtime.transformer",
+    "kfp_serve.serving.runtime.upstream",
+    "kfp_serve.serving.runtime.kserve_package",
     "yaml",
     "joblib",
     "orjson",
@@ -123,7 +127,7 @@ def enabled() -> bool:
 
 def pool_dir() -> Path:
     """``$KFP_SERVE_HOME/endpoints`` (created), where the pool's files live."""
-    from artifacts.home import state_dir
+    from kfp_serve.artifacts.home import state_dir
 
     path = state_dir() / "endpoints"
     path.mkdir(parents=True, exist_ok=True)
@@ -509,7 +513,8 @@ _ENV_COPIES = {"wsgiref.handlers": _refresh_wsgiref}
 
 
 class Pool:
-    """The pool's state and request loop (runs in ``python -m serving.runtime.warm_pool``)."""
+    """The pool's state and request loop (runs in ``python -m
+    kfp_serve.serving.runtime.warm_pool``)."""
 
     def __init__(self, path: Path, lock_fd: int | None, idle_timeout: float) -> None:
         self.path = path

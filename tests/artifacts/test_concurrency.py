@@ -8,7 +8,7 @@ import textwrap
 import time
 from pathlib import Path
 
-import artifacts
+from kfp_serve import artifacts
 
 PROCESSES = 4
 PER_PROCESS = 100
@@ -17,8 +17,7 @@ WORKER = textwrap.dedent(
     """
     import sys
     from sklearn.dummy import DummyClassifier
-    import artifacts
-
+    from kfp_serve import artifacts
     worker, count = int(sys.argv[1]), int(sys.argv[2])
     model = DummyClassifier().fit([[0.0, 1.0], [1.0, 0.0]], [0, 1])
     for i in range(count):

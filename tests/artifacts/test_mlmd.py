@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-import artifacts
-from artifacts import MetadataError, Model, Transformer
-from artifacts.mlmd import MODEL_TYPE, Store, current_run, metadata_store, store_uri
+from kfp_serve import artifacts
+from kfp_serve.artifacts import MetadataError, Model, Transformer
+from kfp_serve.artifacts.mlmd import MODEL_TYPE, Store, current_run, metadata_store, store_uri
 
 
 def test_submit_and_read_back_every_property(home, classifier):

@@ -10,7 +10,7 @@ from pathlib import Path
 import joblib
 import pytest
 
-from artifacts import ArtifactError, InvalidNameError, Model, Transformer, layout
+from kfp_serve.artifacts import ArtifactError, InvalidNameError, Model, Transformer, layout
 
 
 def _sklearn_models(X, y):

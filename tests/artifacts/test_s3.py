@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from blake3 import blake3
 
-from artifacts import SnapshotError, SnapshotStore
-from artifacts.snapshots import cache
-from artifacts.snapshots import s3 as s3_backend
-from artifacts.snapshots.digest import MANIFEST_NAME, tree_digest
+from kfp_serve.artifacts import SnapshotError, SnapshotStore
+from kfp_serve.artifacts.snapshots import cache
+from kfp_serve.artifacts.snapshots import s3 as s3_backend
+from kfp_serve.artifacts.snapshots.digest import MANIFEST_NAME, tree_digest
 
 pytest.importorskip("boto3")
 moto_server = pytest.importorskip("moto.server")

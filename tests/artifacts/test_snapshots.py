@@ -17,9 +17,14 @@ from pathlib import Path
 import pytest
 from blake3 import blake3
 
-from artifacts import Snapshot, SnapshotError, SnapshotStore
-from artifacts.snapshots import base, cache, copy, progress
-from artifacts.snapshots.digest import MANIFEST_NAME, Manifest, build_manifest, tree_digest
+from kfp_serve.artifacts import Snapshot, SnapshotError, SnapshotStore
+from kfp_serve.artifacts.snapshots import base, cache, copy, progress
+from kfp_serve.artifacts.snapshots.digest import (
+    MANIFEST_NAME,
+    Manifest,
+    build_manifest,
+    tree_digest,
+)
 
 
 def make_tree(root: Path) -> Path:
@@ -99,7 +104,7 @@ def test_unchanged_tree_is_deduplicated_without_copy(home, tmp_path, monkeypatch
     stored = home / "snapshots" / first.uri.rsplit("/", 1)[1]
     inode = (stored / "model.joblib").stat().st_ino
     # A copy goes through copy_tree: make any copy fail loudly.
-    import artifacts.snapshots.file as file_backend
+    import kfp_serve.artifacts.snapshots.file as file_backend
 
     real = file_backend.copy_tree
 
@@ -265,7 +270,7 @@ def test_progress_is_shown_for_large_snapshots(home, tmp_path, monkeypatch, capf
 KILLED_WORKER = textwrap.dedent(
     """
     import sys
-    from artifacts import SnapshotStore
+    from kfp_serve.artifacts import SnapshotStore
     print("start", flush=True)
     SnapshotStore().snapshot(sys.argv[1], progress=False)
     print("done", flush=True)
@@ -306,7 +311,7 @@ def test_sigkill_midway_leaves_no_visible_snapshot(home, tmp_path):
 
 def test_digest_is_blake3_of_manifest(tmp_path):
     tree = make_tree(tmp_path / "t")
-    from artifacts.snapshots.digest import build_manifest
+    from kfp_serve.artifacts.snapshots.digest import build_manifest
 
     m = build_manifest(tree)
     assert m.digest == "blake3:" + blake3(m.text.encode()).hexdigest()
@@ -338,8 +343,8 @@ def test_unchanged_tree_costs_one_scan_and_reads_nothing(home, tmp_path, monkeyp
     monkeypatch.setattr(cache, "SAFETY_NS", 0)  # the tree counts as settled at once
     store = SnapshotStore()
     first = store.snapshot(tree)
-    import artifacts.snapshots.digest as digest
-    import artifacts.snapshots.file as file_backend
+    import kfp_serve.artifacts.snapshots.digest as digest
+    import kfp_serve.artifacts.snapshots.file as file_backend
 
     def no_read(*args, **kwargs):
         raise AssertionError("an unchanged tree must not be read again")

@@ -34,7 +34,7 @@ def kfp_serve_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         for name in _ENV_OVERRIDES:
             mp.delenv(name, raising=False)
         yield home
-        from serving.backends.local import LocalBackend
+        from kfp_serve.serving.backends.local import LocalBackend
 
         backend = LocalBackend(progress=False, stop_grace=2.0)
         for status in backend.list():
@@ -111,8 +111,7 @@ def iris_model(iris: Any) -> tuple[int, Any]:
     """A LogisticRegression on iris submitted to MLMD: (model id, fitted estimator)."""
     from sklearn.linear_model import LogisticRegression
 
-    import artifacts
-
+    from kfp_serve import artifacts
     X, y = iris
     est = LogisticRegression(max_iter=500).fit(X, y)
     model_id = artifacts.Model(
@@ -127,8 +126,7 @@ def iris_scaler(iris: Any) -> int:
     """A StandardScaler transformer submitted to MLMD: its id."""
     from sklearn.preprocessing import StandardScaler
 
-    import artifacts
-
+    from kfp_serve import artifacts
     X, _ = iris
     return artifacts.Transformer(
         name="cli-scaler", transformer=StandardScaler().fit(X), version="1.0.0"
@@ -137,8 +135,8 @@ def iris_scaler(iris: Any) -> int:
 
 def stop_quietly(name: str) -> None:
     """Stop endpoint ``name`` if it still exists (fixture teardown)."""
-    from serving.backends.local import LocalBackend
-    from serving.errors import ServingError
+    from kfp_serve.serving.backends.local import LocalBackend
+    from kfp_serve.serving.errors import ServingError
 
     try:
         LocalBackend(progress=False, stop_grace=2.0).delete(name)

@@ -12,8 +12,8 @@ from tests.cli.kfp_api_double import KfpApiDouble
 def test_compile_writes_loadable_components_palette_and_pipelines(cli, tmp_path):
     from kfp import components
 
-    from components import all_components
-    from pipelines import PIPELINES
+    from kfp_serve.components import all_components
+    from kfp_serve.pipelines import PIPELINES
 
     out = tmp_path / "compiled"
     outcome = cli("compile", "--out", str(out))
@@ -59,7 +59,7 @@ def _versions(api: KfpApiDouble) -> dict[str, list[str]]:
 def test_upload_creates_then_adds_versions(cli, kfp_context):
     from kfp import components
 
-    from pipelines.upload import upload_pipeline
+    from kfp_serve.pipelines.upload import upload_pipeline
 
     with KfpApiDouble() as api:
         first = cli("upload", "--host", api.url, "--pipeline", "xgboost")
@@ -112,8 +112,8 @@ def test_upload_again_into_a_namespace_adds_a_version(cli, kfp_context):
 
 
 def test_a_refused_first_version_leaves_no_empty_pipeline(kfp_context, monkeypatch):
-    from pipelines import upload
-    from pipelines.upload import UploadError, upload_pipeline
+    from kfp_serve.pipelines import upload
+    from kfp_serve.pipelines.upload import UploadError, upload_pipeline
 
     real = upload.compile_pipeline
 

@@ -67,7 +67,7 @@ def test_serve_reports_the_ready_url(served):
 
 
 def test_endpoints_lists_url_model_id_and_health(cli, served):
-    from serving.endpoint import Endpoint
+    from kfp_serve.serving.endpoint import Endpoint
 
     model_id, _ = served
     cells = _table_row(cli("endpoints").stdout, NAME)
@@ -78,7 +78,7 @@ def test_endpoints_lists_url_model_id_and_health(cli, served):
 
 
 def test_predict_inline_and_from_file_match_in_process(cli, served, iris_model, tmp_path):
-    from serving.endpoint import Endpoint
+    from kfp_serve.serving.endpoint import Endpoint
 
     _, est = iris_model
     rows_file = tmp_path / "rows.json"
@@ -148,7 +148,7 @@ def test_lineage_table_and_png(cli, served, tmp_path):
 
 
 def test_a_killed_endpoint_shows_as_dead(cli, iris_model):
-    from serving.backends.local_registry import read_record
+    from kfp_serve.serving.backends.local_registry import read_record
 
     model_id, _ = iris_model
     try:
@@ -174,7 +174,7 @@ def test_a_killed_endpoint_shows_as_dead(cli, iris_model):
 
 
 def test_stop_removes_the_endpoint(cli, served):
-    from serving.backends.local_registry import read_record
+    from kfp_serve.serving.backends.local_registry import read_record
 
     pids = [p.pid for p in read_record(NAME).latest.processes]
     outcome = cli("stop", NAME)

@@ -8,7 +8,7 @@ from tests.cli.conftest import run_script, stop_quietly
 
 
 def test_run_xgboost_end_to_end_prints_url_and_blessed_verdict():
-    from serving.endpoint import Endpoint
+    from kfp_serve.serving.endpoint import Endpoint
 
     name = f"cli-run-{uuid.uuid4().hex[:8]}"
     try:

@@ -7,7 +7,7 @@ import pytest
 from kfp import components as kfp_components
 from kfp import dsl
 
-from components import get_component
+from kfp_serve.components import get_component
 
 REPO = Path(__file__).resolve().parents[2]
 # kfp.local warns for an image name without "python"; ours is a Python image.
@@ -15,8 +15,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:You may be attemping:RuntimeWarn
 
 
 def test_train_submit_snapshot_chain_records_mlmd(kfp_local):
-    import artifacts
-
+    from kfp_serve import artifacts
     train, submit_model, snapshot = (
         get_component(n) for n in ("train", "submit_model", "snapshot")
     )
@@ -59,8 +58,7 @@ def test_submit_transformer_alone(kfp_local, tmp_path):
     import joblib
     from sklearn.preprocessing import StandardScaler
 
-    import artifacts
-
+    from kfp_serve import artifacts
     source = tmp_path / "scaler"
     source.mkdir()
     joblib.dump(StandardScaler().fit([[0.0, 1.0], [2.0, 3.0]]), source / "transformer.joblib")

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from components.entry import format_value, parse_value
+from kfp_serve.components.entry import format_value, parse_value
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def entry(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "components.entry", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "kfp_serve.components.entry", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=300, env=env)
 
 

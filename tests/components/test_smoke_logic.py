@@ -1,9 +1,9 @@
-"""serving.smoke.check_predictions with an injected predict function and a fake clock."""
+"""kfp_serve.serving.smoke.check_predictions with an injected predict function and a fake clock."""
 
 import pytest
 
-from serving.errors import ServingError
-from serving.smoke import (
+from kfp_serve.serving.errors import ServingError
+from kfp_serve.serving.smoke import (
     BLESSED,
     ERROR,
     MISMATCH,

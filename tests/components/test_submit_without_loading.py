@@ -8,9 +8,9 @@ from pathlib import Path
 import joblib
 import pytest
 
-from artifacts import layout
-from artifacts.model import Model, Transformer
-from artifacts.training import UNSUBMITTED_VERSION, train_model
+from kfp_serve.artifacts import layout
+from kfp_serve.artifacts.model import Model, Transformer
+from kfp_serve.artifacts.training import UNSUBMITTED_VERSION, train_model
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,7 +68,7 @@ def test_metadata_of_another_kind_is_not_trusted(trained):
 def test_submit_steps_import_neither_sklearn_nor_joblib(trained, kfp_home):
     code = (
         "import json, sys\n"
-        "from components.ops import submit\n"
+        "from kfp_serve.components.ops import submit\n"
         f"m = submit('model', {str(trained / 'model')!r}, {str(trained / 'sm')!r}, name='iris',"
         " version='1.0.0')\n"
         f"t = submit('transformer', {str(trained / 'transformer')!r}, {str(trained / 'st')!r},"

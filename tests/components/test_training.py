@@ -1,4 +1,4 @@
-"""artifacts.training.train_model: the logic behind the train component, with tmp_path."""
+"""kfp_serve.artifacts.training.train_model: the logic behind the train component, with tmp_path."""
 
 import json
 
@@ -6,9 +6,9 @@ import joblib
 import pandas as pd
 import pytest
 
-from artifacts.errors import ArtifactError
-from artifacts.layout import MODEL_JOBLIB, TRANSFORMER_JOBLIB, XGBOOST_JSON
-from artifacts.training import NO_TRANSFORMER_MARKER, read_samples, train_model
+from kfp_serve.artifacts.errors import ArtifactError
+from kfp_serve.artifacts.layout import MODEL_JOBLIB, TRANSFORMER_JOBLIB, XGBOOST_JSON
+from kfp_serve.artifacts.training import NO_TRANSFORMER_MARKER, read_samples, train_model
 
 
 def test_sklearn_with_transformer_writes_layout_and_samples(tmp_path):

@@ -65,7 +65,7 @@ def kfp_serve_home(
 def stop_all_endpoints() -> None:
     """Stop every endpoint of the current KFP_SERVE_HOME (each test has its own)."""
     try:
-        from serving.backends.base import get_backend
+        from kfp_serve.serving.backends.base import get_backend
     except ImportError:  # the serving layer is not there yet: nothing can have been served
         return
     backend = get_backend("local")

@@ -56,7 +56,7 @@ def tags_of(cell: Any) -> list[str]:
 def test_notebook_has_kale_metadata_and_tags(notebook: Path) -> None:
     from kale.processors.constants import TAGS_LANGUAGE
 
-    from serving.constants import DEFAULT_IMAGE
+    from kfp_serve.serving.constants import DEFAULT_IMAGE
 
     nb = nbformat.read(notebook, as_version=4)
     nbformat.validate(nb)
@@ -117,7 +117,7 @@ def test_notebook_runs_top_to_bottom_locally(
 ) -> None:
     from nbclient import NotebookClient
 
-    from serving import Endpoint
+    from kfp_serve.serving import Endpoint
 
     nb = nbformat.read(notebook, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell(PROBE_CELL))
@@ -185,7 +185,7 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], Path]
 
 
 def test_kale_compiles_the_notebook(notebook: Path, compiled: Callable[[Path], Path]) -> None:
-    from serving.constants import DEFAULT_IMAGE
+    from kfp_serve.serving.constants import DEFAULT_IMAGE
 
     # The pipeline spec, then (Kale always imports kfp.kubernetes) its platform spec.
     spec = next(yaml.safe_load_all(compiled(notebook).read_text()))
@@ -215,8 +215,8 @@ def test_compiled_pipeline_runs_under_kfp_local(
     import kfp.components
     import kfp.local
 
-    from artifacts import list_artifacts
-    from serving import Endpoint
+    from kfp_serve.artifacts import list_artifacts
+    from kfp_serve.serving import Endpoint
 
     # Each step pip-installs what the imports cell names; everything is already installed in
     # this venv (as in the image), and nothing may be downloaded from a test.

@@ -13,15 +13,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-import kale_steps
-from kale_steps import steps
+from kfp_serve import kale_steps
+from kfp_serve.kale_steps import steps
 
 # ---------------------------------------------------------------------------------------------
 # plain values, light import
 
 
 def test_import_loads_nothing_heavy() -> None:
-    """``import kale_steps`` runs in every step's imports block, so it must stay cheap."""
+    """``import kfp_serve.kale_steps`` runs in every step's imports block, so it must stay cheap."""
     code = (
         "import json, sys, kale_steps\n"
         "heavy = ('artifacts', 'serving', 'numpy', 'sklearn', 'xgboost', 'kserve', 'kfp')\n"
@@ -92,7 +92,7 @@ def test_link_run_keeps_a_run_id_already_given(monkeypatch: pytest.MonkeyPatch) 
 def test_link_run_in_a_pod_exports_the_run_label(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
-    import artifacts.environment as environment
+    import kfp_serve.artifacts.environment as environment
 
     _clear_run_env(monkeypatch)
     monkeypatch.setenv("KFP_POD_NAME", "wine-abc-system-container-impl-123")
@@ -112,7 +112,7 @@ def test_link_run_in_a_pod_exports_the_run_label(monkeypatch: pytest.MonkeyPatch
 
 
 def test_link_run_survives_an_unreadable_pod(monkeypatch: pytest.MonkeyPatch) -> None:
-    import artifacts.environment as environment
+    import kfp_serve.artifacts.environment as environment
 
     _clear_run_env(monkeypatch)
     monkeypatch.setenv("KFP_POD_NAME", "some-pod")
@@ -142,9 +142,9 @@ def wine() -> dict[str, Any]:
 
 
 def test_submit_snapshot_serve_and_smoke(kfp_serve_home: Path, wine: dict[str, Any]) -> None:
-    from artifacts import get_artifact
-    from serving import Endpoint
-    from serving.errors import ServingError
+    from kfp_serve.artifacts import get_artifact
+    from kfp_serve.serving import Endpoint
+    from kfp_serve.serving.errors import ServingError
 
     transformer_id = kale_steps.submit_transformer(wine["scaler"], name="wine-scaler")
     model_id = kale_steps.submit_model(
@@ -209,7 +209,7 @@ def test_serve_defaults_to_the_model_name(kfp_serve_home: Path, wine: dict[str, 
 
 
 def test_serve_an_id_that_does_not_exist(kfp_serve_home: Path) -> None:
-    from artifacts.errors import MetadataError
+    from kfp_serve.artifacts.errors import MetadataError
 
     with pytest.raises(MetadataError, match="987654"):
         kale_steps.serve(987654, name="ghost")
@@ -218,7 +218,7 @@ def test_serve_an_id_that_does_not_exist(kfp_serve_home: Path) -> None:
 def test_serve_a_transformer_id_that_does_not_exist(
     kfp_serve_home: Path, wine: dict[str, Any]
 ) -> None:
-    from artifacts.errors import MetadataError
+    from kfp_serve.artifacts.errors import MetadataError
 
     model_id = kale_steps.submit_model(wine["model"], "wine-lr")
     with pytest.raises(MetadataError, match="987654"):
@@ -242,7 +242,7 @@ class NotAModel:
     [pytest.param(NotAModel(), id="custom-class"), pytest.param({"w": [1, 2]}, id="dict")],
 )
 def test_submit_an_unsupported_model_type(kfp_serve_home: Path, model: Any) -> None:
-    from artifacts.errors import ArtifactError
+    from kfp_serve.artifacts.errors import ArtifactError
 
     with pytest.raises(ArtifactError, match=type(model).__name__):
         kale_steps.submit_model(model, "bad-model")
@@ -251,14 +251,14 @@ def test_submit_an_unsupported_model_type(kfp_serve_home: Path, model: Any) -> N
 def test_submit_an_unfitted_model(kfp_serve_home: Path) -> None:
     from sklearn.linear_model import LogisticRegression
 
-    from artifacts.errors import ArtifactError
+    from kfp_serve.artifacts.errors import ArtifactError
 
     with pytest.raises(ArtifactError, match="(?i)fit"):
         kale_steps.submit_model(LogisticRegression(), "unfitted")
 
 
 def test_submit_a_transformer_without_transform(kfp_serve_home: Path) -> None:
-    from artifacts.errors import ArtifactError
+    from kfp_serve.artifacts.errors import ArtifactError
 
     with pytest.raises(ArtifactError, match="transform"):
         kale_steps.submit_transformer(NotAModel(), "bad-transformer")
@@ -280,8 +280,8 @@ def test_submit_a_transformer_without_transform(kfp_serve_home: Path) -> None:
 def test_serve_config_with_an_unknown_key(
     kfp_serve_home: Path, wine: dict[str, Any], serve_config: Any, path: str
 ) -> None:
-    from serving.backends.base import get_backend
-    from serving.errors import ServeConfigError
+    from kfp_serve.serving.backends.base import get_backend
+    from kfp_serve.serving.errors import ServeConfigError
 
     model_id = kale_steps.submit_model(wine["model"], "wine-lr")
     with pytest.raises(ServeConfigError, match=path.replace(".", r"\.")):
@@ -290,7 +290,7 @@ def test_serve_config_with_an_unknown_key(
 
 
 def test_smoke_predict_an_endpoint_that_does_not_exist(kfp_serve_home: Path) -> None:
-    from serving.errors import ServingError
+    from kfp_serve.serving.errors import ServingError
 
     with pytest.raises(ServingError, match="no-such-endpoint"):
         kale_steps.smoke_predict("no-such-endpoint", [[1.0, 2.0]], [0])

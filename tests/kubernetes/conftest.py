@@ -20,7 +20,7 @@ def progress() -> io.StringIO:
 def backend(kube_double: KubeDouble, kubeconfig: Path, progress: io.StringIO,  # noqa: F811
             monkeypatch: pytest.MonkeyPatch):
     """A KubernetesBackend on the double, as a laptop with a kubeconfig would have it."""
-    from serving.backends import kubernetes as kb
+    from kfp_serve.serving.backends import kubernetes as kb
 
     monkeypatch.delenv("KFP_SERVE_INGRESS", raising=False)
     monkeypatch.delenv("INGRESS_HOST", raising=False)

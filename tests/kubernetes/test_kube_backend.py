@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from serving.backends.base import get_backend
-from serving.backends.kubernetes import InferenceServiceNotReadyError, KubernetesBackend
-from serving.errors import ServingError
+from kfp_serve.serving.backends.base import get_backend
+from kfp_serve.serving.backends.kubernetes import InferenceServiceNotReadyError, KubernetesBackend
+from kfp_serve.serving.errors import ServingError
 from tests.kserve_schema import SKIP_REASON, reference_available
 from tests.kube_double import ISVC, PVC, VOLUME_SNAPSHOT
 from tests.kube_double.manifests import isvc_manifest
@@ -279,7 +279,7 @@ def test_get_list_delete(kube_double, backend):
 
 
 def test_pvc_snapshots_are_hydrated_before_apply(kube_double, backend):
-    from artifacts.snapshots.pvc import (
+    from kfp_serve.artifacts.snapshots.pvc import (
         hydrated_pvc_name,
         serving_storage_uri,
         volume_snapshot_name,

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from artifacts.errors import SnapshotError
-from artifacts.snapshots import SnapshotStore
-from artifacts.snapshots.pvc import (
+from kfp_serve.artifacts.errors import SnapshotError
+from kfp_serve.artifacts.snapshots import SnapshotStore
+from kfp_serve.artifacts.snapshots.pvc import (
     PvcSnapshotBackend,
     hydrated_pvc_name,
     is_pvc_snapshot_uri,

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from artifacts.snapshots import SnapshotStore
-from artifacts.snapshots import pvc as pvc_mod
-from kale_steps import steps as kale_step_helpers
-from serving.backends import kubernetes as kb
+from kfp_serve.artifacts.snapshots import SnapshotStore
+from kfp_serve.artifacts.snapshots import pvc as pvc_mod
+from kfp_serve.kale_steps import steps as kale_step_helpers
+from kfp_serve.serving.backends import kubernetes as kb
 from tests.kube_double import PVC
 from tests.kube_double.manifests import isvc_manifest
 from tests.kube_double.store import POD

@@ -25,12 +25,12 @@ def kfp_serve_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     os.environ["KFP_SERVE_BACKEND"] = "local"
     _HOME = home
     yield home
-    from serving.backends.local import LocalBackend
+    from kfp_serve.serving.backends.local import LocalBackend
 
     backend = LocalBackend(progress=False, stop_grace=2.0)
     for status in backend.list():
         backend.delete(status.name)
-    from serving.runtime import warm_pool
+    from kfp_serve.serving.runtime import warm_pool
 
     warm_pool.stop()  # the home's warm pool would otherwise idle for minutes
     if old is None:
@@ -105,7 +105,7 @@ def make_manifest(
     env: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The manifest the lead's builder emits for these artifacts (plain directories)."""
-    from serving.isvc import Provenance, build_inference_service
+    from kfp_serve.serving.isvc import Provenance, build_inference_service
 
     cfg: dict[str, Any] = {"protocol_version": protocol}
     if canary is not None:
@@ -124,6 +124,6 @@ def make_manifest(
 
 @pytest.fixture()
 def backend() -> Any:
-    from serving.backends.local import LocalBackend
+    from kfp_serve.serving.backends.local import LocalBackend
 
     return LocalBackend(progress=False, stop_grace=2.0)

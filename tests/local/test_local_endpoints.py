@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.backends.local import LocalBackend
-from serving.backends.local_registry import process_start_time, read_record, registry_path
-from serving.endpoint import Endpoint
-from serving.errors import ServingError
+from kfp_serve.serving.backends.local import LocalBackend
+from kfp_serve.serving.backends.local_registry import process_start_time, read_record, registry_path
+from kfp_serve.serving.endpoint import Endpoint
+from kfp_serve.serving.errors import ServingError
 from tests.local.conftest import make_manifest
 from tests.processes import processes_mentioning
 
@@ -100,7 +100,7 @@ def test_endpoint_survives_the_process_that_started_it(
     manifest = make_manifest("iris-bg", directory)
     script = (
         "import json, sys\n"
-        "from serving.backends.local import LocalBackend\n"
+        "from kfp_serve.serving.backends.local import LocalBackend\n"
         "status = LocalBackend().apply(json.loads(sys.stdin.read()), timeout=90)\n"
         "print(status.url)\n"
     )

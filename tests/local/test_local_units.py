@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from artifacts.errors import InvalidNameError
-from serving.backends.local import LocalBackend, plan_manifest, resolve_storage
-from serving.backends.local_registry import (
+from kfp_serve.artifacts.errors import InvalidNameError
+from kfp_serve.serving.backends.local import LocalBackend, plan_manifest, resolve_storage
+from kfp_serve.serving.backends.local_registry import (
     EndpointRecord,
     ProcessRecord,
     RevisionRecord,
@@ -23,8 +23,8 @@ from serving.backends.local_registry import (
     registry_path,
     write_record,
 )
-from serving.endpoint import response_predictions, v1_request, v2_request
-from serving.errors import ServingError
+from kfp_serve.serving.endpoint import response_predictions, v1_request, v2_request
+from kfp_serve.serving.errors import ServingError
 from tests.local.conftest import make_manifest
 
 
@@ -172,7 +172,7 @@ def test_response_predictions() -> None:
 
 
 def test_snapshots_are_verified_before_serving(tmp_path: Path) -> None:
-    from artifacts.snapshots import SnapshotStore
+    from kfp_serve.artifacts.snapshots import SnapshotStore
 
     source = tmp_path / "model"
     source.mkdir()

@@ -13,11 +13,11 @@ def kfp_home(tmp_path, monkeypatch):
                  "KFP_SERVE_IMAGE"):
         monkeypatch.delenv(name, raising=False)
     yield home
-    from serving.backends.base import get_backend
+    from kfp_serve.serving.backends.base import get_backend
 
     backend = get_backend("local")
     for status in backend.list():
         backend.delete(status.name)
-    from serving.runtime import warm_pool
+    from kfp_serve.serving.runtime import warm_pool
 
     warm_pool.stop()  # the home's warm pool would otherwise idle for minutes

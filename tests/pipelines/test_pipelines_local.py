@@ -2,8 +2,8 @@
 
 import yaml
 
-from pipelines import PIPELINES, ClusterOptions, compile_pipeline
-from pipelines.local_run import coerce_params, run_local, task_display_names
+from kfp_serve.pipelines import PIPELINES, ClusterOptions, compile_pipeline
+from kfp_serve.pipelines.local_run import coerce_params, run_local, task_display_names
 
 
 def _check_common(result, events):
@@ -17,8 +17,8 @@ def _check_common(result, events):
 
 
 def test_sklearn_transformer_pipeline_end_to_end(kfp_home):
-    import artifacts
-    from serving.endpoint import Endpoint
+    from kfp_serve import artifacts
+    from kfp_serve.serving.endpoint import Endpoint
 
     events = []
     result = run_local(

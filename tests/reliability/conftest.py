@@ -2,7 +2,8 @@
 
 Everything runs on the embedded defaults in a private KFP_SERVE_HOME: SQLite MLMD, the file://
 snapshot store and the local serving backend, with real server processes on 127.0.0.1. One
-endpoint (predictor + transformer, served through ``serving.serve``) is shared by the load,
+endpoint (predictor + transformer, served through ``kfp_serve.serving.serve``) is shared by the
+load,
 bad-payload, binding and secret tests, because starting servers costs seconds; its ServeConfig
 carries a request-size limit and secret references, and a fake secret value sits in the
 environment every server inherits.
@@ -75,7 +76,7 @@ def reliability_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
 
 
 def stop_all_endpoints() -> None:
-    from serving.backends.local import LocalBackend
+    from kfp_serve.serving.backends.local import LocalBackend
 
     backend = LocalBackend(progress=False, stop_grace=2.0)
     for status in backend.list():
@@ -99,8 +100,7 @@ def trained(reliability_home: Path) -> Trained:
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    import artifacts
-
+    from kfp_serve import artifacts
     X, y = load_iris(return_X_y=True)
     scaler = StandardScaler().fit(X)
     clf = LogisticRegression(max_iter=500).fit(scaler.transform(X), y)
@@ -120,7 +120,7 @@ class Served:
     """The shared endpoint: its client, component URLs and server pids."""
 
     name: str
-    endpoint: Any  # serving.endpoint.Endpoint
+    endpoint: Any  # kfp_serve.serving.endpoint.Endpoint
     urls: dict[str, str]  # router, transformer, predictor
     pids: dict[str, int]  # router, transformer, predictor
     trained: Trained
@@ -128,7 +128,7 @@ class Served:
 
 def server_pids(name: str) -> dict[str, int]:
     """Role -> pid of the processes behind local endpoint ``name`` (from its registry)."""
-    from serving.backends.local_registry import read_record
+    from kfp_serve.serving.backends.local_registry import read_record
 
     record = read_record(name)
     assert record is not None, f"endpoint {name!r} has no registry record"
@@ -141,8 +141,7 @@ def server_pids(name: str) -> dict[str, int]:
 @pytest.fixture(scope="package")
 def served(trained: Trained) -> Iterator[Served]:
     """The shared endpoint: transformer + predictor behind the router, served by serve()."""
-    import serving
-
+    from kfp_serve import serving
     for key, value in SECRET_ENV.items():
         os.environ[key] = value
     try:
@@ -162,7 +161,7 @@ def served(trained: Trained) -> Iterator[Served]:
     finally:
         for key in SECRET_ENV:
             os.environ.pop(key, None)
-        from serving.backends.local import LocalBackend
+        from kfp_serve.serving.backends.local import LocalBackend
 
         backend = LocalBackend(progress=False, stop_grace=2.0)
         if ENDPOINT in {s.name for s in backend.list()}:

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from serving.errors import ServingError
+from kfp_serve.serving.errors import ServingError
 from tests.reliability.conftest import MAX_BODY, Served
 
 V1, V2, GET_V1, UNKNOWN = "v1", "v2", "get-v1", "unknown-model"

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pytest
 
-import artifacts
-from artifacts import SnapshotError, SnapshotStore
-from artifacts.snapshots.digest import tree_digest
-from serving.backends.base import get_backend
-from serving.backends.local_registry import process_start_time
-from serving.endpoint import Endpoint
-from serving.errors import ServingError
+from kfp_serve import artifacts
+from kfp_serve.artifacts import SnapshotError, SnapshotStore
+from kfp_serve.artifacts.snapshots.digest import tree_digest
+from kfp_serve.serving.backends.base import get_backend
+from kfp_serve.serving.backends.local_registry import process_start_time
+from kfp_serve.serving.endpoint import Endpoint
+from kfp_serve.serving.errors import ServingError
 from tests.kube_double import ISVC
 from tests.kube_double.fixtures import kube_double, kubeconfig  # noqa: F401
 from tests.kube_double.manifests import isvc_manifest
@@ -60,8 +60,7 @@ LOAD_THREADS = 8
 
 @pytest.fixture
 def kill_endpoint(trained: Trained):
-    import serving
-
+    from kfp_serve import serving
     endpoint = serving.serve(
         trained.model_id, trained.transformer_id, name=KILL_ENDPOINT, timeout=120
     )
@@ -75,8 +74,7 @@ def kill_endpoint(trained: Trained):
 def test_predictor_killed_mid_load_is_reported_and_serving_again_recovers(
     trained: Trained, kill_endpoint: Endpoint
 ) -> None:
-    import serving
-
+    from kfp_serve import serving
     rows = trained.X[::30].tolist()
     expected = trained.expected(rows)
     killed_at: list[float] = []
@@ -175,8 +173,7 @@ def test_tampered_snapshot_is_refused_before_any_server_starts(
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import MinMaxScaler
 
-    import serving
-
+    from kfp_serve import serving
     X = trained.X
     y = trained.expected(X.tolist())
     # Distinct content, so its snapshots are its own (snapshots are deduplicated by content).
@@ -218,7 +215,7 @@ def test_tampered_snapshot_is_refused_before_any_server_starts(
 SNAPSHOT_WORKER = textwrap.dedent(
     """
     import sys
-    from artifacts import SnapshotStore
+    from kfp_serve.artifacts import SnapshotStore
     SnapshotStore(sys.argv[1]).snapshot(sys.argv[2], progress=False)
     print("done", flush=True)
     """
@@ -284,8 +281,7 @@ MLMD_WORKER = textwrap.dedent(
     import os, sys, time
     from pathlib import Path
     from sklearn.dummy import DummyClassifier
-    import artifacts
-
+    from kfp_serve import artifacts
     worker, count, go = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
     model = DummyClassifier().fit([[0.0, 1.0], [1.0, 0.0]], [0, 1])
     artifacts.metadata_store()  # connect before the start signal
@@ -355,7 +351,7 @@ def test_eight_concurrent_mlmd_writer_processes_lose_nothing(
 
 @pytest.fixture
 def kube_backend(kube_double, kubeconfig, monkeypatch):  # noqa: F811
-    from serving.backends import kubernetes as kb
+    from kfp_serve.serving.backends import kubernetes as kb
 
     monkeypatch.delenv("KFP_SERVE_INGRESS", raising=False)
     monkeypatch.delenv("INGRESS_HOST", raising=False)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serving import ServeConfigError, build_inference_service
+from kfp_serve.serving import ServeConfigError, build_inference_service
 from tests.kserve_schema import SKIP_REASON, reference_available, validate_strict
 
 pytestmark = pytest.mark.skipif(not reference_available(), reason=SKIP_REASON)

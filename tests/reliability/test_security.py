@@ -18,10 +18,10 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-import artifacts
-from artifacts import InvalidNameError, SnapshotError, SnapshotStore
+from kfp_serve import artifacts
+from kfp_serve.artifacts import InvalidNameError, SnapshotError, SnapshotStore
 from kfp_serve.cli import app
-from serving.backends.base import get_backend
+from kfp_serve.serving.backends.base import get_backend
 from tests.kube_double.fixtures import kube_double, kubeconfig  # noqa: F401
 from tests.reliability.conftest import (
     ENDPOINT,
@@ -147,9 +147,9 @@ def _entry_points(trained: Trained) -> dict[str, Callable[[str], Any]]:
     from sklearn.dummy import DummyClassifier
     from sklearn.preprocessing import StandardScaler
 
-    import serving
-    from serving.endpoint import Endpoint
-    from serving.isvc import build_inference_service
+    from kfp_serve import serving
+    from kfp_serve.serving.endpoint import Endpoint
+    from kfp_serve.serving.isvc import build_inference_service
 
     estimator = DummyClassifier().fit([[0.0], [1.0]], [0, 1])
     scaler = StandardScaler().fit([[0.0], [1.0]])
@@ -214,7 +214,7 @@ def test_bad_versions_are_refused(trained: Trained) -> None:
 def test_bad_names_are_refused_by_the_kubernetes_backend_before_any_api_call(
     kube_double, kubeconfig, monkeypatch  # noqa: F811
 ) -> None:
-    from serving.backends import kubernetes as kb
+    from kfp_serve.serving.backends import kubernetes as kb
     from tests.kube_double.manifests import isvc_manifest
 
     monkeypatch.setattr(kb, "running_in_pod", lambda: False)
@@ -368,7 +368,7 @@ def _files_containing(root: Path, needles: list[bytes]) -> list[str]:
 def test_secret_values_never_appear_in_logs_reports_mlmd_or_cli_output(
     served: Served, reliability_home: Path, tmp_path: Path
 ) -> None:
-    from serving.smoke import smoke_endpoint
+    from kfp_serve.serving.smoke import smoke_endpoint
 
     values = list(SECRET_ENV.values())
     needles = [v.encode() for v in values]

@@ -1,6 +1,7 @@
 """Real runtime servers for the runtime tests: trained here, started once per session.
 
-Every server is a subprocess started through serving.runtime.launch (the entry points KServe
+Every server is a subprocess started through kfp_serve.serving.runtime.launch (the entry points
+KServe
 runs), bound to 127.0.0.1 on a free port; the tests talk to them over real HTTP with httpx.
 """
 
@@ -23,7 +24,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from serving.runtime.launch import ServerProcess, start_server, stop_server, wait_ready
+from kfp_serve.serving.runtime.launch import ServerProcess, start_server, stop_server, wait_ready
 
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 
@@ -157,7 +158,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Serv
 def _stop_warm_pool() -> Iterator[None]:
     """Stop the session home's warm pool (the servers above are forked from it) at the end."""
     yield
-    from serving.runtime import warm_pool
+    from kfp_serve.serving.runtime import warm_pool
 
     warm_pool.stop()
 

@@ -24,8 +24,8 @@ from sklearn.preprocessing import (
     StandardScaler,
 )
 
-from serving.runtime.fastpath import fast_transform
-from serving.runtime.loader import load_model, xgb_fast_predict
+from kfp_serve.serving.runtime.fastpath import fast_transform
+from kfp_serve.serving.runtime.loader import load_model, xgb_fast_predict
 
 
 def _data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

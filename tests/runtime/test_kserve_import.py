@@ -1,4 +1,5 @@
-"""serving.runtime._kserve: kserve's model API without the rest of the SDK, same classes."""
+"""kfp_serve.serving.runtime._kserve: kserve's model API without the rest of the SDK, same
+classes."""
 
 import subprocess
 import sys
@@ -19,7 +20,7 @@ def test_runtime_import_skips_the_sdk_and_the_rest_loads_on_first_use():
     out = _run(
         "import sys\n"
         "sys.argv = ['x', '--http_port', 'not-a-number']\n"
-        "from serving.runtime._kserve import kserve\n"
+        "from kfp_serve.serving.runtime._kserve import kserve\n"
         "import kserve.model\n"
         "print('kserve.model_server' in sys.modules, 'kserve.api.kserve_client' in sys.modules)\n"
         "assert kserve.Model is kserve.model.Model\n"
@@ -39,7 +40,7 @@ def test_runtime_import_skips_the_sdk_and_the_rest_loads_on_first_use():
 def test_runtime_import_after_a_full_kserve_import_uses_it():
     out = _run(
         "import kserve\n"
-        "from serving.runtime._kserve import kserve as k, InvalidInput\n"
+        "from kfp_serve.serving.runtime._kserve import kserve as k, InvalidInput\n"
         "print(k is kserve, k.ModelServer.__name__)\n"
     )
     assert out == "True ModelServer"
@@ -48,12 +49,12 @@ def test_runtime_import_after_a_full_kserve_import_uses_it():
 def test_manifest_processes_get_crd_classes_without_the_sdk_and_runtimes_still_import():
     out = _run(
         "import sys\n"
-        "from serving.runtime.kserve_package import lazy_kserve\n"
+        "from kfp_serve.serving.runtime.kserve_package import lazy_kserve\n"
         "k = lazy_kserve()\n"
         "spec = k.V1beta1PredictorSpec\n"
         "print(spec.__name__, 'kserve.model' in sys.modules,"
         " 'kserve.model_server' in sys.modules)\n"
-        "from serving.runtime._kserve import kserve\n"
+        "from kfp_serve.serving.runtime._kserve import kserve\n"
         "import kserve.models.v1beta1_predictor_spec as m\n"
         "print(kserve is k, spec is m.V1beta1PredictorSpec, kserve.Model.__module__)\n"
     )

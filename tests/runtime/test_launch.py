@@ -1,4 +1,4 @@
-"""serving.runtime.launch: free ports, detached servers with log files, fast failure."""
+"""kfp_serve.serving.runtime.launch: free ports, detached servers with log files, fast failure."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from serving.errors import ServingError
-from serving.runtime.launch import free_port, start_server, stop_server, wait_ready
+from kfp_serve.serving.errors import ServingError
+from kfp_serve.serving.runtime.launch import free_port, start_server, stop_server, wait_ready
 
 
 def test_free_port_is_bindable():
@@ -45,8 +45,8 @@ def test_kserve_flags_are_tolerated_and_argv_not_leaked():
     """Our flags do not reach kserve's import-time parser, and kserve's extra flags are fine."""
     code = (
         "import sys; sys.argv=['x','--predictor_protocol','v9','--http_port','1'];"
-        "from serving.runtime import _kserve;"
-        "from serving.runtime.server import parse_args;"
+        "from kfp_serve.serving.runtime import _kserve;"
+        "from kfp_serve.serving.runtime.server import parse_args;"
         "ns=parse_args('transformer',['--workers','1','--grpc_port','9','--enable_grpc','false',"
         "'--predictor_protocol','v2','--foo','bar']);"
         "print(ns.predictor_protocol, ns.http_host, ns.unknown)"

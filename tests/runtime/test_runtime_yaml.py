@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serving import constants
+from kfp_serve.serving import constants
 from tests.kserve_schema import SKIP_REASON, reference_available, validate_strict, version_dirs
 
 RUNTIME_YAML = Path(__file__).resolve().parents[2] / "serving" / "runtimes" / "kfp-serve.yaml"
@@ -42,7 +42,7 @@ def test_runtime_contents():
     assert spec["protocolVersions"] == ["v1", "v2"]
     (container,) = spec["containers"]
     assert container["image"] == constants.DEFAULT_IMAGE
-    assert container["command"][-2:] == ["-m", "serving.runtime.predictor"]
+    assert container["command"][-2:] == ["-m", "kfp_serve.serving.runtime.predictor"]
     for arg in ("--model_name={{.Name}}", "--model_dir=/mnt/models", "--http_port=8080"):
         assert arg in container["args"]
     # In a pod the server must listen beyond loopback; locally it never does by default.

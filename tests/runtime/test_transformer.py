@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from sklearn.preprocessing import StandardScaler
 
-from serving.runtime._kserve import InferenceVerb
-from serving.runtime.codec import RequestError
-from serving.runtime.launch import free_port, start_server, stop_server, wait_ready
-from serving.runtime.transformer import TransformerModel
+from kfp_serve.serving.runtime._kserve import InferenceVerb
+from kfp_serve.serving.runtime.codec import RequestError
+from kfp_serve.serving.runtime.launch import free_port, start_server, stop_server, wait_ready
+from kfp_serve.serving.runtime.transformer import TransformerModel
 from tests.runtime.conftest import v2_body, v2_output
 
 

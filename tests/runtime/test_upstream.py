@@ -1,4 +1,4 @@
-"""serving.runtime.upstream: the transformer's HTTP/1.1 client, against real sockets.
+"""kfp_serve.serving.runtime.upstream: the transformer's HTTP/1.1 client, against real sockets.
 
 Each test runs a small asyncio TCP server on 127.0.0.1 that answers with hand-written HTTP, so
 framing (Content-Length, chunked, close-delimited), keep-alive reuse, reconnection after the
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from serving.runtime.upstream import UpstreamClient, UpstreamError, UpstreamTimeout
+from kfp_serve.serving.runtime.upstream import UpstreamClient, UpstreamError, UpstreamTimeout
 
 Handler = Callable[[bytes, bytes, asyncio.StreamWriter, dict[str, Any]], Awaitable[bool]]
 
@@ -194,7 +194,9 @@ def test_reconnects_when_the_server_dropped_an_idle_connection(monkeypatch, dete
         return False  # closes without "Connection: close", like an idle timeout
 
     if not detected_before_reuse:
-        monkeypatch.setattr("serving.runtime.upstream._Connection.usable", lambda self: True)
+        monkeypatch.setattr(
+            "kfp_serve.serving.runtime.upstream._Connection.usable", lambda self: True
+        )
 
     async def main() -> None:
         state: dict[str, Any] = {}

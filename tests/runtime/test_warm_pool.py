@@ -1,4 +1,5 @@
-"""serving.runtime.warm_pool: servers forked from a warm pool behave like freshly started ones."""
+"""kfp_serve.serving.runtime.warm_pool: servers forked from a warm pool behave like freshly started
+ones."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ import pytest
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
-from serving.errors import ServingError
-from serving.runtime import warm_pool
-from serving.runtime.launch import start_server, stop_server, wait_ready
+from kfp_serve.serving.errors import ServingError
+from kfp_serve.serving.runtime import launch, warm_pool
+from kfp_serve.serving.runtime.launch import start_server, stop_server, wait_ready
 
 
 def _gone(pid: int, timeout: float = 10.0) -> bool:
@@ -89,12 +90,13 @@ def test_forked_server_is_a_detached_faithful_server(home: Path, model, tmp_path
         assert not (_fd_targets(pid) & pool)
         # ps shows the server's command line, as for a plain start.
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
-        assert cmdline[1:3] == [b"-m", b"serving.runtime.predictor"]
+        assert cmdline[1:3] == [b"-m", b"kfp_serve.serving.runtime.predictor"]
         assert b"--model_name=iris" in cmdline and f"--http_port={proc.port}".encode() in cmdline
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         assert b"PREDICT_PROBA=true" in environ
         assert not any(e.startswith(warm_pool.ROOM_ENV.encode()) for e in environ)
-        assert Path(f"/proc/{pid}/cwd").resolve() == Path(__file__).resolve().parents[2]
+        assert Path(f"/proc/{pid}/cwd").resolve() == Path(launch.SERVER_CWD)
+        assert b"PYTHONSAFEPATH=1" in environ  # its working directory is not on sys.path
         assert "serving on" in log.read_text() or "loaded" in log.read_text()
     finally:
         code = stop_server(proc)
@@ -162,7 +164,7 @@ def test_only_runtime_modules_are_forked(home: Path):
 
 def _request_like(pool: warm_pool.Pool, **changes) -> dict:
     request = {
-        "module": "serving.runtime.predictor", "args": [], "python": sys.executable,
+        "module": "kfp_serve.serving.runtime.predictor", "args": [], "python": sys.executable,
         "cwd": pool.cwd, "env": dict(pool.base_env), **pool.attrs,
     }
     env_changes = changes.pop("env", {})

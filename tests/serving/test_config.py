@@ -14,7 +14,7 @@ from kubernetes.client import (
     V1Toleration,
 )
 
-from serving import ServeConfig, ServeConfigError
+from kfp_serve.serving import ServeConfig, ServeConfigError
 
 SSD_AFFINITY = {
     "nodeAffinity": {

@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 
-from serving import (
+from kfp_serve.serving import (
     KnativeSchedulingWarning,
     Provenance,
     ServeConfig,
@@ -13,7 +13,7 @@ from serving import (
     build_inference_service,
     constants,
 )
-from serving.schema import normalize_object
+from kfp_serve.serving.schema import normalize_object
 from tests.kserve_schema import SKIP_REASON, reference_available, validate_strict
 from tests.serving.test_config import REFERENCE_EXAMPLES
 
@@ -184,7 +184,7 @@ def test_transformer_runs_our_runtime_speaking_the_predictor_protocol(protocol, 
     )
     (container,) = manifest["spec"]["transformer"]["containers"]
     assert container["image"] == "registry.local/kfp-serve:test"
-    assert container["command"] == ["python", "-m", "serving.runtime.transformer"]
+    assert container["command"] == ["python", "-m", "kfp_serve.serving.runtime.transformer"]
     assert f"--predictor_protocol={protocol}" in container["args"]
     assert {"name": "STORAGE_URI", "value": TRANSFORMER_URI} in container["env"]
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import artifacts
-from artifacts.errors import MetadataError
-from serving import ServeConfigError, constants, serve
-from serving.backends.local import LocalBackend
-from serving.endpoint import Endpoint
-from serving.errors import ServingError
+from kfp_serve import artifacts
+from kfp_serve.artifacts.errors import MetadataError
+from kfp_serve.serving import ServeConfigError, constants, serve
+from kfp_serve.serving.backends.local import LocalBackend
+from kfp_serve.serving.endpoint import Endpoint
+from kfp_serve.serving.errors import ServingError
 from tests.kserve_schema import reference_available, validate_strict
 
 

@@ -1,0 +1,91 @@
+"""kfp-serve's one retry policy, on tenacity: every "try again until it works or a deadline
+passes" in the project goes through here, so attempts, back-off and the final error read the same
+everywhere.
+
+Use it as a loop over attempts::
+
+    for attempt in retrying(deadline=10.0, on=ConnectionError):
+        with attempt:
+            connect()
+
+or wait for a condition with :func:`wait_until`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import tenacity
+
+T = TypeVar("T")
+
+#: First pause between attempts, and the longest one (the pause doubles in between).
+FIRST_WAIT = 0.02
+MAX_WAIT = 0.5
+
+
+def retrying(
+    *,
+    deadline: float | None = None,
+    attempts: int | None = None,
+    on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+    first_wait: float = FIRST_WAIT,
+    max_wait: float = MAX_WAIT,
+) -> tenacity.Retrying:
+    """Attempts of one operation: retried on ``on`` with exponential back-off until ``deadline``
+    seconds have passed or ``attempts`` were made; then the last error is raised as it was.
+
+    Args:
+        deadline: Seconds from the first attempt after which no new attempt starts.
+        attempts: Most attempts in all (None: no limit but the deadline).
+        on: The exception types that mean "try again"; any other is raised at once.
+        first_wait: Pause after the first failure, in seconds.
+        max_wait: Longest pause between two attempts.
+    """
+    if deadline is None and attempts is None:
+        raise ValueError("retrying() needs a deadline or a number of attempts")
+    stops = []
+    if deadline is not None:
+        stops.append(tenacity.stop_after_delay(deadline))
+    if attempts is not None:
+        stops.append(tenacity.stop_after_attempt(attempts))
+    return tenacity.Retrying(
+        stop=tenacity.stop_any(*stops),
+        wait=tenacity.wait_exponential(multiplier=first_wait, max=max_wait),
+        retry=tenacity.retry_if_exception_type(on),
+        reraise=True,
+    )
+
+
+def wait_until(
+    condition: Callable[[], T | None],
+    *,
+    deadline: float,
+    interval: float = 0.05,
+    describe: str = "the condition",
+) -> T:
+    """Call ``condition`` until it returns something truthy, and return that.
+
+    Raises:
+        TimeoutError: ``deadline`` seconds passed first; the message names ``describe``.
+    """
+
+    class _NotYet(Exception):
+        pass
+
+    def check() -> T:
+        value = condition()
+        if not value:
+            raise _NotYet
+        return value
+
+    try:
+        return tenacity.Retrying(
+            stop=tenacity.stop_after_delay(deadline),
+            wait=tenacity.wait_fixed(interval),
+            retry=tenacity.retry_if_exception_type(_NotYet),
+            reraise=True,
+        )(check)
+    except _NotYet:
+        raise TimeoutError(f"{describe} did not happen within {deadline:g} s") from None
