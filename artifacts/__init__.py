@@ -28,7 +28,8 @@ _EXPORTS = {
     "link_snapshot": "kfp_serve.artifacts.records",
     "record_deployment": "kfp_serve.artifacts.records",
     "snapshot_artifact": "kfp_serve.artifacts.records",
-    "metadata_store": "kfp_serve.artifacts.mlmd",
+    "metadata_store": "kfp_serve.artifacts.metadata",
+    "MetadataStore": "kfp_serve.artifacts.metadata",
     "SnapshotStore": "kfp_serve.artifacts.snapshots",
     "Snapshot": "kfp_serve.artifacts.snapshots",
 }
@@ -39,6 +40,7 @@ __all__ = [
     "InvalidNameError",
     "KfpServeError",
     "MetadataError",
+    "MetadataStore",
     "Model",
     "Snapshot",
     "SnapshotError",

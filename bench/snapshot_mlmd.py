@@ -174,12 +174,12 @@ def bench_snapshot(work: Path, quick: bool) -> list[dict[str, Any]]:
 
 
 def bench_mlmd(work: Path, quick: bool) -> list[dict[str, Any]]:
-    from kfp_serve.artifacts.mlmd import MODEL_TYPE, Store
+    from kfp_serve.artifacts.mlmd import MODEL_TYPE, open_store
     from kfp_serve.artifacts.records import Submission, record_submission
 
     batches, per_batch = 5, (40 if quick else 200)
-    ours_store = Store(f"sqlite://{work / 'ours.sqlite'}")
-    bare_store = Store(f"sqlite://{work / 'bare.sqlite'}")
+    ours_store = open_store(f"sqlite://{work / 'ours.sqlite'}")
+    bare_store = open_store(f"sqlite://{work / 'bare.sqlite'}")
     pb = bare_store.pb
     bare = bare_store.raw  # plain ml_metadata: no lock, no checks, no lineage
     type_id = bare_store.type_id(MODEL_TYPE)

@@ -8,7 +8,7 @@ import pytest
 
 from kfp_serve import artifacts
 from kfp_serve.artifacts import MetadataError, Model, Transformer
-from kfp_serve.artifacts.mlmd import MODEL_TYPE, Store, current_run, metadata_store, store_uri
+from kfp_serve.artifacts.mlmd import MODEL_TYPE, current_run, metadata_store, open_store, store_uri
 
 
 def test_submit_and_read_back_every_property(home, classifier):
@@ -159,8 +159,8 @@ def test_put_execution_guard_never_wipes_an_artifact(home, classifier):
 
 def test_type_registration_is_idempotent_and_incompatible_change_is_clear(home, tmp_path):
     path = tmp_path / "types.sqlite"
-    first = Store(f"sqlite://{path}")
-    second = Store(f"sqlite://{path}")
+    first = open_store(f"sqlite://{path}")
+    second = open_store(f"sqlite://{path}")
     assert first.type_id(MODEL_TYPE) == second.type_id(MODEL_TYPE)
 
     bad = tmp_path / "bad.sqlite"
@@ -176,7 +176,7 @@ def test_type_registration_is_idempotent_and_incompatible_change_is_clear(home, 
     with pytest.raises(
         MetadataError, match=r"'kfp_serve.Model'.*version: stored INT, expected STRING"
     ):
-        Store(f"sqlite://{bad}")
+        open_store(f"sqlite://{bad}")
 
 
 @pytest.mark.parametrize(
@@ -204,7 +204,7 @@ def test_store_selection(home, monkeypatch, env, expected):
 @pytest.mark.parametrize("uri", ["mysql://db", "sqlite://relative.sqlite", "grpc://nohost"])
 def test_bad_store_uri_is_explained(home, uri):
     with pytest.raises(MetadataError, match="sqlite:///|grpc://host:port"):
-        Store(uri)
+        open_store(uri)
 
 
 def test_missing_ml_metadata_prints_install_command(home, monkeypatch):
@@ -213,6 +213,6 @@ def test_missing_ml_metadata_prints_install_command(home, monkeypatch):
         monkeypatch.delitem(sys.modules, mod)
     monkeypatch.setitem(sys.modules, "ml_metadata", None)
     with pytest.raises(MetadataError) as err:
-        Store(f"sqlite://{home}/x.sqlite")
+        open_store(f"sqlite://{home}/x.sqlite")
     assert "pip install --no-deps ml-metadata==1.17.1" in str(err.value)
     assert "absl-py" in str(err.value)
