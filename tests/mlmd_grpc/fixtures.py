@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -20,18 +21,26 @@ REPO = Path(__file__).resolve().parents[2]
 START_DEADLINE = 60.0
 
 
+def free_port() -> int:
+    """A port nothing listens on right now (for a server that will start later)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class MlmdGrpcServer:
     """One MLMD gRPC server process over the SQLite file ``db``.
 
     Args:
         db: The SQLite file (created if missing); it survives restarts.
         faults: ``--fault`` specs of the first start (see the server module).
+        port: The port to listen on (0: a free one, kept across restarts).
     """
 
-    def __init__(self, db: Path, faults: Sequence[str] = ()) -> None:
+    def __init__(self, db: Path, faults: Sequence[str] = (), port: int = 0) -> None:
         self.db = db
         self.faults = list(faults)
-        self.port = 0
+        self.port = port
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = db.with_name(db.name + ".grpc.log")
 

@@ -74,15 +74,21 @@ def _open_store(db: Path):
     return metadata_store, handle
 
 
-def build_server(db: Path, faults: list[Fault], port: int = 0) -> tuple[grpc.Server, int]:
-    """A started-to-be gRPC server forwarding every MLMD method to the store over ``db``."""
+def build_server(
+    db: Path, faults: list[Fault], port: int = 0, stopping: threading.Event | None = None
+) -> tuple[grpc.Server, int]:
+    """A gRPC server (not started) forwarding every MLMD method to the store over ``db``.
+
+    Calls held by a ``hang`` fault are released when ``stopping`` is set, and then answer
+    UNAVAILABLE without touching the store: a hung server never writes late.
+    """
     from ml_metadata.proto import metadata_store_service_pb2
 
     extension, handle = _open_store(db)
     # One store handle, one call at a time: the real server serialises SQLite access too.
     store_lock = threading.Lock()
     faults_lock = threading.Lock()
-    never = threading.Event()
+    stopping = stopping or threading.Event()
 
     def handler(method: str) -> Callable[[bytes, grpc.ServicerContext], bytes]:
         forward = getattr(extension, method, None)
@@ -91,7 +97,8 @@ def build_server(db: Path, faults: list[Fault], port: int = 0) -> tuple[grpc.Ser
             with faults_lock:
                 hits = [f.action for f in faults if f.fires(method)]
             if "hang" in hits:
-                never.wait()
+                stopping.wait()
+                context.abort(grpc.StatusCode.UNAVAILABLE, "server stopping")
             if "abort" in hits:
                 context.abort(grpc.StatusCode.ABORTED, f"{method}: transaction aborted (fault)")
             if forward is None:
@@ -125,12 +132,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ready-file", type=Path, required=True, help="gets the port")
     parser.add_argument("--fault", type=Fault.parse, action="append", default=[])
     args = parser.parse_args(argv)
-    server, port = build_server(args.db, args.fault, args.port)
+    stop = threading.Event()
+    server, port = build_server(args.db, args.fault, args.port, stop)
     server.start()
     tmp = args.ready_file.with_name(args.ready_file.name + ".tmp")
     tmp.write_text(str(port))
     os.replace(tmp, args.ready_file)  # atomic: a reader never sees half a port number
-    stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     stop.wait()
     server.stop(grace=1).wait()
