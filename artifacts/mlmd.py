@@ -165,7 +165,7 @@ class MlmdStore:
         self.pb = pb
         self.errors = errors
         self._type_ids: dict[str, int] = {}
-        self._context_ids: dict[tuple[str, str], int] = {}
+        self._contexts: dict[tuple[str, str], Any] = {}
         self.raw = self._connect(ms, pb)
         self._list_options = ms.ListOptions
         self._register_types()
@@ -336,14 +336,17 @@ class MlmdStore:
     # -- contexts ----------------------------------------------------------------------------
 
     def context(self, type_name: str, name: str, properties: dict[str, Any]) -> Any:
-        """Get or create the context ``name`` of ``type_name`` (call under ``write()``)."""
+        """Get or create the context ``name`` of ``type_name`` (call under ``write()``).
+
+        Returns the whole stored context: ``put_execution`` upserts the contexts it is given,
+        so a partial one (id only) would wipe the stored properties.
+        """
         key = (type_name, name)
-        pb = self.pb
-        if key in self._context_ids:
-            return pb.Context(id=self._context_ids[key], type_id=self.type_id(type_name), name=name)
+        if key in self._contexts:
+            return self._contexts[key]
         found = self.call("get_context_by_type_and_name", type_name, name)
         if found is None:
-            ctx = pb.Context(type_id=self.type_id(type_name), name=name)
+            ctx = self.pb.Context(type_id=self.type_id(type_name), name=name)
             for k, v in properties.items():
                 set_value(ctx.properties[k], v)
 
@@ -353,8 +356,8 @@ class MlmdStore:
                 return [other.id] if other is not None else None
 
             [cid] = self.call("put_contexts", [ctx], recover=created_meanwhile)
-            found = pb.Context(id=cid, type_id=ctx.type_id, name=name)
-        self._context_ids[key] = found.id
+            found = self.call("get_contexts_by_id", [cid])[0]
+        self._contexts[key] = found
         return found
 
     def run_contexts(self, run: RunInfo | None = None) -> list[Any]:
@@ -380,16 +383,12 @@ class MlmdStore:
         return contexts
 
     def _kfp_run_context(self, run_id: str) -> Any | None:
-        key = (KFP_RUN_TYPE, run_id)
-        if key in self._context_ids:
-            return self.pb.Context(id=self._context_ids[key], name=run_id)
+        # Read fresh for every write, never cached: the write upserts the context as given, so
+        # an old copy would undo whatever KFP changed on its own context meanwhile.
         try:
-            found = self.call("get_context_by_type_and_name", KFP_RUN_TYPE, run_id)
+            return self.call("get_context_by_type_and_name", KFP_RUN_TYPE, run_id)
         except MetadataError:
-            found = None  # a store KFP never wrote to has no such type
-        if found is not None:
-            self._context_ids[key] = found.id
-        return found
+            return None  # a store KFP never wrote to has no such type
 
     # -- safe writes -------------------------------------------------------------------------
 

@@ -130,6 +130,19 @@ def test_local_run_is_per_process_and_default_experiment(home, classifier):
     assert artifacts.lineage(mid)["run"] == run.run_id
 
 
+def test_run_and_experiment_contexts_keep_their_properties_across_writes(home, classifier):
+    """Every write attaches the run's contexts; MLMD upserts them, so they must go whole."""
+    run = current_run()
+    for version in ("1.0.0", "1.1.0", "1.2.0"):
+        Model(model=classifier, name="iris", version=version).submit_artifact()
+    raw = metadata_store().raw
+    ctx = raw.get_context_by_type_and_name("kfp_serve.PipelineRun", run.run_id)
+    props = {k: v.string_value for k, v in ctx.properties.items()}
+    assert props == {"run_id": run.run_id, "experiment": "default", "source": "local"}
+    ctx = raw.get_context_by_type_and_name("kfp_serve.Experiment", "default")
+    assert ctx.properties["experiment"].string_value == "default"
+
+
 def test_link_snapshot_keeps_every_property(home, classifier):
     mid = Model(model=classifier, name="iris", tags={"a": "b"}, author="ada").submit_artifact()
     before = artifacts.get_artifact(mid)

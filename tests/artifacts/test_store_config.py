@@ -6,14 +6,38 @@ import sys
 
 import pytest
 
-from kfp_serve.artifacts import MetadataError
-from kfp_serve.artifacts.mlmd import MODEL_TYPE, open_store, store_uri
+from kfp_serve.artifacts import MetadataError, MetadataStore, Model, get_artifact, metadata
+from kfp_serve.artifacts.metadata import STORES, register_store, store_class
+from kfp_serve.artifacts.mlmd import (
+    MLMD_ENV,
+    MODEL_TYPE,
+    RETRY_DEADLINE_ENV,
+    TIMEOUT_ENV,
+    GrpcStore,
+    SqliteStore,
+    open_store,
+    store_uri,
+)
 
 
-def test_type_registration_is_idempotent_and_incompatible_change_is_clear(home, tmp_path):
+@pytest.fixture(params=["sqlite", "grpc"])
+def store_over(request, start_mlmd_grpc):
+    """Open the store over a SQLite file directly, or through the gRPC service over it."""
+
+    def open_over(db):
+        if request.param == "sqlite":
+            return open_store(f"sqlite://{db}")
+        return open_store(start_mlmd_grpc(db=db).uri)
+
+    return open_over
+
+
+def test_type_registration_is_idempotent_and_incompatible_change_is_clear(
+    home, tmp_path, store_over
+):
     path = tmp_path / "types.sqlite"
-    first = open_store(f"sqlite://{path}")
-    second = open_store(f"sqlite://{path}")
+    first = store_over(path)
+    second = store_over(path)
     assert first.type_id(MODEL_TYPE) == second.type_id(MODEL_TYPE)
 
     bad = tmp_path / "bad.sqlite"
@@ -29,7 +53,45 @@ def test_type_registration_is_idempotent_and_incompatible_change_is_clear(home, 
     with pytest.raises(
         MetadataError, match=r"'kfp_serve.Model'.*version: stored INT, expected STRING"
     ):
-        open_store(f"sqlite://{bad}")
+        store_over(bad)
+
+
+def test_stores_come_from_one_registry_and_meet_the_protocol(home, tmp_path, monkeypatch):
+    assert (store_class("sqlite"), store_class("grpc")) == (SqliteStore, GrpcStore)
+    assert set(STORES) == {"sqlite", "grpc"}
+    store = open_store(f"sqlite://{tmp_path / 'a.sqlite'}")
+    assert isinstance(store, MetadataStore)
+
+    class AuditedStore(SqliteStore):
+        """A store of another scheme: the registry picks it for its URIs, records work on it."""
+
+        def __init__(self, uri):
+            super().__init__(uri.replace("audited://", "sqlite://", 1))
+            self.writes = 0
+
+        def put_execution(self, *args, **kwargs):
+            self.writes += 1
+            return super().put_execution(*args, **kwargs)
+
+    monkeypatch.setattr(metadata, "_REGISTERED", {})
+    register_store("audited", AuditedStore)
+    monkeypatch.setenv(MLMD_ENV, f"audited://{tmp_path / 'b.sqlite'}")
+    from sklearn.dummy import DummyClassifier
+
+    model = DummyClassifier().fit([[0.0], [1.0]], [0, 1])
+    model_id = Model(model=model, name="dummy").submit_artifact()
+    chosen = metadata.metadata_store()
+    assert isinstance(chosen, AuditedStore) and chosen.writes == 1
+    assert get_artifact(model_id).name == "dummy"
+
+
+@pytest.mark.parametrize(
+    ("env", "value"), [(TIMEOUT_ENV, "soon"), (TIMEOUT_ENV, "0"), (RETRY_DEADLINE_ENV, "-1")]
+)
+def test_bad_grpc_settings_name_the_variable(home, monkeypatch, env, value):
+    monkeypatch.setenv(env, value)
+    with pytest.raises(MetadataError, match=rf"{env}='{value}' is not a number of seconds"):
+        open_store("grpc://127.0.0.1:1")
 
 
 @pytest.mark.parametrize(
