@@ -90,8 +90,14 @@ def serve(
 
     chosen = get_backend(backend)
     status = chosen.apply(manifest, wait=wait, timeout=timeout)
+    # The namespace the backend applied to (a cluster's default comes from the kubeconfig or
+    # the pod), so the record says where the endpoint really is.
     record_deployment(
-        name, namespace, model_rec.id, transformer_rec.id if transformer_rec else None, status.url
+        name,
+        namespace or status.namespace,
+        model_rec.id,
+        transformer_rec.id if transformer_rec else None,
+        status.url,
     )
     return Endpoint(name, namespace, backend=chosen.name)
 
