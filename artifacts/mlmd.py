@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kfp_serve.artifacts.errors import MetadataError
+from kfp_serve.artifacts.errors import AlreadyRecordedError, MetadataError
 from kfp_serve.artifacts.metadata import (
     DEFAULT_GRPC_PORT,
     GRPC_HOST_ENV,
@@ -196,7 +196,10 @@ class MlmdStore:
         return self._failed(error, method)
 
     def _failed(self, error: Exception, method: str) -> MetadataError:
-        return MetadataError(f"MLMD {method} failed on {self.uri!r}: {_first_line(error)}")
+        message = f"MLMD {method} failed on {self.uri!r}: {_first_line(error)}"
+        if isinstance(error, self.errors.AlreadyExistsError):
+            return AlreadyRecordedError(message)
+        return MetadataError(message)
 
     def _retrying(self, fn: Callable[[], T], method: str) -> T:
         def once() -> T:
@@ -306,9 +309,7 @@ class MlmdStore:
                             can_omit_fields=True,
                             recover=registered_meanwhile,
                         )
-                    except MetadataError as e:
-                        if not isinstance(e.__cause__, self.errors.AlreadyExistsError):
-                            raise
+                    except AlreadyRecordedError as e:
                         raise MetadataError(
                             f"MLMD {kind} type {name!r} in {self.uri!r} is incompatible with "
                             f"this kfp-serve: {e}"

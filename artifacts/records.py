@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from kfp_serve.artifacts.errors import MetadataError
+from kfp_serve.artifacts.errors import AlreadyRecordedError, MetadataError
 from kfp_serve.artifacts.metadata import MetadataStore, RunInfo, current_run, metadata_store
 from kfp_serve.artifacts.mlmd import (
     DEPLOY_EXECUTION,
@@ -331,7 +331,16 @@ def record_submission(
         for a in inputs:
             pairs.append((a, pb.Event(type=pb.Event.INPUT)))
         pairs.append((artifact, pb.Event(type=pb.Event.OUTPUT)))
-        _, artifact_ids, _ = store.put_execution(execution, pairs, store.run_contexts(run))
+        try:
+            _, artifact_ids, _ = store.put_execution(execution, pairs, store.run_contexts(run))
+        except AlreadyRecordedError as e:
+            # Another writer recorded the same name+version between the check and the write
+            # (writers on other machines share no lock; the store's unique names decide).
+            raise MetadataError(
+                f"{sub.kind} {sub.name!r} version {sub.version!r} was just recorded by another "
+                f"writer ({store.uri!r}); released versions are not overwritten. Use a new "
+                "version, or submit_artifact(allow_existing=True) to reuse identical content"
+            ) from e
         return artifact_ids[-1]
 
 

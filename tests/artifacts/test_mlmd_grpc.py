@@ -124,11 +124,28 @@ KILLED_WORKER = textwrap.dedent(
 )
 
 
+def whole_records(store) -> list:
+    """The store's models, after checking that each is whole: produced by exactly one submit
+    execution (OUTPUT event) attached to its run and experiment, and no execution without one."""
+    records = artifacts.list_artifacts(store=store)
+    executions = store.raw.get_executions_by_type(SUBMIT_EXECUTION)
+    events = store.get_events_by_execution_ids([x.id for x in executions])
+    outputs = [e.artifact_id for e in events if e.type == store.pb.Event.OUTPUT]
+    assert sorted(outputs) == sorted(r.id for r in records)  # one each, none dangling
+    for x in executions:
+        assert {c.type for c in store.get_contexts_by_execution(x.id)} == {
+            "kfp_serve.Experiment",
+            "kfp_serve.PipelineRun",
+        }
+    return records
+
+
 def test_service_killed_mid_run_leaves_whole_records_and_no_duplicates(
     home: Path, tmp_path: Path, monkeypatch, start_mlmd_grpc: Callable[..., MlmdGrpcServer]
 ) -> None:
     count = 100
-    server = start_mlmd_grpc(db=home / "mlmd.sqlite")
+    db = home / "mlmd.sqlite"
+    server = start_mlmd_grpc(db=db)
     monkeypatch.setenv(MLMD_ENV, server.uri)
     script = tmp_path / "worker.py"
     script.write_text(KILLED_WORKER)
@@ -142,26 +159,38 @@ def test_service_killed_mid_run_leaves_whole_records_and_no_duplicates(
             seen = len(store.get_artifacts("state = LIVE"))
             time.sleep(0.05)
         server.kill()  # SIGKILL mid-run, whatever call is in flight
-        killed_at = seen
-        time.sleep(1.0)
+        # What the file holds at the kill, read while the service is down: whole records only.
+        at_kill = whole_records(open_store(f"sqlite://{db}"))
+        time.sleep(1.0)  # the worker keeps retrying meanwhile
         server.start()
         _, err = worker.communicate(timeout=300)
     finally:
         if worker.poll() is None:
             worker.kill()
     assert worker.returncode == 0, err[-2000:]
-    assert 0 < killed_at < count
-
-    records = artifacts.list_artifacts()
+    assert 0 < len(at_kill) < count
+    records = whole_records(open_store(server.uri))
     assert sorted(int(r.tags["i"]) for r in records) == list(range(count))
-    executions = submit_executions(server.uri)
-    assert len(executions) == count  # one producing execution per artifact, none extra
-    store = open_store(server.uri)
-    events = store.get_events_by_execution_ids([x.id for x in executions])
-    outputs = [e.artifact_id for e in events if e.type == store.pb.Event.OUTPUT]
-    assert sorted(outputs) == sorted(r.id for r in records)
-    for x in executions:  # every execution complete with its run and experiment
-        assert {c.type for c in store.get_contexts_by_execution(x.id)} == {
-            "kfp_serve.Experiment",
-            "kfp_serve.PipelineRun",
-        }
+
+
+def test_version_recorded_by_another_writer_meanwhile_is_refused_clearly(
+    home: Path, monkeypatch, start_mlmd_grpc: Callable[..., MlmdGrpcServer]
+) -> None:
+    """Writers on two machines share no lock: the service's unique names decide, and the loser
+    hears which version it lost, not a raw ALREADY_EXISTS."""
+    from kfp_serve.artifacts.records import Submission, record_submission
+
+    server = start_mlmd_grpc(db=home / "mlmd.sqlite")
+    monkeypatch.setenv(MLMD_ENV, server.uri)
+    rival = open_store(server.uri)  # the other machine's connection
+
+    def place(_replacing: bool) -> str:
+        # Between our duplicate check and our write, the rival records the same version.
+        record_submission(Submission("model", "iris", "1.0.0", {}), lambda _: "/rival", store=rival)
+        return "/ours"
+
+    with pytest.raises(MetadataError, match=r"'iris' version '1.0.0' was just recorded by another"):
+        record_submission(Submission("model", "iris", "1.0.0", {}), place)
+    [record] = artifacts.list_artifacts()
+    assert record.uri == "/rival"
+    assert len(submit_executions(server.uri)) == 1
