@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from kfp_serve.artifacts.names import is_label_value, validate_name
-from kfp_serve.serving import constants
+from kfp_serve.serving import admission, constants
 from kfp_serve.serving.config import PREDICTOR, TRANSFORMER, ServeConfig, merge_env
 from kfp_serve.serving.errors import ServeConfigError
 
@@ -54,6 +54,10 @@ class KnativeSchedulingWarning(UserWarning):
     """Pod scheduling fields that Knative rejects unless its feature flags are on."""
 
 
+class IgnoredByKServeWarning(UserWarning):
+    """A setting KServe's webhook accepts and the controller then ignores (e.g. a raw canary)."""
+
+
 @dataclass(frozen=True)
 class Provenance:
     """Where the served artifacts came from; recorded as labels and annotations."""
@@ -74,8 +78,13 @@ def build_inference_service(
     serve_config: ServeConfig | dict[str, Any] | str | None = None,
     namespace: str | None = None,
     provenance: Provenance | None = None,
+    kserve_version: str | None = None,
 ) -> dict[str, Any]:
     """Return the camelCase InferenceService manifest for a model (and optional transformer).
+
+    The manifest is checked against KServe's admission rules (``serving/admission.py``) for
+    ``kserve_version``: what the cluster's webhook would refuse is refused here, and what it
+    would accept and then ignore is warned about.
 
     Args:
         name: The InferenceService name (DNS-1123 label).
@@ -85,12 +94,16 @@ def build_inference_service(
         serve_config: A ServeConfig, or a dict / JSON string of one.
         namespace: The namespace to put in the manifest, if any.
         provenance: MLMD ids, version and snapshot URIs to record on the object.
+        kserve_version: The cluster's KServe release (``"0.15"`` ... ``"master"``); default
+            ``$KFP_SERVE_KSERVE_VERSION``, else the rules of every supported release.
 
     Raises:
-        ServeConfigError: An invalid name, URI, framework or config.
+        ServeConfigError: An invalid name, URI, framework or config, or one KServe's admission
+            webhook would refuse (the message names the field and quotes the rule).
     """
     cfg = ServeConfig.coerce(serve_config)
-    validate_name(name, "name")
+    versions = admission.target_versions(kserve_version)
+    check_name(name, "name", versions)
     if namespace is not None:
         validate_name(namespace, "namespace")
     if framework not in FRAMEWORKS:
@@ -119,7 +132,59 @@ def build_inference_service(
         cfg.annotations, _annotations(cfg, provenance), "annotations"
     )
     _warn_knative(cfg)
-    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "spec": spec}
+    manifest = {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "spec": spec}
+    _admit(manifest, cfg, versions)
+    return manifest
+
+
+def check_name(name: str, field: str = "name", versions: tuple[str, ...] | None = None) -> str:
+    """Refuse a name that is not a DNS-1123 label or that KServe refuses for an InferenceService.
+
+    Raises:
+        ServeConfigError: The name, with the rule it breaks.
+    """
+    validate_name(name, field)
+    for violation in admission.evaluate({"metadata": {"name": name}}, versions=versions):
+        raise ServeConfigError(violation.message(field))
+    return name
+
+
+def _admit(manifest: dict[str, Any], cfg: ServeConfig, versions: tuple[str, ...]) -> None:
+    """Refuse what KServe's webhook would refuse; warn about what KServe would ignore."""
+    violations = admission.evaluate(manifest, versions=versions)
+    for violation in admission.refusals(violations):
+        message = violation.message(_config_path(violation.path, cfg))
+        raise ServeConfigError(message + _release_hint(violation, versions))
+    for violation in violations:
+        _warn(IgnoredByKServeWarning, violation.message(_config_path(violation.path, cfg)))
+
+
+def _release_hint(violation: admission.Violation, versions: tuple[str, ...]) -> str:
+    """Some rules hold in some releases only: say how to check against the cluster's own."""
+    if len(versions) == 1 or set(violation.versions) == set(versions):
+        return ""
+    return (
+        f". Only some KServe releases refuse this: if the cluster runs another, set "
+        f"{constants.KSERVE_VERSION_ENV} to its release (one of {list(admission.KSERVE_VERSIONS)})"
+    )
+
+
+def _config_path(path: str, cfg: ServeConfig) -> str:
+    """Where a manifest field comes from in the ServeConfig (``spec.predictor.model.env`` ->
+    ``predictor.container.env``), so the message points at what the user wrote."""
+    if path.startswith("metadata.annotations"):
+        return path.removeprefix("metadata.")
+    if path == "metadata.name":
+        return "name"
+    path = path.removeprefix("spec.")
+    for component in (PREDICTOR, TRANSFORMER):
+        custom = "containers" in getattr(cfg, component)
+        built = f"{component}.model" if component == PREDICTOR else f"{component}.containers[0]"
+        if not custom and path.startswith(built):
+            path = f"{component}.container" + path[len(built):]
+    # An env index counts the merged list (generic and specific), not the user's own list.
+    head, sep, _ = path.partition(".env[")
+    return f"{head}.env" if sep else path
 
 
 def check_storage_uri(uri: str, field: str) -> str:
@@ -196,6 +261,8 @@ def _override(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 def _with_storage_env(containers: list[dict[str, Any]], uri: str) -> list[dict[str, Any]]:
     """Custom containers, the first told where its artifact is (unless it says already)."""
     containers = copy.deepcopy(containers)
+    if not containers:
+        return containers  # refused by the admission rules, with the rule quoted
     main = containers[0]
     if not any(var["name"] == STORAGE_URI_ENV for var in main.get("env", [])):
         main["env"] = [*main.get("env", []), {"name": STORAGE_URI_ENV, "value": uri}]
