@@ -218,7 +218,17 @@ def _predictor(cfg: ServeConfig, model_uri: str, framework: str, protocol: str) 
     }
     if cfg.runtime_version:
         model["runtimeVersion"] = cfg.runtime_version
-    model.update(_override(model, resolved.container))
+    overrides = dict(resolved.container)
+    name = overrides.pop("name", None)
+    if name not in (None, MAIN_CONTAINER):
+        # KServe names the model's container itself; from 0.16 its webhook refuses a name here.
+        _warn(
+            IgnoredByKServeWarning,
+            f"predictor.container.name: {name!r} is left out: KServe names the model server's "
+            f"container {MAIN_CONTAINER!r} (and from 0.16 refuses a name on the model spec); "
+            "use predictor.containers for a custom container list with your own names",
+        )
+    model.update(_override(model, overrides))
     component["model"] = model
     return component
 
