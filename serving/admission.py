@@ -141,10 +141,12 @@ class Violation:
         where = ", ".join(self.versions) if len(self.versions) < 3 else (
             f"{self.versions[0]} to {self.versions[-1]}"
         )
-        return (
-            f"{path or self.path}: {self.problem}; KServe ({where}) admission rule "
-            f"{self.rule.id!r}: \"{self.rule.text}\""
-        )
+        return f"{path or self.path}: {self.problem}; KServe ({where}) {quote(self.rule.id)}"
+
+
+def quote(rule_id: str) -> str:
+    """``admission rule 'id': "text"``: the rule as messages quote it."""
+    return f"admission rule {rule_id!r}: \"{RULES_BY_ID[rule_id].text}\""
 
 
 # ---- reading a manifest ------------------------------------------------------------------------
