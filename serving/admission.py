@@ -20,6 +20,10 @@ and a few checks look at the release itself (how the deployment-mode annotation 
 - PYTHONPATH is refused in every container from 0.18.
 - ``spec.canary`` (canaries for Standard mode) and the predictor-name-change rule exist from 0.20.
 
+Not here: the storage URI scheme, which KServe's controller (not its webhook) checks when it
+reconciles (``isvc.check_storage_uri``; master also accepts ``oci+native://`` and
+``oci+fetch://``), and the multi-node (``workerSpec``) rules, which kfp-serve never emits.
+
 Unless told which release the cluster runs (``KFP_SERVE_KSERVE_VERSION``), the builder applies
 every supported release's rules: a manifest it accepts is admitted by all of them.
 """

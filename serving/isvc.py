@@ -35,14 +35,13 @@ V2_ONLY_RUNTIMES = ("kserve-mlserver",)
 DEFAULT_PROTOCOL = "v1"
 #: Schemes the KServe storage initializer accepts for storageUri.
 STORAGE_SCHEMES = ("gs", "s3", "pvc", "file", "https", "http", "hdfs", "webhdfs", "oci", "hf")
-#: KServe's name for the main container; the controller fills in its ports and probes.
-MAIN_CONTAINER = "kserve-container"
-#: KServe runs the storage initializer for a custom container that sets this variable.
-STORAGE_URI_ENV = "STORAGE_URI"
+# MAIN_CONTAINER: KServe's name for the main container (the controller adds ports and probes);
+# STORAGE_URI_ENV: KServe runs the storage initializer for a custom container that sets it.
+MAIN_CONTAINER, STORAGE_URI_ENV = admission.MAIN_CONTAINER, admission.STORAGE_URI_ENV
 MODEL_MOUNT = "/mnt/models"
 TRANSFORMER_MODULE = "kfp_serve.serving.runtime.transformer"
 #: Deployment modes that run plain Deployments, where Knative's pod-spec gates do not apply.
-RAW_MODES = ("RawDeployment", "Standard")
+RAW_MODES = (admission.RAW_DEPLOYMENT, admission.STANDARD)
 KNATIVE_FLAGS = {
     "node_selector": "kubernetes.podspec-nodeselector",
     "affinity": "kubernetes.podspec-affinity",
