@@ -714,5 +714,6 @@ def denial(kind: str, violation: Violation) -> tuple[int, str, str]:
     return (
         403,
         "Forbidden",
-        f"admission webhook {WEBHOOKS[kind]!r} denied the request: {violation.message()}",
+        # The API server's own wording, webhook name in double quotes (Go's %q).
+        f'admission webhook "{WEBHOOKS[kind]}" denied the request: {violation.message()}',
     )

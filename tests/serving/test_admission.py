@@ -462,7 +462,7 @@ def test_api_double_denies_like_the_webhook(row: Row, api, double, release_of):
     status = json.loads(denied.value.body)
     assert denied.value.status == 403 and status["reason"] == "Forbidden"
     assert status["message"].startswith(
-        f"admission webhook {admission.WEBHOOKS['InferenceService']!r} denied the request: "
+        f'admission webhook "{admission.WEBHOOKS["InferenceService"]}" denied the request: '
     )
     assert f"admission rule {row.rule!r}" in status["message"]
     for (namespace, name) in list(double.store.objects[ISVC]):
@@ -540,7 +540,7 @@ def test_trained_model_rules(rule: str):
     assert [v.rule.id for v in found] == [rule]
     code, reason, message = admission.denial(admission.TM_KIND, found[0])
     assert (code, reason) == (403, "Forbidden")
-    assert message.startswith(f"admission webhook {admission.WEBHOOKS['TrainedModel']!r}")
+    assert message.startswith(f'admission webhook "{admission.WEBHOOKS["TrainedModel"]}" denied')
     assert admission.evaluate(trained_model(good), kind=admission.TM_KIND, old=old_obj) == []
 
 
