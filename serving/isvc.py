@@ -139,12 +139,16 @@ def build_inference_service(
 def check_name(name: str, field: str = "name", versions: tuple[str, ...] | None = None) -> str:
     """Refuse a name that is not a DNS-1123 label or that KServe refuses for an InferenceService.
 
+    Checked before anything is submitted or snapshotted, so a bad name costs nothing.
+
     Raises:
-        ServeConfigError: The name, with the rule it breaks.
+        InvalidNameError: Not a DNS-1123 label.
+        ServeConfigError: KServe's InferenceService name rule, quoted.
     """
     validate_name(name, field)
-    for violation in admission.evaluate({"metadata": {"name": name}}, versions=versions):
-        raise ServeConfigError(violation.message(field))
+    found = admission.evaluate({"metadata": {"name": name}}, versions=versions)
+    if found:
+        raise ServeConfigError(found[0].message(field))
     return name
 
 

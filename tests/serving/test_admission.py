@@ -323,12 +323,16 @@ def test_raw_deployment_hpa_is_refused_by_0_16_alone_and_the_message_says_how_to
 
 
 def test_hpa_target_above_100_is_refused_for_memory_too(monkeypatch):
-    monkeypatch.setenv(KSERVE_VERSION_ENV, "master")
+    monkeypatch.setenv(KSERVE_VERSION_ENV, "0.15")  # the argument wins over the environment
     annotations_ = {MODE: "Standard", CLASS: "hpa"}
+
+    def build_for_master(component: dict[str, Any]) -> dict[str, Any]:
+        return build_inference_service("iris", MODEL_URI, "sklearn", kserve_version="master",
+                                       serve_config={"annotations": annotations_, **component})
+
     with pytest.raises(ServeConfigError, match="predictor.scaleTarget: 200 for metric 'memory'"):
-        build(Input({"annotations": annotations_, **predictor(scaleMetric="memory",
-                                                                scaleTarget=200)}))
-    build(Input({"annotations": annotations_, **predictor(scaleMetric="memory", scaleTarget=100)}))
+        build_for_master(predictor(scaleMetric="memory", scaleTarget=200))
+    build_for_master(predictor(scaleMetric="memory", scaleTarget=100))
 
 
 def test_transformer_rules_name_the_transformer():
