@@ -553,3 +553,9 @@ def test_rules_are_pure():
     before = copy.deepcopy(manifest)
     admission.evaluate(manifest)
     assert manifest == before
+
+
+def test_api_double_admits_a_raw_mode_canary_as_the_webhook_does(api, release_of):
+    body = merge_patch(base_manifest(), {**annotations(**{MODE: "RawDeployment"}),
+                                         **spec_patch(canaryTrafficPercent=10)})
+    assert create(api, body)["spec"]["predictor"]["canaryTrafficPercent"] == 10
