@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from kfp_serve.artifacts.errors import MetadataError
-from kfp_serve.artifacts.names import validate_name
 from kfp_serve.serving.config import ServeConfig
-from kfp_serve.serving.isvc import Provenance, build_inference_service
+from kfp_serve.serving.isvc import Provenance, build_inference_service, check_name
 
 if TYPE_CHECKING:
     from kfp_serve.artifacts import ArtifactRecord
@@ -56,7 +55,7 @@ def serve(
     # Check the config before anything is submitted or snapshotted.
     cfg = ServeConfig.coerce(serve_config)
     if name is not None:
-        validate_name(name, "name")
+        check_name(name, "name")
     model_rec = resolve_artifact(model, MODEL, name=name)
     transformer_rec = (
         resolve_artifact(transformer, TRANSFORMER, name=f"{name or model_rec.name}-transformer")
