@@ -103,12 +103,63 @@ def submit(
         artifact = artifacts.Transformer(transformer_dir=str(source_dir), **common)
     else:
         raise ValueError(f"kind must be {MODEL!r} or {TRANSFORMER!r}, got {kind!r}")
+    # A re-run with identical inputs trains identical bytes: it gets the recorded artifact
+    # back. Different content under the same name+version is still refused.
     artifact_id = artifact.submit_artifact(
-        run=run_name or None, experiment=experiment or None
+        allow_existing=True, run=run_name or None, experiment=experiment or None
     )
     record = artifacts.get_artifact(artifact_id)
     _copy_tree(Path(record.uri), Path(saved_dir))
     return artifact_id
+
+
+def validate_run(
+    *,
+    names: dict[str, str],
+    versions: dict[str, str],
+    serve_config: str | dict[str, Any] | None = None,
+    snapshot_store: str = "",
+    tags: str | dict[str, Any] | None = None,
+) -> str:
+    """Check a pipeline run's inputs before any step records or serves anything.
+
+    A typo found at the ``serve`` step would come after the model versions were recorded, so
+    the fixed re-run would meet them; this runs first instead, and needs no MLMD, cluster or
+    snapshot store to be reachable.
+
+    Args:
+        names: Parameter name -> artifact or endpoint name ("" means "use the default").
+        versions: Parameter name -> version.
+        serve_config: The ServeConfig as a JSON object string or dict.
+        snapshot_store: Snapshot store root URI; "" for the default.
+        tags: Tags as a JSON object string or dict.
+
+    Returns:
+        The ServeConfig as given, as a JSON object string.
+
+    Raises:
+        InvalidNameError: A bad name or version (the message names the parameter).
+        ServeConfigError: A ServeConfig that does not validate.
+        SnapshotError: A snapshot store URI of an unknown scheme.
+        ValueError: ``serve_config`` or ``tags`` is not a JSON object.
+    """
+    from kfp_serve.artifacts.names import validate_name, validate_version
+    from kfp_serve.artifacts.snapshots.base import backend_class
+    from kfp_serve.serving.config import ServeConfig
+
+    for param, value in names.items():
+        if value:
+            validate_name(value, param)
+    for param, value in versions.items():
+        validate_version(value, param)
+    config = parse_json_object(serve_config, "serve_config")
+    ServeConfig.coerce(config)
+    parse_json_object(tags, "tags")
+    if snapshot_store:
+        scheme, sep, _ = snapshot_store.partition("://")
+        if sep:
+            backend_class(scheme)
+    return json.dumps(config, sort_keys=True)
 
 
 def snapshot(

@@ -18,7 +18,7 @@ def submit_model(
     description: str = "",
     tags: str = "{}",
     run_name: str = "",
-    experiment: str = "Default",
+    experiment: str = "default",
 ) -> NamedTuple("SubmitModelOutputs", [("model_id", int)]):
     """Record a trained model in ML Metadata as a kfp-serve Model artifact.
 
@@ -60,7 +60,7 @@ def submit_transformer(
     description: str = "",
     tags: str = "{}",
     run_name: str = "",
-    experiment: str = "Default",
+    experiment: str = "default",
 ) -> NamedTuple("SubmitTransformerOutputs", [("transformer_id", int)]):
     """Record a fitted preprocessing transformer in ML Metadata as a kfp-serve Transformer.
 
