@@ -21,6 +21,10 @@ TRANSFORMER = "transformer"
 #: An artifact id of 0 (or less) means "none" in component parameters: MLMD ids start at 1, and
 #: KFP parameters cannot be None.
 NO_ID = 0
+#: Tags that carry a model's evaluation metrics are named ``metric.<name>``.
+METRIC_TAG_PREFIX = "metric."
+#: Metrics not recorded with a model: they differ between otherwise identical runs.
+UNRECORDED_METRICS = ("train_seconds",)
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ def submit(
     tags: str | dict[str, Any] | None = None,
     run_name: str = "",
     experiment: str = "",
+    metrics: dict[str, Any] | None = None,
 ) -> int:
     """Record a trained model or transformer in MLMD and copy the saved artifact to ``saved_dir``.
 
@@ -85,12 +90,15 @@ def submit(
         tags: A JSON object (or dict) of string tags.
         run_name: The pipeline run, recorded as the artifact's run context.
         experiment: The experiment, recorded as the artifact's experiment context.
+        metrics: Evaluation metrics of the train step, recorded as ``metric.<name>`` tags
+            (timings are left out: they differ between identical runs).
 
     Returns:
         The MLMD artifact id.
     """
     from kfp_serve import artifacts
     tag_values = {str(k): str(v) for k, v in parse_json_object(tags, "tags").items()}
+    tag_values.update(metric_tags(metrics or {}))
     common: dict[str, Any] = {
         "name": name, "version": version, "author": author or None,
         "description": description or None, "tags": tag_values,
@@ -111,6 +119,21 @@ def submit(
     record = artifacts.get_artifact(artifact_id)
     _copy_tree(Path(record.uri), Path(saved_dir))
     return artifact_id
+
+
+def metric_tags(metrics: dict[str, Any]) -> dict[str, str]:
+    """``{"accuracy": 0.9}`` -> ``{"metric.accuracy": "0.9"}``, without timings."""
+    return {
+        f"{METRIC_TAG_PREFIX}{k}": str(v) for k, v in metrics.items()
+        if k not in UNRECORDED_METRICS and isinstance(v, int | float)
+    }
+
+
+def recorded_metrics(tags: dict[str, str]) -> dict[str, str]:
+    """The metrics :func:`metric_tags` recorded, by name."""
+    return {
+        k[len(METRIC_TAG_PREFIX):]: v for k, v in tags.items() if k.startswith(METRIC_TAG_PREFIX)
+    }
 
 
 def validate_run(

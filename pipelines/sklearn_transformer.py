@@ -115,6 +115,7 @@ def make_pipeline(options: ClusterOptions | None = None):  # noqa: ANN201 - a KF
             model=trained.outputs["model"], name=model_name, version=model_version,
             author=author, description=description, tags=tags,
             run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, experiment=experiment,
+            metrics=trained.outputs["metrics"],
         ).set_display_name("submit-model")
         transformer = submit_transformer(
             transformer=trained.outputs["transformer"], name=transformer_name,
