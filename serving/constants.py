@@ -16,3 +16,6 @@ ANNOTATION_DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
 
 IMAGE_ENV = "KFP_SERVE_IMAGE"
 DEFAULT_IMAGE = "ghcr.io/kubeflow/kfp-serve:0.1.0"
+
+#: The model server answers with class probabilities (``predict_proba``) when this is "true".
+PREDICT_PROBA_ENV = "PREDICT_PROBA"

@@ -9,10 +9,13 @@ answers at once.
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Any
 
-import click
 import typer
+
+# Typer vendors Click: its usage errors are these classes, not the ``click`` package's.
+from typer._click import exceptions as click_errors
 from typer.core import TyperGroup
 
 from kfp_serve.cli import endpoint_commands, metadata_commands, pipeline_commands
@@ -23,10 +26,30 @@ from kfp_serve.cli.ui import out
 class CommandGroup(TyperGroup):
     """Commands in the order they are defined, and an unknown one answered with the closest."""
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        """Usage errors too as one ``error:`` line and a ``hint:`` line, exit code 2."""
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except click_errors.NoArgsIsHelpError as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except click_errors.UsageError as e:
+            command = e.ctx.command_path if e.ctx is not None else "kfp-serve"
+            report(CliError(e.format_message(), f"run `{command} --help`"))
+            if not standalone_mode:
+                raise
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            report(CliError("aborted"))
+            sys.exit(1)
+        if not standalone_mode:
+            return result
+        sys.exit(result if isinstance(result, int) else 0)
+
+    def list_commands(self, ctx: typer.Context) -> list[str]:
         return list(self.commands)
 
-    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+    def resolve_command(self, ctx: typer.Context, args: list[str]) -> Any:
         name = args[0] if args else ""
         if name and not name.startswith("-") and self.get_command(ctx, name) is None:
             suggestion = did_you_mean(name, self.commands)

@@ -14,8 +14,6 @@ from kfp_serve.cli.ui import NamespaceOpt, Output, OutputOpt, dump, render, say
 
 #: Server roles whose logs ``kfp-serve logs --component`` shows.
 COMPONENTS = ("predictor", "transformer", "router")
-#: The environment variable the runtime servers read to answer with class probabilities.
-PREDICT_PROBA_ENV = "PREDICT_PROBA"
 #: Seconds between two looks at a log file with ``logs --follow``.
 FOLLOW_INTERVAL = 0.5
 
@@ -44,6 +42,8 @@ def check_name(name: str) -> str:
 
 def with_proba(config: dict[str, Any] | None) -> dict[str, Any]:
     """``config`` with ``PREDICT_PROBA=true`` in the predictor's environment."""
+    from kfp_serve.serving.constants import PREDICT_PROBA_ENV
+
     config = dict(config or {})
     predictor = dict(config.get("predictor") or {})
     container = dict(predictor.get("container") or {})

@@ -67,7 +67,15 @@ def explain(error: BaseException) -> CliError:
     if isinstance(error, PipelineRunError):
         return _pipeline_failure(error)
     message = _first_line(str(error))
-    return CliError(message, _hint_for(message))
+    return CliError(_in_cli_terms(message), _hint_for(message))
+
+
+def _in_cli_terms(message: str) -> str:
+    """The library's message without its advice to Python callers (the hint replaces it)."""
+    if match := _VERSION_CONFLICT.search(message):
+        return (f"{match.group('kind')} {match.group('name')!r} version "
+                f"{match.group('version')!r} already exists with different content")
+    return message
 
 
 def _hint_for(message: str) -> str | None:
@@ -96,8 +104,9 @@ def _pipeline_failure(error: Any) -> CliError:
             cause = match.group("message")
             break
     step = error.step or "?"
-    message = f"step {step!r} failed: {cause or _first_line(str(error))}"
-    hint = _hint_for(message)
+    cause = cause or _first_line(str(error))
+    message = f"step {step!r} failed: {_in_cli_terms(cause)}"
+    hint = _hint_for(cause)
     log_hint = f"full log: {error.log_file}"
     return CliError(message, f"{hint}; {log_hint}" if hint else log_hint)
 
