@@ -117,3 +117,18 @@ def test_pipeline_of_palette_components_compiles(tmp_path):
     assert len(compiled["root"]["dag"]["tasks"]) == 8
     images = {e["container"]["image"] for e in compiled["deploymentSpec"]["executors"].values()}
     assert len(images) == 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_component_descriptions_are_plain_one_line_sentences(name):
+    """What the KFP UI and Elyra show: no RST markup, no line broken mid-sentence."""
+    compiled = yaml.safe_load((REPO / "components" / f"{name}.yaml").read_text())
+    for kind in ("inputDefinitions", "outputDefinitions"):
+        for group in compiled["root"].get(kind, {}).values():
+            for item, spec in group.items():
+                text = spec.get("description", "")
+                assert "\n" not in text and "``" not in text, f"{name}.{item}: {text!r}"
+    palette = yaml.safe_load((REPO / "components" / "palette" / f"{name}.yaml").read_text())
+    assert "``" not in palette["description"], palette["description"]
+    for entry in palette["inputs"] + palette.get("outputs", []):
+        assert "``" not in entry.get("description", ""), entry
