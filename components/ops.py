@@ -23,6 +23,8 @@ TRANSFORMER = "transformer"
 NO_ID = 0
 #: Tags that carry a model's evaluation metrics are named ``metric.<name>``.
 METRIC_TAG_PREFIX = "metric."
+#: The tag naming the data a model was trained on.
+DATASET_TAG = "train.dataset"
 #: Metrics not recorded with a model: they differ between otherwise identical runs.
 UNRECORDED_METRICS = ("train_seconds",)
 
@@ -72,6 +74,7 @@ def submit(
     run_name: str = "",
     experiment: str = "",
     metrics: dict[str, Any] | None = None,
+    dataset: str = "",
 ) -> int:
     """Record a trained model or transformer in MLMD and copy the saved artifact to ``saved_dir``.
 
@@ -92,6 +95,8 @@ def submit(
         experiment: The experiment, recorded as the artifact's experiment context.
         metrics: Evaluation metrics of the train step, recorded as ``metric.<name>`` tags
             (timings are left out: they differ between identical runs).
+        dataset: What the train step read (a built-in name or a file name), recorded as the
+            ``train.dataset`` tag.
 
     Returns:
         The MLMD artifact id.
@@ -99,6 +104,8 @@ def submit(
     from kfp_serve import artifacts
     tag_values = {str(k): str(v) for k, v in parse_json_object(tags, "tags").items()}
     tag_values.update(metric_tags(metrics or {}))
+    if dataset:
+        tag_values[DATASET_TAG] = dataset
     common: dict[str, Any] = {
         "name": name, "version": version, "author": author or None,
         "description": description or None, "tags": tag_values,

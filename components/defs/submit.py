@@ -48,6 +48,7 @@ def submit_model(
         "model", model.path, saved_model.path, name=name, version=version, author=author,
         description=description, tags=tags, run_name=run_name, experiment=experiment,
         metrics=dict(metrics.metadata) if metrics is not None else None,
+        dataset=str(model.metadata.get("dataset", "")),
     )
     saved_model.metadata["mlmd_id"] = model_id
     return (model_id,)

@@ -76,5 +76,7 @@ def train(
     for key, value in result.metrics.items():
         metrics.log_metric(key, value)
     confusion_matrix.log_confusion_matrix(result.class_names, result.confusion_matrix)
-    model.metadata.update(framework=result.framework, n_features=result.n_features)
+    model.metadata.update(
+        framework=result.framework, n_features=result.n_features, dataset=result.dataset
+    )
     return (result.has_transformer, result.metrics["accuracy"])

@@ -115,6 +115,20 @@ def test_logs_show_the_predictor_of_the_endpoint(first_run):
     assert "[predictor] " in everything.stdout and "[router] " in everything.stdout
 
 
+def test_lineage_shows_the_train_step_with_dataset_and_metrics(first_run, tmp_path):
+    model_id = summary_of(first_run)["model_id"]
+    png = tmp_path / "lineage.png"
+    outcome = run_script("lineage", model_id, "--png", str(png), timeout=120)
+    assert outcome.exit_code == 0, outcome.stderr
+    rows = {line.split("│")[1].strip(): line for line in outcome.stdout.splitlines()
+            if line.startswith("│")}
+    assert "dataset breast_cancer" in rows["trained on"] and "accuracy=" in rows["trained on"]
+    assert "default" in rows["experiment"]
+    assert png.stat().st_size > 10_000
+    as_json = json.loads(run_script("lineage", model_id, "-o", "json", timeout=60).stdout)
+    assert as_json["artifact"]["name"] == MODEL and as_json["experiment"] == "default"
+
+
 def test_stop_all_then_ignore_missing(first_run):
     stopped = run_script("stop", "--all", timeout=120)
     assert stopped.exit_code == 0, stopped.stderr
@@ -124,3 +138,4 @@ def test_stop_all_then_ignore_missing(first_run):
     again = run_script("stop", ENDPOINT, "--ignore-missing", timeout=60)
     assert again.exit_code == 0, again.stderr
     assert "nothing to stop" in again.stdout
+

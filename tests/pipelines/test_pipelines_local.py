@@ -10,8 +10,8 @@ def _check_common(result, events):
     assert result["smoke_verdict"] == "blessed" and result["blessed"] is True
     assert result["endpoint_url"].startswith("http://127.0.0.1:")
     assert isinstance(result["model_id"], int)
-    assert set(result["step_seconds"]) >= {"validate", "train", "submit-model", "snapshot-model", "serve",
-                                           "smoke-predict"}
+    assert set(result["step_seconds"]) >= {"validate", "train", "submit-model",
+                                           "snapshot-model", "serve", "smoke-predict"}
     started = [step for step, event, _ in events if event == "started"]
     assert started == list(result["step_seconds"])
 
