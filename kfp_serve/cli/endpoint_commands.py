@@ -174,6 +174,8 @@ def stop(
                        "`kfp-serve stop NAME` or `kfp-serve stop --all`")
     backend = get_backend()
     names = [s.name for s in backend.list(namespace)] if all_ else [check_name(name or "")]
+    if not names:
+        say("no endpoints: nothing to stop")
     for each in names:
         try:
             backend.delete(each, namespace)
