@@ -82,7 +82,7 @@ def _hint_for(message: str) -> str | None:
     if match := _VERSION_CONFLICT.search(message):
         kind, version = match.group("kind"), match.group("version")
         return (f"pass --param {kind}_version={next_patch(version)}, or --new-version to bump "
-                "the patch version of every artifact that changed")
+                "the patch version after the latest recorded one")
     if match := _UNKNOWN_FIELD.match(message):
         field = match.group("path").rsplit(".", 1)[-1]
         known = [k.strip().strip("'\"") for k in match.group("known").split(",")]
