@@ -41,6 +41,8 @@ ESTIMATORS: dict[str, tuple[str, ...]] = {
 #: Preprocessing transformers fitted alongside the model ("" or "none" means no transformer).
 PREPROCESSORS = ("standard_scaler", "min_max_scaler")
 NO_PREPROCESSING = ("", "none")
+#: A ``file://`` dataset URI is read as the local path after it.
+FILE_SCHEME = "file://"
 #: File left in ``transformer_dir`` when no transformer was fitted.
 NO_TRANSFORMER_MARKER = "NO_TRANSFORMER.txt"
 #: Version in the metadata a train step writes; the submit step records the real one.
@@ -213,7 +215,10 @@ def train_model(
         import joblib
 
         joblib.dump(model, model_dir / MODEL_JOBLIB)
-    _describe(model_dir, transformer_dir if has_transformer else None, estimator, preprocessing)
+    _describe(
+        model_dir, transformer_dir if has_transformer else None, estimator, preprocessing,
+        feature_names,
+    )
     # Expected answers are what the saved model itself predicts: original labels for
     # scikit-learn, class indices for XGBoost (trained on 0..k-1; ``classes`` maps them back).
     # The probabilities are what a runtime answers instead when asked to (PREDICT_PROBA) or
@@ -254,7 +259,7 @@ def train_model(
 
 def _describe(
     model_dir: Path, transformer_dir: str | os.PathLike[str] | None, estimator: str,
-    preprocessing: str,
+    preprocessing: str, feature_names: list[str] | None,
 ) -> None:
     """Write ``kfp-serve-metadata.yaml`` (framework, signature) next to the saved files.
 
@@ -262,7 +267,10 @@ def _describe(
     from them, but here scikit-learn is loaded already: the submit steps then record the
     artifacts without unpickling them (see ``kfp_serve.artifacts.Model.from_dir``), and each trained
     directory is a complete artifact in the stock serving layout. Name and version are
-    placeholders until a submit step gives the real ones.
+    placeholders until a submit step gives the real ones. The models are fitted on plain
+    arrays (a served model gets arrays, and one fitted on a DataFrame warns on every request),
+    so the data's column names are recorded in the signature here: clients send DataFrames
+    with them and ``explain`` labels its attributions with them.
     """
     from kfp_serve.artifacts.layout import write_metadata
     from kfp_serve.artifacts.model import Model, Transformer, load_model_file
@@ -270,12 +278,16 @@ def _describe(
     model = Model(
         load_model_file(model_dir), _placeholder(estimator), UNSUBMITTED_VERSION, author=""
     )
+    if feature_names and not model.signature.get("feature_names"):
+        model.signature["feature_names"] = list(feature_names)
     write_metadata(model_dir, model.metadata())
     if transformer_dir is not None:
         transformer = Transformer(
             _placeholder(preprocessing), transformer_dir=transformer_dir,
             version=UNSUBMITTED_VERSION, author="",
         )
+        if feature_names and not transformer.signature.get("feature_names"):
+            transformer.signature["feature_names"] = list(feature_names)
         write_metadata(transformer_dir, transformer.metadata())
 
 
@@ -342,7 +354,13 @@ def _load_dataset(
 
     import pandas as pd
 
-    path = Path(dataset_path)
+    text = str(dataset_path)
+    if text.startswith(FILE_SCHEME):
+        text = text[len(FILE_SCHEME):]
+    if "://" in text:
+        # s3://, gs://, http(s)://: pandas reads them through fsspec where it is installed.
+        return _frame_arrays(_read_frame(pd, text, text), text.rsplit("/", 1)[-1], target_column)
+    path = Path(text)
     if path.is_dir():
         # A KFP Dataset artifact may be a directory holding one data file.
         files = sorted(p for p in path.iterdir() if p.suffix in (".csv", ".parquet", ".pq"))
@@ -353,35 +371,50 @@ def _load_dataset(
             )
         path = files[0]
     if not path.is_file():
-        raise ArtifactError(f"dataset file {str(path)!r} does not exist")
+        raise ArtifactError(
+            f"dataset file {str(path)!r} does not exist (set dataset to a CSV or Parquet path "
+            "or URI)"
+        )
+    return _frame_arrays(_read_frame(pd, path, str(path)), path.name, target_column)
+
+
+def _read_frame(pd: Any, source: Any, shown: str) -> Any:
+    """Read a CSV or Parquet file (by suffix) into a DataFrame."""
     try:
-        if path.suffix in (".parquet", ".pq"):
-            frame = pd.read_parquet(path)
-        else:
-            frame = pd.read_csv(path)
+        if str(source).endswith((".parquet", ".pq")):
+            return pd.read_parquet(source)
+        return pd.read_csv(source)
     except ImportError as e:
-        raise ArtifactError(f"reading {path.name!r} needs an optional package: {e}") from e
-    except (ValueError, pd.errors.ParserError) as e:
-        raise ArtifactError(f"cannot read dataset {str(path)!r}: {e}") from e
+        raise ArtifactError(f"reading {shown!r} needs an optional package: {e}") from e
+    except (ValueError, OSError, pd.errors.ParserError) as e:
+        raise ArtifactError(f"cannot read dataset {shown!r}: {e}") from e
+
+
+def _frame_arrays(
+    frame: Any, name: str, target_column: str
+) -> tuple[Any, Any, list[str] | None, str]:
+    """(X, y, feature names, source) of a DataFrame with a ``target_column``."""
+    import pandas as pd
+
     if target_column not in frame.columns:
         raise ArtifactError(
-            f"dataset {path.name!r} has no target column {target_column!r}; columns are "
+            f"dataset {name!r} has no target column {target_column!r}; columns are "
             f"{list(frame.columns)} (set target_column)"
         )
     features = frame.drop(columns=[target_column])
     non_numeric = [c for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
     if non_numeric:
         raise ArtifactError(
-            f"dataset {path.name!r}: feature columns {non_numeric} are not numeric; encode them "
+            f"dataset {name!r}: feature columns {non_numeric} are not numeric; encode them "
             "before training"
         )
     if len(frame) < 4:
-        raise ArtifactError(f"dataset {path.name!r} has {len(frame)} rows; need at least 4")
+        raise ArtifactError(f"dataset {name!r} has {len(frame)} rows; need at least 4")
     return (
         features.to_numpy(dtype=float),
         frame[target_column].to_numpy(),
         [str(c) for c in features.columns],
-        path.name,
+        name,
     )
 
 

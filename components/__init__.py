@@ -1,4 +1,5 @@
-"""kfp-serve's KFP v2 components: train → submit → snapshot → serve → smoke_predict.
+"""kfp-serve's KFP v2 components: validate → train → submit → snapshot → serve →
+smoke_predict.
 
 ``from kfp_serve.components import train`` gives the KFP component. Components load on first use, so
 ``import kfp_serve.components`` costs next to nothing (kfp itself takes about half a second to
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
 #: Component name -> module defining it, in pipeline order.
 _MODULES = {
+    "validate": "kfp_serve.components.defs.validate",
     "train": "kfp_serve.components.defs.train",
     "submit_model": "kfp_serve.components.defs.submit",
     "submit_transformer": "kfp_serve.components.defs.submit",

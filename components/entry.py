@@ -66,7 +66,7 @@ def build_parser(name: str, component: Any) -> argparse.ArgumentParser:
         parser.add_argument(
             f"--{input_name}", required=required, metavar=kind, help=item.description
         )
-    for output_name, item in spec.outputs.items():
+    for output_name, item in (spec.outputs or {}).items():
         parser.add_argument(
             f"{OUTPUT_FLAG_PREFIX}{output_name}", dest=f"output__{output_name}", required=True,
             metavar="PATH", help=f"where to write {output_name} ({v1_type(item.type)})",
@@ -97,7 +97,7 @@ def run(name: str, argv: list[str]) -> dict[str, Any]:
         else:
             kwargs[input_name] = parse_value(value, item.type, input_name)
     artifacts_out: dict[str, Any] = {}
-    for output_name, item in spec.outputs.items():
+    for output_name, item in (spec.outputs or {}).items():
         path = args[f"output__{output_name}"]
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         if is_artifact_type(item.type):

@@ -21,6 +21,12 @@ TRANSFORMER = "transformer"
 #: An artifact id of 0 (or less) means "none" in component parameters: MLMD ids start at 1, and
 #: KFP parameters cannot be None.
 NO_ID = 0
+#: Tags that carry a model's evaluation metrics are named ``metric.<name>``.
+METRIC_TAG_PREFIX = "metric."
+#: The tag naming the data a model was trained on.
+DATASET_TAG = "train.dataset"
+#: Metrics not recorded with a model: they differ between otherwise identical runs.
+UNRECORDED_METRICS = ("train_seconds",)
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,8 @@ def submit(
     tags: str | dict[str, Any] | None = None,
     run_name: str = "",
     experiment: str = "",
+    metrics: dict[str, Any] | None = None,
+    dataset: str = "",
 ) -> int:
     """Record a trained model or transformer in MLMD and copy the saved artifact to ``saved_dir``.
 
@@ -85,12 +93,19 @@ def submit(
         tags: A JSON object (or dict) of string tags.
         run_name: The pipeline run, recorded as the artifact's run context.
         experiment: The experiment, recorded as the artifact's experiment context.
+        metrics: Evaluation metrics of the train step, recorded as ``metric.<name>`` tags
+            (timings are left out: they differ between identical runs).
+        dataset: What the train step read (a built-in name or a file name), recorded as the
+            ``train.dataset`` tag.
 
     Returns:
         The MLMD artifact id.
     """
     from kfp_serve import artifacts
     tag_values = {str(k): str(v) for k, v in parse_json_object(tags, "tags").items()}
+    tag_values.update(metric_tags(metrics or {}))
+    if dataset:
+        tag_values[DATASET_TAG] = dataset
     common: dict[str, Any] = {
         "name": name, "version": version, "author": author or None,
         "description": description or None, "tags": tag_values,
@@ -103,12 +118,78 @@ def submit(
         artifact = artifacts.Transformer(transformer_dir=str(source_dir), **common)
     else:
         raise ValueError(f"kind must be {MODEL!r} or {TRANSFORMER!r}, got {kind!r}")
+    # A re-run with identical inputs trains identical bytes: it gets the recorded artifact
+    # back. Different content under the same name+version is still refused.
     artifact_id = artifact.submit_artifact(
-        run=run_name or None, experiment=experiment or None
+        allow_existing=True, run=run_name or None, experiment=experiment or None
     )
     record = artifacts.get_artifact(artifact_id)
     _copy_tree(Path(record.uri), Path(saved_dir))
     return artifact_id
+
+
+def metric_tags(metrics: dict[str, Any]) -> dict[str, str]:
+    """``{"accuracy": 0.9}`` -> ``{"metric.accuracy": "0.9"}``, without timings."""
+    return {
+        f"{METRIC_TAG_PREFIX}{k}": str(v) for k, v in metrics.items()
+        if k not in UNRECORDED_METRICS and isinstance(v, int | float)
+    }
+
+
+def recorded_metrics(tags: dict[str, str]) -> dict[str, str]:
+    """The metrics :func:`metric_tags` recorded, by name."""
+    return {
+        k[len(METRIC_TAG_PREFIX):]: v for k, v in tags.items() if k.startswith(METRIC_TAG_PREFIX)
+    }
+
+
+def validate_run(
+    *,
+    names: dict[str, str],
+    versions: dict[str, str],
+    serve_config: str | dict[str, Any] | None = None,
+    snapshot_store: str = "",
+    tags: str | dict[str, Any] | None = None,
+) -> str:
+    """Check a pipeline run's inputs before any step records or serves anything.
+
+    A typo found at the ``serve`` step would come after the model versions were recorded, so
+    the fixed re-run would meet them; this runs first instead, and needs no MLMD, cluster or
+    snapshot store to be reachable.
+
+    Args:
+        names: Parameter name -> artifact or endpoint name ("" means "use the default").
+        versions: Parameter name -> version.
+        serve_config: The ServeConfig as a JSON object string or dict.
+        snapshot_store: Snapshot store root URI; "" for the default.
+        tags: Tags as a JSON object string or dict.
+
+    Returns:
+        The ServeConfig as given, as a JSON object string.
+
+    Raises:
+        InvalidNameError: A bad name or version (the message names the parameter).
+        ServeConfigError: A ServeConfig that does not validate.
+        SnapshotError: A snapshot store URI of an unknown scheme.
+        ValueError: ``serve_config`` or ``tags`` is not a JSON object.
+    """
+    from kfp_serve.artifacts.names import validate_name, validate_version
+    from kfp_serve.artifacts.snapshots.base import backend_class
+    from kfp_serve.serving.config import ServeConfig
+
+    for param, value in names.items():
+        if value:
+            validate_name(value, param)
+    for param, value in versions.items():
+        validate_version(value, param)
+    config = parse_json_object(serve_config, "serve_config")
+    ServeConfig.coerce(config)
+    parse_json_object(tags, "tags")
+    if snapshot_store:
+        scheme, sep, _ = snapshot_store.partition("://")
+        if sep:
+            backend_class(scheme)
+    return json.dumps(config, sort_keys=True)
 
 
 def snapshot(

@@ -104,7 +104,7 @@ def palette_spec(name: str, component: PythonComponent, image: str) -> dict[str,
             args += [f"--{input_name}", {"inputValue": input_name}]
         inputs.append(entry)
     outputs: list[dict[str, Any]] = []
-    for output_name, item in spec.outputs.items():
+    for output_name, item in (spec.outputs or {}).items():
         entry = {"name": output_name, "type": v1_type(item.type)}
         description = docs.get(output_name) or item.description
         if description:

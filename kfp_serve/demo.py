@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from rich.console import Console
 from rich.table import Table
 
@@ -18,13 +16,10 @@ def run_demo(console: Console) -> dict:
     from kfp_serve.serving.endpoint import Endpoint
     from kfp_serve.serving.errors import ServingError
 
-    # A fresh version per run: re-running the demo must not overwrite a released version.
-    version = time.strftime("1.0.%Y%m%d%H%M%S", time.gmtime())
-    console.print(f"[bold]kfp-serve demo[/bold]: running pipeline {PIPELINE!r} locally "
-                  f"(model version {version})")
-    result = run_local(
-        PIPELINE, {"model_version": version, "transformer_version": version}, progress=True
-    )
+    # The pipeline's own defaults, exactly as `kfp-serve run sklearn-transformer`: a re-run
+    # trains the same bytes and reuses the recorded versions.
+    console.print(f"[bold]kfp-serve demo[/bold]: running pipeline {PIPELINE!r} locally")
+    result = run_local(PIPELINE, {}, progress=True)
     endpoint = Endpoint(result["endpoint_name"])
     prediction = endpoint.predict(SAMPLE_ROWS)
 
@@ -41,9 +36,9 @@ def run_demo(console: Console) -> dict:
     console.print(table)
     name = result["endpoint_name"]
     console.print(
-        f"Try: .venv/bin/kfp-serve predict {name} --data '[[5.9, 3.0, 5.1, 1.8]]'\n"
-        f"     .venv/bin/kfp-serve lineage {result['model_id']}\n"
-        f"Stop the endpoint with: .venv/bin/kfp-serve stop {name}"
+        f"Try: kfp-serve predict {name} --data '[[5.9, 3.0, 5.1, 1.8]]'\n"
+        f"     kfp-serve lineage {result['model_id']}\n"
+        f"Stop the endpoint with: kfp-serve stop {name}"
     )
     if not result["blessed"]:
         raise ServingError(f"the smoke test did not bless the endpoint: {result['smoke_verdict']}")

@@ -1,6 +1,7 @@
 """scikit-learn with a preprocessing transformer, from training to a smoke-tested endpoint.
 
-train → submit model + transformer → snapshot both → serve with transformer → smoke_predict.
+validate → train → submit model + transformer → snapshot both → serve with transformer →
+smoke_predict.
 """
 
 # No ``from __future__ import annotations``: KFP reads the pipeline's annotations as objects.
@@ -9,6 +10,7 @@ from typing import NamedTuple
 from kfp import dsl
 
 from kfp_serve.components import get_component
+from kfp_serve.pipelines.checks import DEFAULT_EXPERIMENT, checked_pipeline
 from kfp_serve.pipelines.cluster import ClusterOptions
 
 
@@ -23,6 +25,17 @@ class PipelineOutputs(NamedTuple):
 
 
 NAME = "sklearn-transformer"
+PIPELINE_NAME = "kfp-serve-sklearn-transformer"
+DESCRIPTION = (
+    "Train a scikit-learn classifier with a preprocessing transformer, record both in ML "
+    "Metadata, snapshot them, serve them as one KServe InferenceService (transformer in front "
+    "of the predictor) and smoke-test the endpoint."
+)
+# Named after the pipeline, so a run never meets the artifacts of the README quick start
+# ("iris", "iris-scaler") or of the other pipeline.
+MODEL_NAME = "sklearn-transformer-model"
+TRANSFORMER_NAME = "sklearn-transformer-scaler"
+ENDPOINT_NAME = "sklearn-transformer"
 
 
 def make_pipeline(options: ClusterOptions | None = None):  # noqa: ANN201 - a KFP pipeline
@@ -34,40 +47,75 @@ def make_pipeline(options: ClusterOptions | None = None):  # noqa: ANN201 - a KF
     snapshot = get_component("snapshot")
     serve = get_component("serve")
     smoke_predict = get_component("smoke_predict")
+    validate = get_component("validate")
 
-    @dsl.pipeline(
-        name="kfp-serve-sklearn-transformer",
-        description="Train a scikit-learn classifier with a preprocessing transformer, record "
-        "both in ML Metadata, snapshot them, serve them as one KServe InferenceService "
-        "(transformer in front of the predictor) and smoke-test the endpoint.",
-    )
     def sklearn_transformer(
-        model_name: str = "iris-classifier",
+        model_name: str = MODEL_NAME,
         model_version: str = "1.0.0",
-        transformer_name: str = "iris-scaler",
+        transformer_name: str = TRANSFORMER_NAME,
         transformer_version: str = "1.0.0",
-        endpoint_name: str = "iris",
+        endpoint_name: str = ENDPOINT_NAME,
         namespace: str = "",
         serve_config: str = "{}",
+        dataset: str = "",
+        target_column: str = "target",
         dataset_name: str = "iris",
         estimator: str = "logistic_regression",
         preprocessing: str = "standard_scaler",
         hyperparameters: str = "{}",
+        random_state: int = 42,
         author: str = "",
         description: str = "",
         tags: str = "{}",
-        experiment: str = "Default",
+        experiment: str = DEFAULT_EXPERIMENT,
         snapshot_store: str = "",
         fail_on_mismatch: bool = True,
     ) -> PipelineOutputs:
+        """Train a scikit-learn classifier behind a preprocessing transformer and serve both.
+
+        Args:
+            model_name: Name of the Model artifact (lower-case letters, digits and '-').
+            model_version: Version of the Model artifact; a re-run with the same data and
+                parameters reuses it, different content needs a new version.
+            transformer_name: Name of the Transformer artifact.
+            transformer_version: Version of the Transformer artifact.
+            endpoint_name: Name of the endpoint (InferenceService).
+            namespace: Kubernetes namespace to serve in; empty for the pipeline's own.
+            serve_config: ServeConfig as a JSON object, e.g. {"limits": {"memory": "2Gi"}}.
+            dataset: A CSV or Parquet path or URI (file://, s3://, https://) to train on;
+                empty to use the built-in dataset_name.
+            target_column: The label column of dataset; the other columns are the features.
+            dataset_name: Built-in dataset used when dataset is empty: iris, wine,
+                breast_cancer or digits.
+            estimator: "logistic_regression" or "random_forest".
+            preprocessing: "standard_scaler" or "min_max_scaler".
+            hyperparameters: Estimator keyword arguments as a JSON object, e.g. {"C": 0.5}.
+            random_state: Seed for the split and the estimator: the same seed and data give
+                the same model bytes.
+            author: Who trained the model, recorded on both artifacts.
+            description: What the model is for, recorded on both artifacts.
+            tags: Extra string tags for both artifacts as a JSON object, e.g. {"stage": "dev"}.
+            experiment: The ML Metadata experiment the artifacts are recorded under.
+            snapshot_store: Snapshot store root URI (file://, s3://, pvc://); empty for the
+                default.
+            fail_on_mismatch: Fail the run when the endpoint's answers differ from the model's.
+        """
+        checked = validate(
+            model_name=model_name, model_version=model_version,
+            transformer_name=transformer_name, transformer_version=transformer_version,
+            endpoint_name=endpoint_name, serve_config=serve_config,
+            snapshot_store=snapshot_store, tags=tags,
+        ).set_display_name("validate")
         trained = train(
-            dataset_name=dataset_name, framework="sklearn", estimator=estimator,
-            preprocessing=preprocessing, hyperparameters=hyperparameters,
-        ).set_display_name("train")
+            dataset_uri=dataset, target_column=target_column, dataset_name=dataset_name,
+            framework="sklearn", estimator=estimator, preprocessing=preprocessing,
+            hyperparameters=hyperparameters, random_state=random_state,
+        ).set_display_name("train").after(checked)
         model = submit_model(
             model=trained.outputs["model"], name=model_name, version=model_version,
             author=author, description=description, tags=tags,
             run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, experiment=experiment,
+            metrics=trained.outputs["metrics"],
         ).set_display_name("submit-model")
         transformer = submit_transformer(
             transformer=trained.outputs["transformer"], name=transformer_name,
@@ -85,13 +133,15 @@ def make_pipeline(options: ClusterOptions | None = None):  # noqa: ANN201 - a KF
         served = serve(
             model_id=model.outputs["model_id"],
             transformer_id=transformer.outputs["transformer_id"], name=endpoint_name,
-            namespace=namespace, serve_config=serve_config,
+            namespace=namespace, serve_config=checked.outputs["checked_serve_config"],
         ).set_display_name("serve").after(model_snapshot, transformer_snapshot)
         smoke = smoke_predict(
             samples=trained.outputs["samples"], endpoint_name=served.outputs["endpoint_name"],
             namespace=namespace, fail_on_mismatch=fail_on_mismatch,
         ).set_display_name("smoke-predict")
-        for task in (model, transformer, model_snapshot, transformer_snapshot, served, smoke):
+        for task in (
+            checked, model, transformer, model_snapshot, transformer_snapshot, served, smoke
+        ):
             # These steps change the world (MLMD records, endpoints): never skip one because
             # an identical earlier run was cached.
             task.set_caching_options(False)
@@ -102,7 +152,7 @@ def make_pipeline(options: ClusterOptions | None = None):  # noqa: ANN201 - a KF
             transformer.outputs["transformer_id"], smoke.outputs["verdict"],
         )
 
-    return sklearn_transformer
+    return checked_pipeline(sklearn_transformer, name=PIPELINE_NAME, description=DESCRIPTION)
 
 
 pipeline = make_pipeline()

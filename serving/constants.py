@@ -18,3 +18,6 @@ IMAGE_ENV = "KFP_SERVE_IMAGE"
 DEFAULT_IMAGE = "ghcr.io/kubeflow/kfp-serve:0.1.0"
 # The KServe release the cluster runs ("0.15" ... "master"); unset: check every supported one.
 KSERVE_VERSION_ENV = "KFP_SERVE_KSERVE_VERSION"
+
+#: The model server answers with class probabilities (``predict_proba``) when this is "true".
+PREDICT_PROBA_ENV = "PREDICT_PROBA"

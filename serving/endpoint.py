@@ -17,6 +17,7 @@ import httpx
 
 from kfp_serve.artifacts.names import validate_name
 from kfp_serve.serving.backends.base import EndpointStatus, ServingBackend, get_backend
+from kfp_serve.serving.constants import PREDICT_PROBA_ENV
 from kfp_serve.serving.errors import ServingError
 
 #: Statuses that right after Ready mean "not routed yet" (kserve/kserve#1658), so retrying helps.
@@ -131,6 +132,17 @@ class Endpoint:
         return str(model.get("protocolVersion") or predictor.get("protocolVersion") or "v1")
 
     @property
+    def serves_probabilities(self) -> bool:
+        """True if the predictor was started with ``PREDICT_PROBA=true`` (class probabilities)."""
+        predictor = (self._status.manifest.get("spec") or {}).get("predictor") or {}
+        containers = [predictor.get("model") or {}, *(predictor.get("containers") or [])]
+        return any(
+            str(e.get("name")) == PREDICT_PROBA_ENV
+            and str(e.get("value", "")).strip().lower() in ("1", "true", "yes")
+            for c in containers for e in c.get("env") or []
+        )
+
+    @property
     def model_name(self) -> str:
         """The model name in request paths: the transformer's ``--model_name`` or the
         InferenceService name (what KServe passes to both servers)."""
@@ -146,12 +158,19 @@ class Endpoint:
 
     # -- requests -----------------------------------------------------------------------------
 
-    def predict(self, x: Any, *, protocol: str | None = None) -> dict[str, Any]:
+    def predict(
+        self, x: Any, *, protocol: str | None = None, proba: bool = False
+    ) -> dict[str, Any]:
         """Predict ``x`` (rows as a list, numpy array or pandas DataFrame); the response dict.
 
         Args:
-            x: The rows. A DataFrame is sent with its column names under protocol v2.
+            x: The rows. A DataFrame is sent with its column names (the model's feature names
+                when it was trained on a file with named columns), in any column order.
             protocol: Override the served manifest's protocol (``v1`` or ``v2``).
+            proba: Ask for class probabilities (``predict_proba``). The model server decides
+                what it answers when it starts: the endpoint must have been served with
+                probabilities on (``kfp-serve serve MODEL_ID --proba``, or the ServeConfig
+                env ``PREDICT_PROBA=true`` on the predictor), else this raises.
 
         Returns:
             The server's JSON answer: ``{"predictions": [...]}`` for v1, ``{"outputs": [...],
@@ -161,6 +180,12 @@ class Endpoint:
             ServingError: the endpoint is down, not ready, or refused the request (the message
                 carries the server's explanation).
         """
+        if proba and not self.serves_probabilities:
+            raise ServingError(
+                f"endpoint {self.name!r} answers with labels, not probabilities: serve it "
+                f"again with `kfp-serve serve MODEL_ID --proba` (sets {PREDICT_PROBA_ENV}=true "
+                "on the predictor) to get predict_proba answers"
+            )
         protocol = protocol or self.protocol
         if protocol == "v2":
             return self._post(f"/v2/models/{self.model_name}/infer", v2_request(x), "predict")

@@ -1,9 +1,9 @@
 """The ``submit_model`` and ``submit_transformer`` components."""
 
 # No ``from __future__ import annotations`` here: KFP reads the annotations as objects.
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
-from kfp.dsl import Artifact, Input, Model, Output
+from kfp.dsl import Artifact, Input, Metrics, Model, Output
 
 from kfp_serve.components.defs._base import component
 
@@ -18,7 +18,8 @@ def submit_model(
     description: str = "",
     tags: str = "{}",
     run_name: str = "",
-    experiment: str = "Default",
+    experiment: str = "default",
+    metrics: Optional[Input[Metrics]] = None,  # noqa: UP045 - KFP reads Optional, not X | None
 ) -> NamedTuple("SubmitModelOutputs", [("model_id", int)]):
     """Record a trained model in ML Metadata as a kfp-serve Model artifact.
 
@@ -36,6 +37,7 @@ def submit_model(
         tags: Extra string tags as a JSON object, e.g. {"stage": "dev"}.
         run_name: The pipeline run to link the artifact to (the pipeline fills it in).
         experiment: The experiment to link the artifact to.
+        metrics: The train step's metrics, recorded with the model (accuracy, F1).
 
     Returns:
         model_id: The MLMD id of the Model artifact.
@@ -45,6 +47,8 @@ def submit_model(
     model_id = submit(
         "model", model.path, saved_model.path, name=name, version=version, author=author,
         description=description, tags=tags, run_name=run_name, experiment=experiment,
+        metrics=dict(metrics.metadata) if metrics is not None else None,
+        dataset=str(model.metadata.get("dataset", "")),
     )
     saved_model.metadata["mlmd_id"] = model_id
     return (model_id,)
@@ -60,7 +64,7 @@ def submit_transformer(
     description: str = "",
     tags: str = "{}",
     run_name: str = "",
-    experiment: str = "Default",
+    experiment: str = "default",
 ) -> NamedTuple("SubmitTransformerOutputs", [("transformer_id", int)]):
     """Record a fitted preprocessing transformer in ML Metadata as a kfp-serve Transformer.
 

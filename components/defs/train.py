@@ -16,6 +16,7 @@ def train(
     metrics: Output[Metrics],
     confusion_matrix: Output[ClassificationMetrics],
     dataset: Optional[Input[Dataset]] = None,  # noqa: UP045 - KFP reads Optional, not X | None
+    dataset_uri: str = "",
     dataset_name: str = "iris",
     target_column: str = "target",
     framework: str = "sklearn",
@@ -28,8 +29,9 @@ def train(
 ) -> NamedTuple("TrainOutputs", [("has_transformer", bool), ("accuracy", float)]):
     """Train a scikit-learn or XGBoost classifier and save it in KServe's model layout.
 
-    The data is a CSV or parquet ``dataset`` with a target column, or a scikit-learn built-in
-    dataset by name. An optional preprocessing transformer (a scaler) is fitted alongside and
+    The data is a CSV or Parquet file with a target column (an input Dataset, a path or a URI),
+    or a scikit-learn built-in dataset by name; the file's column names become the model's
+    feature names. An optional preprocessing transformer (a scaler) is fitted alongside and
     saved separately, so it can be served as a KServe transformer in front of the model. A
     held-out part of the data gives the metrics, the confusion matrix and the sample requests
     (with their expected predictions) that smoke_predict later sends to the endpoint.
@@ -41,8 +43,10 @@ def train(
         samples: Held-out requests and the predictions the endpoint must return (JSON).
         metrics: Accuracy, macro F1 and training time on the held-out data.
         confusion_matrix: Confusion matrix on the held-out data.
-        dataset: A CSV or parquet file with a target column; leave unconnected to use
-            dataset_name.
+        dataset: A CSV or Parquet file with a target column; leave unconnected to use
+            dataset_uri or dataset_name.
+        dataset_uri: A CSV or Parquet path or URI (file://, s3://, https://) read when no
+            dataset is connected; empty to use dataset_name.
         dataset_name: Built-in dataset used when no dataset is given: iris, wine,
             breast_cancer or digits.
         target_column: Name of the label column in the dataset file.
@@ -63,7 +67,8 @@ def train(
 
     result = train_model(
         model_dir=model.path, transformer_dir=transformer.path, samples_path=samples.path,
-        dataset_path=dataset.path if dataset is not None else None, dataset_name=dataset_name,
+        dataset_path=dataset.path if dataset is not None else (dataset_uri or None),
+        dataset_name=dataset_name,
         target_column=target_column, framework=framework, estimator=estimator,
         preprocessing=preprocessing, hyperparameters=hyperparameters, test_size=test_size,
         random_state=random_state, n_samples=n_samples,
@@ -71,5 +76,7 @@ def train(
     for key, value in result.metrics.items():
         metrics.log_metric(key, value)
     confusion_matrix.log_confusion_matrix(result.class_names, result.confusion_matrix)
-    model.metadata.update(framework=result.framework, n_features=result.n_features)
+    model.metadata.update(
+        framework=result.framework, n_features=result.n_features, dataset=result.dataset
+    )
     return (result.has_transformer, result.metrics["accuracy"])

@@ -85,17 +85,22 @@ def run_script(*args: str, timeout: float = 120.0) -> Outcome:
 
 
 def assert_clean_error(outcome: Outcome, *fragments: str) -> str:
-    """Exit code != 0, nothing on stdout, one ``error:`` line on stderr holding ``fragments``."""
+    """Exit code != 0, nothing on stdout, one ``error:`` line on stderr, at most one ``hint:``
+    line after it; ``fragments`` are found in one of the two. Returns both, joined by "\n"."""
     assert outcome.exit_code != 0, outcome
     assert "Traceback" not in outcome.stderr, outcome.stderr
     lines = outcome.error_lines()
-    assert len(lines) == 1, f"expected one error line, got:\n{outcome.stderr}"
-    line = lines[0]
-    assert line.startswith("error: "), line
+    assert 1 <= len(lines) <= 2, f"expected an error line and a hint, got:\n{outcome.stderr}"
+    assert lines[0].startswith("error: "), lines[0]
+    if len(lines) == 2:
+        assert lines[1].startswith("hint: "), lines[1]
+        # A hint tells a CLI user what to type: a command or a flag, never Python.
+        assert "=True" not in lines[1] and "()" not in lines[1], lines[1]
+    text = "\n".join(lines)
     for fragment in fragments:
-        assert fragment in line, f"{fragment!r} not in {line!r}"
+        assert fragment in text, f"{fragment!r} not in {text!r}"
     assert outcome.stdout.strip() == "", outcome.stdout
-    return line
+    return text
 
 
 @pytest.fixture(scope="package")

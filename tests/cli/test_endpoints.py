@@ -43,12 +43,19 @@ def served(cli, iris_model):
     stop_quietly(NAME)
 
 
-def test_serve_dry_run_prints_the_manifest_as_json(cli, iris_model):
+def test_serve_dry_run_prints_the_manifest_as_yaml_or_json(cli, iris_model):
+    import yaml
+
     model_id, _ = iris_model
-    outcome = cli("serve", str(model_id), "--name", "cli-dry", "--dry-run",
-                  "--config", '{"labels": {"team": "ml"}, "limits": {"memory": "1Gi"}}')
+    argv = ["serve", str(model_id), "--name", "cli-dry", "--dry-run",
+            "--config", '{"labels": {"team": "ml"}, "limits": {"memory": "1Gi"}}']
+    outcome = cli(*argv)
     assert outcome.exit_code == 0, outcome.stderr
-    manifest = json.loads(outcome.stdout)
+    # YAML by default, as Kubernetes users read manifests; JSON when asked for.
+    assert outcome.stdout.startswith("apiVersion: serving.kserve.io/")
+    manifest = yaml.safe_load(outcome.stdout)
+    as_json = cli(*argv, "--output", "json")
+    assert json.loads(as_json.stdout) == manifest
     assert manifest["kind"] == "InferenceService"
     assert manifest["metadata"]["name"] == "cli-dry"
     labels = manifest["metadata"]["labels"]
@@ -115,11 +122,15 @@ def test_models_lists_submitted_artifacts(cli, iris_model, iris_scaler):
     assert everything.exit_code == 0, everything.stderr
     model_row = _table_row(everything.stdout, str(model_id))
     assert model_row[1:5] == ["model", "cli-iris", "1.0.0", "sklearn"]
-    assert model_row[5] == "cli-tests"
+    assert model_row[5][:2] == "20"  # created, as a date
+    assert model_row[7] == "cli-tests"
     scaler_row = _table_row(everything.stdout, str(iris_scaler))
     assert scaler_row[1:4] == ["transformer", "cli-scaler", "1.0.0"]
     only_transformers = cli("models", "--kind", "transformer").stdout
     assert "cli-scaler" in only_transformers and "cli-iris" not in only_transformers
+    by_name = json.loads(cli("models", "cli-iris", "--output", "json").stdout)
+    assert [(r["id"], r["name"], r["version"]) for r in by_name] == [(model_id, "cli-iris",
+                                                                      "1.0.0")]
 
 
 def test_serving_a_transformer_as_model_is_a_clean_error(cli, iris_scaler):

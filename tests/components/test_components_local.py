@@ -32,7 +32,8 @@ def test_train_submit_snapshot_chain_records_mlmd(kfp_local):
     model_id = int(chain().output)
     record = artifacts.get_artifact(model_id)
     assert (record.kind, record.name, record.version) == ("model", "wine-rf", "0.1.0")
-    assert record.tags == {"stage": "test"}
+    # The train step names its data on the model artifact; submit records it beside the tags.
+    assert record.tags == {"stage": "test", "train.dataset": "wine"}
     assert record.snapshot_uri and record.digest.startswith("blake3:")
     assert record.signature["n_features"] == 13
 

@@ -91,13 +91,14 @@ def _palette(name):
 
 
 def test_pipeline_of_palette_components_compiles(tmp_path):
-    train, submit_model, submit_transformer, snapshot, serve, smoke = (
+    validate, train, submit_model, submit_transformer, snapshot, serve, smoke = (
         _palette(n) for n in NAMES
     )
 
     @dsl.pipeline(name="palette-only")
     def palette_only(endpoint: str = "iris"):
-        trained = train(dataset_name="iris")
+        checked = validate(model_name="iris-classifier", model_version="1.0.0")
+        trained = train(dataset_name="iris").after(checked)
         model = submit_model(model=trained.outputs["model"], name="iris-classifier")
         scaler = submit_transformer(transformer=trained.outputs["transformer"],
                                     name="iris-scaler")
@@ -113,6 +114,21 @@ def test_pipeline_of_palette_components_compiles(tmp_path):
     out = tmp_path / "palette_only.yaml"
     compiler.Compiler().compile(palette_only, str(out))
     compiled = yaml.safe_load(out.read_text())
-    assert len(compiled["root"]["dag"]["tasks"]) == 7
+    assert len(compiled["root"]["dag"]["tasks"]) == 8
     images = {e["container"]["image"] for e in compiled["deploymentSpec"]["executors"].values()}
     assert len(images) == 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_component_descriptions_are_plain_one_line_sentences(name):
+    """What the KFP UI and Elyra show: no RST markup, no line broken mid-sentence."""
+    compiled = yaml.safe_load((REPO / "components" / f"{name}.yaml").read_text())
+    for kind in ("inputDefinitions", "outputDefinitions"):
+        for group in compiled["root"].get(kind, {}).values():
+            for item, spec in group.items():
+                text = spec.get("description", "")
+                assert "\n" not in text and "``" not in text, f"{name}.{item}: {text!r}"
+    palette = yaml.safe_load((REPO / "components" / "palette" / f"{name}.yaml").read_text())
+    assert "``" not in palette["description"], palette["description"]
+    for entry in palette["inputs"] + palette.get("outputs", []):
+        assert "``" not in entry.get("description", ""), entry

@@ -13,6 +13,7 @@ from kfp_serve.artifacts.model import Model, Transformer
 from kfp_serve.artifacts.training import UNSUBMITTED_VERSION, train_model
 
 REPO = Path(__file__).resolve().parents[2]
+IRIS_FEATURES = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
 
 
 @pytest.fixture
@@ -28,11 +29,13 @@ def test_train_writes_metadata_computed_from_the_saved_files(trained):
     model_meta = layout.read_metadata(trained / "model")
     assert model_meta["version"] == UNSUBMITTED_VERSION
     loaded = Model(joblib.load(trained / "model" / layout.MODEL_JOBLIB), "m")
-    assert model_meta["signature"] == loaded.signature
+    # The model was fitted on an array: the column names come from the data, not the model.
+    assert model_meta["signature"] == {**loaded.signature, "feature_names": IRIS_FEATURES}
     assert model_meta["framework_version"] == loaded.framework_version
     t_meta = layout.read_metadata(trained / "transformer")
     assert t_meta["kind"] == "transformer"
     assert t_meta["signature"]["n_features"] == t_meta["signature"]["n_features_out"] == 4
+    assert t_meta["signature"]["feature_names"] == IRIS_FEATURES
 
 
 def test_from_dir_uses_the_metadata_and_copies_the_model_file(trained, tmp_path):
@@ -53,7 +56,10 @@ def test_from_dir_without_metadata_loads_the_model(trained, tmp_path):
     (bare / layout.MODEL_JOBLIB).write_bytes((trained / "model" / layout.MODEL_JOBLIB).read_bytes())
     model = Model.from_dir(bare, "iris")
     assert model.model is not None
-    assert model.signature == layout.read_metadata(trained / "model")["signature"]
+    # Without the metadata file only what the fitted model itself knows is left.
+    assert model.signature == {
+        **layout.read_metadata(trained / "model")["signature"], "feature_names": None
+    }
 
 
 def test_metadata_of_another_kind_is_not_trusted(trained):

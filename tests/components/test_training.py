@@ -93,3 +93,45 @@ def test_missing_target_column_lists_columns(tmp_path):
 def test_transformer_requires_a_directory(tmp_path):
     with pytest.raises(ArtifactError, match="transformer_dir"):
         train_model(model_dir=tmp_path / "m", samples_path=tmp_path / "s")
+
+
+def _tree_bytes(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.parametrize("framework, estimator, preprocessing", [
+    ("sklearn", "logistic_regression", "standard_scaler"),
+    ("sklearn", "random_forest", "min_max_scaler"),
+    ("xgboost", "xgb_classifier", "none"),
+])
+def test_the_same_seed_and_data_save_the_same_bytes(tmp_path, framework, estimator,
+                                                    preprocessing):
+    """What makes a re-run reuse the recorded artifact instead of failing on a duplicate."""
+    trees = []
+    for run, seed in (("a", 42), ("b", 42), ("c", 7)):
+        root = tmp_path / run
+        train_model(model_dir=root / "model", transformer_dir=root / "transformer",
+                    samples_path=root / "samples.json", framework=framework,
+                    estimator=estimator, preprocessing=preprocessing, random_state=seed,
+                    dataset_name="wine")
+        trees.append(_tree_bytes(root))
+    assert trees[0] == trees[1]
+    if estimator != "logistic_regression":  # lbfgs does not use the seed; the split does
+        assert trees[0] != trees[2]
+
+
+def test_a_dataset_uri_keeps_its_column_names(tmp_path):
+    from kfp_serve.artifacts.layout import read_metadata
+
+    frame = pd.DataFrame({"age": [20, 30, 40, 50, 60, 70, 25, 35, 45, 55],
+                          "income": [1, 3, 2, 5, 4, 6, 2, 3, 4, 5],
+                          "churned": [0, 1, 0, 1, 0, 1, 0, 1, 0, 1]})
+    path = tmp_path / "churn.parquet"
+    frame.to_parquet(path)
+    result = train_model(model_dir=tmp_path / "model", transformer_dir=tmp_path / "t",
+                         samples_path=tmp_path / "s.json", dataset_path=f"file://{path}",
+                         target_column="churned", test_size=0.3)
+    assert result.dataset == "churn.parquet" and result.n_features == 2
+    assert read_metadata(tmp_path / "model")["signature"]["feature_names"] == ["age", "income"]
+    assert read_samples(tmp_path / "s.json")["feature_names"] == ["age", "income"]

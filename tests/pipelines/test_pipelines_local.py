@@ -10,8 +10,8 @@ def _check_common(result, events):
     assert result["smoke_verdict"] == "blessed" and result["blessed"] is True
     assert result["endpoint_url"].startswith("http://127.0.0.1:")
     assert isinstance(result["model_id"], int)
-    assert set(result["step_seconds"]) >= {"train", "submit-model", "snapshot-model", "serve",
-                                           "smoke-predict"}
+    assert set(result["step_seconds"]) >= {"validate", "train", "submit-model",
+                                           "snapshot-model", "serve", "smoke-predict"}
     started = [step for step, event, _ in events if event == "started"]
     assert started == list(result["step_seconds"])
 
@@ -32,7 +32,11 @@ def test_sklearn_transformer_pipeline_end_to_end(kfp_home):
     assert "snapshot-transformer" in result["step_seconds"]
     model = artifacts.get_artifact(result["model_id"])
     transformer = artifacts.get_artifact(result["transformer_id"])
-    assert (model.name, model.version, model.kind) == ("iris-classifier", "2.0.0", "model")
+    # The pipeline's own default names: never the README quick start's "iris"/"iris-scaler".
+    assert (model.name, model.version, model.kind) == (
+        "sklearn-transformer-model", "2.0.0", "model")
+    assert transformer.name == "sklearn-transformer-scaler"
+    assert float(model.tags["metric.accuracy"]) > 0.8
     assert transformer.kind == "transformer" and transformer.snapshot_uri
     endpoint = Endpoint("iris-e2e")
     # Raw features go in: the transformer scales them in front of the model.
@@ -48,7 +52,21 @@ def test_xgboost_pipeline_end_to_end(kfp_home):
                        progress=lambda *event: events.append(event))
     _check_common(result, events)
     assert result["transformer_id"] is None
-    assert result["endpoint_name"] == "breast-cancer"
+    assert result["endpoint_name"] == "xgboost"
+
+
+def test_a_bad_serve_config_fails_at_validate_before_anything_is_recorded(kfp_home):
+    from kfp_serve import artifacts
+    from kfp_serve.pipelines.local_run import PipelineRunError
+
+    try:
+        run_local("xgboost", {"serve_config": '{"limit": {"memory": "1Gi"}}'}, progress=False)
+    except PipelineRunError as e:
+        assert e.step == "validate"
+        assert "limit: unknown ServeConfig field" in e.log_file.read_text()
+    else:
+        raise AssertionError("the run with a bad ServeConfig succeeded")
+    assert artifacts.list_artifacts() == []
 
 
 def test_coerce_params_converts_and_rejects():
@@ -68,6 +86,34 @@ def test_coerce_params_converts_and_rejects():
 def test_display_names_cover_both_snapshots():
     names = task_display_names(PIPELINES["sklearn-transformer"])
     assert {"snapshot-model", "snapshot-transformer"} <= set(names.values())
+
+
+def test_a_bad_constant_default_fails_when_the_pipeline_is_defined():
+    import pytest
+
+    from kfp_serve.artifacts.errors import InvalidNameError
+    from kfp_serve.pipelines.checks import checked_pipeline
+
+    def bad(model_name: str = "Not_A_Name", model_version: str = "1.0.0"):
+        """A pipeline with a default KServe would refuse."""
+
+    with pytest.raises(InvalidNameError, match="model_name 'Not_A_Name'"):
+        checked_pipeline(bad, name="bad", description="bad")
+
+
+def test_compiled_pipelines_describe_every_parameter_in_plain_sentences():
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    for path in sorted((repo / "pipelines").glob("*.yaml")):
+        spec = yaml.safe_load(path.read_text())
+        parameters = spec["root"]["inputDefinitions"]["parameters"]
+        assert {"dataset", "target_column", "model_version"} <= set(parameters), path.name
+        for name, parameter in parameters.items():
+            text = parameter.get("description") or ""
+            assert text, f"{path.name}: {name} has no description"
+            assert "\n" not in text and "``" not in text, f"{path.name}: {name}: {text!r}"
+            assert parameter.get("defaultValue") != "Default", "experiments are 'default'"
 
 
 def test_default_compile_needs_no_cluster(tmp_path):

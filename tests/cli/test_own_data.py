@@ -1,0 +1,92 @@
+"""Training on the user's own CSV, serving it, and asking it with a DataFrame and --proba."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from tests.cli.conftest import assert_clean_error, run_script, stop_quietly
+
+SUFFIX = uuid.uuid4().hex[:6]
+ENDPOINT = f"cli-churn-{SUFFIX}"
+FEATURES = ["tenure", "monthly_charges", "support_calls", "usage_hours"]
+
+
+@pytest.fixture(scope="module")
+def churn_csv(tmp_path_factory, iris):
+    """A CSV with named feature columns and a ``churned`` label column."""
+    import pandas as pd
+
+    X, y = iris
+    frame = pd.DataFrame(X, columns=FEATURES)
+    frame["churned"] = y
+    path = tmp_path_factory.mktemp("data") / "churn.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def churn_run(churn_csv):
+    outcome = run_script(
+        "run", "sklearn-transformer", "--param", f"dataset={churn_csv}",
+        "--param", "target_column=churned", "-p", f"endpoint_name={ENDPOINT}",
+        "-p", f"model_name=churn-{SUFFIX}", "-p", f"transformer_name=churn-scaler-{SUFFIX}",
+        "-o", "json", timeout=300,
+    )
+    assert outcome.exit_code == 0, outcome.stderr[-3000:]
+    yield json.loads(outcome.stdout)
+    stop_quietly(ENDPOINT)
+
+
+def test_the_columns_become_the_models_feature_names(churn_run):
+    from kfp_serve import artifacts
+
+    assert churn_run["blessed"] is True
+    record = artifacts.get_artifact(churn_run["model_id"])
+    assert record.signature["feature_names"] == FEATURES
+
+
+def test_the_endpoint_takes_a_dataframe_by_column_name(churn_run, iris):
+    import pandas as pd
+
+    from kfp_serve.serving.endpoint import Endpoint
+
+    X, _ = iris
+    rows = X[[0, 75, 149]]
+    endpoint = Endpoint(ENDPOINT)
+    by_position = endpoint.predictions(rows.tolist())
+    # Columns in another order: matched by name, not position.
+    frame = pd.DataFrame(rows, columns=FEATURES)[list(reversed(FEATURES))]
+    assert endpoint.predictions(frame) == by_position
+    assert by_position == [0, 1, 2]
+
+
+def test_explain_labels_attributions_with_the_feature_names(churn_run):
+    outcome = run_script("explain", ENDPOINT, "--data", "[[5.1, 3.5, 1.4, 0.2]]", timeout=60)
+    assert outcome.exit_code == 0, outcome.stderr
+    assert FEATURES[0] in outcome.stdout and FEATURES[-1] in outcome.stdout
+
+
+def test_predict_proba_needs_an_endpoint_served_with_proba(churn_run):
+    outcome = run_script("predict", ENDPOINT, "--proba", "--data", "[[5.1, 3.5, 1.4, 0.2]]",
+                         timeout=60)
+    assert_clean_error(outcome, "answers with labels", "kfp-serve serve MODEL_ID --proba")
+
+
+def test_serve_proba_then_predict_proba_gives_probabilities(cli, iris_model):
+    model_id, estimator = iris_model
+    name = f"cli-proba-{SUFFIX}"
+    try:
+        served = run_script("serve", str(model_id), "--name", name, "--proba", timeout=180)
+        assert served.exit_code == 0, served.stderr
+        outcome = run_script("predict", name, "--proba", "--data", "[[5.1, 3.5, 1.4, 0.2]]",
+                             timeout=60)
+        assert outcome.exit_code == 0, outcome.stderr
+        answer = json.loads(outcome.stdout)
+        probabilities = answer["predictions"][0]
+        expected = estimator.predict_proba([[5.1, 3.5, 1.4, 0.2]])[0]
+        assert probabilities == pytest.approx(list(expected), abs=1e-6)
+    finally:
+        stop_quietly(name)
