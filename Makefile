@@ -21,7 +21,10 @@ MLSERVER_STAMP := $(MLSERVER_VENV)/.installed-stamp
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
-	@command -v $(PYTHON) >/dev/null || { echo "kfp-serve needs $(PYTHON) on PATH"; exit 1; }
+	@command -v $(PYTHON) >/dev/null && $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null \
+		|| { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+		     && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3.11 python3.11-venv; } \
+		|| { echo "kfp-serve needs $(PYTHON) with its venv module on PATH (Debian: apt-get install python3.11-venv)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
