@@ -30,6 +30,8 @@ RUN ldconfig -p | grep -q 'libgomp\.so\.1' \
     || { apt-get update && apt-get install -y --no-install-recommends libgomp1 \
          && rm -rf /var/lib/apt/lists/*; }
 COPY --from=build /opt/kfp-serve /opt/kfp-serve
+# What was pinned, and which pins were changed for this base's Python (image/wheelhouse.py).
+COPY --from=build /wheels/constraints.txt /wheels/image-overrides.txt /opt/kfp-serve/
 ENV PATH=/opt/kfp-serve/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
