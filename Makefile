@@ -69,6 +69,7 @@ WHEELHOUSE := build/wheelhouse
 
 # The venv's versions, as wheels built on the host, for the base image's Python (image/wheelhouse.py).
 wheelhouse: install
+	@$(DOCKER) info >/dev/null 2>&1 || { echo "no Docker engine answers: start one with sudo bash .ci/docker-engine"; exit 1; }
 	@$(DOCKER) image inspect $(BASE_IMAGE) >/dev/null 2>&1 || $(DOCKER) pull $(BASE_IMAGE) || { \
 		echo "base image $(BASE_IMAGE) is not here and cannot be pulled: make base-image-debian, then make image BASE_IMAGE=$(DEBIAN_BASE)"; exit 1; }
 	$(PY) image/wheelhouse.py --out $(WHEELHOUSE) --no-deps $(MLMD) --no-deps $(KSERVE_STORAGE) \

@@ -96,9 +96,14 @@ def image_pins(python_version: str) -> tuple[dict[str, str], list[str]]:
 
 
 def build(python_version: str, out: Path, no_deps: list[str]) -> None:
-    """Fill ``out`` with every wheel the image installs, plus the files the Dockerfile reads."""
-    if out.exists():
-        shutil.rmtree(out)
+    """Fill ``out`` with every wheel the image installs, plus the files the Dockerfile reads.
+
+    Built next to ``out`` and renamed into place, so an interrupted build never leaves a
+    wheelhouse that looks complete.
+    """
+    final = out
+    out = final.with_name(final.name + ".partial")
+    shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     pins, changes = image_pins(python_version)
     no_deps_names = {canonicalize_name(Requirement(r).name) for r in no_deps}
@@ -118,7 +123,9 @@ def build(python_version: str, out: Path, no_deps: list[str]) -> None:
     (out / NO_DEPS).write_text("".join(f"{r}\n" for r in no_deps))
     wheels = list(out.glob("*.whl"))
     size = sum(w.stat().st_size for w in wheels)
-    print(f"wheelhouse: {len(wheels)} wheels, {size / 1e6:.0f} MB in {out}", flush=True)
+    shutil.rmtree(final, ignore_errors=True)
+    out.rename(final)
+    print(f"wheelhouse: {len(wheels)} wheels, {size / 1e6:.0f} MB in {final}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
