@@ -133,9 +133,11 @@ def test_palette_components_run_in_the_image(compiled: Path, container_run: Cont
 
     # The serve command's endpoint ended with its container (the Docker serving backend is
     # not built yet): serve the same records from this process, then smoke-test from the image.
-    serve(model_id, transformer_id, name=ENDPOINT)
+    # Under a new name: re-serving the name whose router died with the container races in the
+    # process backend (its new router can exit at start-up, seen under load), not tested here.
+    serve(model_id, transformer_id, name=f"{ENDPOINT}-host")
     smoked = step("smoke_predict", {"samples": (trained / "samples", dsl.Dataset)},
-                  endpoint_name=ENDPOINT)
+                  endpoint_name=f"{ENDPOINT}-host")
     assert read(smoked, "verdict") == "blessed"
     assert read(smoked, "blessed") == "true"
     assert "blessed" in (smoked / "report").read_text()

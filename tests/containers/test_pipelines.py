@@ -83,8 +83,11 @@ def test_pipeline_steps_run_in_the_image(
         assert recorded["transformer"].snapshot_uri
 
     # Served from this process, the same records give an endpoint the image's smoke step blesses.
+    # Under a new name: re-serving the name whose router died with the container races in the
+    # process backend (its new router can exit at start-up, seen under load), not tested here.
     transformer = recorded["transformer"].id if has_transformer else None
-    serve(recorded["model"].id, transformer, name=endpoint_name)
+    host_endpoint = f"{endpoint_name}-host"
+    serve(recorded["model"].id, transformer, name=host_endpoint)
     (samples,) = container_run.pipeline_root.glob("*/train/samples")
-    outputs = smoke_in_container(compiled, samples, endpoint_name)
+    outputs = smoke_in_container(compiled, samples, host_endpoint)
     assert outputs["verdict"] == "blessed"
