@@ -25,6 +25,7 @@ MODULES = [
     "bench.readiness",
     "bench.serving",
     "bench.end_to_end",
+    "bench.containers",
 ]
 
 

@@ -1,0 +1,200 @@
+"""The kfp-serve image: build time and size, and a pipeline in containers vs in subprocesses.
+
+* Image build: ``make image`` split into its two phases, the wheelhouse on the host (from pip's
+  cache after the first time) and ``docker build --no-cache`` from it; the image's size.
+* The ``sklearn-transformer`` pipeline, compiled against the image, run by kfp.local's
+  DockerRunner (every step a container, host network) and by its SubprocessRunner (every step a
+  process of this venv), one after the other in the same run. Target: Docker ≤ 3× subprocess.
+
+The Docker serving backend is not built yet, so the endpoint a containerised serve step starts
+ends with its container and the smoke step cannot pass there: the comparison covers the steps
+both runners complete, train through serve (per-step times come from kfp.local's own log
+timestamps). Needs a Docker engine and the built image; without them, one figure says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PIPELINE_MODULE = "sklearn_transformer"
+TARGET_RATIO = 3.0
+#: Steps both runners complete (the smoke step needs the Docker serving backend in containers).
+COMPARED_UNTIL = "serve"
+BENCH_TAG = "kfp-serve:bench"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_STAMP = r"(\d\d:\d\d:\d\d\.\d+) - \w+ - "
+_START = re.compile(_STAMP + r"Executing task '([^']+)'")
+_FINISH = re.compile(_STAMP + r"Task '([^']+)' finished with status (\w+)")
+
+
+def _image() -> str:
+    from kfp_serve.serving.constants import DEFAULT_IMAGE, IMAGE_ENV
+
+    return os.environ.get(IMAGE_ENV) or DEFAULT_IMAGE
+
+
+def _base_image(client) -> str:  # noqa: ANN001 - docker.DockerClient, imported lazily
+    """The base ``make image`` would use here: the registry's slim Python, else the Debian one."""
+    from docker.errors import ImageNotFound
+
+    for name in (os.environ.get("BASE_IMAGE"), "python:3.11-slim", "kfp-serve-base:bookworm"):
+        if not name:
+            continue
+        with contextlib.suppress(ImageNotFound):
+            client.images.get(name)
+            return name
+    raise RuntimeError("no base image: make base-image-debian (or pull python:3.11-slim)")
+
+
+def _timed(command: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def image_build(client) -> list[dict]:  # noqa: ANN001
+    """The two phases of ``make image`` and the size of what they build."""
+    base = _base_image(client)
+    wheelhouse = REPO / "build" / "wheelhouse"
+    version = client.containers.run(
+        base, ["python3", "-c", "import platform; print(platform.python_version())"],
+        network_mode="host", remove=True,
+    ).decode().strip()
+    wheels_s = _timed([sys.executable, "image/wheelhouse.py", "--out", str(wheelhouse),
+                       "--python-version", version,
+                       "--no-deps", "ml-metadata==1.17.1", "--no-deps", "kserve-storage==0.21.0"])
+    build_s = _timed(["docker", "build", "--no-cache", "--network", "host", "--build-arg",
+                      f"BASE_IMAGE={base}", "-t", BENCH_TAG, "-f", "Dockerfile", str(wheelhouse)])
+    size_mb = client.images.get(BENCH_TAG).attrs["Size"] / 1e6
+    client.images.remove(BENCH_TAG)
+    return [
+        {"name": f"image build: wheelhouse on the host ({base})", "value": round(wheels_s, 1),
+         "unit": "s", "reference": None, "ratio": None, "target": "measured", "passed": True,
+         "runs": 1, "spread": "pip's cache warm after the first build"},
+        {"name": "image build: docker build --no-cache", "value": round(build_s, 1), "unit": "s",
+         "reference": None, "ratio": None, "target": "measured", "passed": True, "runs": 1,
+         "spread": ""},
+        {"name": "image size", "value": round(size_mb), "unit": "MB", "reference": None,
+         "ratio": None, "target": "measured", "passed": True, "runs": 1, "spread": base},
+    ]
+
+
+def _step_seconds(log: str) -> dict[str, float]:
+    """Task -> seconds, from kfp.local's timestamped start and finish lines, in run order."""
+    started = {task: stamp for stamp, task in _START.findall(log)}
+    seconds = {}
+    for stamp, task, _status in _FINISH.findall(log):
+        begin = datetime.strptime(started[task], "%H:%M:%S.%f")
+        seconds[task] = (datetime.strptime(stamp, "%H:%M:%S.%f") - begin).total_seconds()
+    return seconds
+
+
+def pipeline_run(pipeline_yaml: Path, docker: bool) -> dict[str, float]:
+    """One run of the compiled pipeline in a fresh home; seconds per step."""
+    import kfp.components
+    import kfp.local
+
+    from kfp_serve.serving.backends.base import get_backend
+    from kfp_serve.serving.runtime import warm_pool
+
+    saved = {k: os.environ.get(k) for k in ("KFP_SERVE_HOME", "KFP_SERVE_BACKEND")}
+    with tempfile.TemporaryDirectory(prefix="kfp-serve-bench-") as home:
+        os.environ.update(KFP_SERVE_HOME=home, KFP_SERVE_BACKEND="local")
+        if docker:
+            import docker as docker_sdk
+
+            runner = kfp.local.DockerRunner(
+                network_mode="host", pid_mode="host",
+                environment={"KFP_SERVE_HOME": home, "KFP_SERVE_BACKEND": "local",
+                             "PIP_NO_INDEX": "1"},
+                mounts=[docker_sdk.types.Mount(target=home, source=home, type="bind")],
+            )
+        else:
+            runner = kfp.local.SubprocessRunner(use_venv=False)
+        kfp.local.init(runner=runner, pipeline_root=f"{home}/pipeline-runs",
+                       raise_on_error=False)
+        buffer = io.StringIO()
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(buffer):
+                warnings.simplefilter("ignore")
+                kfp.components.load_component_from_file(str(pipeline_yaml))()
+        except ValueError:
+            pass  # a failed task's output is a pipeline output: kfp.local raises at the end
+        finally:
+            backend = get_backend("local")
+            for status in backend.list():
+                backend.delete(status.name)
+            warm_pool.stop()
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+    return _step_seconds(_ANSI.sub("", buffer.getvalue()))
+
+
+def _until(steps: dict[str, float], last: str) -> float:
+    """Seconds of the steps up to and including ``last`` (run order)."""
+    total = 0.0
+    for name, seconds in steps.items():
+        total += seconds
+        if name == last:
+            return total
+    raise RuntimeError(f"the run never finished step {last!r}: {steps}")
+
+
+def runners(quick: bool) -> list[dict]:
+    """DockerRunner vs SubprocessRunner on the same compiled pipeline, alternating."""
+    with tempfile.TemporaryDirectory(prefix="kfp-serve-compiled-") as out:
+        subprocess.run([sys.executable, "-m", "kfp_serve.components.build", "--out", out],
+                       check=True, capture_output=True, env={**os.environ,
+                                                             "KFP_SERVE_IMAGE": _image()})
+        pipeline_yaml = Path(out) / "pipelines" / f"{PIPELINE_MODULE}.yaml"
+        repeats = 1 if quick else 3
+        docker_s, process_s = [], []
+        for _ in range(repeats):
+            docker_s.append(_until(pipeline_run(pipeline_yaml, docker=True), COMPARED_UNTIL))
+            process_s.append(_until(pipeline_run(pipeline_yaml, docker=False), COMPARED_UNTIL))
+    value, reference = statistics.median(docker_s), statistics.median(process_s)
+    ratio = value / reference
+    return [{
+        "name": f"{PIPELINE_MODULE} train→serve under DockerRunner",
+        "value": round(value, 1), "unit": "s", "reference": round(reference, 1),
+        "ratio": round(ratio, 2), "target": f"≤ {TARGET_RATIO:g}× SubprocessRunner",
+        "passed": ratio <= TARGET_RATIO, "runs": repeats,
+        "spread": f"docker {min(docker_s):.1f}–{max(docker_s):.1f} s, subprocess "
+                  f"{min(process_s):.1f}–{max(process_s):.1f} s",
+    }]
+
+
+def run(quick: bool) -> list[dict]:
+    """Figures: image build phases and size; the pipeline under the two runners."""
+    import docker
+    from docker.errors import DockerException
+
+    try:
+        client = docker.from_env(timeout=600)
+        client.ping()
+        client.images.get(_image())
+    except DockerException as e:
+        return [{"name": "containers: not measured", "value": None, "unit": "",
+                 "reference": None, "ratio": None, "target": "a Docker engine and the image",
+                 "passed": False, "runs": 0,
+                 "spread": f"{type(e).__name__}: start one (sudo bash .ci/docker-engine), "
+                           "then make image"}]
+    try:
+        return image_build(client) + runners(quick)
+    finally:
+        client.close()
