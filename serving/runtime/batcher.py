@@ -75,11 +75,18 @@ class Batcher:
         predict: The model's predict on a validated input (rows first); its result must have
             one entry (row) per input row.
         spec: Batch size and latency bound.
+        on_batch: Called with the number of requests of every model call (for metrics).
     """
 
-    def __init__(self, predict: Callable[[Any], Any], spec: BatcherSpec) -> None:
+    def __init__(
+        self,
+        predict: Callable[[Any], Any],
+        spec: BatcherSpec,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
         self._predict = predict
         self.spec = spec
+        self._on_batch = on_batch
         self._pending: list[tuple[Any, asyncio.Future[Any]]] = []
         self._rows = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -106,6 +113,8 @@ class Batcher:
 
     def _run_alone(self, X: Any) -> Any:
         self.calls += 1
+        if self._on_batch is not None:
+            self._on_batch(1)
         self.rows += _rows(X)
         return self._predict(X)
 
@@ -117,6 +126,8 @@ class Batcher:
         if not batch:
             return
         self.calls += 1
+        if self._on_batch is not None:
+            self._on_batch(len(batch))
         try:
             merged = _concat([x for x, _ in batch])
             result = self._predict(merged)

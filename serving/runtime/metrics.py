@@ -44,6 +44,17 @@ PAYLOAD_EVENTS = Counter(
     ["outcome"],
 )
 
+BATCHES = Counter(
+    "kfp_serve_batches",
+    "Model calls made by the batcher (each holds one or more requests).",
+    [MODEL_LABEL],
+)
+BATCHED_REQUESTS = Counter(
+    "kfp_serve_batched_requests",
+    "Requests answered through the batcher.",
+    [MODEL_LABEL],
+)
+
 
 @dataclass(frozen=True)
 class ModelTimers:

@@ -646,7 +646,18 @@ def run_server(
                 max_batch_size=args.max_batchsize or DEFAULT_MAX_BATCH_SIZE,
                 max_latency_ms=args.max_latency or DEFAULT_MAX_LATENCY_MS,
             )
-            model.batcher = Batcher(model.served.predict, spec)
+            on_batch = None
+            if args.enable_metrics:
+                from kfp_serve.serving.runtime import metrics
+
+                batches = metrics.BATCHES.labels(model.name)
+                batched = metrics.BATCHED_REQUESTS.labels(model.name)
+
+                def on_batch(n: int) -> None:
+                    batches.inc()
+                    batched.inc(n)
+
+            model.batcher = Batcher(model.served.predict, spec, on_batch)
             log.info("batching up to %d rows or %g ms", spec.max_batch_size, spec.max_latency_ms)
     payload_logger = None
     if args.log_url:
