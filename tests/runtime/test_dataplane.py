@@ -610,3 +610,183 @@ def test_bad_batcher_flag_exits_naming_it(tmp_path, versioned_dir):
                      log_path=tmp_path / "bad.log", warm=False)
     assert p.wait(timeout=120) == 2
     assert "--max_batchsize" in (tmp_path / "bad.log").read_text()
+
+
+# --------------------------------------------------------------------------------------------
+# gRPC
+
+
+@pytest.fixture(scope="module")
+def grpc_servers(tmp_path_factory, servers, versioned_dir) -> Iterator[dict[str, Any]]:
+    """A predictor and a transformer in front of it, each with OIP gRPC on a second port."""
+    from kfp_serve.serving.runtime.launch import free_port
+
+    logs = tmp_path_factory.mktemp("grpc-logs")
+    d, lr = versioned_dir
+    ports = {"predictor": free_port(), "transformer": free_port()}
+    procs = {}
+    try:
+        procs["predictor"] = start_server(
+            "predictor", "model", d, log_path=logs / "p.log",
+            extra_args=[f"--grpc_port={ports['predictor']}", "--grpc_max_message_bytes=65536"],
+        )
+        wait_ready(procs["predictor"].url, timeout=180, proc=procs["predictor"])
+        scaled = servers["transformer-v2"]
+        procs["transformer"] = start_server(
+            "transformer", "model", _scaler_dir(scaled),
+            predictor_host=f"127.0.0.1:{servers['scaled-lr'].proc.port}",
+            predictor_protocol="v2", log_path=logs / "t.log",
+            extra_args=["--enable_grpc=true", f"--grpc_port={ports['transformer']}"],
+        )
+        wait_ready(procs["transformer"].url, timeout=180, proc=procs["transformer"])
+        yield {"procs": procs, "ports": ports, "model": lr}
+    finally:
+        for p in procs.values():
+            stop_server(p)
+
+
+def _scaler_dir(served: Any) -> Path:
+    args = [a for a in served.proc.args if isinstance(a, str)]
+    return Path(next(a.split("=", 1)[1] for a in args if a.startswith("--model_dir=")))
+
+
+TRITON_GRPC_SCRIPT = """
+import json, sys
+import numpy as np
+import tritonclient.grpc as tgrpc
+port, rows = sys.argv[1], np.array(json.loads(sys.argv[2]))
+c = tgrpc.InferenceServerClient(f"127.0.0.1:{port}")
+meta = c.get_model_metadata("model", as_json=True)
+inp = tgrpc.InferInput("input-0", list(rows.shape), "FP64")
+inp.set_data_from_numpy(rows)  # tritonclient's default: raw_input_contents
+out = c.infer("model", [inp]).as_numpy("output-0")
+print(json.dumps({"live": c.is_server_live(), "ready": c.is_model_ready("model"),
+                  "input": meta["inputs"][0]["name"], "out": out.tolist()}))
+"""
+
+
+def _expected_grpc(role: str, grpc_servers: dict, servers: dict, X: np.ndarray) -> np.ndarray:
+    if role == "predictor":
+        return grpc_servers["model"].predict(X)
+    return servers["scaled-lr"].model.predict(servers["transformer-v2"].model.transform(X))
+
+
+@pytest.mark.parametrize("role", ["predictor", "transformer"])
+def test_grpc_tritonclient_defaults(grpc_servers, servers, iris, role):
+    """tritonclient's gRPC client (its own copy of the protos, hence its own process)."""
+    import json
+    import subprocess
+    import sys
+
+    X = iris[0][:6]
+    out = subprocess.run(
+        [sys.executable, "-c", TRITON_GRPC_SCRIPT, str(grpc_servers["ports"][role]),
+         json.dumps(X.tolist())],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["live"] and got["ready"] and got["input"] == "input-0"
+    np.testing.assert_array_equal(got["out"], _expected_grpc(role, grpc_servers, servers, X))
+
+
+@pytest.mark.parametrize("role", ["predictor", "transformer"])
+@pytest.mark.parametrize("binary_data", [True, False], ids=["raw", "typed"])
+def test_grpc_kserve_client(grpc_servers, servers, iris, role, binary_data):
+    from kserve import InferenceGRPCClient, InferInput, InferRequest
+
+    X = iris[0][20:26]
+    port = grpc_servers["ports"][role]
+
+    async def call() -> Any:
+        c = InferenceGRPCClient(f"127.0.0.1:{port}")
+        inp = InferInput("input-0", list(X.shape), "FP64")
+        inp.set_data_from_numpy(X, binary_data=binary_data)
+        try:
+            return await c.infer(InferRequest("model", [inp], request_id="g-1"))
+        finally:
+            await c.close()
+
+    response = asyncio.run(call())
+    assert response.id == "g-1"
+    np.testing.assert_array_equal(
+        response.outputs[0].as_numpy(), _expected_grpc(role, grpc_servers, servers, X)
+    )
+
+
+def _stub(port: int) -> tuple[Any, Any, Any]:
+    import grpc
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    return channel, pb, pb_grpc.GRPCInferenceServiceStub(channel)
+
+
+def _infer_request(pb: Any, X: np.ndarray, **fields: Any) -> Any:
+    req = pb.ModelInferRequest(model_name="model", **fields)
+    t = req.inputs.add(name="input-0", datatype="FP64", shape=list(X.shape))
+    req.raw_input_contents.append(np.ascontiguousarray(X, dtype="<f8").tobytes())
+    return t and req
+
+
+def test_grpc_metadata_and_health(grpc_servers):
+    channel, pb, stub = _stub(grpc_servers["ports"]["predictor"])
+    try:
+        assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live
+        assert stub.ServerReady(pb.ServerReadyRequest(), timeout=10).ready
+        assert stub.ModelReady(pb.ModelReadyRequest(name="model", version=VERSION)).ready
+        meta = stub.ModelMetadata(pb.ModelMetadataRequest(name="model"), timeout=10)
+        assert list(meta.versions) == [VERSION] and meta.platform
+        assert meta.inputs[0].datatype == "FP64" and list(meta.inputs[0].shape) == [-1, 4]
+        assert meta.outputs[0].name == "output-0" and meta.outputs[0].datatype
+        server = stub.ServerMetadata(pb.ServerMetadataRequest(), timeout=10)
+        assert server.name == "kfp-serve"
+    finally:
+        channel.close()
+
+
+def test_grpc_bad_input_is_invalid_argument_and_server_keeps_serving(grpc_servers, iris):
+    import grpc
+
+    channel, pb, stub = _stub(grpc_servers["ports"]["predictor"])
+    try:
+        cases = [
+            (_infer_request(pb, np.zeros((3000, 4))), grpc.StatusCode.INVALID_ARGUMENT,
+             "grpc_max_message_bytes"),  # 96 kB > the 64 kB limit
+            (_infer_request(pb, np.ones((1, 3))), grpc.StatusCode.INVALID_ARGUMENT,
+             "expected 4 features"),
+            (_infer_request(pb, np.ones((1, 4)), model_version="999"),
+             grpc.StatusCode.NOT_FOUND, VERSION),
+        ]
+        short = _infer_request(pb, np.ones((2, 4)))
+        short.raw_input_contents[0] = short.raw_input_contents[0][:-8]
+        cases.append((short, grpc.StatusCode.INVALID_ARGUMENT, "raw_input_contents[0]"))
+        unknown = _infer_request(pb, np.ones((1, 4)))
+        unknown.outputs.add(name="nope")
+        cases.append((unknown, grpc.StatusCode.INVALID_ARGUMENT, "nope"))
+        for request, code, fragment in cases:
+            with pytest.raises(grpc.RpcError) as exc:
+                stub.ModelInfer(request, timeout=30)
+            assert exc.value.code() == code, exc.value.details()
+            assert fragment in exc.value.details()
+        ok = stub.ModelInfer(_infer_request(pb, iris[0][:2]), timeout=30)
+        assert len(ok.raw_output_contents) == 1 and list(ok.outputs[0].shape) == [2]
+    finally:
+        channel.close()
+    # a gRPC client pointed at the HTTP port fails at once instead of hanging
+    channel, pb, stub = _stub(grpc_servers["procs"]["predictor"].port)
+    try:
+        with pytest.raises(grpc.RpcError):
+            stub.ServerLive(pb.ServerLiveRequest(), timeout=20)
+    finally:
+        channel.close()
+
+
+def test_grpc_listens_on_loopback_only(grpc_servers):
+    from tests.runtime.test_predictor import _listen_addresses
+
+    for port in grpc_servers["ports"].values():
+        # 127.0.0.1 in /proc's hex: as IPv4, or IPv4-mapped IPv6 (grpc binds that way)
+        assert _listen_addresses(port) <= {"0100007F", "0000000000000000FFFF00000100007F"}
+        assert _listen_addresses(port)
