@@ -44,9 +44,10 @@ CONTENTS_FIELD = {
 
 
 def _pb() -> tuple[Any, Any]:
-    from kfp_serve.serving.runtime import _kserve  # noqa: F401 - kserve without its argv parsing
     from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
     from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    from kfp_serve.serving.runtime import _kserve  # noqa: F401 - kserve without its argv parsing
 
     return pb, pb_grpc
 

@@ -24,9 +24,8 @@ import pytest
 import yaml
 from sklearn.linear_model import LogisticRegression
 
-from kfp_serve.serving.runtime.layout import METADATA_FILE
 from kfp_serve.serving.runtime.launch import start_server, stop_server, wait_ready
-
+from kfp_serve.serving.runtime.layout import METADATA_FILE
 from tests.runtime.conftest import FEATURES, v2_body, v2_output
 
 VERSION = "1.0.0"
