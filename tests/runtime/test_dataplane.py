@@ -789,3 +789,48 @@ def test_grpc_listens_on_loopback_only(grpc_servers):
         # 127.0.0.1 in /proc's hex: as IPv4, or IPv4-mapped IPv6 (grpc binds that way)
         assert _listen_addresses(port) <= {"0100007F", "0000000000000000FFFF00000100007F"}
         assert _listen_addresses(port)
+
+
+# --------------------------------------------------------------------------------------------
+# ServeConfig / manifest -> local server settings
+
+
+def test_serve_config_batcher_zero_is_refused_naming_the_field():
+    from kfp_serve import ServeConfig
+    from kfp_serve.serving.errors import ServeConfigError
+
+    with pytest.raises(ServeConfigError, match=r"predictor\.batcher\.maxBatchSize"):
+        ServeConfig(predictor={"batcher": {"maxBatchSize": 0}})
+
+
+def test_manifest_component_becomes_server_settings():
+    from kfp_serve.serving.errors import ServeConfigError
+    from kfp_serve.serving.runtime.dataplane import DATAPLANE_ENV, component_env
+
+    component = {
+        "batcher": {"maxBatchSize": 16, "maxLatency": 20},
+        "logger": {"mode": "request", "url": "http://127.0.0.1:9/"},
+        "model": {"runtime": "kserve-xgbserver", "args": ["--workers=2", "--enable_grpc=true"]},
+    }
+    env = component_env(component, "predictor", "iris")
+    settings = orjson.loads(env[DATAPLANE_ENV])
+    assert settings == {
+        "enable_batcher": True, "max_batchsize": 16, "max_latency": 20.0,
+        "log_url": "http://127.0.0.1:9/", "log_mode": "request",
+        "inference_service": "iris", "component": "predictor",
+        "serving_runtime": "kserve-xgbserver", "workers": "2", "enable_grpc": "true",
+    }
+    assert component_env({"model": {}}, "predictor", "iris") == {}
+    with pytest.raises(ServeConfigError, match=r"predictor\.batcher\.maxBatchSize"):
+        component_env({"batcher": {"maxBatchSize": 0}}, "predictor", "iris")
+    with pytest.raises(ServeConfigError, match=r"transformer\.logger\.url"):
+        component_env({"logger": {"mode": "all"}}, "transformer", "iris")
+
+
+def test_server_reads_manifest_settings_below_explicit_flags(monkeypatch):
+    from kfp_serve.serving.runtime.dataplane import DATAPLANE_ENV
+    from kfp_serve.serving.runtime.server import parse_args
+
+    monkeypatch.setenv(DATAPLANE_ENV, '{"workers": "3", "enable_batcher": true, "max_batchsize": 8}')
+    ns = parse_args("predictor", ["--max_batchsize=4"])
+    assert (ns.workers, ns.enable_batcher, ns.max_batchsize) == (3, True, 4)

@@ -46,3 +46,21 @@ def test_smoke_compares_with_the_named_runtime(runtime, proba, answers, blessed)
         expected_values=alternatives, output=output, deadline_s=1,
     )
     assert result.blessed is blessed, result.message
+
+
+@pytest.mark.parametrize(
+    ("args", "port"),
+    [(["--enable_grpc=true"], 8081), (["--grpc_port=9000"], 9000), (["--workers=2"], None)],
+)
+def test_manifest_declares_the_grpc_port_kserve_expects(args, port):
+    from kfp_serve.serving.isvc import build_inference_service
+
+    manifest = build_inference_service(
+        "iris", "file:///m", "sklearn", serve_config={"predictor": {"container": {"args": args}}}
+    )
+    model = manifest["spec"]["predictor"]["model"]
+    if port is None:
+        assert "ports" not in model
+    else:
+        assert model["ports"] == [{"name": "h2c", "containerPort": port, "protocol": "TCP"}]
+        assert model["args"] == args
