@@ -831,6 +831,7 @@ def test_server_reads_manifest_settings_below_explicit_flags(monkeypatch):
     from kfp_serve.serving.runtime.dataplane import DATAPLANE_ENV
     from kfp_serve.serving.runtime.server import parse_args
 
-    monkeypatch.setenv(DATAPLANE_ENV, '{"workers": "3", "enable_batcher": true, "max_batchsize": 8}')
+    settings = '{"workers": "3", "enable_batcher": true, "max_batchsize": 8}'
+    monkeypatch.setenv(DATAPLANE_ENV, settings)
     ns = parse_args("predictor", ["--max_batchsize=4"])
     assert (ns.workers, ns.enable_batcher, ns.max_batchsize) == (3, True, 4)
