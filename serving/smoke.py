@@ -320,10 +320,7 @@ def smoke_endpoint(
             endpoint=endpoint_name, n_expected=len(samples["instances"]),
             output=samples["output"], tolerance=tolerance,
         )
-    try:
-        manifest = client.status().manifest or {}
-    except ServingError:
-        manifest = {}
+    manifest = client.status.manifest or {}
     expected, output, alternatives = runtime_expectation(manifest, samples)
     return check_predictions(
         client.predictions,
