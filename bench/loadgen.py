@@ -101,6 +101,7 @@ def run_load(
     duration: float = 5.0,
     cpus: str | None = None,
     tool: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> LoadResult:
     """POST ``body`` to ``url`` over ``connections`` keep-alive connections for ``duration`` s.
 
@@ -111,6 +112,7 @@ def run_load(
         duration: Seconds of load (wrk takes whole seconds; at least 1).
         cpus: ``taskset`` CPU list for the generator process, e.g. ``"1"``.
         tool: ``"wrk"`` or ``"asyncio"``; default wrk when installed.
+        headers: Extra request headers (wrk only), e.g. the OIP binary extension's.
 
     Returns:
         The result; ``errors`` counts non-2xx answers, timeouts and socket errors.
@@ -125,8 +127,13 @@ def run_load(
         body_file.write_bytes(body)
         if tool == "wrk":
             script = Path(tmp) / "post.lua"
-            script.write_text(
+            extra = "".join(
+                f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}\n"
+                for k, v in (headers or {}).items()
+            )
+            script.write_text(  # headers after the script's own, so they override
                 _WRK_SCRIPT % {"body": json.dumps(str(body_file)), "marker": RESULT_MARKER}
+                + extra
             )
             seconds = max(1, round(duration))
             cmd = [

@@ -24,6 +24,7 @@ MODULES = [
     "bench.snapshot_mlmd",
     "bench.readiness",
     "bench.serving",
+    "bench.dataplane",
     "bench.end_to_end",
     "bench.containers",
 ]

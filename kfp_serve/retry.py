@@ -58,6 +58,24 @@ def retrying(
     )
 
 
+def retrying_async(
+    *,
+    deadline: float | None = None,
+    attempts: int | None = None,
+    on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+    first_wait: float = FIRST_WAIT,
+    max_wait: float = MAX_WAIT,
+) -> tenacity.AsyncRetrying:
+    """:func:`retrying` for coroutines (``async for attempt in retrying_async(...)``): the
+    same stops and back-off, pausing with ``asyncio.sleep`` so the event loop keeps serving."""
+    sync = retrying(
+        deadline=deadline, attempts=attempts, on=on, first_wait=first_wait, max_wait=max_wait
+    )
+    return tenacity.AsyncRetrying(
+        stop=sync.stop, wait=sync.wait, retry=sync.retry, reraise=True
+    )
+
+
 def wait_until(
     condition: Callable[[], T | None],
     *,

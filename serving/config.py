@@ -301,6 +301,15 @@ def _check_ranges(spec: dict[str, Any], component: str) -> None:
             f"{component}.minReplicas: {low} is above maxReplicas ({spec['maxReplicas']}); "
             f"KServe {quote('replicas')}"
         )
+    batcher = spec.get("batcher")
+    if isinstance(batcher, dict):
+        for key in ("maxBatchSize", "maxLatency"):
+            if key in batcher and batcher[key] < 1:
+                raise ServeConfigError(
+                    f"{component}.batcher.{key}: must be 1 or more, got {batcher[key]} "
+                    f"({'rows per model call' if key == 'maxBatchSize' else 'milliseconds'}; "
+                    "leave it out for KServe's default)"
+                )
     percent = spec.get("canaryTrafficPercent")
     if percent is not None and not 0 <= percent <= 100:
         raise ServeConfigError(

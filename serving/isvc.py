@@ -232,8 +232,28 @@ def _predictor(cfg: ServeConfig, model_uri: str, framework: str, protocol: str) 
             "use predictor.containers for a custom container list with your own names",
         )
     model.update(_override(model, overrides))
+    _grpc_port(model)
     component["model"] = model
     return component
+
+
+#: KServe's port name for a gRPC (HTTP/2 cleartext) container port, and its default port.
+GRPC_PORT_NAME = "h2c"
+GRPC_DEFAULT_PORT = 8081
+
+
+def _grpc_port(container: dict[str, Any]) -> None:
+    """Declare the gRPC port when the container's args turn gRPC on (``--enable_grpc=true`` or
+    ``--grpc_port=N``), named ``h2c`` as KServe expects, unless ports are set already."""
+    port = None
+    for arg in container.get("args") or []:
+        flag, _, value = str(arg).partition("=")
+        if flag == "--grpc_port" and value.isdigit():
+            port = int(value)
+        elif flag == "--enable_grpc" and value.lower() in ("true", "1", "yes") and port is None:
+            port = GRPC_DEFAULT_PORT
+    if port is not None and "ports" not in container:
+        container["ports"] = [{"name": GRPC_PORT_NAME, "containerPort": port, "protocol": "TCP"}]
 
 
 def _transformer(

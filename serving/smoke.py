@@ -19,6 +19,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from kfp_serve.serving.runtime.fidelity import KFP_SERVE as KFP_SERVE_RUNTIME
+from kfp_serve.serving.runtime.fidelity import SKLEARN_SERVER, XGB_SERVER
+
 BLESSED = "blessed"
 MISMATCH = "mismatch"
 TIMEOUT = "timeout"
@@ -317,17 +320,50 @@ def smoke_endpoint(
             endpoint=endpoint_name, n_expected=len(samples["instances"]),
             output=samples["output"], tolerance=tolerance,
         )
+    manifest = client.status.manifest or {}
+    expected, output, alternatives = runtime_expectation(manifest, samples)
     return check_predictions(
         client.predictions,
         samples["instances"],
-        samples["expected"],
-        expected_values=samples.get("expected_values"),
-        output=samples["output"],
+        expected,
+        expected_values=alternatives,
+        output=output,
         tolerance=tolerance,
         deadline_s=deadline_s,
         retry_interval_s=retry_interval_s,
         endpoint=endpoint_name,
     )
+
+
+def runtime_expectation(
+    manifest: dict[str, Any], samples: dict[str, Any]
+) -> tuple[list[Any], str, list[Any] | None]:
+    """What the runtime named in ``manifest`` answers for the samples: (expected, output kind,
+    accepted alternatives).
+
+    ``kserve-xgbserver`` answers the Booster's output (class probabilities; p(positive class)
+    alone for a binary classifier); ``kserve-sklearnserver`` and ``kfp-serve`` answer labels, or
+    probabilities with ``PREDICT_PROBA=true``. Only that answer matches. A manifest naming no
+    known runtime (a custom container), or samples without probabilities, keep the lenient
+    "labels or probabilities" comparison.
+    """
+    values = samples.get("expected_values")
+    model = ((manifest.get("spec") or {}).get("predictor") or {}).get("model") or {}
+    runtime = model.get("runtime")
+    proba = any(
+        isinstance(e, dict)
+        and e.get("name") == "PREDICT_PROBA"
+        and str(e.get("value", "")).lower() == "true"
+        for e in model.get("env") or []
+    )
+    if values is None or runtime not in (XGB_SERVER, SKLEARN_SERVER, KFP_SERVE_RUNTIME):
+        return samples["expected"], samples["output"], values
+    if runtime == XGB_SERVER:
+        booster = [v[1] if isinstance(v, list) and len(v) == 2 else v for v in values]
+        return booster, OUTPUT_VALUE, None
+    if proba:
+        return values, OUTPUT_VALUE, None
+    return samples["expected"], samples["output"], None
 
 
 def _finish(

@@ -54,6 +54,7 @@ from kfp_serve.serving.backends.local_registry import (
     write_record,
 )
 from kfp_serve.serving.errors import ServingError
+from kfp_serve.serving.runtime.dataplane import component_env
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +187,9 @@ def plan_manifest(manifest: dict[str, Any]) -> Plan:
         )
         if label in labels
     }
+    env.update(component_env(predictor, "predictor", name))
+    if transformer_plan is not None:
+        transformer_plan.env.update(component_env(transformer, "transformer", name))
     return Plan(
         name=name,
         manifest=copy.deepcopy(manifest),

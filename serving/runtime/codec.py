@@ -395,7 +395,9 @@ def _tensor(tensor: Any, i: int, *, allow_bytes: bool) -> np.ndarray:
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
         raise RequestError(f"{where}.shape must be a list of non-negative integers, got {shape!r}")
-    if not isinstance(data, list):
+    # An ndarray comes from the binary extension (kfp_serve.serving.runtime.binary), already
+    # decoded to the datatype; the checks below treat it like JSON data.
+    if not isinstance(data, list | np.ndarray):
         raise RequestError(f"{where}.data must be a list, got {_json_type(data)}")
     if datatype == V2_BYTES:
         if not allow_bytes:

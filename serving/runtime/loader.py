@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from kfp_serve.serving.errors import ServingError
-from kfp_serve.serving.runtime import layout
+from kfp_serve.serving.runtime import fidelity, layout
 from kfp_serve.serving.runtime.codec import FeatureSpec
 from kfp_serve.serving.runtime.explain import explain_linear, explain_xgboost, find_linear
 from kfp_serve.serving.runtime.fastpath import fast_predict, fast_transform
@@ -161,30 +161,101 @@ class ServedModel:
         return self.explainer(X)
 
 
-def load_model(model_dir: str | Path, *, predict_proba: bool = False) -> ServedModel:
+def load_model(
+    model_dir: str | Path, *, predict_proba: bool = False, runtime: str = fidelity.KFP_SERVE
+) -> ServedModel:
     """Load a model directory.
 
     Args:
         model_dir: Directory in the stock layout.
         predict_proba: Answer with class probabilities instead of labels (PREDICT_PROBA).
+        runtime: The ServingRuntime whose answers to give (see
+            :mod:`kfp_serve.serving.runtime.fidelity`).
 
     Returns:
         The loaded model.
 
     Raises:
-        ServingError: The directory, file or model is not servable; the message says why.
+        ServingError: The directory, file or model is not servable (by ``runtime`` either);
+            the message says why.
     """
     model_dir = Path(model_dir)
     path, framework = find_model_file(model_dir)
     metadata = read_metadata(model_dir)
     sig = _signature(metadata)
+    if runtime == fidelity.LGB_SERVER:
+        raise ServingError(
+            f"the manifest names {runtime!r}; kfp-serve cannot serve LightGBM models locally "
+            f"(found {path.name!r}): use kserve-sklearnserver or kserve-xgbserver"
+        )
+    if fidelity.stock(runtime):
+        wanted = "xgboost" if runtime == fidelity.XGB_SERVER else "sklearn"
+        if framework != wanted:
+            exts = [e for e, fw in layout.MODEL_EXTENSIONS.items() if fw == wanted]
+            raise ServingError(
+                f"the manifest names {runtime!r}, which loads only {', '.join(exts)} files, "
+                f"but {str(model_dir)!r} holds {path.name!r}; on the cluster it would not load "
+                f"either: name the runtime for {framework} models"
+            )
+    if runtime == fidelity.XGB_SERVER:
+        return _load_xgbserver(path, metadata, sig)
     if framework == "xgboost":
         return _load_xgboost(path, metadata, sig, predict_proba)
-    return _load_sklearn(path, metadata, sig, predict_proba)
+    # sklearnserver falls back to predict() silently when there is no predict_proba().
+    proba_fallback = runtime == fidelity.SKLEARN_SERVER
+    return _load_sklearn(path, metadata, sig, predict_proba, proba_fallback=proba_fallback)
+
+
+def _load_xgbserver(path: Path, metadata: dict[str, Any], sig: dict[str, Any]) -> ServedModel:
+    """What KServe's xgbserver serves: ``Booster.predict(DMatrix(X))``, whatever saved it."""
+    import xgboost as xgb
+
+    booster = xgb.Booster()
+    try:
+        booster.load_model(str(path))
+    except xgb.core.XGBoostError as e:
+        raise ServingError(f"cannot load {str(path)!r} as an XGBoost model: {e}") from e
+    booster.set_param({"nthread": 1})
+
+    names = sig.get("feature_names") or booster.feature_names
+    booster_names = booster.feature_names
+
+    def predict(X: Any) -> Any:
+        # The codec has ordered the columns as fitted; naming them lets a booster trained on
+        # a DataFrame accept a plain matrix too (xgbserver itself needs named v1 records then).
+        return booster.predict(xgb.DMatrix(X, nthread=1, feature_names=booster_names))
+
+    n_features = sig.get("n_features") or booster.num_features()
+    spec = FeatureSpec(
+        n_features=int(n_features),
+        feature_names=tuple(names) if names else None,
+        dtype=np.dtype(np.float32),
+        allow_nan=True,
+        frame_input=False,
+    )
+
+    def explainer(X: Any) -> dict[str, Any]:
+        return explain_xgboost(booster, X, spec.feature_names, None)
+
+    return ServedModel(
+        framework="xgboost",
+        path=path,
+        spec=spec,
+        predict=predict,
+        explainer=explainer,
+        explain_unsupported="",
+        metadata=metadata,
+        estimator=booster,
+    )
 
 
 def _load_sklearn(
-    path: Path, metadata: dict[str, Any], sig: dict[str, Any], predict_proba: bool
+    path: Path,
+    metadata: dict[str, Any],
+    sig: dict[str, Any],
+    predict_proba: bool,
+    *,
+    proba_fallback: bool = False,
 ) -> ServedModel:
     import joblib
     import sklearn
@@ -199,6 +270,8 @@ def _load_sklearn(
     # finiteness scan per request is redundant on the hot path.
     sklearn.set_config(assume_finite=True)
     _single_thread(est)
+    if predict_proba and proba_fallback and not hasattr(est, "predict_proba"):
+        predict_proba = False
     if predict_proba:
         if not hasattr(est, "predict_proba"):
             raise ServingError(

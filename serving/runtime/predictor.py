@@ -4,7 +4,8 @@ Run it as ``python -m kfp_serve.serving.runtime.predictor --model_name NAME --mo
 --http_port P
 [--http_host 127.0.0.1]`` (flags: :func:`kfp_serve.serving.runtime.server.build_parser`). Env
 ``PREDICT_PROBA=true`` answers class probabilities instead of labels, like the stock
-sklearnserver.
+sklearnserver; ``--serving_runtime`` (set from the manifest) makes the answers exactly those of that
+ServingRuntime (:mod:`kfp_serve.serving.runtime.fidelity`).
 
 - v1: ``POST /v1/models/NAME:predict`` with ``{"instances": [[...], ...]}`` (or rows as
   ``{feature: value}`` objects) -> ``{"predictions": [...]}``.
@@ -19,12 +20,16 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from kfp_serve.serving.errors import ServingError
+from kfp_serve.serving.runtime import fidelity
 from kfp_serve.serving.runtime._kserve import InferenceVerb, InferRequest, InvalidInput, kserve
 from kfp_serve.serving.runtime.codec import (
+    INPUT_NAME,
+    OUTPUT_NAME,
     Batch,
     RequestError,
     decode_v1,
@@ -35,12 +40,11 @@ from kfp_serve.serving.runtime.codec import (
 )
 from kfp_serve.serving.runtime.loader import ServedModel, env_flag, load_model
 from kfp_serve.serving.runtime.server import (
-    RuntimeApp,
     V2Request,
     configure_logging,
     parse_args,
     report_ignored_flags,
-    serve,
+    run_server,
 )
 
 log = logging.getLogger("kfp_serve.runtime.predictor")
@@ -74,12 +78,25 @@ class PredictorModel(kserve.Model):
         predict_proba: Answer probabilities; defaults to env ``PREDICT_PROBA``.
     """
 
-    def __init__(self, name: str, model_dir: str | Path, *, predict_proba: bool | None = None):
+    def __init__(
+        self,
+        name: str,
+        model_dir: str | Path,
+        *,
+        predict_proba: bool | None = None,
+        runtime: str = fidelity.KFP_SERVE,
+    ):
         super().__init__(name)
         self.model_dir = Path(model_dir)
         self.predict_proba = env_flag(PREDICT_PROBA_ENV) if predict_proba is None else predict_proba
+        self.runtime = runtime if runtime in fidelity.RUNTIMES else fidelity.KFP_SERVE
         self.served: ServedModel | None = None
         self.version: str | None = None
+        #: Latency histograms (:mod:`kfp_serve.serving.runtime.metrics`), None when metrics are off.
+        self.timers: Any = None
+        #: A :class:`~kfp_serve.serving.runtime.batcher.Batcher`, None when batching is off.
+        self.batcher: Any = None
+        self._output: dict[str, Any] = {}
 
     def load(self) -> bool:
         """Load the model directory.
@@ -87,19 +104,45 @@ class PredictorModel(kserve.Model):
         Raises:
             ServingError: The directory is not servable; the message says why.
         """
-        self.served = load_model(self.model_dir, predict_proba=self.predict_proba)
+        self.served = load_model(
+            self.model_dir, predict_proba=self.predict_proba, runtime=self.runtime
+        )
         version = self.served.metadata.get("version")
         self.version = str(version) if version is not None else None
+        self._output = self._probe_output()
         self.ready = True
         log.info(
-            "loaded %s model %s from %s (features=%s, proba=%s)",
+            "loaded %s model %s from %s (features=%s, proba=%s, answers as %s)",
             self.served.framework,
             type(self.served.estimator).__name__,
             self.served.path,
             self.served.spec.n_features,
             self.predict_proba,
+            self.runtime,
         )
         return True
+
+    def _probe_output(self) -> dict[str, Any]:
+        """The output tensor's datatype and shape, from one prediction on a row of zeros."""
+        spec = self._model.spec
+        shape: list[int] = [-1]
+        datatype = "FP32" if self._model.framework == "xgboost" else "FP64"
+        if spec.n_features is not None:
+            import numpy as np
+
+            X: Any = np.zeros((1, spec.n_features), dtype=spec.dtype)
+            if spec.frame_input and spec.feature_names is not None:
+                import pandas as pd
+
+                X = pd.DataFrame(X, columns=list(spec.feature_names))
+            try:
+                out = np.asarray(self._model.predict(X))
+            except Exception as e:  # noqa: BLE001 - e.g. a pipeline that refuses zeros
+                log.info("could not probe the output signature: %s", e)
+            else:
+                datatype = v2_datatype(out.dtype)
+                shape = [-1, *out.shape[1:]]
+        return {"name": OUTPUT_NAME, "datatype": datatype, "shape": shape}
 
     async def __call__(
         self,
@@ -113,11 +156,27 @@ class PredictorModel(kserve.Model):
             InvalidInput: The request is invalid (HTTP 400 in both kserve and our server).
             NotImplementedError: explain on a model without an explainer (HTTP 501).
         """
+        timers = self.timers
         try:
+            start = time.perf_counter()
             batch = self.preprocess(body, headers)
             if verb is InferenceVerb.EXPLAIN:
-                return self.explain(batch, headers), {}
-            return self.postprocess(self.predict(batch, headers), headers), {}
+                answer = self.explain(batch, headers)
+                if timers is not None:
+                    timers.explain.observe(time.perf_counter() - start)
+                return answer, {}
+            mid = time.perf_counter()
+            if self.batcher is not None:
+                result = await self.batcher.predict(batch.X)
+            else:
+                result = self._model.predict(batch.X)
+            end = time.perf_counter()
+            answer = self.encode(batch, result)
+            if timers is not None:
+                timers.preprocess.observe(mid - start)
+                timers.predict.observe(end - mid)
+                timers.postprocess.observe(time.perf_counter() - end)
+            return answer, {}
         except RequestError as e:
             raise InvalidInput(str(e)) from e
 
@@ -131,8 +190,11 @@ class PredictorModel(kserve.Model):
         headers: dict[str, str] | None = None,
         response_headers: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        """Predict and encode in the request's protocol."""
-        result = self._model.predict(payload.X)
+        """Predict and encode in the request's protocol (kserve.ModelServer's entry point)."""
+        return self.encode(payload, self._model.predict(payload.X))
+
+    def encode(self, payload: Batch, result: Any) -> dict[str, Any]:
+        """The answer in the request's protocol."""
         if payload.protocol == "v1":
             return encode_v1(result)
         return encode_v2(result, self.name, payload.request_id, self.version)
@@ -161,29 +223,29 @@ class PredictorModel(kserve.Model):
         return self.served
 
     def get_input_types(self) -> list[dict[str, Any]]:
-        """The v2 input tensor this model expects."""
+        """The v2 input tensor this model expects (feature names as its parameters)."""
         spec = self._model.spec
-        return [
-            {
-                "name": "input-0",
-                "datatype": v2_datatype(spec.dtype),
-                "shape": [-1, spec.n_features if spec.n_features is not None else -1],
-            }
-        ]
+        tensor: dict[str, Any] = {
+            "name": INPUT_NAME,
+            "datatype": v2_datatype(spec.dtype),
+            "shape": [-1, spec.n_features if spec.n_features is not None else -1],
+        }
+        if spec.feature_names:
+            tensor["parameters"] = {"feature_names": list(spec.feature_names)}
+        return [tensor]
 
     def get_output_types(self) -> list[dict[str, Any]]:
-        """The v2 output tensor this model answers with."""
-        return [
-            {"name": "output-0", "datatype": "", "shape": [-1, -1] if self.predict_proba else [-1]}
-        ]
+        """The v2 output tensor this model answers with (datatype and shape as probed)."""
+        return [dict(self._output)]
 
     def metadata(self) -> dict[str, Any]:
-        """``GET /v2/models/NAME``: v2 model metadata, plus the feature names when known."""
+        """``GET /v2/models/NAME``: v2 model metadata from the artifact's recorded signature."""
         spec = self._model.spec
+        platform = fidelity.PLATFORMS.get(self.runtime) or f"kfp-serve-{self._model.framework}"
         meta: dict[str, Any] = {
             "name": self.name,
             "versions": [self.version] if self.version else [],
-            "platform": f"kfp-serve-{self._model.framework}",
+            "platform": platform,
             "inputs": self.get_input_types(),
             "outputs": self.get_output_types(),
         }
@@ -201,20 +263,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args("predictor", argv)
     configure_logging(args.log_level)
     report_ignored_flags(args)
-    model = PredictorModel(args.model_name, args.model_dir)
+    model = PredictorModel(args.model_name, args.model_dir, runtime=args.serving_runtime)
     try:
         model.load()
     except ServingError as e:
         log.error("cannot serve model %r: %s", args.model_name, e)
         return 2
-    serve(
-        RuntimeApp({model.name: model}),
-        args.http_host,
-        args.http_port,
-        timeout_keep_alive=args.timeout_keep_alive,
-        event_loop=args.event_loop,
-    )
-    return 0
+    return run_server(args, model)
 
 
 if __name__ == "__main__":

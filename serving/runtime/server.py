@@ -8,10 +8,12 @@ no per-request logging, and binds 127.0.0.1 unless told otherwise. The models ar
 ``kserve.Model`` subclasses, so ``kserve.ModelServer`` can host them too.
 
 Routes: ``GET /``, ``/v2``, ``/v2/health/live``, ``/v2/health/ready``, ``/v1/models``,
-``/v1/models/NAME``, ``/v2/models/NAME``, ``/v2/models/NAME/ready``; ``POST
-/v1/models/NAME:predict``, ``/v1/models/NAME:explain``, ``/v2/models/NAME[/versions/V]/infer``.
-Errors answer ``{"error": "<message>"}`` with 400 (bad request), 404 (unknown model/route),
-405, 413, 501 (no explainer), 502/504 (transformer: predictor failed), 503 (not ready).
+``/v1/models/NAME``, ``/v2/models/NAME[/versions/V]``, ``/v2/models/NAME[/versions/V]/ready``,
+``/metrics``; ``POST /v1/models/NAME:predict``, ``/v1/models/NAME:explain``,
+``/v2/models/NAME[/versions/V]/infer`` (JSON, or the binary tensor extension: see
+:mod:`kfp_serve.serving.runtime.binary`). Errors answer ``{"error": "<message>"}`` with 400 (bad
+request), 404 (unknown model, version or route), 405, 413, 415 (content type), 501 (no
+explainer), 502/504 (transformer: predictor failed), 503 (not ready).
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
+import socket
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -45,16 +50,36 @@ def _strtobool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got {value!r}")
 
 
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def _positive_float(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
+    return x
+
+
 def build_parser(kind: str) -> argparse.ArgumentParser:
     """The command line of ``python -m kfp_serve.serving.runtime.<kind>``.
 
     The flags are KServe's (what the controller and ServingRuntimes pass), plus ``--http_host``.
-    kserve flags that make no sense here (gRPC, multiprocess workers, docs, access-log format)
-    are accepted and ignored with a log line, so a stock ServingRuntime's args still start us.
+    kserve flags that make no sense here (thread pools, docs, access-log format) are accepted and
+    ignored with a log line, so a stock ServingRuntime's args still start us.
     """
     p = argparse.ArgumentParser(
         prog=f"python -m kfp_serve.serving.runtime.{kind}",
-        description=f"kfp-serve KServe {kind} runtime (REST v1 + v2).",
+        description=f"kfp-serve KServe {kind} runtime (REST v1 + v2, OIP gRPC).",
     )
     p.add_argument("--model_name", default="model", help="Name in the URL paths.")
     p.add_argument(
@@ -77,10 +102,41 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
         help="Keep-alive timeout (s).",
     )
     p.add_argument("--log_level", default=os.environ.get("KFP_SERVE_LOG_LEVEL", "INFO"))
-    # Accepted for compatibility with kserve's ModelServer flags; see _ignored_flags().
-    p.add_argument("--grpc_port", type=int, default=None)
-    p.add_argument("--enable_grpc", type=_strtobool, default=None)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="Server processes sharing the port (SO_REUSEPORT); the model loads once, before fork.",
+    )
+    p.add_argument(
+        "--enable_metrics",
+        type=_strtobool,
+        default=True,
+        help="Serve Prometheus metrics on GET /metrics and time every request (default true).",
+    )
+    # KServe's batcher and logger run in its agent sidecar (flags --enable-batcher, --max-batchsize,
+    # --max-latency, --log-url, --log-mode); here they run in the server, under the same names.
+    p.add_argument("--enable_batcher", "--enable-batcher", dest="enable_batcher", type=_strtobool,
+                   default=False, help="Merge concurrent requests into one model call.")
+    p.add_argument("--max_batchsize", "--max-batchsize", dest="max_batchsize", type=_positive_int,
+                   default=None, help="Batcher: most rows per model call (maxBatchSize).")
+    p.add_argument("--max_latency", "--max-latency", dest="max_latency", type=_positive_float,
+                   default=None, help="Batcher: ms the first request of a batch may wait.")
+    p.add_argument("--log_url", "--log-url", dest="log_url", default=None,
+                   help="Payload logging: CloudEvents sink URL (KServe's logger.url).")
+    p.add_argument("--log_mode", "--log-mode", dest="log_mode", default="all",
+                   choices=["all", "request", "response"], help="Payload logging: what to send.")
+    p.add_argument("--inference_service", "--inference-service", dest="inference_service",
+                   default=None, help="Payload logging: the InferenceService name in events.")
+    p.add_argument("--namespace", default="", help="Payload logging: the namespace in events.")
+    p.add_argument("--component", default=kind, help="Payload logging: the component in events.")
+    p.add_argument("--enable_grpc", type=_strtobool, default=False,
+                   help="Also serve OIP gRPC (inference.GRPCInferenceService).")
+    p.add_argument("--grpc_port", type=int, default=None,
+                   help="gRPC port (enables gRPC; KServe's default is 8081).")
+    p.add_argument("--grpc_max_message_bytes", type=_positive_int, default=None,
+                   help="Largest gRPC message accepted or sent (default: the body limit).")
+    # Accepted for compatibility with kserve's ModelServer flags; see report_ignored_flags().
     for flag in ("--max_threads", "--max_asyncio_workers"):
         p.add_argument(flag, type=int, default=None)
     for flag in ("--enable_docs_url", "--enable_latency_logging", "--configure_logging"):
@@ -94,6 +150,16 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
         default="auto",
         choices=["auto", "asyncio", "uvloop"],
     )
+    if kind == "predictor":
+        from kfp_serve.serving.runtime.fidelity import RUNTIME_ENV, RUNTIMES
+
+        p.add_argument(
+            "--serving_runtime",
+            default=os.environ.get(RUNTIME_ENV) or RUNTIMES[0],
+            choices=RUNTIMES,
+            help="Answer exactly as this ServingRuntime does (the manifest's runtime; default "
+            f"${RUNTIME_ENV} or {RUNTIMES[0]}, whose answers are the richest).",
+        )
     if kind == "transformer":
         p.add_argument(
             "--predictor_host",
@@ -112,6 +178,10 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
         p.add_argument("--predictor_request_timeout_seconds", type=float, default=600.0)
         p.add_argument("--predictor_request_retries", type=int, default=0)
         p.add_argument("--enable_predictor_health_check", action="store_true")
+    from kfp_serve.serving.runtime.dataplane import settings_from_env
+
+    # What the manifest asked for (batcher, logger, workers, ...), below explicit flags.
+    p.set_defaults(**settings_from_env())
     return p
 
 
@@ -138,10 +208,6 @@ def report_ignored_flags(args: argparse.Namespace) -> None:
     """Say once, at start-up, which kserve flags have no effect here."""
     if args.unknown:
         log.warning("ignoring unknown arguments: %s", " ".join(args.unknown))
-    if args.enable_grpc:
-        log.warning("--enable_grpc: kfp-serve runtimes serve REST only; no gRPC server started")
-    if args.workers and args.workers > 1:
-        log.warning("--workers=%d: kfp-serve runtimes run one worker process", args.workers)
     if args.ssl_certfile or args.ssl_keyfile:
         log.warning("--ssl_*: TLS is terminated by the mesh/ingress; serving plain HTTP")
 
@@ -157,32 +223,44 @@ class V2Request:
     body: Any
 
 
-Handler = Callable[[Any, dict[str, str], bool], Awaitable[Any]]
+#: Content types a POST body may have: JSON, or JSON + binary tensors (the binary extension).
+JSON_TYPES = ("application/json",)
+ACCEPTED_TYPES = "application/json, application/octet-stream (with Inference-Header-Content-Length)"
+_CONTENT_TYPE = b"content-type"
+_HEADER_LENGTH = b"inference-header-content-length"
+_REQUEST_ID = b"x-request-id"
+#: Extensions of the Open Inference Protocol this server implements (``GET /v2``).
+EXTENSIONS = ["binary_tensor_data"]
+POST_ROUTES = frozenset({"v1", "v2", "explain"})
 
 
-def _route(method: str, path: str) -> tuple[str, str | None]:
-    """(route kind, model name) for a request line; kind "" means not found."""
+def _route(method: str, path: str) -> tuple[str, str | None, str | None]:
+    """(route kind, model name, version) for a request line; kind "" means not found."""
     # The kind depends on the path only; _http answers 405 when the method does not fit.
     if path.startswith("/v1/models/"):
         rest = path[11:]
         if rest.endswith(":predict"):
-            return "v1", rest[:-8]
+            return "v1", rest[:-8], None
         if rest.endswith(":explain"):
-            return "explain", rest[:-8]
-        return ("v1_ready", rest) if rest and "/" not in rest and method == "GET" else ("", None)
+            return "explain", rest[:-8], None
+        if rest and "/" not in rest and method == "GET":
+            return "v1_ready", rest, None
+        return "", None, None
     if path.startswith("/v2/models/"):
         parts = path[11:].split("/")
+        version = None
+        if len(parts) >= 3 and parts[1] == "versions":
+            version = parts[2]
+            parts = [parts[0], *parts[3:]]
         if len(parts) == 2 and parts[1] == "infer":
-            return "v2", parts[0]
-        if len(parts) == 4 and parts[1] == "versions" and parts[3] == "infer":
-            return "v2", parts[0]
+            return "v2", parts[0], version
         if method != "GET":
-            return "", None
+            return "", None, None
         if len(parts) == 1:
-            return "v2_metadata", parts[0]
+            return "v2_metadata", parts[0], version
         if len(parts) == 2 and parts[1] == "ready":
-            return "v2_ready", parts[0]
-        return "", None
+            return "v2_ready", parts[0], version
+        return "", None, None
     static = {
         "/": "live",
         "/v2/health/live": "v2_live",
@@ -190,11 +268,19 @@ def _route(method: str, path: str) -> tuple[str, str | None]:
         "/v1/models": "v1_models",
         "/v2/models": "v1_models",
         "/v2": "v2_server",
+        "/metrics": "metrics",
     }
-    return static.get(path, ""), None
+    return static.get(path, ""), None, None
 
 
-POST_ROUTES = frozenset({"v1", "v2", "explain"})
+def server_version() -> str:
+    """kfp-serve's version, as ``GET /v2`` reports it."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("kfp-serve")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 class RuntimeApp:
@@ -202,7 +288,16 @@ class RuntimeApp:
 
     A model must offer ``ready``, ``await model(payload, headers, verb)`` (kserve's call
     contract, returning ``(response_dict, response_headers)``), ``await model.healthy()``, and
-    optionally ``metadata()`` for ``GET /v2/models/NAME``.
+    optionally ``metadata()`` for ``GET /v2/models/NAME`` and ``version`` (the one version its
+    ``versions/{v}`` routes answer for).
+
+    Args:
+        models: Served models by name.
+        on_startup: Awaited when the server starts (inside its event loop).
+        on_shutdown: Awaited when it stops.
+        metrics: Count requests and serve ``GET /metrics``.
+        payload_logger: Send requests/answers as CloudEvents (see
+            :mod:`kfp_serve.serving.runtime.payload_log`).
     """
 
     def __init__(
@@ -211,6 +306,8 @@ class RuntimeApp:
         *,
         on_startup: Callable[[], Awaitable[None]] | None = None,
         on_shutdown: Callable[[], Awaitable[None]] | None = None,
+        metrics: bool = True,
+        payload_logger: Any = None,
     ) -> None:
         import orjson
 
@@ -225,11 +322,34 @@ class RuntimeApp:
         self._verb_explain = InferenceVerb.EXPLAIN
         self._invalid_input = InvalidInput
         self._not_ready = ModelNotReady
+        self.payload_logger = payload_logger
+        self._count: Callable[[str, str, int], None] | None = None
+        if metrics:
+            from kfp_serve.serving.runtime import metrics as prom
+
+            self._count = prom.count_request
+            self._exposition = prom.exposition
+            self._metrics_type = prom.METRICS_CONTENT_TYPE.encode()
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self._http(scope, receive, send)
+            if self._count is None:
+                await self._http(scope, receive, send)
+                return
+            status = [500]
+
+            async def counting_send(message: dict) -> None:
+                if message["type"] == "http.response.start":
+                    status[0] = message["status"]
+                await send(message)
+
+            route, name, _ = _route(scope["method"], scope["path"])
+            try:
+                await self._http(scope, receive, counting_send)
+            finally:
+                served = name if name in self.models else ""
+                self._count(served, route or "unknown", status[0])
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
@@ -238,6 +358,8 @@ class RuntimeApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
+                    if self.payload_logger is not None:
+                        await self.payload_logger.start()
                     if self._on_startup is not None:
                         await self._on_startup()
                 except Exception as e:  # noqa: BLE001 - reported to uvicorn, which exits
@@ -245,27 +367,31 @@ class RuntimeApp:
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                if self._on_shutdown is not None:
+                for hook in (self._on_shutdown, getattr(self.payload_logger, "close", None)):
+                    if hook is None:
+                        continue
                     try:
-                        await self._on_shutdown()
+                        await hook()
                     except Exception:  # noqa: BLE001 - shutting down anyway
                         log.exception("error during shutdown")
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _send(self, send: Callable, status: int, payload: Any) -> None:
-        body = self._dumps(payload, option=self._dump_opts)
+    async def _send_bytes(
+        self, send: Callable, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> None:
         await send(
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
+                "headers": [*headers, (b"content-length", str(len(body)).encode())],
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+    async def _send(self, send: Callable, status: int, payload: Any) -> None:
+        body = self._dumps(payload, option=self._dump_opts)
+        await self._send_bytes(send, status, body, [(b"content-type", b"application/json")])
 
     async def _error(self, send: Callable, status: int, message: str) -> None:
         await self._send(send, status, {"error": message})
@@ -288,7 +414,7 @@ class RuntimeApp:
 
     async def _http(self, scope: dict, receive: Callable, send: Callable) -> None:
         method = scope["method"]
-        kind, name = _route(method, scope["path"])
+        kind, name, version = _route(method, scope["path"])
         if not kind:
             await self._error(send, 404, f"no route {method} {scope['path']}")
             return
@@ -304,27 +430,93 @@ class RuntimeApp:
                 send, 404, f"model {name!r} is not served here; served: {sorted(self.models)}"
             )
             return
+        if version is not None:
+            served = getattr(model, "version", None)
+            if version != served:
+                offer = f"version {served!r}" if served else "no versioned routes"
+                await self._error(
+                    send,
+                    404,
+                    f"model {name!r} has no version {version!r}; it serves {offer} "
+                    f"(or drop /versions/{version} from the path)",
+                )
+                return
         if kind not in POST_ROUTES:
             await self._model_route(kind, name, model, send)
             return
         if not model.ready:
             await self._error(send, 503, f"model {name!r} is not ready")
             return
+        headers = dict(scope["headers"])
+        content_type = headers.get(_CONTENT_TYPE, b"").split(b";", 1)[0].strip().lower()
+        header_length = headers.get(_HEADER_LENGTH)
+        if content_type and not (
+            content_type == b"application/json"
+            or content_type.endswith(b"+json")
+            or (content_type == b"application/octet-stream" and kind == "v2")
+        ):
+            await self._error(
+                send,
+                415,
+                f"unsupported Content-Type {content_type.decode(errors='replace')!r}; "
+                f"send {ACCEPTED_TYPES if kind == 'v2' else 'application/json'}",
+            )
+            return
         raw = await self._read_body(receive)
         if raw is None:
             await self._error(send, 413, f"request body larger than {MAX_BODY_BYTES} bytes")
             return
-        await self._infer(kind, model, raw, scope, send)
+        await self._infer(kind, model, raw, header_length, headers, send)
 
-    async def _infer(self, kind: str, model: Any, raw: bytes, scope: dict, send: Callable) -> None:
-        from kfp_serve.serving.runtime.codec import RequestError, parse_json
+    def _decode(self, kind: str, raw: bytes, header_length: bytes | None) -> Any:
+        from kfp_serve.serving.runtime import binary
+        from kfp_serve.serving.runtime.codec import parse_json
 
+        if header_length is None or kind != "v2":
+            return parse_json(raw)
+        n = binary.header_length(header_length.decode(errors="replace"), len(raw))
+        view = memoryview(raw)
+        body = parse_json(bytes(view[:n]))
+        binary.attach_inputs(body, view[n:])
+        return body
+
+    async def _infer(
+        self,
+        kind: str,
+        model: Any,
+        raw: bytes,
+        header_length: bytes | None,
+        request_headers: dict[bytes, bytes],
+        send: Callable,
+    ) -> None:
+        from kfp_serve.serving.runtime.codec import RequestError
+
+        plogger = self.payload_logger
+        inference_id = None
         try:
-            body = parse_json(raw)
+            body = self._decode(kind, raw, header_length)
+            if plogger is not None:
+                inference_id = self._inference_id(body, request_headers)
+                plogger.request(
+                    inference_id,
+                    raw,
+                    request_headers.get(_CONTENT_TYPE, b"application/json").decode(),
+                )
+            requested = None
+            if kind == "v2":
+                from kfp_serve.serving.runtime import binary
+
+                requested = binary.requested_outputs(body)
             payload = V2Request(body) if kind == "v2" else body
-            headers = {k.decode(): v.decode() for k, v in scope["headers"] if k in FORWARD_HEADERS}
+            headers = {
+                k.decode(): v.decode() for k, v in request_headers.items() if k in FORWARD_HEADERS
+            }
             verb = self._verb_explain if kind == "explain" else self._verb_predict
             response, _ = await model(payload, headers, verb)
+            if requested is not None:
+                content, extra = self._encode_v2(response, *requested)
+            else:
+                content, extra = self._dumps(response, option=self._dump_opts), []
         except RequestError as e:
             await self._error(send, e.status, str(e))
             return
@@ -347,7 +539,42 @@ class RuntimeApp:
             log.exception("inference failed")
             await self._error(send, 500, f"{type(e).__name__}: {e}")
             return
-        await self._send(send, 200, response)
+        if extra:
+            from kfp_serve.serving.runtime import binary
+
+            json_part = content
+            content = b"".join([json_part, *extra])
+            out_headers = [
+                (b"content-type", binary.BINARY_CONTENT_TYPE.encode()),
+                (_HEADER_LENGTH, str(len(json_part)).encode()),
+            ]
+        else:
+            out_headers = [(b"content-type", b"application/json")]
+        if plogger is not None and inference_id is not None:
+            plogger.response(inference_id, content, out_headers[0][1].decode())
+        await self._send_bytes(send, 200, content, out_headers)
+
+    def _encode_v2(
+        self, response: Any, requested: list[dict[str, Any]] | None, binary_default: bool
+    ) -> tuple[bytes, list[bytes]]:
+        """The JSON part of a v2 answer and the binary chunks that follow it (if any)."""
+        if requested is None and not binary_default:
+            return self._dumps(response, option=self._dump_opts), []
+        from kfp_serve.serving.runtime import binary
+
+        response, chunks = binary.select_outputs(response, requested, binary_default)
+        return self._dumps(response, option=self._dump_opts), chunks
+
+    @staticmethod
+    def _inference_id(body: Any, headers: dict[bytes, bytes]) -> str:
+        """The id that ties a request's and its answer's log events (set in a v2 body)."""
+        if isinstance(body, dict) and body.get("id") is not None:
+            return str(body["id"])
+        rid = headers.get(_REQUEST_ID)
+        inference_id = rid.decode(errors="replace") if rid else str(uuid.uuid4())
+        if isinstance(body, dict) and "inputs" in body:
+            body["id"] = inference_id  # the answer echoes it
+        return inference_id
 
     async def _server_route(self, kind: str, send: Callable) -> None:
         if kind == "live":
@@ -362,34 +589,224 @@ class RuntimeApp:
         elif kind == "v1_models":
             await self._send(send, 200, {"models": sorted(self.models)})
         elif kind == "v2_server":
-            from importlib import metadata
-
-            try:
-                version = metadata.version("kfp-serve")
-            except metadata.PackageNotFoundError:
-                version = "unknown"
-            await self._send(send, 200, {"name": "kfp-serve", "version": version, "extensions": []})
+            info = {"name": "kfp-serve", "version": server_version(), "extensions": EXTENSIONS}
+            await self._send(send, 200, info)
+        elif kind == "metrics":
+            if self._count is None:
+                await self._error(send, 404, "metrics are off (--enable_metrics=false)")
+                return
+            await self._send_bytes(
+                send, 200, self._exposition(), [(b"content-type", self._metrics_type)]
+            )
 
     async def _model_route(self, kind: str, name: str, model: Any, send: Callable) -> None:
-        ready = bool(await model.healthy())
         if kind == "v2_metadata":
             meta = model.metadata() if hasattr(model, "metadata") else {"name": name}
+            if hasattr(meta, "__await__"):
+                meta = await meta
             await self._send(send, 200, meta)
             return
+        ready = bool(await model.healthy())
         if not ready:
             await self._error(send, 503, f"model {name!r} is not ready")
             return
         await self._send(send, 200, {"name": name, "ready": True})
 
 
+def run_server(
+    args: argparse.Namespace,
+    model: Any,
+    *,
+    on_startup: Callable[[], Awaitable[None]] | None = None,
+    on_shutdown: Callable[[], Awaitable[None]] | None = None,
+) -> int:
+    """Serve one loaded model as the flags say: metrics, batcher, payload logger, gRPC, workers.
+
+    Returns:
+        Process exit code.
+    """
+    from kfp_serve.serving.errors import ServingError
+
+    if args.enable_metrics:
+        from kfp_serve.serving.runtime import metrics
+
+        model.timers = metrics.timers_for(model.name)
+    if args.enable_batcher or args.max_batchsize or args.max_latency:
+        if not hasattr(model, "batcher"):
+            log.warning("batcher: %s does not batch; requests run one by one", type(model).__name__)
+        else:
+            from kfp_serve.serving.runtime.batcher import (
+                DEFAULT_MAX_BATCH_SIZE,
+                DEFAULT_MAX_LATENCY_MS,
+                Batcher,
+                BatcherSpec,
+            )
+
+            spec = BatcherSpec(
+                max_batch_size=args.max_batchsize or DEFAULT_MAX_BATCH_SIZE,
+                max_latency_ms=args.max_latency or DEFAULT_MAX_LATENCY_MS,
+            )
+            on_batch = None
+            if args.enable_metrics:
+                from kfp_serve.serving.runtime import metrics
+
+                batches = metrics.BATCHES.labels(model.name)
+                batched = metrics.BATCHED_REQUESTS.labels(model.name)
+
+                def on_batch(n: int) -> None:
+                    batches.inc()
+                    batched.inc(n)
+
+            model.batcher = Batcher(model.served.predict, spec, on_batch)
+            log.info("batching up to %d rows or %g ms", spec.max_batch_size, spec.max_latency_ms)
+    payload_logger = None
+    if args.log_url:
+        from kfp_serve.serving.runtime.payload_log import LoggerSpec, PayloadLogger
+
+        try:
+            payload_logger = PayloadLogger(
+                LoggerSpec(
+                    url=args.log_url,
+                    mode=args.log_mode,
+                    inference_service=args.inference_service or model.name,
+                    namespace=args.namespace,
+                    component=args.component,
+                    source=f"http://{args.http_host}:{args.http_port}/",
+                )
+            )
+        except ServingError as e:
+            log.error("%s", e)
+            return 2
+    grpc_server: Any = None
+    if args.enable_grpc or args.grpc_port:
+        from kfp_serve.serving.runtime.grpc_server import GRPC_DEFAULT_PORT, GrpcServer
+
+        grpc_server = GrpcServer(
+            {model.name: model},
+            host=args.http_host,
+            port=args.grpc_port or GRPC_DEFAULT_PORT,
+            max_message_bytes=args.grpc_max_message_bytes or MAX_BODY_BYTES,
+        )
+
+    async def startup() -> None:
+        if on_startup is not None:
+            await on_startup()
+        if grpc_server is not None:
+            await grpc_server.start()
+
+    async def shutdown() -> None:
+        if grpc_server is not None:
+            await grpc_server.stop()
+        if on_shutdown is not None:
+            await on_shutdown()
+
+    app = RuntimeApp(
+        {model.name: model},
+        on_startup=startup,
+        on_shutdown=shutdown,
+        metrics=args.enable_metrics,
+        payload_logger=payload_logger,
+    )
+    serve(
+        app,
+        args.http_host,
+        args.http_port,
+        timeout_keep_alive=args.timeout_keep_alive,
+        event_loop=args.event_loop,
+        workers=args.workers,
+    )
+    return 0
+
+
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` that other workers can bind too (SO_REUSEPORT).
+
+    The kernel spreads new connections over every socket bound this way, so N worker processes
+    share one port without a master accepting for them.
+
+    Raises:
+        SystemExit: The port is taken by a process that did not set SO_REUSEPORT.
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        log.error("cannot bind %s:%d: %s", host, port, e)
+        sock.close()
+        raise SystemExit(3) from e
+    sock.listen(2048)
+    sock.set_inheritable(False)
+    return sock
+
+
 def serve(
-    app: RuntimeApp, host: str, port: int, *, timeout_keep_alive: int = 65, event_loop: str = "auto"
+    app: RuntimeApp,
+    host: str,
+    port: int,
+    *,
+    timeout_keep_alive: int = 65,
+    event_loop: str = "auto",
+    workers: int = 1,
 ) -> None:
-    """Run ``app`` with uvicorn until SIGTERM/SIGINT.
+    """Run ``app`` with uvicorn until SIGTERM/SIGINT, in ``workers`` processes sharing the port.
+
+    Workers are forked after the model is loaded (its memory is shared copy-on-write); each binds
+    its own SO_REUSEPORT socket. They share this process's group, so stopping the group (what
+    :func:`kfp_serve.serving.runtime.launch.stop_server` does) stops them all; when this process
+    exits it stops the others too.
 
     Raises:
         SystemExit: uvicorn could not bind (the port is taken) or start-up failed.
     """
+    if workers <= 1:
+        server = _uvicorn_server(app, host, port, timeout_keep_alive, event_loop)
+        log.info("serving %s on http://%s:%d", sorted(app.models), host, port)
+        server.run()
+        if not server.started:
+            # uvicorn logs the cause (e.g. address already in use) and returns instead of raising.
+            raise SystemExit(3)
+        return
+    first = reuse_port_socket(host, port)  # fails fast, before forking, if the port is taken
+    children: list[int] = []
+    for _ in range(workers - 1):
+        pid = os.fork()
+        if pid == 0:  # a worker: its own socket, its own event loop
+            first.close()
+            code = 0
+            try:
+                sock = reuse_port_socket(host, port)
+                _uvicorn_server(app, host, port, timeout_keep_alive, event_loop).run(
+                    sockets=[sock]
+                )
+            except BaseException:  # noqa: BLE001 - a worker must never return into the parent's code
+                log.exception("worker %d failed", os.getpid())
+                code = 1
+            os._exit(code)
+        children.append(pid)
+    log.info("serving %s on http://%s:%d with %d workers", sorted(app.models), host, port, workers)
+    server = _uvicorn_server(app, host, port, timeout_keep_alive, event_loop)
+    try:
+        server.run(sockets=[first])
+    finally:
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for pid in children:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+    if not server.started:
+        raise SystemExit(3)
+
+
+def _uvicorn_server(
+    app: RuntimeApp, host: str, port: int, timeout_keep_alive: int, event_loop: str
+) -> Any:
     import uvicorn
 
     try:
@@ -420,9 +837,4 @@ def serve(
         timeout_keep_alive=timeout_keep_alive,
         backlog=2048,
     )
-    server = uvicorn.Server(config)
-    log.info("serving %s on http://%s:%d", sorted(app.models), host, port)
-    server.run()
-    if not server.started:
-        # uvicorn logs the cause (e.g. address already in use) and returns instead of raising.
-        raise SystemExit(3)
+    return uvicorn.Server(config)

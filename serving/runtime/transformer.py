@@ -6,13 +6,17 @@ whatever the predictor speaks: the request is decoded and validated against the 
 input signature, ``transform()`` is applied, the result is sent to the predictor in
 ``--predictor_protocol``, and the predictor's answer comes back in the caller's protocol.
 ``POST /v1/models/NAME:explain`` is forwarded too (attributions then refer to the transformed
-features the model sees).
+features the model sees). To a v2 predictor the rows go as a binary FP64 tensor and come back as
+binary outputs (the OIP binary extension: no JSON encoding of numbers on the inner hop). Model
+metadata answers the transformer's inputs and the predictor's outputs and version.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,28 +24,30 @@ from typing import Any
 import numpy as np
 
 from kfp_serve.serving.errors import ServingError
+from kfp_serve.serving.runtime import binary
 from kfp_serve.serving.runtime._kserve import InferenceVerb, InvalidInput, kserve
 from kfp_serve.serving.runtime.codec import (
     INPUT_NAME,
     Batch,
     RequestError,
     encode_v2,
-    tensor_dict,
-    v2_output_array,
+    v2_datatype,
 )
 from kfp_serve.serving.runtime.loader import ServedTransformer, load_transformer
 from kfp_serve.serving.runtime.predictor import decode_payload
 from kfp_serve.serving.runtime.server import (
-    RuntimeApp,
     configure_logging,
     parse_args,
     report_ignored_flags,
-    serve,
+    run_server,
 )
 
 log = logging.getLogger("kfp_serve.runtime.transformer")
 
 SUPPORTED_PROTOCOLS = ("v1", "v2")
+#: How long the transformer keeps asking a predictor that is not up yet for its metadata.
+PREDICTOR_METADATA_DEADLINE_S = 120.0
+_JSON = {"content-type": "application/json"}
 
 
 def _dense(X: Any) -> np.ndarray:
@@ -111,6 +117,12 @@ class TransformerModel(kserve.Model):
             else f"/v2/models/{name}/infer"
         )
         self._explain_path = f"/v1/models/{name}:explain"
+        self._metadata_path = f"/v2/models/{name}"
+        #: The predictor's v2 metadata once it answered (outputs and version come from it).
+        self.predictor_metadata: dict[str, Any] | None = None
+        self.version: str | None = None
+        self.timers: Any = None
+        self._metadata_task: asyncio.Task[None] | None = None
 
     def load(self) -> bool:
         """Load the transformer artifact.
@@ -138,15 +150,39 @@ class TransformerModel(kserve.Model):
         self._dumps = orjson.dumps
         self._dump_opts = orjson.OPT_SERIALIZE_NUMPY
         self._loads = orjson.loads
-        self._client = UpstreamClient(
-            self.base_url,
-            timeout=self.timeout,
-            retries=self.retries,
-            headers={"content-type": "application/json"},
-        )
+        self._client = UpstreamClient(self.base_url, timeout=self.timeout, retries=self.retries)
+        self._metadata_task = asyncio.create_task(self._learn_predictor(), name="predictor-meta")
+
+    async def _learn_predictor(self) -> None:
+        """Ask the predictor for its metadata until it answers (it may start after us)."""
+        from kfp_serve.retry import retrying_async
+
+        class _NotYet(Exception):
+            pass
+
+        try:
+            async for attempt in retrying_async(
+                deadline=PREDICTOR_METADATA_DEADLINE_S, on=_NotYet, max_wait=2.0
+            ):
+                with attempt:
+                    try:
+                        r = await self._client.get(self._metadata_path, timeout=5.0)
+                    except Exception as e:  # noqa: BLE001 - not up yet
+                        raise _NotYet from e
+                    if r.status != 200:
+                        raise _NotYet
+                    meta = self._loads(r.body)
+        except _NotYet:
+            log.warning("the predictor at %s never answered its v2 metadata", self.base_url)
+            return
+        self.predictor_metadata = meta
+        versions = meta.get("versions") or []
+        self.version = str(versions[0]) if versions else None
 
     async def close(self) -> None:
         """Close the HTTP client."""
+        if self._metadata_task is not None:
+            self._metadata_task.cancel()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -176,12 +212,24 @@ class TransformerModel(kserve.Model):
             InvalidInput: The request is invalid (HTTP 400).
             RequestError: The predictor failed (its 4xx status, else 502/504).
         """
+        timers = self.timers
         try:
+            start = time.perf_counter()
             batch = self.preprocess(body, headers)
             if verb is InferenceVerb.EXPLAIN:
-                return await self._post(self._explain_path, {"instances": batch.X}, headers), {}
+                answer = await self._post(self._explain_path, {"instances": batch.X}, headers)
+                if timers is not None:
+                    timers.explain.observe(time.perf_counter() - start)
+                return answer, {}
+            mid = time.perf_counter()
             answer = await self.predict(batch, headers)
-            return self.postprocess(answer, headers), {}
+            end = time.perf_counter()
+            result = self.postprocess(answer, headers)
+            if timers is not None:
+                timers.preprocess.observe(mid - start)
+                timers.predict.observe(end - mid)
+                timers.postprocess.observe(time.perf_counter() - end)
+            return result, {}
         except RequestError as e:
             if e.status == 400:
                 raise InvalidInput(str(e)) from e
@@ -212,14 +260,66 @@ class TransformerModel(kserve.Model):
                 raise RequestError(f"predictor sent a malformed v1 response: {e!r}", 502) from e
             return encode_v2(np.asarray(predictions), self.name, payload.request_id)
 
-        request: dict[str, Any] = {"inputs": [tensor_dict(INPUT_NAME, X)]}
-        if payload.request_id is not None:
-            request["id"] = payload.request_id
-        answer = await self._post(self._predict_path, request, headers)
+        answer = await self._post_binary(X, payload.request_id, headers)
         if payload.protocol == "v1":
-            return {"predictions": v2_output_array(answer).tolist()}
+            out = answer["outputs"][0]
+            return {"predictions": np.asarray(out["data"]).reshape(out["shape"]).tolist()}
         answer["model_name"] = self.name
         answer["id"] = payload.request_id or answer.get("id") or str(uuid.uuid4())
+        return answer
+
+    async def _post_binary(
+        self, X: np.ndarray, request_id: str | None, headers: dict[str, str] | None
+    ) -> dict[str, Any]:
+        """Send rows to the v2 predictor as one binary FP64 tensor, outputs asked in binary.
+
+        Returns:
+            The predictor's answer with every output's ``data`` as a JSON-ready list.
+        """
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        raw = X.tobytes()
+        request: dict[str, Any] = {
+            "inputs": [
+                {
+                    "name": INPUT_NAME,
+                    "shape": list(X.shape),
+                    "datatype": v2_datatype(X.dtype),
+                    "parameters": {binary.BINARY_SIZE_PARAM: len(raw)},
+                }
+            ],
+            "parameters": {binary.BINARY_ALL_OUTPUTS_PARAM: True},
+        }
+        if request_id is not None:
+            request["id"] = request_id
+        head = self._dumps(request)
+        r = await self._request(
+            self._predict_path,
+            head + raw,
+            {
+                **(headers or {}),
+                "content-type": binary.BINARY_CONTENT_TYPE,
+                binary.HEADER_LENGTH_HEADER: str(len(head)),
+            },
+        )
+        n = r.headers.get(binary.HEADER_LENGTH_HEADER)
+        view = memoryview(r.body)
+        try:
+            json_length = int(n) if n is not None else len(r.body)
+            answer = self._loads(view[:json_length])
+            offset = 0
+            for out in answer["outputs"]:
+                arr, offset = binary.output_array(out, view[json_length:], offset)
+                out["data"] = arr.ravel().tolist()
+                params = out.get("parameters") or {}
+                params.pop(binary.BINARY_SIZE_PARAM, None)
+                if not params:
+                    out.pop("parameters", None)
+        except (KeyError, IndexError, TypeError, ValueError) as e:
+            raise RequestError(
+                f"predictor at {self.base_url}{self._predict_path} sent a malformed v2 answer: "
+                f"{e!r}",
+                502,
+            ) from e
         return answer
 
     def postprocess(  # type: ignore[override]
@@ -234,13 +334,23 @@ class TransformerModel(kserve.Model):
     async def _post(
         self, path: str, body: dict[str, Any], headers: dict[str, str] | None
     ) -> dict[str, Any]:
+        if self._client is None:
+            await self.start_client()
+        content = self._dumps(body, option=self._dump_opts)
+        r = await self._request(path, content, {**(headers or {}), **_JSON})
+        try:
+            return self._loads(r.body)
+        except ValueError as e:
+            raise RequestError(f"predictor at {self.base_url}{path} sent non-JSON: {e}", 502) from e
+
+    async def _request(self, path: str, content: bytes, headers: dict[str, str]) -> Any:
+        """POST to the predictor; a non-200 answer becomes a RequestError with its status."""
         from kfp_serve.serving.runtime.upstream import UpstreamError, UpstreamTimeout
 
         if self._client is None:
             await self.start_client()
-        content = self._dumps(body, option=self._dump_opts)
         try:
-            r = await self._client.post(path, content, headers or None)
+            r = await self._client.post(path, content, headers)
         except UpstreamTimeout as e:
             raise RequestError(f"predictor at {self.base_url}{path} timed out: {e}", 504) from e
         except UpstreamError as e:
@@ -255,10 +365,45 @@ class TransformerModel(kserve.Model):
                 f"predictor at {self.base_url}{path} answered {r.status}: {str(message)[:1000]}",
                 status,
             )
-        try:
-            return self._loads(r.body)
-        except ValueError as e:
-            raise RequestError(f"predictor at {self.base_url}{path} sent non-JSON: {e}", 502) from e
+        return r
+
+    def get_input_types(self) -> list[dict[str, Any]]:
+        """The v2 input the transformer takes (its recorded signature; feature names as
+        parameters)."""
+        spec = self._transformer.spec
+        tensor: dict[str, Any] = {
+            "name": INPUT_NAME,
+            "datatype": v2_datatype(spec.dtype),
+            "shape": [-1, spec.n_features if spec.n_features is not None else -1],
+        }
+        if spec.feature_names:
+            tensor["parameters"] = {"feature_names": list(spec.feature_names)}
+        return [tensor]
+
+    async def metadata(self) -> dict[str, Any]:
+        """``GET /v2/models/NAME``: the transformer's inputs, the predictor's outputs."""
+        if self.predictor_metadata is None and self._client is not None:
+            try:  # one quick try; the background task keeps trying on its own
+                r = await self._client.get(self._metadata_path, timeout=5.0)
+                if r.status == 200:
+                    self.predictor_metadata = self._loads(r.body)
+                    versions = self.predictor_metadata.get("versions") or []
+                    self.version = str(versions[0]) if versions else None
+            except Exception:  # noqa: BLE001 - answered without the predictor's part
+                log.debug("predictor metadata unavailable", exc_info=True)
+        predictor = self.predictor_metadata or {}
+        spec = self._transformer.spec
+        meta: dict[str, Any] = {
+            "name": self.name,
+            "versions": predictor.get("versions") or [],
+            "platform": predictor.get("platform") or "kfp-serve-transformer",
+            "inputs": self.get_input_types(),
+            "outputs": predictor.get("outputs")
+            or [{"name": "output-0", "datatype": "FP64", "shape": [-1]}],
+        }
+        if spec.feature_names:
+            meta["parameters"] = {"feature_names": list(spec.feature_names)}
+        return meta
 
     @property
     def _transformer(self) -> ServedTransformer:
@@ -291,15 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     except ServingError as e:
         log.error("cannot serve transformer %r: %s", args.model_name, e)
         return 2
-    app = RuntimeApp({model.name: model}, on_startup=model.start_client, on_shutdown=model.close)
-    serve(
-        app,
-        args.http_host,
-        args.http_port,
-        timeout_keep_alive=args.timeout_keep_alive,
-        event_loop=args.event_loop,
-    )
-    return 0
+    return run_server(args, model, on_startup=model.start_client, on_shutdown=model.close)
 
 
 if __name__ == "__main__":

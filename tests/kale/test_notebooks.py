@@ -234,8 +234,15 @@ def test_compiled_pipeline_runs_under_kfp_local(
     objects = {name: load_marshalled(root, name) for name in ("x_test", "model", "scaler")}
     samples = objects["x_test"][:10]
     features = objects["scaler"].transform(samples) if objects["scaler"] is not None else samples
-    expected = objects["model"].predict(features).tolist()
-    assert Endpoint(endpoint_name).predictions(samples.tolist()) == expected
+    answers = Endpoint(endpoint_name).predictions(samples.tolist())
+    if "xgboost" in str(notebook):
+        # kserve-xgbserver, the runtime the manifest names, answers the booster's output.
+        import numpy as np
+
+        expected = objects["model"].predict_proba(features)[:, 1]
+        np.testing.assert_allclose(answers, expected, rtol=1e-6, atol=1e-6)
+    else:
+        assert answers == objects["model"].predict(features).tolist()
 
     # KFP spells metric names with dashes.
     metrics = step_metrics(root)

@@ -37,7 +37,11 @@ def test_plan_reads_the_builders_manifest(tmp_path: Path) -> None:
     plan = plan_manifest(manifest)
     assert plan.name == "iris" and plan.protocol == "v2" and plan.canary_percent == 20
     assert plan.predictor.storage_uri == f"file://{tmp_path}"
-    assert plan.predictor.env == {"PREDICT_PROBA": "true"}  # the secret is not resolved
+    # The secret is not resolved; the runtime the manifest names reaches the server.
+    assert plan.predictor.env == {
+        "PREDICT_PROBA": "true",
+        "KFP_SERVE_DATAPLANE": '{"serving_runtime": "kserve-sklearnserver"}',
+    }
     assert plan.transformer is not None
     assert plan.transformer.storage_uri == f"file://{tmp_path}"
     assert plan.transformer.model_name == "iris"

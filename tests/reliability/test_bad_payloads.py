@@ -49,13 +49,14 @@ CASES: list[tuple[str, str, Any, str, int, str]] = [
      "depth"),
     ("not-utf8", V1, b"\xff\xfe{\x00}", "application/json", 400, "UTF-8"),
     # -- wrong content types carrying something that is not JSON
-    ("form-encoded", V1, b"instances=5.1,3.5,1.4,0.2", "application/x-www-form-urlencoded", 400,
-     "not valid JSON"),
-    ("octet-stream", V1, b"\x00\x01\x02\xff\x80", "application/octet-stream", 400,
-     "not valid JSON"),
-    ("text-csv", V1, b"5.1,3.5,1.4,0.2\n", "text/csv", 400, "not valid JSON"),
-    ("xml", V1, b"<instances><row>5.1</row></instances>", "application/xml", 400,
-     "not valid JSON"),
+    # A body that is neither JSON nor the binary extension: 415 naming the accepted types.
+    ("form-encoded", V1, b"instances=5.1,3.5,1.4,0.2", "application/x-www-form-urlencoded", 415,
+     "unsupported Content-Type"),
+    ("octet-stream", V1, b"\x00\x01\x02\xff\x80", "application/octet-stream", 415,
+     "unsupported Content-Type"),
+    ("text-csv", V1, b"5.1,3.5,1.4,0.2\n", "text/csv", 415, "unsupported Content-Type"),
+    ("xml", V1, b"<instances><row>5.1</row></instances>", "application/xml", 415,
+     "unsupported Content-Type"),
     # -- v1: missing keys, wrong types, wrong shapes
     ("v1-missing-instances", V1, {"rows": [ROW]}, "application/json", 400,
      "missing key 'instances'"),

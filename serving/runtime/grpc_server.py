@@ -1,0 +1,282 @@
+"""Open Inference Protocol over gRPC (``inference.GRPCInferenceService``) for a runtime server.
+
+The protos are the ones the kserve package ships (``kserve.protocol.grpc``), so KServe's
+``InferenceGRPCClient`` and tritonclient's gRPC client talk to it unchanged. It runs in the
+HTTP server's event loop (grpc.aio), on its own port, bound where the HTTP server binds
+(127.0.0.1 locally). Each call is translated into the same v2 request the REST route builds and
+handed to the same model, so answers are identical over both transports.
+
+Tensors arrive as typed ``contents`` or as ``raw_input_contents`` (little-endian bytes, the
+layout of the REST binary extension); an answer uses ``raw_output_contents`` when the request
+used raw inputs, as KServe does. A message larger than the server's limit is refused with
+INVALID_ARGUMENT naming the limit (grpc itself refuses anything beyond twice that size).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from kfp_serve.serving.runtime import binary
+from kfp_serve.serving.runtime.codec import V2_NUMERIC_DTYPES, RequestError
+
+log = logging.getLogger("kfp_serve.runtime.grpc")
+
+#: KServe's default gRPC port.
+GRPC_DEFAULT_PORT = 8081
+#: ``InferTensorContents`` field holding each datatype.
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def _pb() -> tuple[Any, Any]:
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    from kfp_serve.serving.runtime import _kserve  # noqa: F401 - kserve without its argv parsing
+
+    return pb, pb_grpc
+
+
+def _param_value(p: Any) -> Any:
+    kind = p.WhichOneof("parameter_choice")
+    return getattr(p, kind) if kind else None
+
+
+def request_to_v2(request: Any, max_bytes: int) -> tuple[dict[str, Any], bool]:
+    """A ``ModelInferRequest`` as the v2 body the REST route would build, and whether it used
+    raw contents.
+
+    Raises:
+        RequestError: Oversized, or a tensor that does not fit its shape and datatype.
+    """
+    size = request.ByteSize()
+    if size > max_bytes:
+        raise RequestError(
+            f"ModelInferRequest is {size} bytes, above this server's limit of {max_bytes} "
+            f"(--grpc_max_message_bytes); send smaller batches"
+        )
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        raise RequestError(
+            f"raw_input_contents has {len(raw)} entries but there are {len(request.inputs)} "
+            f"inputs; send one per input"
+        )
+    inputs = []
+    for i, tensor in enumerate(request.inputs):
+        shape = [int(d) for d in tensor.shape]
+        item: dict[str, Any] = {"name": tensor.name, "shape": shape, "datatype": tensor.datatype}
+        if raw:
+            item["data"] = binary.decode_tensor(
+                tensor.datatype, shape, memoryview(raw[i]), f"raw_input_contents[{i}]"
+            )
+        else:
+            field = CONTENTS_FIELD.get(tensor.datatype)
+            if field is None:
+                raise RequestError(
+                    f"inputs[{i}] ({tensor.name!r}): unsupported datatype {tensor.datatype!r}"
+                )
+            values = list(getattr(tensor.contents, field))
+            item["data"] = (
+                np.asarray(values, dtype=object)
+                if tensor.datatype == "BYTES"
+                else np.asarray(values, dtype=V2_NUMERIC_DTYPES[tensor.datatype])
+            )
+        params = {k: _param_value(v) for k, v in tensor.parameters.items()}
+        if params:
+            item["parameters"] = params
+        inputs.append(item)
+    body: dict[str, Any] = {"inputs": inputs}
+    if request.id:
+        body["id"] = request.id
+    params = {k: _param_value(v) for k, v in request.parameters.items()}
+    if params:
+        body["parameters"] = params
+    if request.outputs:
+        body["outputs"] = [{"name": o.name} for o in request.outputs]
+    return body, bool(raw)
+
+
+def v2_to_response(pb: Any, answer: dict[str, Any], raw: bool) -> Any:
+    """A v2 answer dict as a ``ModelInferResponse`` (raw contents when ``raw``)."""
+    response = pb.ModelInferResponse(
+        model_name=str(answer.get("model_name", "")),
+        model_version=str(answer.get("model_version") or ""),
+        id=str(answer.get("id") or ""),
+    )
+    for out in answer.get("outputs") or []:
+        tensor = response.outputs.add()
+        tensor.name = out["name"]
+        tensor.datatype = out["datatype"]
+        tensor.shape.extend(int(d) for d in out["shape"])
+        if raw:
+            response.raw_output_contents.append(binary.encode_tensor(out["data"], out["datatype"]))
+            continue
+        field = CONTENTS_FIELD[out["datatype"]]
+        data = out["data"]
+        if out["datatype"] == "BYTES":
+            data = [v if isinstance(v, bytes) else str(v).encode() for v in data]
+        getattr(tensor.contents, field).extend(data)
+    return response
+
+
+class GrpcServer:
+    """The OIP gRPC service for ``models``, started inside the running event loop.
+
+    Args:
+        models: Served models by name (the same objects the REST app serves).
+        host: Address to bind.
+        port: Port to bind.
+        max_message_bytes: Largest message accepted (INVALID_ARGUMENT above it) or sent.
+    """
+
+    def __init__(self, models: dict[str, Any], *, host: str, port: int, max_message_bytes: int):
+        self.models = models
+        self.host = host
+        self.port = port
+        self.max_message_bytes = max_message_bytes
+        self._server: Any = None
+
+    async def start(self) -> None:
+        """Bind and start serving.
+
+        Raises:
+            RuntimeError: The port could not be bound.
+        """
+        import grpc
+
+        pb, pb_grpc = _pb()
+        # grpc refuses messages beyond its limit with RESOURCE_EXHAUSTED before we see them;
+        # leave headroom so a moderately oversized request gets our clearer INVALID_ARGUMENT.
+        limit = 2 * self.max_message_bytes
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+            ]
+        )
+        # The generated base answers UNIMPLEMENTED for what we do not serve (model repository).
+        servicer = type("Servicer", (_Servicer, pb_grpc.GRPCInferenceServiceServicer), {})
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer(self, pb), self._server)
+        address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        if self._server.add_insecure_port(address) == 0:
+            raise RuntimeError(f"cannot bind gRPC port {address}")
+        await self._server.start()
+        log.info("serving OIP gRPC on %s", address)
+
+    async def stop(self) -> None:
+        """Stop, letting calls in flight finish for a moment."""
+        if self._server is not None:
+            await self._server.stop(grace=1.0)
+            self._server = None
+
+
+class _Servicer:
+    """``inference.GRPCInferenceService`` over the server's models."""
+
+    def __init__(self, owner: GrpcServer, pb: Any) -> None:
+        self.owner = owner
+        self.pb = pb
+
+    async def _model(self, name: str, context: Any) -> Any:
+        import grpc
+
+        model = self.owner.models.get(name)
+        if model is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"model {name!r} is not served here; served: {sorted(self.owner.models)}",
+            )
+        return model
+
+    async def _check_version(self, model: Any, version: str, context: Any) -> None:
+        import grpc
+
+        served = getattr(model, "version", None)
+        if version and version != served:
+            offer = f"version {served!r}" if served else "no versions"
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"model {model.name!r} has no version {version!r}; it serves {offer}",
+            )
+
+    async def ServerLive(self, request: Any, context: Any) -> Any:  # noqa: N802 - proto names
+        return self.pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: Any) -> Any:  # noqa: N802
+        ready = True
+        for m in self.owner.models.values():
+            ready = ready and bool(await m.healthy())
+        return self.pb.ServerReadyResponse(ready=ready)
+
+    async def ModelReady(self, request: Any, context: Any) -> Any:  # noqa: N802
+        model = await self._model(request.name, context)
+        await self._check_version(model, request.version, context)
+        return self.pb.ModelReadyResponse(ready=bool(await model.healthy()))
+
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
+        from kfp_serve.serving.runtime.server import EXTENSIONS, server_version
+
+        return self.pb.ServerMetadataResponse(
+            name="kfp-serve", version=server_version(), extensions=EXTENSIONS
+        )
+
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
+        model = await self._model(request.name, context)
+        await self._check_version(model, request.version, context)
+        meta = model.metadata() if hasattr(model, "metadata") else {"name": model.name}
+        if hasattr(meta, "__await__"):
+            meta = await meta
+        response = self.pb.ModelMetadataResponse(
+            name=meta["name"],
+            versions=meta.get("versions") or [],
+            platform=meta.get("platform") or "",
+        )
+        for key, target in (("inputs", response.inputs), ("outputs", response.outputs)):
+            for t in meta.get(key) or []:
+                target.add(name=t["name"], datatype=t["datatype"], shape=t["shape"])
+        return response
+
+    async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
+        import grpc
+
+        from kfp_serve.serving.runtime._kserve import InferenceVerb, InvalidInput
+        from kfp_serve.serving.runtime.server import V2Request
+
+        model = await self._model(request.model_name, context)
+        await self._check_version(model, request.model_version, context)
+        if not model.ready:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"model {model.name!r} is not ready")
+        try:
+            body, raw = request_to_v2(request, self.owner.max_message_bytes)
+            requested, _ = binary.requested_outputs(body)
+            answer, _ = await model(V2Request(body), {}, InferenceVerb.PREDICT)
+            answer, _ = binary.select_outputs(answer, requested, False)
+            return v2_to_response(self.pb, answer, raw)
+        except (RequestError, InvalidInput, ValueError, TypeError) as e:
+            status = getattr(e, "status", 400)
+            code = (
+                grpc.StatusCode.INVALID_ARGUMENT
+                if status < 500
+                else grpc.StatusCode.UNAVAILABLE
+                if status in (502, 503, 504)
+                else grpc.StatusCode.INTERNAL
+            )
+            await context.abort(code, str(e))
+        except Exception as e:  # noqa: BLE001 - a server error; keep serving
+            log.exception("gRPC inference failed")
+            await context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
