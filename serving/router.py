@@ -463,13 +463,6 @@ class _ClientConnection(asyncio.Protocol):
         self.keep = b"close" not in connection and (
             version == b"HTTP/1.1" or b"keep-alive" in connection
         )
-        if hdrs.get(b"expect") == b"100-continue":
-            # Answered here and not forwarded: the upstream's own 100 would otherwise have to
-            # be filtered out of its answer.
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
-            head = b"\r\n".join(
-                line for line in head.split(b"\r\n") if not line.lower().startswith(b"expect:")
-            )
         encoding = hdrs.get(b"transfer-encoding")
         if encoding is not None:
             if b"content-length" in hdrs:
@@ -491,6 +484,13 @@ class _ClientConnection(asyncio.Protocol):
                     f"limit of {self.router.max_body} bytes (set {MAX_BODY_ENV} to change it)",
                 )
             self.chunks = None
+        if hdrs.get(b"expect") == b"100-continue":
+            # Answered here (once the head passed every check) and not forwarded: the
+            # upstream's own 100 would otherwise have to be filtered out of its answer.
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
+            head = b"\r\n".join(
+                line for line in head.split(b"\r\n") if not line.lower().startswith(b"expect:")
+            )
         self.head, self.method = head, method
         self.state = _BODY
         if target == STATUS_PATH and method == b"GET":

@@ -134,6 +134,73 @@ def test_a_valid_request_after_the_junk_is_served(served: Served) -> None:
     assert r.json()["predictions"] == served.trained.expected(rows)
 
 
+def _read_answers(sock: socket.socket, count: int) -> list[tuple[int, bytes]]:
+    """``count`` complete answers (status, body) framed by Content-Length, interim ones too."""
+    data, answers = b"", []
+    while len(answers) < count:
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed after {answers}"
+            data += chunk
+            continue
+        head, rest = data[:end], data[end + 4 :]
+        status = int(head.split(b" ", 2)[1])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        while len(rest) < length:
+            chunk = sock.recv(65536)
+            assert chunk
+            rest += chunk
+        answers.append((status, rest[:length]))
+        data = rest[length:]
+    return answers
+
+
+@pytest.mark.parametrize("framing", ["chunked", "expect-100-continue", "pipelined"])
+def test_requests_framed_every_http_1_1_way_are_relayed(served: Served, framing: str) -> None:
+    url = served.urls["router"]
+    host, port = url.removeprefix("http://").split(":")
+    rows = served.trained.X[7:10].tolist()
+    body = json.dumps({"instances": rows}).encode()
+    head = f"POST /v1/models/{served.endpoint.model_name}:predict HTTP/1.1\r\nHost: {host}\r\n"
+    if framing == "chunked":
+        half = len(body) // 2
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (body[:half], body[half:]))
+        requests, expected = [f"{head}Transfer-Encoding: chunked\r\n\r\n".encode() + chunks
+                              + b"0\r\n\r\n"], [200]
+    elif framing == "expect-100-continue":
+        requests = [f"{head}Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n".encode()
+                    + body]
+        expected = [100, 200]
+    else:  # two requests in one write: answered in order on the same connection
+        one = f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
+        requests, expected = [one + one], [200, 200]
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"".join(requests))
+        answers = _read_answers(sock, len(expected))
+    assert [status for status, _ in answers] == expected, answers
+    assert json.loads(answers[-1][1])["predictions"] == served.trained.expected(rows)
+    assert router_status(url)["inflight"] == 0
+
+
+def test_a_request_with_two_framings_is_refused_and_not_forwarded(served: Served) -> None:
+    """Content-Length beside Transfer-Encoding is how requests are smuggled past a proxy."""
+    url = served.urls["router"]
+    before = router_status(url)
+    received, _ = exchange(
+        url,
+        b"POST /v1/models/x:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        wait=1.0,
+    )
+    assert received.startswith(b"HTTP/1.1 400 "), received[:200]
+    assert forwarded(router_status(url)) == forwarded(before)
+
+
 # --------------------------------------------- a predictor that refuses, a transformer that hangs
 
 MISMATCH = "iris-mismatch"
