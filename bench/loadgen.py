@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -50,6 +52,17 @@ end
 """
 
 
+@dataclass(frozen=True)
+class ConnectionStats:
+    """What one connection of the asyncio client saw: is every client served, and how soon?"""
+
+    answers: int
+    #: Seconds from the start of the run to this connection's first complete answer (None: none).
+    first_answer_s: float | None
+    #: Longest time this connection went without an answer (the run's start counts as one), ms.
+    longest_gap_ms: float
+
+
 @dataclass
 class LoadResult:
     """One bounded load run against one URL."""
@@ -59,9 +72,12 @@ class LoadResult:
     p50_ms: float
     p99_ms: float
     mean_ms: float
+    #: The longest single request (wrk: its latency max; asyncio: the slowest answer).
     max_ms: float
     errors: int
     tool: str
+    #: Per connection, in order (asyncio client only; wrk does not report it).
+    connections: list[ConnectionStats] = field(default_factory=list)
 
     @property
     def rps(self) -> float:
@@ -102,6 +118,7 @@ def run_load(
     cpus: str | None = None,
     tool: str | None = None,
     headers: dict[str, str] | None = None,
+    expect: bytes | None = None,
 ) -> LoadResult:
     """POST ``body`` to ``url`` over ``connections`` keep-alive connections for ``duration`` s.
 
@@ -113,6 +130,8 @@ def run_load(
         cpus: ``taskset`` CPU list for the generator process, e.g. ``"1"``.
         tool: ``"wrk"`` or ``"asyncio"``; default wrk when installed.
         headers: Extra request headers (wrk only), e.g. the OIP binary extension's.
+        expect: The exact answer body every request must get (asyncio client only): any other
+            counts as an error.
 
     Returns:
         The result; ``errors`` counts non-2xx answers, timeouts and socket errors.
@@ -122,6 +141,8 @@ def run_load(
     """
     check_loopback(url)
     tool = tool or ("wrk" if wrk_path() else "asyncio")
+    if expect is not None and tool != "asyncio":
+        raise ValueError("expect= needs the asyncio client (wrk does not compare bodies)")
     with tempfile.TemporaryDirectory(prefix="kfp-serve-load-") as tmp:
         body_file = Path(tmp) / "body.json"
         body_file.write_bytes(body)
@@ -159,6 +180,10 @@ def run_load(
                 f"--connections={connections}",
                 f"--duration={duration}",
             ]
+            if expect is not None:
+                expect_file = Path(tmp) / "expect.json"
+                expect_file.write_bytes(expect)
+                cmd.append(f"--expect={expect_file}")
         proc = subprocess.run(  # noqa: S603 - fixed argv, loopback URL checked above
             cmd,
             capture_output=True,
@@ -180,6 +205,7 @@ def run_load(
                 max_ms=float(data["max_ms"]),
                 errors=int(errors),
                 tool=tool,
+                connections=[ConnectionStats(**c) for c in data.get("connections", [])],
             )
     raise RuntimeError(
         f"{tool} printed no result (exit {proc.returncode}): "
@@ -191,12 +217,24 @@ def run_load(
 
 
 async def _worker(
-    host: str, port: int, request: bytes, stop_at: float, latencies: list[float], errors: list[int]
-) -> None:
+    host: str,
+    port: int,
+    request: bytes,
+    started: float,
+    stop_at: float,
+    expect: bytes | None,
+    latencies: list[float],
+    errors: list[int],
+) -> dict:
+    """One keep-alive connection sending ``request`` back to back; its :class:`ConnectionStats`."""
+    answers = 0
+    first: float | None = None
+    last = started  # the run's start counts as an answer: a client never served has one gap
+    longest_gap = 0.0
     reader, writer = await asyncio.open_connection(host, port)
     try:
         while time.perf_counter() < stop_at:
-            started = time.perf_counter()
+            sent = time.perf_counter()
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
             status = int(head.split(b" ", 2)[1])
@@ -205,18 +243,33 @@ async def _worker(
                 name, _, value = line.partition(b":")
                 if name.strip().lower() == b"content-length":
                     length = int(value)
-            if length:
-                await reader.readexactly(length)
-            latencies.append(time.perf_counter() - started)
-            if not 200 <= status < 300:
+            answer = await reader.readexactly(length) if length else b""
+            now = time.perf_counter()
+            latencies.append(now - sent)
+            longest_gap = max(longest_gap, now - last)
+            last = now
+            if not 200 <= status < 300 or (expect is not None and answer != expect):
                 errors[0] += 1
+                continue
+            answers += 1
+            if first is None:
+                first = now - started
     except (OSError, asyncio.IncompleteReadError, ValueError):
         errors[0] += 1
     finally:
         writer.close()
+    # A connection still waiting when the run ended waited at least until then.
+    longest_gap = max(longest_gap, min(time.perf_counter(), stop_at) - last)
+    return {
+        "answers": answers,
+        "first_answer_s": first,
+        "longest_gap_ms": longest_gap * 1e3,
+    }
 
 
-async def _load(url: str, body: bytes, connections: int, duration: float) -> dict:
+async def _load(
+    url: str, body: bytes, connections: int, duration: float, expect: bytes | None = None
+) -> dict:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     path = parts.path + (f"?{parts.query}" if parts.query else "")
@@ -228,8 +281,11 @@ async def _load(url: str, body: bytes, connections: int, duration: float) -> dic
     errors = [0]
     started = time.perf_counter()
     stop_at = started + duration
-    await asyncio.gather(
-        *(_worker(host, port, request, stop_at, latencies, errors) for _ in range(connections))
+    per_connection = await asyncio.gather(
+        *(
+            _worker(host, port, request, started, stop_at, expect, latencies, errors)
+            for _ in range(connections)
+        )
     )
     elapsed = time.perf_counter() - started
     latencies.sort()
@@ -247,7 +303,44 @@ async def _load(url: str, body: bytes, connections: int, duration: float) -> dic
         "mean_ms": sum(latencies) / len(latencies) * 1e3 if latencies else 0.0,
         "max_ms": latencies[-1] * 1e3 if latencies else 0.0,
         "errors_status": errors[0],
+        "connections": per_connection,
     }
+
+
+# --- a CPU hog ----------------------------------------------------------------------------
+
+_HOG_SCRIPT = (
+    "import sys, time\n"
+    "end = time.monotonic() + float(sys.argv[1])\n"
+    "while time.monotonic() < end:\n"
+    "    pass\n"
+)
+
+
+@contextlib.contextmanager
+def cpu_hog(seconds: float, processes: int = 1) -> Iterator[list[int]]:
+    """Keep ``processes`` cores busy for at most ``seconds``, the way another job on the machine
+    would: each hog is a process spinning in a bounded loop, so it ends even if we are killed.
+
+    Yields:
+        The hogs' pids (stopped, if still running, when the block ends).
+    """
+    hogs = [
+        subprocess.Popen(  # noqa: S603 - fixed argv
+            [sys.executable, "-c", _HOG_SCRIPT, str(seconds)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(processes)
+    ]
+    try:
+        yield [h.pid for h in hogs]
+    finally:
+        for hog in hogs:
+            if hog.poll() is None:
+                hog.kill()
+            hog.wait()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -257,16 +350,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("body_file")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--expect", help="a file with the exact answer body every request must get")
     args = parser.parse_args(argv)
     check_loopback(args.url)
     body = Path(args.body_file).read_bytes()
+    expect = Path(args.expect).read_bytes() if args.expect else None
     try:
         import uvloop  # the event loop costs less CPU per request than asyncio's own
 
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    result = runner(_load(args.url, body, args.connections, args.duration))
+    result = runner(_load(args.url, body, args.connections, args.duration, expect))
     print(RESULT_MARKER + json.dumps(result), flush=True)
 
 

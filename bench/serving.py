@@ -9,7 +9,11 @@ What is measured (issue 4, "Benchmarks"): requests/s and p50/p99 latency of a cl
 - the transformer hop: p50 through our transformer minus p50 of the predictor alone, same
   protocol, measured with ONE connection (at 16 connections p50 is mostly queueing, ~16/rate,
   so the difference would measure throughput, not the hop); the 16-connection throughput
-  through the transformer is reported beside it.
+  through the transformer is reported beside it;
+- the endpoint URL (issue 11): a predictor served by ``serve()`` on the local backend, reached
+  through its router, side by side with the same predictor reached directly: req/s and p99 at
+  16 connections against MLServer, the router's added p50 at one connection (paired per round,
+  like the hop), and the longest single request of that load.
 
 Method: all servers run at once, one worker each, pinned to CPU 0 (the load generator to CPU 1)
 so the generator does not steal the server's core; cases are interleaved round by round (every
@@ -21,7 +25,10 @@ server's CPU time per request (from /proc): on a machine shared with other work 
 steadiest measure of cost. Every server is stopped at the end, also on error.
 
 Targets: >= 1.5x MLServer's req/s for sklearn at batch 1, >= 1.0x at batch 64 and for XGBoost;
-p50 and p99 <= MLServer's; the transformer hop <= 1 ms at p50.
+p50 and p99 <= MLServer's; the transformer hop <= 1 ms at p50; through the endpoint URL
+(sklearn batch 1, v1 and v2) >= 5x MLServer's req/s at <= its p99, the router's added p50
+<= 0.3 ms, and no request waiting over 1 s. The router and its predictor share the one server
+CPU, as MLServer's processes do.
 
 Run alone: ``python -m bench.serving [--quick]`` (creates ``.venv-mlserver`` when missing).
 """
@@ -53,6 +60,10 @@ BATCHES = (1, 64)
 PROTOCOLS = ("v1", "v2")
 N_FEATURES = 4
 HOP_TARGET_MS = 1.0
+#: Through the endpoint URL: req/s against MLServer's, the router's added p50, longest wait.
+ENDPOINT_RPS_TARGET = 5.0
+ROUTER_TARGET_MS = 0.3
+LONGEST_WAIT_TARGET_MS = 1000.0
 #: Model names in the URL paths (both servers use the same ones).
 MODEL_NAMES = {"sklearn": "iris-sklearn", "xgboost": "iris-xgboost"}
 TRANSFORMER_NAME = "iris-sklearn"  # a transformer serves under its predictor's model name
@@ -140,7 +151,7 @@ def n_predictions(protocol: str, answer: dict[str, Any]) -> int:
 class Case:
     """One load configuration: which server, model, batch, protocol and concurrency."""
 
-    server: str  # "mlserver", "ours", "transformer"
+    server: str  # "mlserver", "ours", "transformer", "endpoint" (router), "endpoint-direct"
     framework: str
     batch: int
     protocol: str
@@ -191,6 +202,10 @@ def all_cases() -> list[Case]:
         cases.append(Case("ours", "sklearn", 1, protocol, HOP_CONNECTIONS))
         cases.append(Case("transformer", "sklearn", 1, protocol, HOP_CONNECTIONS))
         cases.append(Case("transformer", "sklearn", 1, protocol, CONNECTIONS))
+    for protocol in PROTOCOLS:
+        for connections in (CONNECTIONS, HOP_CONNECTIONS):
+            cases.append(Case("endpoint", "sklearn", 1, protocol, connections))
+            cases.append(Case("endpoint-direct", "sklearn", 1, protocol, connections))
     return cases
 
 
@@ -298,10 +313,57 @@ def start_servers(
     return servers
 
 
+def _pin(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of process ``pid`` to ``cpus`` (sched_setaffinity is per thread)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(task.name), cpus)
+
+
+def serve_endpoint(
+    stack: contextlib.ExitStack, model_dir: Path, server_cpus: str | None
+) -> dict[str, Server]:
+    """Serve the sklearn model with ``serve()`` on the local backend (router + predictor) in a
+    throw-away KFP_SERVE_HOME; pin both to the server CPUs. Stopped when ``stack`` closes.
+
+    Returns:
+        ``endpoint-router`` (the endpoint URL) and ``endpoint-predictor`` (the same predictor,
+        direct).
+    """
+    import joblib
+
+    from bench.end_to_end import _isolated_home
+    from kfp_serve import artifacts, serving
+    from kfp_serve.serving.backends.local_registry import read_record
+
+    stack.enter_context(_isolated_home())  # deletes the endpoint on the way out
+    name = MODEL_NAMES["sklearn"]  # the endpoint name is the model name in its URL paths
+    estimator = joblib.load(model_dir / "model.joblib")
+    model_id = artifacts.Model(model=estimator, name=name, version="1.0.0").submit_artifact()
+    endpoint = serving.serve(model_id, name=name, timeout=180)
+    endpoint.close()
+    record = read_record(name)
+    if record is None:
+        raise RuntimeError(f"endpoint {name!r} has no registry record after serve()")
+    predictor = record.latest.predictor
+    if server_cpus:
+        pin = {int(c) for c in server_cpus.split(",")}
+        for pid in (record.router.pid, predictor.pid):
+            _pin(pid, pin)
+    return {
+        "endpoint-router": Server(endpoint.url, record.router.pid),
+        "endpoint-predictor": Server(predictor.url, predictor.pid),
+    }
+
+
 def case_servers(case: Case, servers: dict[str, Server]) -> list[Server]:
     """The servers a case's requests go through, the one the client talks to first."""
     if case.server == "mlserver":
         return [servers["mlserver"]]
+    if case.server == "endpoint":
+        return [servers["endpoint-router"], servers["endpoint-predictor"]]
+    if case.server == "endpoint-direct":
+        return [servers["endpoint-predictor"]]
     if case.server == "transformer":
         return [servers[f"transformer-{case.protocol}"], servers[f"ours-{case.framework}"]]
     return [servers[f"ours-{case.framework}"]]
@@ -437,6 +499,95 @@ def hop_figures(results: Results, note: str) -> list[dict]:
     return figures
 
 
+def endpoint_figures(results: Results, note: str) -> list[dict]:
+    """Through the endpoint URL (router in front) against MLServer and against the same
+    predictor reached directly: req/s at <= MLServer's p99, the router's added p50, the longest
+    single request."""
+    figures = []
+    peer = ("mlserver", "sklearn", 1, "v2", CONNECTIONS)
+    peer_p99 = results.median(peer, "p99_ms")
+    for protocol in PROTOCOLS:
+        via = ("endpoint", "sklearn", 1, protocol, CONNECTIONS)
+        direct = ("endpoint-direct", "sklearn", 1, protocol, CONNECTIONS)
+        via_one = ("endpoint", "sklearn", 1, protocol, HOP_CONNECTIONS)
+        direct_one = ("endpoint-direct", "sklearn", 1, protocol, HOP_CONNECTIONS)
+        keys = (peer, via, direct, via_one, direct_one)
+        failed = next((results.failures[k] for k in keys if k in results.failures), None)
+        errors = sum(results.errors(k) for k in keys[1:])
+        rps, peer_rps = results.median(via, "rps"), results.median(peer, "rps")
+        p99 = results.median(via, "p99_ms")
+        ratio = rps / peer_rps if rps and peer_rps else None
+        cpu_via, cpu_direct = results.cpu_per_request(via), results.cpu_per_request(direct)
+        spread = (
+            f"{_spread(results.values(via, 'rps'), 'req/s')}; p99 "
+            f"{_spread(results.values(via, 'p99_ms'), 'ms')} vs MLServer "
+            f"{_spread(results.values(peer, 'p99_ms'), 'ms')}; the same predictor direct "
+            f"{_spread(results.values(direct, 'rps'), 'req/s')}, p99 "
+            f"{_spread(results.values(direct, 'p99_ms'), 'ms')}"
+        )
+        if cpu_via and cpu_direct:
+            spread += (f"; server CPU {cpu_via:.0f} us/request through the router (both "
+                       f"processes) vs {cpu_direct:.0f} direct")
+        figures.append(_figure(
+            f"endpoint URL (router), sklearn batch 1 {protocol}: req/s (vs MLServer v2, "
+            f"{CONNECTIONS} conns)",
+            rps, "req/s", peer_rps, ratio, f">= {ENDPOINT_RPS_TARGET:g}x MLServer at <= its p99",
+            ratio is not None and ratio >= ENDPOINT_RPS_TARGET and p99 is not None
+            and peer_p99 is not None and p99 <= peer_p99,
+            len(results.runs.get(via, [])), spread, note, errors, failed,
+        ))
+        # Paired per round, like the transformer hop: both ran back to back.
+        pairs = zip(results.runs.get(via_one, []), results.runs.get(direct_one, []),
+                    strict=False)
+        added = [v.p50_ms - d.p50_ms for v, d in pairs]
+        hop = statistics.median(added) if added else None
+        p50_direct = results.median(direct_one, "p50_ms")
+        figures.append(_figure(
+            f"endpoint URL (router), sklearn batch 1 {protocol}: router's added p50 latency "
+            f"({HOP_CONNECTIONS} conn)",
+            hop, "ms", p50_direct, None, f"<= {ROUTER_TARGET_MS} ms",
+            hop is not None and hop <= ROUTER_TARGET_MS, len(added),
+            f"added {_spread(added, 'ms')}; p50 through the router "
+            f"{_spread(results.values(via_one, 'p50_ms'), 'ms')}, direct "
+            f"{_spread(results.values(direct_one, 'p50_ms'), 'ms')}", note, errors, failed,
+        ))
+        longest = results.values(via, "max_ms")
+        longest_direct = results.values(direct, "max_ms")
+        figures.append(_figure(
+            f"endpoint URL (router), sklearn batch 1 {protocol}: longest single request "
+            f"({CONNECTIONS} conns)",
+            max(longest) if longest else None, "ms",
+            max(longest_direct) if longest_direct else None, None,
+            f"<= {LONGEST_WAIT_TARGET_MS:g} ms",
+            bool(longest) and max(longest) <= LONGEST_WAIT_TARGET_MS, len(longest),
+            f"per run {_spread(longest, 'ms')}; direct {_spread(longest_direct, 'ms')}",
+            note, errors, failed,
+        ))
+    return figures
+
+
+def _figure(
+    name: str, value: float | None, unit: str, reference: float | None, ratio: float | None,
+    target: str, met: bool, runs: int, spread: str, note: str, errors: int, failed: str | None,
+) -> dict:
+    """One figure as ``bench.run`` expects it; failed cases and errors under load fail it."""
+    if errors:
+        spread += f"; {errors} failed requests under load"
+    if failed:
+        spread = f"case failed: {failed}"
+    return {
+        "name": name,
+        "value": round(value, 3) if value is not None else None,
+        "unit": unit,
+        "reference": round(reference, 3) if reference is not None else None,
+        "ratio": round(ratio, 3) if ratio is not None else None,
+        "target": target,
+        "passed": bool(met and not errors and not failed),
+        "runs": runs,
+        "spread": spread + note,
+    }
+
+
 # --- entry points -------------------------------------------------------------------------
 
 
@@ -495,9 +646,15 @@ def run(quick: bool) -> list[dict]:
         _log("starting servers (MLServer and ours)")
         phase = time.monotonic()
         servers = start_servers(stack, artifacts, workdir, server_cpus)
+        _log("serving the sklearn model through the local backend (router + predictor)")
+        servers.update(serve_endpoint(stack, artifacts["sklearn"], server_cpus))
         _log(f"servers ready in {time.monotonic() - phase:.0f} s")
         results = measure(servers, rounds, duration, load_cpus)
-    return comparison_figures(results, note) + hop_figures(results, note)
+    return (
+        comparison_figures(results, note)
+        + hop_figures(results, note)
+        + endpoint_figures(results, note)
+    )
 
 
 def _table(figures: list[dict]) -> str:

@@ -6,16 +6,33 @@ KServe's ingress does on a cluster.
 
 Why it is built like this:
 
-- Requests and responses are relayed as bytes: only the request line and the framing headers
-  (Content-Length, Transfer-Encoding, Connection) are parsed, nothing is re-encoded, so the hop
-  costs about a tenth of a millisecond (measured in tests/local and the benchmarks).
+- Requests and responses are relayed as bytes by ``asyncio.Protocol`` callbacks (no stream
+  coroutines, no task per request): only the request line and the framing headers
+  (Content-Length, Transfer-Encoding, Connection, Expect) are parsed, nothing is re-encoded, and
+  an answer that arrives in one piece leaves in one ``send(2)``. A relayed request costs about
+  60 us of CPU, half of it the kernel's four loopback sends and receives (measured with
+  cProfile and /proc; ``bench/serving.py`` measures the endpoint URL against the server direct).
 - Upstream connections are kept alive and pooled per server, so a request does not pay a TCP
-  handshake.
+  handshake; a pooled connection the server closed while idle is retried once on a new one.
 - The upstream set is read from the endpoint's registry file (``endpoint.json``), re-read when
   its inode or mtime changes (one ``stat`` per request): the backend switches traffic with an
   atomic rename and no control channel, and the switch is visible to the very next request.
-- ``GET /kfp-serve/router`` reports the registry generation in use and in-flight requests per
-  upstream, so a rollout can wait until the old revision is drained before stopping it.
+- ``GET /kfp-serve/router`` reports the registry generation in use, in-flight requests (of the
+  router and per upstream), open connections, and the requests it refused, so a rollout can wait
+  until the old revision is drained and tests can check that nothing is left hanging.
+
+Junk fails fast and nothing waits forever:
+
+- Bytes that cannot start an HTTP/1.x request (a TLS ClientHello, an HTTP/2 preface, noise) are
+  answered 400 (505 for another HTTP version) on their first bytes and the connection is closed;
+  they never reach a model server.
+- A request head must arrive within ``HEADER_TIMEOUT`` (5 s) of its first byte, and a body must
+  keep coming (no ``HEADER_TIMEOUT`` without a byte): a slow client is answered 408 and closed.
+  An idle keep-alive connection is closed after ``KEEPALIVE_TIMEOUT``.
+- An upstream that does not answer within its component's ``timeout`` (ServeConfig
+  ``predictor.timeout`` / ``transformer.timeout``, as KServe applies it per component) is answered
+  504; without one, ``KFP_SERVE_ROUTER_TIMEOUT`` or 300 s, Knative's default revision timeout.
+- Answers the router writes itself never name an internal address or path; its log does.
 
 Run as ``python -m kfp_serve.serving.router --endpoint NAME --registry PATH (--fd N | --port P)``.
 """
@@ -42,18 +59,20 @@ STATUS_PATH = b"/kfp-serve/router"
 MAX_BODY_ENV = "KFP_SERVE_ROUTER_MAX_BODY"
 UPSTREAM_TIMEOUT_ENV = "KFP_SERVE_ROUTER_TIMEOUT"
 DEFAULT_MAX_BODY = 256 * 1024 * 1024
+#: Seconds an upstream may take to answer when its component sets no ``timeout``.
 DEFAULT_UPSTREAM_TIMEOUT = 300.0
+#: Seconds from a request's first byte to the end of its head (and between body bytes).
+HEADER_TIMEOUT = 5.0
+#: Seconds an idle keep-alive client connection stays open (nginx's default).
+KEEPALIVE_TIMEOUT = 75.0
+CONNECT_TIMEOUT = 5.0
+#: How often deadlines are checked (so they are enforced up to this much late).
+SWEEP_INTERVAL = 0.1
 MAX_HEADER_BYTES = 64 * 1024
 MAX_IDLE_PER_UPSTREAM = 64
 #: How long a new router waits for its endpoint's registry (the longest apply timeout).
 STARTUP_GRACE = 3600.0
 _NO_BODY_STATUS = {204, 304}
-
-
-class _BadRequest(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass
@@ -66,8 +85,12 @@ class Upstream:
     role: str
     log: str
     weight: int
+    #: Seconds this server may take to answer (its component's ServeConfig ``timeout``).
+    timeout: float = DEFAULT_UPSTREAM_TIMEOUT
     inflight: int = 0
-    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = field(default_factory=list)
+    #: Requests relayed to it so far.
+    requests: int = 0
+    idle: list[_UpstreamConnection] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -77,9 +100,12 @@ class Upstream:
 class Routes:
     """The upstream set, reloaded from the registry file whenever that file changes."""
 
-    def __init__(self, endpoint: str, registry: str) -> None:
+    def __init__(
+        self, endpoint: str, registry: str, default_timeout: float = DEFAULT_UPSTREAM_TIMEOUT
+    ) -> None:
         self.endpoint = endpoint
         self.registry = registry
+        self.default_timeout = default_timeout
         self.generation = 0
         self.upstreams: list[Upstream] = []
         self._by_key: dict[str, Upstream] = {}
@@ -133,14 +159,17 @@ class Routes:
                         weight=weight,
                     )
                 )
+            upstreams[-1].timeout = component_timeout(
+                rev.get("manifest") or {}, upstreams[-1].role, self.default_timeout
+            )
         kept = {u.key for u in upstreams}
         self._retired = {k: u for k, u in self._retired.items() if u.inflight and k not in kept}
         for key, old in self._by_key.items():
             if key not in kept:
                 # Idle connections to a server that no longer gets traffic are closed now;
                 # busy ones finish their request and are dropped on release.
-                for _, writer in old.idle:
-                    writer.close()
+                for conn in list(old.idle):
+                    conn.close()
                 old.idle.clear()
                 self._retired[key] = old
         self.upstreams = upstreams
@@ -165,6 +194,10 @@ class Routes:
                 return upstream
         return self._cumulative[-1][1]
 
+    def serves(self, upstream: Upstream) -> bool:
+        """True while ``upstream`` still receives traffic (its connections may be pooled)."""
+        return self._by_key.get(upstream.key) is upstream
+
     def status(self) -> dict[str, Any]:
         return {
             "endpoint": self.endpoint,
@@ -177,6 +210,8 @@ class Routes:
                     "role": u.role,
                     "weight": u.weight,
                     "inflight": u.inflight,
+                    "requests": u.requests,
+                    "timeout": u.timeout,
                 }
                 for u in self.upstreams
             ],
@@ -184,46 +219,48 @@ class Routes:
         }
 
 
-def _parse_head(head: bytes) -> tuple[bytes, bytes, dict[bytes, bytes]]:
-    """Request/status line and the framing headers (lower-cased names) of an HTTP head."""
-    line_end = head.find(b"\r\n")
-    first = head[:line_end]
-    headers: dict[bytes, bytes] = {}
-    for line in head[line_end + 2 : -4].split(b"\r\n"):
-        name, sep, value = line.partition(b":")
-        if not sep:
-            continue
-        lname = name.strip().lower()
-        if lname in (b"content-length", b"transfer-encoding", b"connection", b"expect"):
-            headers[lname] = value.strip().lower()
-    return first, head, headers
+def component_timeout(manifest: dict[str, Any], role: str, default: float) -> float:
+    """The ``timeout`` (seconds) an InferenceService manifest sets for component ``role``.
+
+    KServe applies ``spec.<component>.timeout`` to requests to that component; the router talks
+    to the revision's first component (the transformer when there is one), so that one's applies.
+    """
+    value = ((manifest.get("spec") or {}).get(role) or {}).get("timeout")
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return default
+    return seconds if seconds > 0 else default
 
 
-async def _read_chunked(reader: asyncio.StreamReader, limit: int) -> bytes:
-    """A chunked body with its framing, exactly as received (it is relayed unchanged)."""
-    parts: list[bytes] = []
-    size_total = 0
-    while True:
-        size_line = await reader.readuntil(b"\r\n")
-        parts.append(size_line)
-        size = int(size_line.split(b";", 1)[0].strip(), 16)
-        if size == 0:
-            # Trailers (usually none) end with an empty line.
-            while True:
-                line = await reader.readuntil(b"\r\n")
-                parts.append(line)
-                if line == b"\r\n":
-                    return b"".join(parts)
-        size_total += size
-        if size_total > limit:
-            raise _BadRequest(413, f"request body larger than {limit} bytes")
-        parts.append(await reader.readexactly(size + 2))
+class _Reject(Exception):
+    """A request the router answers itself and then closes the connection on."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
-def _response(status: int, reason: str, payload: dict[str, Any], close: bool = False) -> bytes:
+_REASONS = {
+    400: "Bad Request",
+    408: "Request Timeout",
+    413: "Payload Too Large",
+    431: "Request Header Fields Too Large",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+    505: "HTTP Version Not Supported",
+}
+#: Bytes allowed in a request method: RFC 9110 tokens as servers use them (upper-case letters).
+_METHOD_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ-_")
+_MAX_METHOD = 20
+_FRAMING = (b"content-length", b"transfer-encoding", b"connection", b"expect")
+
+
+def _response(status: int, payload: dict[str, Any], close: bool = False) -> bytes:
     body = json.dumps(payload).encode()
     head = (
-        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'OK')}\r\ncontent-type: application/json\r\n"
         f"content-length: {len(body)}\r\n"
     )
     if close:
@@ -231,227 +268,694 @@ def _response(status: int, reason: str, payload: dict[str, Any], close: bool = F
     return head.encode() + b"\r\n" + body
 
 
-class Router:
-    """Accepts client connections and relays each request to one upstream."""
+def _check_start(buf: bytearray) -> None:
+    """Fail at once on bytes that cannot begin an HTTP/1.x request (TLS, HTTP/2, noise).
 
-    def __init__(self, routes: Routes, max_body: int, timeout: float) -> None:
-        self.routes = routes
-        self.max_body = max_body
-        self.timeout = timeout
+    Called while the head is still incomplete, so junk is refused on its first bytes instead of
+    after a header timeout.
+    """
+    for i, byte in enumerate(buf[: _MAX_METHOD + 1]):
+        if byte == 0x20 and i > 0:
+            break
+        if byte not in _METHOD_BYTES:
+            raise _Reject(400, "not an HTTP/1.x request (a request line starts with a method)")
+    else:
+        if len(buf) > _MAX_METHOD:
+            raise _Reject(400, "not an HTTP/1.x request (no method in the request line)")
+    line_end = buf.find(b"\r\n")
+    if line_end >= 0:
+        _request_line(bytes(buf[:line_end]))
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    return
-                except asyncio.LimitOverrunError:
-                    writer.write(
-                        _response(
-                            431,
-                            "Request Header Fields Too Large",
-                            {"error": "request headers too large"},
-                            close=True,
-                        )
-                    )
-                    return
-                try:
-                    keep = await self._one(head, reader, writer)
-                except _BadRequest as e:
-                    writer.write(
-                        _response(
-                            e.status,
-                            "Bad Request" if e.status == 400 else "Payload Too Large",
-                            {"error": str(e)},
-                            close=True,
-                        )
-                    )
-                    return
-                if not keep:
-                    return
-        except (ConnectionError, asyncio.IncompleteReadError):
+
+def _request_line(line: bytes) -> tuple[bytes, bytes, bytes]:
+    parts = line.split(b" ")
+    if len(parts) != 3 or not parts[1]:
+        raise _Reject(400, "malformed request line (expected: METHOD TARGET HTTP/1.1)")
+    if parts[2] not in (b"HTTP/1.1", b"HTTP/1.0"):
+        version = parts[2][:16].decode("latin-1")
+        raise _Reject(505, f"only HTTP/1.0 and HTTP/1.1 are served, not {version!r}")
+    return parts[0], parts[1], parts[2]
+
+
+def _framing(head: bytes) -> dict[bytes, bytes]:
+    """The framing headers of a head (lower-cased names and values).
+
+    One ``lower()`` and a ``find`` per name, all in C: splitting every header line in Python
+    costs more than the rest of the relay. A repeated header keeps its values joined by commas.
+    """
+    lower = head.lower()
+    headers: dict[bytes, bytes] = {}
+    for name in _FRAMING:
+        key = b"\r\n" + name + b":"
+        start = lower.find(key)
+        while start >= 0:
+            value_start = start + len(key)
+            value = lower[value_start : lower.find(b"\r\n", value_start)].strip()
+            headers[name] = headers[name] + b"," + value if name in headers else value
+            start = lower.find(key, value_start)
+    return headers
+
+
+class _Chunks:
+    """Finds the end of a chunked body fed in pieces (the bytes themselves are relayed as-is)."""
+
+    __slots__ = ("line", "remaining", "trailer", "size", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.line = bytearray()  # a size or trailer line being read
+        self.remaining = 0  # chunk data (+ its CRLF) still to come
+        self.trailer = False  # past the last chunk: reading trailer lines
+        self.size = 0
+        self.limit = limit
+
+    def feed(self, data: bytes | bytearray, start: int = 0) -> int:
+        """Consume ``data[start:]``; the index just past the body's end, or -1 if not reached."""
+        i, n = start, len(data)
+        while i < n:
+            if self.remaining:
+                take = min(self.remaining, n - i)
+                self.remaining -= take
+                i += take
+                continue
+            nl = data.find(b"\n", i)
+            if nl < 0:
+                self.line += data[i:]
+                if len(self.line) > 4096:
+                    raise _Reject(400, "malformed chunked body (a size line is too long)")
+                return -1
+            self.line += data[i : nl + 1]
+            i = nl + 1
+            line, self.line = bytes(self.line).strip(), bytearray()
+            if self.trailer:
+                if not line:
+                    return i
+                continue
+            try:
+                size = int(line.split(b";", 1)[0], 16)
+            except ValueError:
+                raise _Reject(400, "malformed chunked body (bad chunk size)") from None
+            if size == 0:
+                self.trailer = True
+                continue
+            self.size += size
+            if self.size > self.limit:
+                raise _Reject(413, f"request body larger than {self.limit} bytes")
+            self.remaining = size + 2
+        return -1
+
+
+class _ClientConnection(asyncio.Protocol):
+    """One client connection: reads a request, relays it, writes the answer, and so on."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.state = _IDLE
+        #: When the current phase must have ended (loop time), and what happens then.
+        self.deadline = 0.0
+        self.head = b""
+        self.method = b""
+        self.body_length = 0
+        self.chunks: _Chunks | None = None
+        self.keep = True
+        self.counted = False  # the request in progress counts in the router's in-flight
+        self.parsing = False  # inside _advance: an answer written from there must not recurse
+        self.exchange: _Exchange | None = None
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
+        self.transport = transport  # type: ignore[assignment]
+        self.router.clients.add(self)
+        # A new connection must send its first request head within the header timeout.
+        self.deadline = self.router.loop.time() + self.router.header_timeout
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if self.state == _RELAYING:
+            # A pipelined request: it waits until the answer in progress is written.
+            if len(self.buf) > MAX_HEADER_BYTES + self.router.max_body:
+                self.transport.pause_reading()  # type: ignore[union-attr]
             return
-        finally:
-            with contextlib.suppress(Exception):
-                await writer.drain()
-            writer.close()
+        self._advance()
 
-    async def _one(
-        self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> bool:
-        first, head, hdrs = _parse_head(head)
-        parts = first.split(b" ")
-        if len(parts) != 3:
-            raise _BadRequest(400, "malformed request line")
-        method, target, version = parts
-        client_close = hdrs.get(b"connection") == b"close" or (
-            version == b"HTTP/1.0" and hdrs.get(b"connection") != b"keep-alive"
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = _CLOSED
+        self.router.clients.discard(self)
+        if self.exchange is not None:
+            self.exchange.abandon()
+            self.exchange = None
+        self._finish_request()
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.pause()
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.resume()
+
+    # -- request parsing ----------------------------------------------------------------------
+
+    def _advance(self) -> None:
+        """Parse and dispatch as many complete requests as the buffer holds."""
+        self.parsing = True
+        try:
+            while self.state in (_IDLE, _HEAD, _BODY):
+                if self.state == _IDLE:
+                    while self.buf[:2] == b"\r\n":  # RFC 9112 2.2: ignore CRLF before a request
+                        del self.buf[:2]
+                    if not self.buf:
+                        return
+                    self.state = _HEAD
+                    self.counted = True
+                    self.router.inflight += 1
+                    self.deadline = self.router.loop.time() + self.router.header_timeout
+                if self.state == _HEAD and not self._read_head():
+                    return
+                if self.state == _BODY:
+                    body = self._read_body()
+                    if body is None:
+                        return
+                    self._dispatch(body)
+        except _Reject as e:
+            self.router.count_rejected(e.status)
+            logger.info("refused a request from a client: %s %s", e.status, e)
+            self.reply(_response(e.status, {"error": str(e)}, close=True), keep=False)
+        finally:
+            self.parsing = False
+
+    def _read_head(self) -> bool:
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            _check_start(self.buf)
+            if len(self.buf) > MAX_HEADER_BYTES:
+                raise _Reject(431, f"request head larger than {MAX_HEADER_BYTES} bytes")
+            return False
+        if end + 4 > MAX_HEADER_BYTES:
+            raise _Reject(431, f"request head larger than {MAX_HEADER_BYTES} bytes")
+        head = bytes(self.buf[: end + 4])
+        del self.buf[: end + 4]
+        method, target, version = _request_line(head[: head.find(b"\r\n")])
+        hdrs = _framing(head)
+        connection = hdrs.get(b"connection", b"")
+        self.keep = b"close" not in connection and (
+            version == b"HTTP/1.1" or b"keep-alive" in connection
         )
+        encoding = hdrs.get(b"transfer-encoding")
+        if encoding is not None:
+            if b"content-length" in hdrs:
+                # Both framings at once is how requests are smuggled past a proxy.
+                raise _Reject(400, "both Transfer-Encoding and Content-Length are set")
+            if encoding.rsplit(b",", 1)[-1].strip() != b"chunked":
+                raise _Reject(400, "a request Transfer-Encoding must end with chunked")
+            self.chunks = _Chunks(self.router.max_body)
+            self.body_length = 0
+        else:
+            raw = hdrs.get(b"content-length", b"0")
+            if not raw.isdigit():
+                raise _Reject(400, "invalid Content-Length")
+            self.body_length = int(raw)
+            if self.body_length > self.router.max_body:
+                raise _Reject(
+                    413,
+                    f"request body of {self.body_length} bytes is larger than the router's "
+                    f"limit of {self.router.max_body} bytes (set {MAX_BODY_ENV} to change it)",
+                )
+            self.chunks = None
         if hdrs.get(b"expect") == b"100-continue":
-            # Answer it here and do not forward it: the upstream's own 100 would otherwise
-            # have to be filtered out of its response.
-            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            # Answered here (once the head passed every check) and not forwarded: the
+            # upstream's own 100 would otherwise have to be filtered out of its answer.
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
             head = b"\r\n".join(
                 line for line in head.split(b"\r\n") if not line.lower().startswith(b"expect:")
             )
-        if b"chunked" in hdrs.get(b"transfer-encoding", b""):
-            body = await _read_chunked(reader, self.max_body)
-        else:
-            try:
-                length = int(hdrs.get(b"content-length", b"0"))
-            except ValueError as e:
-                raise _BadRequest(400, "invalid Content-Length") from e
-            if length < 0:
-                raise _BadRequest(400, "invalid Content-Length")
-            if length > self.max_body:
-                raise _BadRequest(
-                    413,
-                    f"request body of {length} bytes is larger than the router's limit of "
-                    f"{self.max_body} bytes (set {MAX_BODY_ENV} to change it)",
-                )
-            body = await reader.readexactly(length) if length else b""
-
-        routes = self.routes
-        routes.refresh()
+        self.head, self.method = head, method
+        self.state = _BODY
         if target == STATUS_PATH and method == b"GET":
-            writer.write(_response(200, "OK", routes.status(), close=client_close))
-            return not client_close
-        upstream = routes.pick()
-        if upstream is None:
-            writer.write(
-                _response(
-                    503,
-                    "Service Unavailable",
-                    {
-                        "error": f"endpoint {routes.endpoint!r} has no revision to route to "
-                        "(it is being deleted or was never started): serve it again"
-                    },
-                    close=client_close,
-                )
-            )
-            return not client_close
-
-        upstream.inflight += 1
-        try:
-            keep = await self._relay(upstream, method, head + body, writer)
-        finally:
-            upstream.inflight -= 1
-        return keep and not client_close
-
-    async def _relay(
-        self, upstream: Upstream, method: bytes, request: bytes, writer: asyncio.StreamWriter
-    ) -> bool:
-        """Send ``request`` upstream and copy the response back; False closes the client."""
-        for attempt in (0, 1):
-            reused = bool(upstream.idle)
-            try:
-                if reused:
-                    up_reader, up_writer = upstream.idle.pop()
-                else:
-                    up_reader, up_writer = await asyncio.wait_for(
-                        asyncio.open_connection(upstream.host, upstream.port), 5.0
-                    )
-            except OSError as e:  # includes TimeoutError
-                writer.write(self._upstream_error(upstream, e))
-                return False
-            try:
-                up_writer.write(request)
-                # asyncio.timeout, not wait_for: wait_for wraps the read in a new Task, which
-                # costs more than the rest of the relay.
-                async with asyncio.timeout(self.timeout):
-                    resp_head = await up_reader.readuntil(b"\r\n\r\n")
-            except TimeoutError:
-                up_writer.close()
-                writer.write(
-                    _response(
-                        504,
-                        "Gateway Timeout",
-                        {
-                            "error": f"endpoint {self.routes.endpoint!r}: {upstream.role} at "
-                            f"{upstream.key} did not answer within {self.timeout:.0f} s "
-                            f"(set {UPSTREAM_TIMEOUT_ENV} to wait longer)"
-                        },
-                        close=True,
-                    )
-                )
-                return False
-            # TimeoutError is an OSError: it is handled above.
-            except (ConnectionError, asyncio.IncompleteReadError, OSError) as e:
-                up_writer.close()
-                if reused and attempt == 0:
-                    # A pooled keep-alive connection the server closed while idle: the request
-                    # never reached it, so sending it again on a fresh connection is safe.
-                    continue
-                writer.write(self._upstream_error(upstream, e))
-                return False
-            return await self._copy_response(
-                upstream, method, resp_head, up_reader, up_writer, writer
-            )
-        return False  # pragma: no cover - the loop always returns
-
-    async def _copy_response(
-        self,
-        upstream: Upstream,
-        method: bytes,
-        resp_head: bytes,
-        up_reader: asyncio.StreamReader,
-        up_writer: asyncio.StreamWriter,
-        writer: asyncio.StreamWriter,
-    ) -> bool:
-        first, _, hdrs = _parse_head(resp_head)
-        try:
-            status = int(first.split(b" ", 2)[1])
-        except (IndexError, ValueError):
-            up_writer.close()
-            writer.write(self._upstream_error(upstream, ValueError("malformed status line")))
-            return False
-        upstream_keep = hdrs.get(b"connection") != b"close" and not first.startswith(b"HTTP/1.0")
-        if method == b"HEAD" or status in _NO_BODY_STATUS or 100 <= status < 200:
-            writer.write(resp_head)
-        elif b"chunked" in hdrs.get(b"transfer-encoding", b""):
-            writer.write(resp_head)
-            writer.write(await _read_chunked(up_reader, 1 << 62))
-        elif b"content-length" in hdrs:
-            length = int(hdrs[b"content-length"])
-            # One write, one send(2): on a busy machine the syscall is most of the hop's cost.
-            writer.write(resp_head + await up_reader.readexactly(length) if length else resp_head)
-        else:
-            # No framing: the body runs to the end of the connection, and so must ours.
-            writer.write(resp_head)
-            writer.write(await up_reader.read())
-            up_writer.close()
-            return False
-        if writer.transport.get_write_buffer_size() > 256 * 1024:
-            await writer.drain()
-        if (
-            upstream_keep
-            and len(upstream.idle) < MAX_IDLE_PER_UPSTREAM
-            and (self.routes._by_key.get(upstream.key) is upstream)
-        ):
-            upstream.idle.append((up_reader, up_writer))
-        else:
-            up_writer.close()
+            self.method = b"STATUS"
+        # The body may arrive more slowly than a head, but must keep coming.
+        self.deadline = self.router.loop.time() + self.router.header_timeout
         return True
 
-    def _upstream_error(self, upstream: Upstream, error: BaseException) -> bytes:
+    def _read_body(self) -> bytes | None:
+        if self.chunks is not None:
+            end = self.chunks.feed(self.buf, self.body_length)
+            if end < 0:
+                self.body_length = len(self.buf)
+                self.deadline = self.router.loop.time() + self.router.header_timeout
+                return None
+            self.body_length = end
+        elif len(self.buf) < self.body_length:
+            self.deadline = self.router.loop.time() + self.router.header_timeout
+            return None
+        body = bytes(self.buf[: self.body_length])
+        del self.buf[: self.body_length]
+        return body
+
+    def _dispatch(self, body: bytes) -> None:
+        router = self.router
+        routes = router.routes
+        routes.refresh()
+        if self.method == b"STATUS":
+            self._finish_request()  # the status request does not count itself
+            self.reply(_response(200, router.status(), close=not self.keep), keep=self.keep)
+            return
+        upstream = routes.pick()
+        if upstream is None:
+            message = (
+                f"endpoint {routes.endpoint!r} has no revision to route to (it is being deleted "
+                "or was never started): serve it again"
+            )
+            self.reply(_response(503, {"error": message}, close=not self.keep), keep=self.keep)
+            return
+        self.state = _RELAYING
+        self.deadline = router.loop.time() + upstream.timeout
+        self.exchange = _Exchange(self, upstream, self.head + body, self.method == b"HEAD")
+        self.exchange.start()
+
+    # -- answers ------------------------------------------------------------------------------
+
+    def reply(self, data: bytes, keep: bool) -> None:
+        """Write a whole answer; then read the next request, or close."""
+        if self.state == _CLOSED:
+            return
+        self.transport.write(data)  # type: ignore[union-attr]
+        self.answered(keep)
+
+    def answered(self, keep: bool) -> None:
+        """The answer to the current request is written (by the router or the upstream)."""
+        self.exchange = None
+        self._finish_request()
+        if self.state == _CLOSED:
+            return
+        if not (keep and self.keep):
+            self.state = _CLOSED
+            self.transport.close()  # type: ignore[union-attr]  # flushes what was written
+            return
+        self.state = _IDLE
+        self.deadline = self.router.loop.time() + self.router.keepalive_timeout
+        self.transport.resume_reading()  # type: ignore[union-attr]
+        if self.buf and not self.parsing:
+            self._advance()
+
+    def expire(self) -> None:
+        """The current phase ran past its deadline (called by the router's sweep)."""
+        if self.state == _IDLE:
+            logger.debug("closing an idle client connection")
+            self.state = _CLOSED
+            self.transport.close()  # type: ignore[union-attr]
+        elif self.state in (_HEAD, _BODY):
+            self.router.count_rejected(408)
+            what = "head" if self.state == _HEAD else "body"
+            message = (
+                f"the request {what} did not arrive within {self.router.header_timeout:g} s "
+                "(the router's header timeout)"
+            )
+            logger.info("closing a slow client: %s", message)
+            self.reply(_response(408, {"error": message}, close=True), keep=False)
+        elif self.state == _RELAYING and self.exchange is not None:
+            self.exchange.time_out()
+
+    def _finish_request(self) -> None:
+        if self.counted:
+            self.counted = False
+            self.router.inflight -= 1
+
+
+_IDLE, _HEAD, _BODY, _RELAYING, _CLOSED = range(5)
+
+
+class _UpstreamConnection(asyncio.Protocol):
+    """A pooled keep-alive connection to one upstream server."""
+
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+        self.transport: asyncio.Transport | None = None
+        self.exchange: _Exchange | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.exchange is None:
+            # Nothing was asked: a server talking out of turn cannot be trusted with the next
+            # request.
+            self.close()
+            return
+        self.exchange.received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        with contextlib.suppress(ValueError):
+            self.upstream.idle.remove(self)
+        if self.exchange is not None:
+            self.exchange.upstream_lost(exc)
+
+    def close(self) -> None:
+        self.closed = True
+        with contextlib.suppress(ValueError):
+            self.upstream.idle.remove(self)
+        if self.transport is not None:
+            self.transport.close()
+
+
+class _Exchange:
+    """One request relayed upstream and its answer copied back, bytes as they arrive."""
+
+    __slots__ = (
+        "client", "upstream", "request", "head_only", "conn", "reused", "attempt", "head",
+        "relayed", "remaining", "chunks", "to_close", "upstream_keep", "connecting", "done",
+    )
+
+    def __init__(
+        self, client: _ClientConnection, upstream: Upstream, request: bytes, head_only: bool
+    ) -> None:
+        self.client = client
+        self.upstream = upstream
+        self.request = request
+        self.head_only = head_only
+        self.conn: _UpstreamConnection | None = None
+        self.reused = False
+        self.attempt = 0
+        self.head = bytearray()  # the answer's head, until it is complete
+        self.relayed = False  # a byte of the answer went to the client
+        self.remaining = -1  # body bytes still to come (-1: framed otherwise)
+        self.chunks: _Chunks | None = None
+        self.to_close = False  # the body ends when the upstream closes
+        self.upstream_keep = True
+        self.connecting: asyncio.Task[None] | None = None
+        self.done = False
+        upstream.inflight += 1
+        upstream.requests += 1
+
+    def start(self) -> None:
+        idle = self.upstream.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and not conn.transport.is_closing():  # type: ignore[union-attr]
+                self._send(conn, reused=True)
+                return
+        self.connecting = asyncio.ensure_future(self._connect())
+
+    async def _connect(self) -> None:
+        loop = self.client.router.loop
+        upstream = self.upstream
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                _, conn = await loop.create_connection(
+                    lambda: _UpstreamConnection(upstream), upstream.host, upstream.port
+                )
+        except OSError as e:  # includes TimeoutError
+            self.connecting = None
+            self._fail(e)
+            return
+        self.connecting = None
+        if self.done:
+            conn.close()
+            return
+        self._send(conn, reused=False)
+
+    def _send(self, conn: _UpstreamConnection, reused: bool) -> None:
+        self.conn, self.reused = conn, reused
+        conn.exchange = self
+        conn.transport.write(self.request)  # type: ignore[union-attr]
+
+    # -- the answer ---------------------------------------------------------------------------
+
+    def received(self, data: bytes) -> None:
+        client = self.client
+        if client.state == _CLOSED:
+            return
+        out = client.transport
+        if self.remaining > 0:
+            if len(data) < self.remaining:
+                self.remaining -= len(data)
+                out.write(data)  # type: ignore[union-attr]
+                return
+            extra = len(data) > self.remaining
+            out.write(data[: self.remaining] if extra else data)  # type: ignore[union-attr]
+            self.remaining = 0
+            self._complete(clean=not extra)
+            return
+        if self.chunks is not None:
+            try:
+                end = self.chunks.feed(data)
+            except _Reject:
+                self._broken("a malformed chunked answer")
+                return
+            out.write(data if end < 0 else data[:end])  # type: ignore[union-attr]
+            if end >= 0:
+                self._complete(clean=end == len(data))
+            return
+        if self.to_close:
+            out.write(data)  # type: ignore[union-attr]
+            return
+        self._read_head(data)
+
+    def _read_head(self, data: bytes) -> None:
+        if self.head:
+            self.head += data
+        else:
+            self.head = data  # type: ignore[assignment]  # the usual case: no copy
+        while True:
+            end = self.head.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.head) > MAX_HEADER_BYTES:
+                    self._broken("an oversized answer head")
+                self.head = bytearray(self.head)
+                return
+            head = bytes(self.head[: end + 4])
+            rest = bytes(self.head[end + 4 :])
+            line = head[: head.find(b"\r\n")]
+            parts = line.split(b" ", 2)
+            try:
+                if not parts[0].startswith(b"HTTP/1."):
+                    raise ValueError(line[:40])
+                status = int(parts[1])
+            except (IndexError, ValueError):
+                self._broken("a malformed status line")
+                return
+            out = self.client.transport
+            if 100 <= status < 200 and status != 101:
+                out.write(head)  # type: ignore[union-attr]  # interim answer; the final follows
+                self.relayed = True
+                self.head = bytearray(rest)
+                continue
+            break
+        hdrs = _framing(head)
+        self.head = bytearray()
+        self.relayed = True
+        self.upstream_keep = b"close" not in hdrs.get(b"connection", b"") and line.startswith(
+            b"HTTP/1.1"
+        )
+        if self.head_only or status in _NO_BODY_STATUS:
+            out.write(head)  # type: ignore[union-attr]
+            self._complete(clean=not rest)
+            return
+        encoding = hdrs.get(b"transfer-encoding")
+        if encoding is not None and encoding.rsplit(b",", 1)[-1].strip() == b"chunked":
+            self.chunks = _Chunks(1 << 62)
+            try:
+                end = self.chunks.feed(rest)
+            except _Reject:
+                self._broken("a malformed chunked answer")
+                return
+            out.write(head + (rest if end < 0 else rest[:end]))  # type: ignore[union-attr]
+            if end >= 0:
+                self._complete(clean=end == len(rest))
+            return
+        length = hdrs.get(b"content-length")
+        if encoding is None and length is not None and length.isdigit():
+            n = int(length)
+            if len(rest) >= n:
+                # The usual case: the whole answer in one piece, written with one send(2).
+                out.write(head + rest[:n] if n else head)  # type: ignore[union-attr]
+                self._complete(clean=len(rest) == n)
+                return
+            out.write(head + rest)  # type: ignore[union-attr]
+            self.remaining = n - len(rest)
+            return
+        # No framing: the body runs to the end of the connection, and so must the client's.
+        self.to_close = True
+        self.upstream_keep = False
+        out.write(head + rest)  # type: ignore[union-attr]
+
+    def _complete(self, clean: bool) -> None:
+        """The whole answer is relayed: pool the connection (if reusable) and free the client."""
+        self._end()
+        conn = self.conn
+        if conn is not None:
+            conn.exchange = None
+            upstream = self.upstream
+            if (
+                clean
+                and self.upstream_keep
+                and not conn.closed
+                and len(upstream.idle) < MAX_IDLE_PER_UPSTREAM
+                and self.client.router.routes.serves(upstream)
+            ):
+                upstream.idle.append(conn)
+            else:
+                conn.close()
+        self.client.answered(keep=self.upstream_keep and not self.to_close)
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        """The upstream connection closed while this request was on it."""
+        if self.done:
+            return
+        if self.to_close:
+            self._complete(clean=False)
+            return
+        self.conn = None
+        if not self.relayed and self.reused and self.attempt == 0 and not self.head:
+            # A pooled keep-alive connection the server closed while idle: the request never
+            # reached it, so sending it again on a fresh connection is safe.
+            self.attempt = 1
+            self.connecting = asyncio.ensure_future(self._connect())
+            return
+        self._fail(exc or ConnectionResetError("the server closed the connection"))
+
+    def abandon(self) -> None:
+        """The client went away: stop relaying; the upstream connection's state is unknown."""
+        if self.done:
+            return
+        self._end()
+        if self.connecting is not None:
+            self.connecting.cancel()
+        if self.conn is not None:
+            self.conn.exchange = None
+            self.conn.close()
+
+    def time_out(self) -> None:
+        upstream = self.upstream
+        router = self.client.router
+        logger.warning(
+            "endpoint %r: the %s of revision %s at %s did not answer within %g s",
+            router.routes.endpoint, upstream.role, upstream.revision, upstream.key,
+            upstream.timeout,
+        )
+        router.timeouts += 1
+        self.abandon()
+        if self.relayed:
+            self.client.answered(keep=False)  # half an answer: closing is all that is left
+            return
+        message = (
+            f"endpoint {router.routes.endpoint!r}: the {upstream.role} did not answer within "
+            f"{upstream.timeout:g} s (raise `{upstream.role}.timeout` in the ServeConfig to "
+            "wait longer)"
+        )
+        self.client.reply(_response(504, {"error": message}, close=True), keep=False)
+
+    def pause(self) -> None:
+        if self.conn is not None and self.conn.transport is not None:
+            self.conn.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.conn is not None and self.conn.transport is not None:
+            self.conn.transport.resume_reading()
+
+    def _end(self) -> None:
+        if not self.done:
+            self.done = True
+            self.upstream.inflight -= 1
+
+    def _broken(self, what: str) -> None:
+        self._fail(ValueError(f"the server sent {what}"))
+
+    def _fail(self, error: BaseException) -> None:
+        """Tell the client the upstream failed (502), or close it if half an answer went out."""
+        if self.done:
+            return
+        upstream = self.upstream
+        routes = self.client.router.routes
+        logger.warning(
+            "endpoint %r: the %s of revision %s at %s failed: %s: %s (log: %s)",
+            routes.endpoint, upstream.role, upstream.revision, upstream.key,
+            type(error).__name__, error, upstream.log or "unknown",
+        )
+        self.abandon()
+        if self.relayed:
+            self.client.answered(keep=False)
+            return
         what = (
             "refused the connection"
             if isinstance(error, ConnectionRefusedError)
-            else (f"failed ({type(error).__name__}: {error})")
+            else "did not answer"
+            if isinstance(error, TimeoutError)
+            else "failed"
         )
-        return _response(
-            502,
-            "Bad Gateway",
-            {
-                "error": f"endpoint {self.routes.endpoint!r}: {upstream.role} of revision "
-                f"{upstream.revision} at {upstream.key} {what}; it may have exited, see "
-                f"{upstream.log or 'its log'} and run `kfp-serve endpoints`",
-                "reason": "UpstreamUnavailable",
-                "revision": upstream.revision,
-            },
-            close=True,
-        )
+        payload = {
+            "error": f"endpoint {routes.endpoint!r}: the {upstream.role} of revision "
+            f"{upstream.revision} {what}; it may have exited: run `kfp-serve endpoints` to "
+            "see it (its log has the details)",
+            "reason": "UpstreamUnavailable",
+            "revision": upstream.revision,
+        }
+        self.client.reply(_response(502, payload, close=True), keep=False)
+
+
+class Router:
+    """Accepts client connections and relays each request to one upstream.
+
+    Args:
+        routes: The upstream set.
+        max_body: Largest request body accepted (413 above).
+        header_timeout: Seconds a request head (and then each wait for its body) may take.
+        keepalive_timeout: Seconds an idle keep-alive client connection is kept open.
+    """
+
+    def __init__(
+        self,
+        routes: Routes,
+        max_body: int,
+        header_timeout: float = HEADER_TIMEOUT,
+        keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+    ) -> None:
+        self.routes = routes
+        self.max_body = max_body
+        self.header_timeout = header_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.loop = asyncio.get_running_loop()
+        self.clients: set[_ClientConnection] = set()
+        #: Requests begun (a first byte arrived) and not yet answered, status requests excepted.
+        self.inflight = 0
+        #: Requests the router answered itself and closed on, by status (junk, slow, too big).
+        self.rejected: dict[int, int] = {}
+        self.timeouts = 0
+
+    def connection(self) -> _ClientConnection:
+        """The protocol factory of the listening socket."""
+        return _ClientConnection(self)
+
+    def count_rejected(self, status: int) -> None:
+        self.rejected[status] = self.rejected.get(status, 0) + 1
+
+    def status(self) -> dict[str, Any]:
+        """What ``GET /kfp-serve/router`` answers."""
+        return {
+            **self.routes.status(),
+            "inflight": self.inflight,
+            "connections": len(self.clients),
+            "rejected": {str(k): v for k, v in sorted(self.rejected.items())},
+            "timeouts": self.timeouts,
+        }
+
+    async def sweep(self, interval: float = SWEEP_INTERVAL) -> None:
+        """Enforce every connection's deadline, a few times a second.
+
+        One periodic pass instead of a timer per request: arming and cancelling timers would
+        cost more than the rest of a relay, and a deadline a fraction of a second late is fine.
+        """
+        while True:
+            await asyncio.sleep(interval)
+            now = self.loop.time()
+            for client in [c for c in self.clients if c.deadline <= now]:
+                client.expire()
 
 
 async def _watchdog(routes: Routes, registry: str, interval: float = 2.0) -> None:
@@ -480,13 +984,13 @@ async def _watchdog(routes: Routes, registry: str, interval: float = 2.0) -> Non
 
 
 async def serve(args: argparse.Namespace) -> None:
-    routes = Routes(args.endpoint, args.registry)
-    routes.refresh()
-    router = Router(
-        routes,
-        max_body=int(os.environ.get(MAX_BODY_ENV, DEFAULT_MAX_BODY)),
-        timeout=float(os.environ.get(UPSTREAM_TIMEOUT_ENV, DEFAULT_UPSTREAM_TIMEOUT)),
+    routes = Routes(
+        args.endpoint,
+        args.registry,
+        default_timeout=float(os.environ.get(UPSTREAM_TIMEOUT_ENV, DEFAULT_UPSTREAM_TIMEOUT)),
     )
+    routes.refresh()
+    router = Router(routes, max_body=int(os.environ.get(MAX_BODY_ENV, DEFAULT_MAX_BODY)))
     if args.fd is not None:
         sock = socket.socket(fileno=args.fd)
     else:
@@ -494,16 +998,18 @@ async def serve(args: argparse.Namespace) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", args.port))
         sock.listen(1024)
-    server = await asyncio.start_server(router.handle, sock=sock, limit=MAX_HEADER_BYTES)
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    server = await loop.create_server(router.connection, sock=sock)
+    stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     watchdog = asyncio.create_task(_watchdog(routes, args.registry))
+    sweep = asyncio.create_task(router.sweep())
     logger.info("router for %r listening on %s", args.endpoint, sock.getsockname())
     async with server:
         await stop.wait()
     watchdog.cancel()
+    sweep.cancel()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -341,7 +341,8 @@ class TransformerModel(kserve.Model):
         try:
             return self._loads(r.body)
         except ValueError as e:
-            raise RequestError(f"predictor at {self.base_url}{path} sent non-JSON: {e}", 502) from e
+            log.warning("predictor at %s%s sent an answer that is not JSON: %s", self.base_url, path, e)
+            raise RequestError("the predictor sent an answer that is not JSON", 502) from e
 
     async def _request(self, path: str, content: bytes, headers: dict[str, str]) -> Any:
         """POST to the predictor; a non-200 answer becomes a RequestError with its status."""
@@ -349,21 +350,32 @@ class TransformerModel(kserve.Model):
 
         if self._client is None:
             await self.start_client()
+        # The caller sees what the predictor said and a status; never its address, which is
+        # internal (a pod IP, a loopback port): that detail goes to this server's log.
+        where = f"{self.base_url}{path}"
         try:
             r = await self._client.post(path, content, headers)
         except UpstreamTimeout as e:
-            raise RequestError(f"predictor at {self.base_url}{path} timed out: {e}", 504) from e
+            log.warning("predictor at %s did not answer: %s", where, e)
+            raise RequestError(
+                f"the predictor did not answer within {self.timeout:g} s", 504
+            ) from e
         except UpstreamError as e:
-            raise RequestError(f"cannot reach predictor at {self.base_url}{path}: {e}", 502) from e
+            log.warning("cannot reach the predictor at %s: %s", where, e)
+            raise RequestError(
+                "the predictor is unreachable; see the transformer's log", 502
+            ) from e
         if r.status != 200:
             try:
                 message = self._loads(r.body).get("error") or r.text
             except Exception:  # noqa: BLE001 - not JSON: show the text
                 message = r.text
-            status = r.status if 400 <= r.status < 500 or r.status == 501 else 502
+            log.info("predictor at %s answered %s: %.1000s", where, r.status, message)
+            if 400 <= r.status < 500 or r.status == 501:
+                # The caller's request was at fault: the predictor's own status and words.
+                raise RequestError(str(message)[:1000], r.status)
             raise RequestError(
-                f"predictor at {self.base_url}{path} answered {r.status}: {str(message)[:1000]}",
-                status,
+                f"the predictor failed (HTTP {r.status}): {str(message)[:1000]}", 502
             )
         return r
 

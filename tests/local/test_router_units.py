@@ -1,0 +1,96 @@
+"""The router's pure parts: what counts as the start of a request, framing, chunked ends, and
+the per-component timeout read from a manifest. The relay itself is tested over real sockets
+in tests/reliability/test_router_limits.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from kfp_serve.serving.router import (
+    DEFAULT_UPSTREAM_TIMEOUT,
+    _check_start,
+    _Chunks,
+    _framing,
+    _Reject,
+    component_timeout,
+)
+
+CHUNKED = b"4\r\nWiki\r\n5;ext=1\r\npedia\r\n0\r\nTrailer: x\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "start",
+    [b"G", b"POST", b"POST /v1/models/m:predict HT", b"GET / HTTP/1.1\r\nHost: x", b"M-SEARCH "],
+    ids=["one-letter", "method", "request-line-so-far", "line-and-a-header", "dash-method"],
+)
+def test_what_may_begin_an_http_1_request_waits_for_more(start: bytes) -> None:
+    _check_start(bytearray(start))  # no exception: wait for the rest
+
+
+@pytest.mark.parametrize(
+    ("start", "status"),
+    [
+        (b"\x16\x03\x01\x00\xc4", 400),
+        (b"PRI * HTTP/2.0\r\n", 505),
+        (b"get / HTTP/1.1\r\n", 400),
+        (b" GET", 400),
+        (b"GET / HTTP/1.1 extra\r\n", 400),
+        (b"A" * 21, 400),
+        (b"\x00\xff\x13", 400),
+    ],
+    ids=["tls-hello", "http2", "lower-case-method", "leading-space", "four-parts", "long-method",
+         "binary"],
+)
+def test_junk_is_refused_on_its_first_bytes(start: bytes, status: int) -> None:
+    with pytest.raises(_Reject) as info:
+        _check_start(bytearray(start))
+    assert info.value.status == status
+
+
+def test_framing_headers_are_found_whatever_their_case_and_repeats_are_joined() -> None:
+    head = (
+        b"POST / HTTP/1.1\r\nHost: x\r\nCONTENT-Length:  12 \r\nX-Content-Length: 99\r\n"
+        b"Transfer-Encoding: gzip\r\ntransfer-encoding: Chunked\r\nConnection: Keep-Alive\r\n\r\n"
+    )
+    assert _framing(head) == {
+        b"content-length": b"12",
+        b"transfer-encoding": b"gzip,chunked",
+        b"connection": b"keep-alive",
+    }
+
+
+@pytest.mark.parametrize("piece", [1, 2, 3, 7, len(CHUNKED)])
+def test_the_end_of_a_chunked_body_is_found_however_it_is_split(piece: int) -> None:
+    data = CHUNKED + b"NEXT"
+    chunks = _Chunks(limit=1 << 20)
+    ends = []
+    for start in range(0, len(data), piece):
+        end = chunks.feed(data[start : start + piece])
+        if end >= 0:
+            ends.append(start + end)
+            break
+    assert ends == [len(CHUNKED)]
+
+
+def test_a_chunked_body_over_the_limit_is_refused_413() -> None:
+    with pytest.raises(_Reject) as info:
+        _Chunks(limit=8).feed(CHUNKED)
+    assert info.value.status == 413
+
+
+@pytest.mark.parametrize(
+    ("manifest", "role", "expected"),
+    [
+        ({"spec": {"predictor": {"timeout": 7}}}, "predictor", 7.0),
+        ({"spec": {"transformer": {"timeout": 3}, "predictor": {"timeout": 9}}}, "transformer", 3),
+        ({"spec": {"predictor": {"timeout": 9}}}, "transformer", DEFAULT_UPSTREAM_TIMEOUT),
+        ({"spec": {"predictor": {}}}, "predictor", DEFAULT_UPSTREAM_TIMEOUT),
+        ({}, "predictor", DEFAULT_UPSTREAM_TIMEOUT),
+        ({"spec": {"predictor": {"timeout": "soon"}}}, "predictor", DEFAULT_UPSTREAM_TIMEOUT),
+    ],
+    ids=["predictor", "transformer-first", "other-component", "unset", "no-spec", "not-a-number"],
+)
+def test_the_upstream_timeout_is_the_first_components_serve_config_timeout(
+    manifest: dict, role: str, expected: float
+) -> None:
+    assert component_timeout(manifest, role, DEFAULT_UPSTREAM_TIMEOUT) == expected
