@@ -341,7 +341,7 @@ class TransformerModel(kserve.Model):
         try:
             return self._loads(r.body)
         except ValueError as e:
-            log.warning("predictor at %s%s sent an answer that is not JSON: %s", self.base_url, path, e)
+            log.warning("predictor at %s%s answered with no JSON: %s", self.base_url, path, e)
             raise RequestError("the predictor sent an answer that is not JSON", 502) from e
 
     async def _request(self, path: str, content: bytes, headers: dict[str, str]) -> Any:

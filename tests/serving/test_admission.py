@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -395,14 +396,14 @@ def test_cli_dry_run_refuses_what_the_webhook_refuses(row: Row, model_id: int, m
     if row.good is not None:
         admitted = dry_run(model_id, row.good, row.version, monkeypatch)
         assert admitted.exit_code == 0, admitted.stderr
-        assert json.loads(admitted.stdout)["metadata"]["name"] == row.good.name
+        assert yaml.safe_load(admitted.stdout)["metadata"]["name"] == row.good.name
 
 
 def test_cli_dry_run_warns_about_a_raw_mode_canary(model_id: int, monkeypatch):
     config = Input({"annotations": {MODE: "RawDeployment"}, **predictor(canaryTrafficPercent=10)})
     outcome = dry_run(model_id, config, None, monkeypatch)
     assert outcome.exit_code == 0, outcome.stderr
-    assert json.loads(outcome.stdout)["spec"]["predictor"]["canaryTrafficPercent"] == 10
+    assert yaml.safe_load(outcome.stdout)["spec"]["predictor"]["canaryTrafficPercent"] == 10
     assert "canaryTrafficPercent: is ignored in RawDeployment mode" in outcome.stderr
 
 
