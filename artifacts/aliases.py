@@ -421,6 +421,14 @@ def _check_servable(
     )
 
 
+def ensure_servable(name: str, version: str, *, store: Store | None = None) -> None:
+    """Raise UnservableVersionError if ``name:version`` was deprecated or archived."""
+    store = _store(store)
+    _type_ids(store)
+    with store.read():
+        _check_servable(store, name, version, _props(_context(store, name))[1])
+
+
 def _latest_servable(
     store: Store, name: str, lifecycle: dict[str, dict[str, str]]
 ) -> str | None:
