@@ -246,7 +246,7 @@ def _write(
     lifecycle: dict[str, dict[str, str]],
     artifact: Any,
     change: dict[str, str],
-) -> None:
+) -> AliasChange:
     """One put_execution: the context with its new properties, the change and its event."""
     pb = store.pb
     ctx_type_id, exec_type_id = _type_ids(store)
@@ -259,7 +259,24 @@ def _write(
     for key, value in change.items():
         set_value(execution.properties[key], value)
     event = pb.Event(type=pb.Event.INPUT)
-    store.put_execution(execution, [(artifact, event)], [context])
+    execution_id, _, _ = store.put_execution(execution, [(artifact, event)], [context])
+    [stored] = store.call("get_executions_by_id", [execution_id])
+    return _to_change(stored, name)
+
+
+def _to_change(execution: Any, name: str) -> AliasChange:
+    p = execution.properties
+    return AliasChange(
+        model=get_value(p, "model", name),
+        action=get_value(p, "action", ""),
+        version=get_value(p, "version", ""),
+        alias=get_value(p, "alias") or None,
+        previous_version=get_value(p, "previous_version") or None,
+        author=get_value(p, "author", ""),
+        run_id=get_value(p, "run_id", ""),
+        reason=get_value(p, "reason", ""),
+        time=datetime.fromtimestamp(execution.create_time_since_epoch / 1000, tz=UTC),
+    )
 
 
 def _change(name: str, action: str, version: str, author: str | None, **extra: str) -> dict:
@@ -312,8 +329,7 @@ def set_alias(
         change = _change(
             name, SET, version, author, alias=alias, previous_version=previous or "", reason=reason
         )
-        _write(store, name, ctx, aliases, lifecycle, artifact, change)
-    return alias_history(name, alias=alias, store=store)[-1]
+        return _write(store, name, ctx, aliases, lifecycle, artifact, change)
 
 
 def list_aliases(name: str, *, store: Store | None = None) -> dict[str, str]:
@@ -335,23 +351,8 @@ def alias_history(
     with store.read():
         ctx = _context(store, name)
         executions = store.call("get_executions_by_context", ctx.id) if ctx is not None else []
-    out = []
-    for e in sorted(executions, key=lambda e: e.id):
-        p = e.properties
-        change = AliasChange(
-            model=get_value(p, "model", name),
-            action=get_value(p, "action", ""),
-            version=get_value(p, "version", ""),
-            alias=get_value(p, "alias") or None,
-            previous_version=get_value(p, "previous_version") or None,
-            author=get_value(p, "author", ""),
-            run_id=get_value(p, "run_id", ""),
-            reason=get_value(p, "reason", ""),
-            time=datetime.fromtimestamp(e.create_time_since_epoch / 1000, tz=UTC),
-        )
-        if alias is None or change.alias == alias:
-            out.append(change)
-    return out
+    changes = [_to_change(e, name) for e in sorted(executions, key=lambda e: e.id)]
+    return [c for c in changes if alias is None or c.alias == alias]
 
 
 def previous_version(name: str, alias: str, *, store: Store | None = None) -> str | None:
@@ -401,8 +402,7 @@ def _retire(
             "time": datetime.now(UTC).isoformat(timespec="seconds"),
             "reason": reason,
         }
-        _write(store, name, ctx, aliases_now, lifecycle, artifact, change)
-    return alias_history(name, store=store)[-1]
+        return _write(store, name, ctx, aliases_now, lifecycle, artifact, change)
 
 
 def _check_servable(
