@@ -147,7 +147,8 @@ def rollback_patch(obj: dict[str, Any]) -> dict[str, Any]:
         ServingError: there is no earlier revision to go back to.
     """
     state = rollout_state(obj)
-    if not state.canary_in_progress:
+    # A new transformer with the same model is a canary too: any component may carry it.
+    if not any(rollout_state(obj, c).canary_in_progress for c in _components(obj)):
         if state.previous_rolled_out:
             raise ServingError(
                 f"{_where(obj)} has no canary to roll back: revision {state.latest_rolled_out} "

@@ -108,3 +108,24 @@ def test_traffic_percent_must_be_0_to_100(canary, percent):
 def test_state_of_an_object_never_reconciled():
     state = rollout_state(isvc_manifest() | {"metadata": {"name": "iris", "generation": 1}})
     assert state.traffic == {} and not state.canary_in_progress
+
+
+def test_a_new_transformer_alone_is_rolled_back(backend):
+    def with_transformer(image: str, canary: int | None = None) -> dict:
+        manifest = _model("v1")
+        manifest["spec"]["transformer"] = {
+            "containers": [{"name": "kserve-container", "image": image}]}
+        if canary is not None:
+            manifest["spec"]["predictor"]["canaryTrafficPercent"] = canary
+            manifest["spec"]["transformer"]["canaryTrafficPercent"] = canary
+        return manifest
+
+    backend.apply(with_transformer("example.org/scaler:1"), timeout=10)
+    backend.apply(with_transformer("example.org/scaler:2", canary=30), timeout=10)
+    assert rollout_state(backend.get("iris").manifest, "transformer").traffic == {
+        "iris-transformer-00002": 30, "iris-transformer-00001": 70}
+    backend.rollback("iris", timeout=10)
+    after = backend.get("iris").manifest
+    assert rollout_state(after, "transformer").traffic == {
+        "iris-transformer-00002": 0, "iris-transformer-00001": 100}
+    assert rollout_state(after).traffic == {V1: 100}  # the unchanged predictor keeps serving
