@@ -21,6 +21,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -175,13 +176,14 @@ def _store(store: Store | None) -> Store:
     return store if store is not None else metadata_store()
 
 
-_registered: dict[int, tuple[int, int]] = {}
+# Per store object (a store reopened on a new file registers again).
+_registered: weakref.WeakKeyDictionary[Store, tuple[int, int]] = weakref.WeakKeyDictionary()
 
 
 def _type_ids(store: Store) -> tuple[int, int]:
     """(context type id, execution type id), registered on first use per store."""
-    if id(store) in _registered:
-        return _registered[id(store)]
+    if store in _registered:
+        return _registered[store]
     pb = store.pb
     ctx_type = pb.ContextType(name=ALIASES_CONTEXT)
     for prop, ptype in _CONTEXT_PROPERTIES.items():
@@ -194,7 +196,7 @@ def _type_ids(store: Store) -> tuple[int, int]:
             store.call("put_context_type", ctx_type, can_add_fields=True, can_omit_fields=True),
             store.call("put_execution_type", exec_type, can_add_fields=True, can_omit_fields=True),
         )
-    _registered[id(store)] = ids
+    _registered[store] = ids
     return ids
 
 
