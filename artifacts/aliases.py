@@ -21,18 +21,17 @@ from __future__ import annotations
 import getpass
 import json
 import os
-import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from kfp_serve.artifacts.errors import MetadataError
+from kfp_serve.artifacts.metadata import MetadataStore, current_run, metadata_store
 from kfp_serve.artifacts.mlmd import (
+    ALIAS_CHANGE_EXECUTION,
+    ALIASES_CONTEXT,
     MODEL_TYPE,
-    Store,
-    current_run,
     get_value,
-    metadata_store,
     set_value,
 )
 from kfp_serve.artifacts.names import validate_name, validate_version
@@ -45,8 +44,6 @@ from kfp_serve.artifacts.records import (
     to_record,
 )
 
-ALIASES_CONTEXT = "kfp_serve.ModelAliases"
-ALIAS_CHANGE_EXECUTION = "kfp_serve.AliasChange"
 #: Environment variable naming who moves an alias (default: the login name).
 AUTHOR_ENV = "KFP_SERVE_USER"
 
@@ -64,17 +61,6 @@ UNSERVABLE = {DEPRECATE: "deprecated", ARCHIVE: "archived"}
 ALIAS_SEPARATOR = "@"
 VERSION_SEPARATOR = ":"
 
-_CONTEXT_PROPERTIES = {"model": "STRING", _ALIASES: "STRING", _LIFECYCLE: "STRING"}
-_EXECUTION_PROPERTIES = {
-    "model": "STRING",
-    "action": "STRING",
-    "alias": "STRING",
-    "version": "STRING",
-    "previous_version": "STRING",
-    "author": "STRING",
-    "run_id": "STRING",
-    "reason": "STRING",
-}
 
 
 class UnservableVersionError(MetadataError):
@@ -172,37 +158,16 @@ def is_ref(value: object) -> bool:
 # -- the MLMD side -------------------------------------------------------------------------------
 
 
-def _store(store: Store | None) -> Store:
+def _store(store: MetadataStore | None) -> MetadataStore:
     return store if store is not None else metadata_store()
 
 
-# Per store object (a store reopened on a new file registers again).
-_registered: weakref.WeakKeyDictionary[Store, tuple[int, int]] = weakref.WeakKeyDictionary()
-
-
-def _type_ids(store: Store) -> tuple[int, int]:
-    """(context type id, execution type id), registered on first use per store."""
-    if store in _registered:
-        return _registered[store]
-    pb = store.pb
-    ctx_type = pb.ContextType(name=ALIASES_CONTEXT)
-    for prop, ptype in _CONTEXT_PROPERTIES.items():
-        ctx_type.properties[prop] = getattr(pb, ptype)
-    exec_type = pb.ExecutionType(name=ALIAS_CHANGE_EXECUTION)
-    for prop, ptype in _EXECUTION_PROPERTIES.items():
-        exec_type.properties[prop] = getattr(pb, ptype)
-    with store.write():
-        ids = (
-            store.call("put_context_type", ctx_type, can_add_fields=True, can_omit_fields=True),
-            store.call("put_execution_type", exec_type, can_add_fields=True, can_omit_fields=True),
-        )
-    _registered[store] = ids
-    return ids
-
-
-def _context(store: Store, name: str) -> Any | None:
-    _type_ids(store)
-    return store.call("get_context_by_type_and_name", ALIASES_CONTEXT, name)
+def _context(store: MetadataStore, name: str) -> Any | None:
+    # Context reads are not in the MetadataStore protocol yet: the MLMD call, through the
+    # store's retries and error mapping.
+    return store.call(  # type: ignore[attr-defined]
+        "get_context_by_type_and_name", ALIASES_CONTEXT, name
+    )
 
 
 def _props(ctx: Any | None) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
@@ -222,8 +187,8 @@ def _author(author: str | None) -> str:
         return "unknown"
 
 
-def _version_artifact(store: Store, name: str, version: str) -> Any:
-    artifact = store.call("get_artifact_by_type_and_name", MODEL_TYPE, mlmd_name(name, version))
+def _version_artifact(store: MetadataStore, name: str, version: str) -> Any:
+    artifact = store.get_artifact_by_type_and_name(MODEL_TYPE, mlmd_name(name, version))
     if artifact is None:
         known = _versions(store, name)
         raise MetadataError(
@@ -233,7 +198,7 @@ def _version_artifact(store: Store, name: str, version: str) -> Any:
     return artifact
 
 
-def _versions(store: Store, name: str) -> list[str]:
+def _versions(store: MetadataStore, name: str) -> list[str]:
     arts = _live(store, MODEL_TYPE, name)
     return sorted(
         {get_value(a.properties, "version", "") for a in arts}, key=_version_key, reverse=True
@@ -241,7 +206,7 @@ def _versions(store: Store, name: str) -> list[str]:
 
 
 def _write(
-    store: Store,
+    store: MetadataStore,
     name: str,
     ctx: Any | None,
     aliases: dict[str, str],
@@ -251,18 +216,19 @@ def _write(
 ) -> AliasChange:
     """One put_execution: the context with its new properties, the change and its event."""
     pb = store.pb
-    ctx_type_id, exec_type_id = _type_ids(store)
-    context = pb.Context(type_id=ctx_type_id, name=name)
+    context = pb.Context(type_id=store.type_id(ALIASES_CONTEXT), name=name)
     if ctx is not None:
         context.id = ctx.id
     for key, value in {"model": name, _ALIASES: aliases, _LIFECYCLE: lifecycle}.items():
         context.properties[key].string_value = json.dumps(value, sort_keys=True)
-    execution = pb.Execution(type_id=exec_type_id, last_known_state=pb.Execution.COMPLETE)
+    execution = pb.Execution(
+        type_id=store.type_id(ALIAS_CHANGE_EXECUTION), last_known_state=pb.Execution.COMPLETE
+    )
     for key, value in change.items():
         set_value(execution.properties[key], value)
     event = pb.Event(type=pb.Event.INPUT)
     execution_id, _, _ = store.put_execution(execution, [(artifact, event)], [context])
-    [stored] = store.call("get_executions_by_id", [execution_id])
+    [stored] = store.get_executions_by_id([execution_id])
     return _to_change(stored, name)
 
 
@@ -302,7 +268,7 @@ def set_alias(
     *,
     author: str | None = None,
     reason: str = "",
-    store: Store | None = None,
+    store: MetadataStore | None = None,
 ) -> AliasChange:
     """Point ``name@alias`` at ``version`` (creating the alias or moving it), atomically.
 
@@ -320,7 +286,6 @@ def set_alias(
     validate_name(alias, "alias")
     validate_version(version)
     store = _store(store)
-    _type_ids(store)
     with store.write():
         ctx = _context(store, name)
         aliases, lifecycle = _props(ctx)
@@ -334,30 +299,32 @@ def set_alias(
         return _write(store, name, ctx, aliases, lifecycle, artifact, change)
 
 
-def list_aliases(name: str, *, store: Store | None = None) -> dict[str, str]:
+def list_aliases(name: str, *, store: MetadataStore | None = None) -> dict[str, str]:
     """The model's aliases and the versions they point at now."""
     validate_name(name, "model name")
     store = _store(store)
-    _type_ids(store)
     with store.read():
         return dict(sorted(_props(_context(store, name))[0].items()))
 
 
 def alias_history(
-    name: str, *, alias: str | None = None, store: Store | None = None
+    name: str, *, alias: str | None = None, store: MetadataStore | None = None
 ) -> list[AliasChange]:
     """Every alias move and lifecycle change of the model (or of one alias), oldest first."""
     validate_name(name, "model name")
     store = _store(store)
-    _type_ids(store)
     with store.read():
         ctx = _context(store, name)
-        executions = store.call("get_executions_by_context", ctx.id) if ctx is not None else []
+        executions = (
+            store.call("get_executions_by_context", ctx.id)  # type: ignore[attr-defined]
+            if ctx is not None
+            else []
+        )
     changes = [_to_change(e, name) for e in sorted(executions, key=lambda e: e.id)]
     return [c for c in changes if alias is None or c.alias == alias]
 
 
-def previous_version(name: str, alias: str, *, store: Store | None = None) -> str | None:
+def previous_version(name: str, alias: str, *, store: MetadataStore | None = None) -> str | None:
     """The version ``name@alias`` pointed at before its last move (None if it never moved)."""
     moves = [c for c in alias_history(name, alias=alias, store=store) if c.action == SET]
     return moves[-1].previous_version if moves else None
@@ -380,12 +347,11 @@ def _retire(
     *,
     author: str | None = None,
     reason: str = "",
-    store: Store | None = None,
+    store: MetadataStore | None = None,
 ) -> AliasChange:
     validate_name(name, "model name")
     validate_version(version)
     store = _store(store)
-    _type_ids(store)
     with store.write():
         ctx = _context(store, name)
         aliases_now, lifecycle = _props(ctx)
@@ -408,7 +374,7 @@ def _retire(
 
 
 def _check_servable(
-    store: Store, name: str, version: str, lifecycle: dict[str, dict[str, str]]
+    store: MetadataStore, name: str, version: str, lifecycle: dict[str, dict[str, str]]
 ) -> None:
     entry = lifecycle.get(version)
     if entry is None:
@@ -423,21 +389,20 @@ def _check_servable(
     )
 
 
-def ensure_servable(name: str, version: str, *, store: Store | None = None) -> None:
+def ensure_servable(name: str, version: str, *, store: MetadataStore | None = None) -> None:
     """Raise UnservableVersionError if ``name:version`` was deprecated or archived."""
     store = _store(store)
-    _type_ids(store)
     with store.read():
         _check_servable(store, name, version, _props(_context(store, name))[1])
 
 
 def _latest_servable(
-    store: Store, name: str, lifecycle: dict[str, dict[str, str]]
+    store: MetadataStore, name: str, lifecycle: dict[str, dict[str, str]]
 ) -> str | None:
     return next((v for v in _versions(store, name) if v not in lifecycle), None)
 
 
-def resolve(ref: str | ModelRef, *, store: Store | None = None) -> ResolvedModel:
+def resolve(ref: str | ModelRef, *, store: MetadataStore | None = None) -> ResolvedModel:
     """The model version a reference points at now.
 
     ``name`` is the latest version that is neither deprecated nor archived; ``name:version``
@@ -449,7 +414,6 @@ def resolve(ref: str | ModelRef, *, store: Store | None = None) -> ResolvedModel
     """
     parsed = ref if isinstance(ref, ModelRef) else parse_ref(ref)
     store = _store(store)
-    _type_ids(store)
     with store.read():
         alias_map, lifecycle = _props(_context(store, parsed.name))
         version = parsed.version
@@ -472,8 +436,8 @@ def resolve(ref: str | ModelRef, *, store: Store | None = None) -> ResolvedModel
                 )
         if version is not None:
             _check_servable(store, parsed.name, version, lifecycle)
-            artifact = store.call(
-                "get_artifact_by_type_and_name", MODEL_TYPE, mlmd_name(parsed.name, version)
+            artifact = store.get_artifact_by_type_and_name(
+                MODEL_TYPE, mlmd_name(parsed.name, version)
             )
             if artifact is not None:
                 return ResolvedModel(parsed, to_record(store, artifact), parsed.alias)

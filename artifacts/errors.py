@@ -17,5 +17,9 @@ class MetadataError(KfpServeError):
     """ML Metadata could not be read or written."""
 
 
+class AlreadyRecordedError(MetadataError):
+    """The metadata store already holds a record with that unique (type, name)."""
+
+
 class SnapshotError(KfpServeError):
     """A snapshot could not be taken, found, or verified."""

@@ -1,15 +1,18 @@
-"""The ML Metadata store: connection, types, contexts and safe writes.
-
-Store selection (``metadata_store()``):
-
-1. ``KFP_SERVE_MLMD``: ``sqlite:///abs/path.sqlite`` or ``grpc://host:port``;
-2. ``METADATA_GRPC_SERVICE_HOST`` (+ ``METADATA_GRPC_SERVICE_PORT``, default 8080), the KFP
-   convention, or running in a pod (KFP's ``metadata-grpc-service.kubeflow:8080``);
-3. otherwise SQLite at ``$KFP_SERVE_HOME/mlmd.sqlite``.
+"""ML Metadata, the one ``MetadataStore`` implementation: kfp-serve's types, contexts and safe
+writes, over a SQLite file (``SqliteStore``) or MLMD's gRPC service (``GrpcStore``).
 
 SQLite has one writer at a time and MLMD does not wait for a busy database, so every access
 to a SQLite store holds an ``flock`` on ``<file>.lock`` (shared to read, exclusive to write),
 and an operation that still meets "database is locked" (a writer outside kfp-serve) is retried.
+
+Over gRPC there is no client-side lock: the service runs each call in one transaction and the
+unique (type, name) of artifacts, executions and contexts refuses duplicates. A call the service
+cannot take (UNAVAILABLE: not started yet, restarting) is retried until
+``KFP_SERVE_MLMD_RETRY_DEADLINE`` seconds have passed; every call gives up after
+``KFP_SERVE_MLMD_TIMEOUT`` seconds (a hung service never hangs a pipeline step); ABORTED (a
+transaction that lost a conflict) is retried by MLMD's own client, as in every KFP component.
+Writes are safe to retry: an execution carries a unique name, so a ``put_execution`` whose answer
+was lost after the service committed it is found again instead of being written twice.
 """
 
 from __future__ import annotations
@@ -18,23 +21,35 @@ import contextlib
 import fcntl
 import json
 import os
-import random
-import socket
 import threading
-import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kfp_serve.artifacts.errors import MetadataError
+from kfp_serve.artifacts.errors import AlreadyRecordedError, MetadataError
+from kfp_serve.artifacts.metadata import (
+    DEFAULT_GRPC_PORT,
+    GRPC_HOST_ENV,
+    GRPC_PORT_ENV,
+    IN_CLUSTER_HOST,
+    MLMD_ENV,
+    MetadataStore,
+    RunInfo,
+    current_run,
+    metadata_store,
+    open_store,
+    store_uri,
+)
+from kfp_serve.retry import retrying
 
-MLMD_ENV = "KFP_SERVE_MLMD"
-GRPC_HOST_ENV = "METADATA_GRPC_SERVICE_HOST"
-GRPC_PORT_ENV = "METADATA_GRPC_SERVICE_PORT"
-IN_CLUSTER_HOST = "metadata-grpc-service.kubeflow"
-DEFAULT_GRPC_PORT = 8080
 INSTALL_COMMAND = "pip install --no-deps ml-metadata==1.17.1 && pip install absl-py six"
+TIMEOUT_ENV = "KFP_SERVE_MLMD_TIMEOUT"
+DEFAULT_TIMEOUT = 30.0
+RETRY_DEADLINE_ENV = "KFP_SERVE_MLMD_RETRY_DEADLINE"
+DEFAULT_RETRY_DEADLINE = 60.0
+#: How long a SQLite operation keeps retrying "database is locked" (a writer outside kfp-serve).
+SQLITE_LOCKED_DEADLINE = 30.0
 
 # Type names. Namespaced so they never collide with KFP's own "system.*" types.
 MODEL_TYPE = "kfp_serve.Model"
@@ -45,7 +60,13 @@ RUN_TYPE = "kfp_serve.PipelineRun"
 SUBMIT_EXECUTION = "kfp_serve.SubmitArtifact"
 SNAPSHOT_EXECUTION = "kfp_serve.TakeSnapshot"
 DEPLOY_EXECUTION = "kfp_serve.Deploy"
-KFP_RUN_TYPE = "system.PipelineRun"  # KFP's own run context, linked when it exists
+# Aliases and retired versions of one model name, and each change to them (artifacts/aliases.py).
+ALIASES_CONTEXT = "kfp_serve.ModelAliases"
+ALIAS_CHANGE_EXECUTION = "kfp_serve.AliasChange"
+# KFP's own contexts, as its launcher makes them (backend/src/v2/metadata/client.go): a
+# schemaless "system.PipelineRun" named by the run id, child of a "system.Pipeline".
+KFP_RUN_TYPE = "system.PipelineRun"
+KFP_PIPELINE_TYPE = "system.Pipeline"
 
 KIND_TYPES = {"model": MODEL_TYPE, "transformer": TRANSFORMER_TYPE}
 
@@ -70,6 +91,7 @@ ARTIFACT_TYPES = {
 CONTEXT_TYPES = {
     EXPERIMENT_TYPE: {"experiment": _S},
     RUN_TYPE: {"run_id": _S, "experiment": _S, "source": _S},
+    ALIASES_CONTEXT: {"model": _S, "aliases": _S, "lifecycle": _S},  # JSON objects
 }
 EXECUTION_TYPES = {
     SUBMIT_EXECUTION: {"step": _S, "run_id": _S, "artifact_kind": _S},
@@ -82,6 +104,16 @@ EXECUTION_TYPES = {
         "url": _S,
         "model_id": _I,
         "transformer_id": _I,
+    },
+    ALIAS_CHANGE_EXECUTION: {
+        "model": _S,
+        "action": _S,
+        "alias": _S,
+        "version": _S,
+        "previous_version": _S,
+        "author": _S,
+        "run_id": _S,
+        "reason": _S,
     },
 }
 
@@ -102,173 +134,150 @@ def _mlmd() -> tuple[Any, Any, Any]:
     return metadata_store, metadata_store_pb2, errors
 
 
-@dataclass(frozen=True)
-class RunInfo:
-    """The pipeline run and experiment that writes to MLMD from this process."""
-
-    experiment: str
-    run_id: str
-    source: str  # "kfp" | "pod" | "local"
-
-
-def current_run() -> RunInfo:
-    """The run/experiment from the KFP environment, else ``default`` and a per-process run.
-
-    ``KFP_SERVE_RUN_ID``/``KFP_RUN_ID`` name the run (components pass KFP's run id), and
-    ``KFP_SERVE_EXPERIMENT``/``KFP_EXPERIMENT_NAME`` the experiment. In a KFP pod without a run
-    id, the pod name (``KFP_POD_NAME``) identifies the step.
-    """
-    env = os.environ
-    experiment = env.get("KFP_SERVE_EXPERIMENT") or env.get("KFP_EXPERIMENT_NAME") or "default"
-    run_id = env.get("KFP_SERVE_RUN_ID") or env.get("KFP_RUN_ID")
-    if run_id:
-        return RunInfo(experiment, run_id, "kfp")
-    if env.get("KFP_POD_NAME"):
-        return RunInfo(experiment, f"pod-{env['KFP_POD_NAME']}", "pod")
-    return RunInfo(experiment, _process_run_id(), "local")
+def _seconds(env: str, default: float) -> float:
+    raw = os.environ.get(env)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise MetadataError(f"{env}={raw!r} is not a number of seconds > 0 (e.g. {env}=30)")
+    return value
 
 
-_run_ids: dict[int, str] = {}
+class _Transient(Exception):
+    """Carries an error that means "try the same call again" through the retry policy."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
-def _process_run_id() -> str:
-    # Keyed by pid: a forked child is a different run from its parent.
-    pid = os.getpid()
-    if pid not in _run_ids:
-        _run_ids[pid] = f"local-{socket.gethostname()}-{pid}-{int(time.time() * 1000)}"
-    return _run_ids[pid]
+def _first_line(e: Exception) -> str:
+    # MLMD messages embed whole protos; the first line says what went wrong.
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
-def store_uri() -> str:
-    """The MLMD store URI this process uses (see the module docstring for the order)."""
-    override = os.environ.get(MLMD_ENV)
-    if override:
-        return override
-    host = os.environ.get(GRPC_HOST_ENV)
-    from kfp_serve.artifacts.environment import running_in_pod
-
-    if host or running_in_pod():
-        port = os.environ.get(GRPC_PORT_ENV) or DEFAULT_GRPC_PORT
-        return f"grpc://{host or IN_CLUSTER_HOST}:{port}"
-    from kfp_serve.artifacts.home import state_dir
-
-    return f"sqlite://{state_dir() / 'mlmd.sqlite'}"
-
-
-class Store:
+class MlmdStore:
     """A connection to one MLMD store, with kfp-serve's types registered.
 
     Use ``metadata_store()`` rather than constructing it. ``raw`` is the ``ml_metadata``
-    ``MetadataStore``; ``read()``/``write()`` are the locks every access goes through.
+    ``MetadataStore``; ``read()``/``write()`` are the locks every access goes through. The
+    transports (``SqliteStore``, ``GrpcStore``) differ in how they connect, lock and retry.
     """
 
-    LOCK_RETRIES = 60
+    kind = ""
+    #: Seconds a call keeps being retried while ``_transient`` says its error will pass.
+    retry_deadline = SQLITE_LOCKED_DEADLINE
 
     def __init__(self, uri: str) -> None:
         ms, pb, errors = _mlmd()
         self.uri = uri
         self.pb = pb
         self.errors = errors
-        self._ms = ms
-        self._lock_path: Path | None = None
-        self._local = threading.local()
         self._type_ids: dict[str, int] = {}
-        self._context_ids: dict[tuple[str, str], int] = {}
-        if uri.startswith("sqlite://"):
-            path = Path(uri[len("sqlite://") :])
-            if not path.is_absolute():
-                raise MetadataError(f"{MLMD_ENV}={uri!r}: use sqlite:///absolute/path.sqlite")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.kind = "sqlite"
-            self._lock_path = path.with_name(path.name + ".lock")
-            config = pb.ConnectionConfig()
-            config.sqlite.filename_uri = str(path)
-            config.sqlite.connection_mode = pb.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
-            # Creating the schema of a new file is a write: hold the lock.
-            with self.write():
-                self.raw = self._retry(lambda: ms.MetadataStore(config), "open")
-        elif uri.startswith("grpc://"):
-            host, _, port = uri[len("grpc://") :].rstrip("/").rpartition(":")
-            if not host or not port.isdigit():
-                raise MetadataError(f"{uri!r} is not grpc://host:port")
-            self.kind = "grpc"
-            config = pb.MetadataStoreClientConfig(host=host, port=int(port))
-            config.client_timeout_sec = 30
-            try:
-                self.raw = ms.MetadataStore(config)
-            except Exception as e:  # grpc raises its own error types
-                raise MetadataError(
-                    f"cannot reach the MLMD gRPC service at {host}:{port}: {e}. Check "
-                    f"{GRPC_HOST_ENV}/{GRPC_PORT_ENV}, or set {MLMD_ENV}=sqlite:///path to use "
-                    "a local file"
-                ) from e
-        else:
-            raise MetadataError(
-                f"{MLMD_ENV}={uri!r} is not supported: use sqlite:///abs/path.sqlite or "
-                "grpc://host:port"
-            )
+        self._contexts: dict[tuple[str, str], Any] = {}
+        self.raw = self._connect(ms, pb)
+        self._list_options = ms.ListOptions
         self._register_types()
 
     def __repr__(self) -> str:
-        return f"Store({self.uri!r})"
+        return f"{type(self).__name__}({self.uri!r})"
 
-    # -- locking -----------------------------------------------------------------------------
+    # -- transport ---------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _flock(self, mode: int) -> Iterator[None]:
-        if self._lock_path is None:
-            yield
-            return
-        # Re-entrant within a thread: an exclusive holder may call read helpers.
-        depth = getattr(self._local, "depth", 0)
-        if depth:
-            self._local.depth = depth + 1
-            try:
-                yield
-            finally:
-                self._local.depth = depth
-            return
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, mode)
-            self._local.depth = 1
-            try:
-                yield
-            finally:
-                self._local.depth = 0
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+    def _connect(self, ms: Any, pb: Any) -> Any:
+        """Open the ``ml_metadata`` store for ``self.uri``."""
+        raise NotImplementedError
 
     def read(self) -> contextlib.AbstractContextManager[None]:
-        """Shared lock for reads (SQLite only; a no-op for gRPC)."""
-        return self._flock(fcntl.LOCK_SH)
+        """Hold while reading several things that must agree (a no-op unless overridden)."""
+        return contextlib.nullcontext()
 
     def write(self) -> contextlib.AbstractContextManager[None]:
-        """Exclusive lock for a read-modify-write sequence (SQLite only)."""
-        return self._flock(fcntl.LOCK_EX)
+        """Hold for a read-check-write sequence (a no-op unless overridden)."""
+        return contextlib.nullcontext()
 
-    def _retry(self, fn: Callable[[], T], what: str) -> T:
-        for attempt in range(self.LOCK_RETRIES):
+    def _transient(self, error: Exception) -> bool:
+        """True if the same call may succeed when tried again."""
+        return False
+
+    def _gave_up(self, error: Exception, method: str) -> MetadataError:
+        """The error once a transient failure outlasted ``retry_deadline``."""
+        return self._failed(error, method)
+
+    def _failed(self, error: Exception, method: str) -> MetadataError:
+        message = f"MLMD {method} failed on {self.uri!r}: {_first_line(error)}"
+        if isinstance(error, self.errors.AlreadyExistsError):
+            return AlreadyRecordedError(message)
+        return MetadataError(message)
+
+    def _retrying(self, fn: Callable[[], T], method: str) -> T:
+        def once() -> T:
             try:
                 return fn()
             except Exception as e:
-                text = str(e).lower()
-                transient = "database is locked" in text or "database is busy" in text
-                if not transient or attempt == self.LOCK_RETRIES - 1:
-                    raise
-                time.sleep(min(0.5, 0.01 * 2**attempt) * random.uniform(0.5, 1.5))
-        raise AssertionError("unreachable")
+                if self._transient(e):
+                    raise _Transient(e) from e
+                raise
 
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Call ``raw.<method>`` with retries on a locked database, as MetadataError on failure."""
-        fn = getattr(self.raw, method)
         try:
-            return self._retry(lambda: fn(*args, **kwargs), method)
+            return retrying(deadline=self.retry_deadline, on=_Transient, first_wait=0.01)(once)
+        except _Transient as t:
+            raise self._gave_up(t.error, method) from t.error
+
+    def call(
+        self, method: str, *args: Any, recover: Callable[[], Any] | None = None, **kwargs: Any
+    ) -> Any:
+        """Call ``raw.<method>`` with the transport's retries, as MetadataError on failure.
+
+        Args:
+            recover: Called when the store answers ALREADY_EXISTS; what it returns (unless
+                None) is the call's result: the thing was written already (by another writer,
+                or by this very call before its answer was lost).
+        """
+        fn = getattr(self.raw, method)
+
+        def once() -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except self.errors.AlreadyExistsError:
+                found = recover() if recover is not None else None
+                if found is None:
+                    raise
+                return found
+
+        try:
+            return self._retrying(once, method)
         except self.errors.StatusError as e:
-            # MLMD messages embed whole protos; the first line says what went wrong.
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise MetadataError(f"MLMD {method} failed on {self.uri!r}: {first[:300]}") from e
+            raise self._failed(e, method) from e
+
+    # -- reads (the MetadataStore protocol) --------------------------------------------------
+
+    def get_artifacts_by_id(self, ids: Sequence[int]) -> list[Any]:
+        return self.call("get_artifacts_by_id", list(ids)) if ids else []
+
+    def get_artifact_by_type_and_name(self, type_name: str, name: str) -> Any | None:
+        return self.call("get_artifact_by_type_and_name", type_name, name)
+
+    def get_artifacts(self, filter_query: str) -> list[Any]:
+        options = self._list_options(filter_query=filter_query)
+        return self.call("get_artifacts", list_options=options)
+
+    def get_executions_by_id(self, ids: Sequence[int]) -> list[Any]:
+        return self.call("get_executions_by_id", list(ids)) if ids else []
+
+    def get_events_by_artifact_ids(self, ids: Sequence[int]) -> list[Any]:
+        return self.call("get_events_by_artifact_ids", list(ids)) if ids else []
+
+    def get_events_by_execution_ids(self, ids: Sequence[int]) -> list[Any]:
+        return self.call("get_events_by_execution_ids", list(ids)) if ids else []
+
+    def get_contexts_by_execution(self, execution_id: int) -> list[Any]:
+        return self.call("get_contexts_by_execution", execution_id)
 
     # -- types -------------------------------------------------------------------------------
 
@@ -276,27 +285,15 @@ class Store:
         """Register kfp-serve's types; a no-op when they exist with the same properties."""
         pb = self.pb
         kinds = [
-            (
-                "artifact",
-                ARTIFACT_TYPES,
-                pb.ArtifactType,
-                "get_artifact_types",
-                "put_artifact_type",
-            ),
-            ("context", CONTEXT_TYPES, pb.ContextType, "get_context_types", "put_context_type"),
-            (
-                "execution",
-                EXECUTION_TYPES,
-                pb.ExecutionType,
-                "get_execution_types",
-                "put_execution_type",
-            ),
+            ("artifact", ARTIFACT_TYPES, pb.ArtifactType, "artifact_type"),
+            ("context", CONTEXT_TYPES, pb.ContextType, "context_type"),
+            ("execution", EXECUTION_TYPES, pb.ExecutionType, "execution_type"),
         ]
         with self.read():
             existing = {
-                kind: {t.name: t for t in self.call(getter)} for kind, _, _, getter, _ in kinds
+                kind: {t.name: t for t in self.call(f"get_{noun}s")} for kind, _, _, noun in kinds
             }
-        for kind, wanted, proto, _, putter in kinds:
+        for kind, wanted, proto, noun in kinds:
             for name, props in wanted.items():
                 stored = existing[kind].get(name)
                 if stored is not None and _same_properties(stored, props, pb):
@@ -307,21 +304,31 @@ class Store:
                 t = proto(name=name)
                 for prop, ptype in props.items():
                     t.properties[prop] = getattr(pb, ptype)
+
+                def registered_meanwhile(
+                    noun: str = noun, name: str = name, props: dict[str, str] = props
+                ) -> int | None:
+                    # Another writer registered it between our read and our write.
+                    found = self.call(f"get_{noun}", name)
+                    return found.id if _same_properties(found, props, pb) else None
+
                 with self.write():
                     try:
                         # can_add_fields: an older store gains new properties; can_omit_fields:
                         # a store written by a newer kfp-serve still works with this one.
-                        self._type_ids[name] = self._retry(
-                            lambda t=t, putter=putter: getattr(self.raw, putter)(
-                                t, can_add_fields=True, can_omit_fields=True
-                            ),
-                            putter,
+                        self._type_ids[name] = self.call(
+                            f"put_{noun}",
+                            t,
+                            can_add_fields=True,
+                            can_omit_fields=True,
+                            recover=registered_meanwhile,
                         )
-                    except self.errors.AlreadyExistsError as e:
+                    except AlreadyRecordedError as e:
                         raise MetadataError(
                             f"MLMD {kind} type {name!r} in {self.uri!r} is incompatible with "
                             f"this kfp-serve: {e}"
                         ) from e
+        self._type_names = {v: k for k, v in self._type_ids.items()}
 
     def _check_compatible(self, kind: str, stored: Any, props: dict[str, str]) -> None:
         names = {v: k for k, v in self.pb.PropertyType.items()}
@@ -344,23 +351,37 @@ class Store:
     # -- contexts ----------------------------------------------------------------------------
 
     def context(self, type_name: str, name: str, properties: dict[str, Any]) -> Any:
-        """Get or create the context ``name`` of ``type_name`` (call under ``write()``)."""
+        """Get or create the context ``name`` of ``type_name`` (call under ``write()``).
+
+        Returns the whole stored context: ``put_execution`` upserts the contexts it is given,
+        so a partial one (id only) would wipe the stored properties.
+        """
         key = (type_name, name)
-        pb = self.pb
-        if key in self._context_ids:
-            return pb.Context(id=self._context_ids[key], type_id=self.type_id(type_name), name=name)
+        if key in self._contexts:
+            return self._contexts[key]
         found = self.call("get_context_by_type_and_name", type_name, name)
         if found is None:
-            ctx = pb.Context(type_id=self.type_id(type_name), name=name)
+            ctx = self.pb.Context(type_id=self.type_id(type_name), name=name)
             for k, v in properties.items():
                 set_value(ctx.properties[k], v)
-            [cid] = self.call("put_contexts", [ctx])
-            found = pb.Context(id=cid, type_id=ctx.type_id, name=name)
-        self._context_ids[key] = found.id
+
+            def created_meanwhile() -> list[int] | None:
+                # Another process of the same experiment created it first: use theirs.
+                other = self.call("get_context_by_type_and_name", type_name, name)
+                return [other.id] if other is not None else None
+
+            [cid] = self.call("put_contexts", [ctx], recover=created_meanwhile)
+            found = self.call("get_contexts_by_id", [cid])[0]
+        self._contexts[key] = found
         return found
 
     def run_contexts(self, run: RunInfo | None = None) -> list[Any]:
-        """Experiment and run contexts for ``run`` (default: this process), under ``write()``."""
+        """Experiment and run contexts for ``run`` (default: this process), under ``write()``.
+
+        Inside a KFP run (``run.source == "kfp"``) the run's ``system.PipelineRun`` context,
+        which KFP's launcher created before the step started, is attached too, so KFP's own
+        lineage view lists what the step recorded.
+        """
         run = run or current_run()
         contexts = [
             self.context(EXPERIMENT_TYPE, run.experiment, {"experiment": run.experiment}),
@@ -371,14 +392,18 @@ class Store:
             ),
         ]
         if run.source == "kfp":
-            # Attach to KFP's own run context too, so KFP's UI lists the artifacts.
-            try:
-                kfp_ctx = self.call("get_context_by_type_and_name", KFP_RUN_TYPE, run.run_id)
-            except MetadataError:
-                kfp_ctx = None
+            kfp_ctx = self._kfp_run_context(run.run_id)
             if kfp_ctx is not None:
                 contexts.append(kfp_ctx)
         return contexts
+
+    def _kfp_run_context(self, run_id: str) -> Any | None:
+        # Read fresh for every write, never cached: the write upserts the context as given, so
+        # an old copy would undo whatever KFP changed on its own context meanwhile.
+        try:
+            return self.call("get_context_by_type_and_name", KFP_RUN_TYPE, run_id)
+        except MetadataError:
+            return None  # a store KFP never wrote to has no such type
 
     # -- safe writes -------------------------------------------------------------------------
 
@@ -390,7 +415,7 @@ class Store:
         the stored artifact and merging the given fields on top makes that impossible.
         """
         ids = [a.id for a in artifacts if a.HasField("id")]
-        stored = {a.id: a for a in self.call("get_artifacts_by_id", ids)} if ids else {}
+        stored = {a.id: a for a in self.get_artifacts_by_id(ids)}
         out = []
         for a in artifacts:
             if a.HasField("id"):
@@ -409,10 +434,133 @@ class Store:
         artifact_and_events: Sequence[tuple[Any, Any]],
         contexts: Sequence[Any],
     ) -> tuple[int, list[int], list[int]]:
-        """``put_execution`` that never wipes an artifact (see ``full_artifacts``)."""
+        """``put_execution`` that never wipes an artifact and never writes twice.
+
+        The execution gets a unique name when it has none: names are unique per execution
+        type, so a call retried after the service committed it (and died before answering)
+        meets ALREADY_EXISTS and finds its own execution instead of adding a second one.
+        """
         full = self.full_artifacts([a for a, _ in artifact_and_events])
         pairs = [(a, e) for a, (_, e) in zip(full, artifact_and_events, strict=True)]
-        return self.call("put_execution", execution, pairs, list(contexts))
+        if not execution.name:
+            step = get_value(execution.properties, "step", "write")
+            execution.name = f"{step}-{uuid.uuid4().hex}"
+
+        def written_already() -> tuple[int, list[int], list[int]] | None:
+            done = self.call(
+                "get_execution_by_type_and_name",
+                self._type_names[execution.type_id],
+                execution.name,
+            )
+            if done is None:
+                return None  # a real conflict (a duplicate artifact name): report it
+            events = self.get_events_by_execution_ids([done.id])
+            stored = self.get_artifacts_by_id([e.artifact_id for e in events])
+            by_name = {(a.type_id, a.name): a.id for a in stored}
+            ids = [a.id if a.HasField("id") else by_name.get((a.type_id, a.name)) for a, _ in pairs]
+            if None in ids:
+                return None
+            return done.id, ids, [c.id for c in contexts]
+
+        return self.call("put_execution", execution, pairs, list(contexts), recover=written_already)
+
+
+class SqliteStore(MlmdStore):
+    """MLMD over a SQLite file (``sqlite:///abs/path.sqlite``), with an flock per access."""
+
+    kind = "sqlite"
+
+    def _connect(self, ms: Any, pb: Any) -> Any:
+        path = Path(self.uri[len("sqlite://") :])
+        if not path.is_absolute():
+            raise MetadataError(f"{MLMD_ENV}={self.uri!r}: use sqlite:///absolute/path.sqlite")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_path = path.with_name(path.name + ".lock")
+        self._local = threading.local()
+        config = pb.ConnectionConfig()
+        config.sqlite.filename_uri = str(path)
+        config.sqlite.connection_mode = pb.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
+        # Creating the schema of a new file is a write: hold the lock.
+        with self.write():
+            return self._retrying(lambda: ms.MetadataStore(config), "open")
+
+    @contextlib.contextmanager
+    def _flock(self, mode: int) -> Iterator[None]:
+        # Re-entrant within a thread: an exclusive holder may call read helpers.
+        depth = getattr(self._local, "depth", 0)
+        if depth:
+            self._local.depth = depth + 1
+            try:
+                yield
+            finally:
+                self._local.depth = depth
+            return
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, mode)
+            self._local.depth = 1
+            try:
+                yield
+            finally:
+                self._local.depth = 0
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def read(self) -> contextlib.AbstractContextManager[None]:
+        """Shared lock for reads."""
+        return self._flock(fcntl.LOCK_SH)
+
+    def write(self) -> contextlib.AbstractContextManager[None]:
+        """Exclusive lock for a read-modify-write sequence."""
+        return self._flock(fcntl.LOCK_EX)
+
+    def _transient(self, error: Exception) -> bool:
+        text = str(error).lower()
+        return "database is locked" in text or "database is busy" in text
+
+
+class GrpcStore(MlmdStore):
+    """MLMD's gRPC service (``grpc://host:port``): KFP's ``metadata-grpc-service`` on a cluster.
+
+    Attributes:
+        address: ``host:port``.
+        timeout: Seconds one call may take (``KFP_SERVE_MLMD_TIMEOUT``, default 30).
+        retry_deadline: Seconds an unreachable service is retried
+            (``KFP_SERVE_MLMD_RETRY_DEADLINE``, default 60).
+    """
+
+    kind = "grpc"
+
+    def _connect(self, ms: Any, pb: Any) -> Any:
+        host, _, port = self.uri[len("grpc://") :].rstrip("/").rpartition(":")
+        if not host or not port.isdigit():
+            raise MetadataError(f"{MLMD_ENV}={self.uri!r} is not grpc://host:port")
+        self.address = f"{host}:{port}"
+        self.timeout = _seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT)
+        self.retry_deadline = _seconds(RETRY_DEADLINE_ENV, DEFAULT_RETRY_DEADLINE)
+        config = pb.MetadataStoreClientConfig(host=host, port=int(port))
+        config.client_timeout_sec = self.timeout
+        return ms.MetadataStore(config)  # connects on the first call
+
+    def _transient(self, error: Exception) -> bool:
+        return isinstance(error, self.errors.UnavailableError)
+
+    def _gave_up(self, error: Exception, method: str) -> MetadataError:
+        return MetadataError(
+            f"the MLMD gRPC service at {self.address} is unreachable ({_first_line(error)}); "
+            f"retried {method} for {self.retry_deadline:g} s ({RETRY_DEADLINE_ENV}). Check that "
+            f"it is running and that {GRPC_HOST_ENV}/{GRPC_PORT_ENV} (or {MLMD_ENV}) name it, "
+            f"or set {MLMD_ENV}=sqlite:///path to use a local file"
+        )
+
+    def _failed(self, error: Exception, method: str) -> MetadataError:
+        if isinstance(error, self.errors.DeadlineExceededError):
+            return MetadataError(
+                f"the MLMD gRPC service at {self.address} did not answer {method} within "
+                f"{self.timeout:g} s ({TIMEOUT_ENV}); it may be overloaded or hung"
+            )
+        return super()._failed(error, method)
 
 
 def _same_properties(stored: Any, props: dict[str, str], pb: Any) -> bool:
@@ -442,20 +590,25 @@ def get_value(props: Any, key: str, default: Any = None) -> Any:
     return getattr(v, which) if which else default
 
 
-_stores: dict[tuple[int, str], Store] = {}
-_stores_lock = threading.Lock()
-
-
-def metadata_store(uri: str | None = None) -> Store:
-    """The MLMD store for ``uri`` (default: chosen from the environment), cached per process.
-
-    Raises:
-        MetadataError: ml-metadata is not installed (the message has the install command), or
-            the store cannot be opened.
-    """
-    uri = uri or store_uri()
-    key = (os.getpid(), uri)  # a forked child opens its own connection
-    with _stores_lock:
-        if key not in _stores:
-            _stores[key] = Store(uri)
-        return _stores[key]
+__all__ = [
+    "DEFAULT_GRPC_PORT",
+    "GRPC_HOST_ENV",
+    "GRPC_PORT_ENV",
+    "GrpcStore",
+    "IN_CLUSTER_HOST",
+    "KFP_PIPELINE_TYPE",
+    "KFP_RUN_TYPE",
+    "MLMD_ENV",
+    "MetadataStore",
+    "MlmdStore",
+    "RETRY_DEADLINE_ENV",
+    "RunInfo",
+    "SqliteStore",
+    "TIMEOUT_ENV",
+    "current_run",
+    "get_value",
+    "metadata_store",
+    "open_store",
+    "set_value",
+    "store_uri",
+]

@@ -340,9 +340,9 @@ class _Artifact:
             inputs: MLMD ids of artifacts this one was made from (INPUT events; for example
                 the dataset or the transformer it was trained behind).
             run: The pipeline run to record under (default: from the environment, see
-                ``kfp_serve.artifacts.mlmd.current_run``).
+                ``kfp_serve.artifacts.metadata.current_run``).
             experiment: The experiment to record under (default: from the environment).
-            store: An ``kfp_serve.artifacts.mlmd.Store`` (default: ``metadata_store()``).
+            store: A ``kfp_serve.artifacts.MetadataStore`` (default: ``metadata_store()``).
 
         Returns:
             The MLMD artifact id.
@@ -350,7 +350,7 @@ class _Artifact:
         Raises:
             MetadataError: the version exists and ``allow_overwrite`` is False, or MLMD fails.
         """
-        from kfp_serve.artifacts.mlmd import RunInfo, current_run
+        from kfp_serve.artifacts.metadata import RunInfo, current_run
         from kfp_serve.artifacts.records import Submission, record_submission
         from kfp_serve.artifacts.snapshots.digest import tree_digest
 

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from kfp_serve.artifacts.errors import MetadataError
+from kfp_serve.artifacts.errors import AlreadyRecordedError, MetadataError
+from kfp_serve.artifacts.metadata import MetadataStore, RunInfo, current_run, metadata_store
 from kfp_serve.artifacts.mlmd import (
     DEPLOY_EXECUTION,
     EXPERIMENT_TYPE,
@@ -26,11 +27,7 @@ from kfp_serve.artifacts.mlmd import (
     SNAPSHOT_TYPE,
     SUBMIT_EXECUTION,
     TRANSFORMER_TYPE,
-    RunInfo,
-    Store,
-    current_run,
     get_value,
-    metadata_store,
     set_value,
 )
 from kfp_serve.artifacts.names import validate_name, validate_version
@@ -95,7 +92,7 @@ def _json(props: Any, key: str, default: Any) -> Any:
         return default
 
 
-def to_record(store: Store, artifact: Any) -> ArtifactRecord:
+def to_record(store: MetadataStore, artifact: Any) -> ArtifactRecord:
     kind = _TYPE_KINDS.get(artifact.type)
     if kind is None:
         raise MetadataError(
@@ -122,15 +119,15 @@ def to_record(store: Store, artifact: Any) -> ArtifactRecord:
     )
 
 
-def _store(store: Store | None) -> Store:
+def _store(store: MetadataStore | None) -> MetadataStore:
     return store if store is not None else metadata_store()
 
 
-def _artifact(store: Store, artifact_id: int) -> Any:
+def _artifact(store: MetadataStore, artifact_id: int) -> Any:
     if isinstance(artifact_id, bool) or not isinstance(artifact_id, int):
         raise MetadataError(f"artifact id must be an int, got {artifact_id!r}")
     with store.read():
-        found = store.call("get_artifacts_by_id", [artifact_id])
+        found = store.get_artifacts_by_id([artifact_id])
     if not found:
         raise MetadataError(
             f"no artifact with id {artifact_id} in {store.uri!r} (ids come from "
@@ -139,7 +136,7 @@ def _artifact(store: Store, artifact_id: int) -> Any:
     return found[0]
 
 
-def get_artifact(artifact_id: int, *, store: Store | None = None) -> ArtifactRecord:
+def get_artifact(artifact_id: int, *, store: MetadataStore | None = None) -> ArtifactRecord:
     """The record of a model or transformer by MLMD id.
 
     Raises:
@@ -161,15 +158,13 @@ def _version_key(version: str) -> tuple:
     return tuple(key)
 
 
-def _live(store: Store, type_name: str, name: str | None = None) -> list[Any]:
+def _live(store: MetadataStore, type_name: str, name: str | None = None) -> list[Any]:
     query = f"type = '{type_name}' AND state = LIVE"
     if name is not None:
         # Safe to embed: names are DNS-1123 labels (validated before this point).
         query += f" AND properties.name.string_value = '{name}'"
-    from ml_metadata.metadata_store.metadata_store import ListOptions
-
     with store.read():
-        return store.call("get_artifacts", list_options=ListOptions(filter_query=query))
+        return store.get_artifacts(query)
 
 
 def find_artifact(
@@ -178,7 +173,7 @@ def find_artifact(
     *,
     kind: str | None = None,
     missing_ok: bool = False,
-    store: Store | None = None,
+    store: MetadataStore | None = None,
 ) -> ArtifactRecord | None:
     """Find a model or transformer by name, the latest version when ``version`` is None.
 
@@ -206,9 +201,7 @@ def find_artifact(
     for k in kinds:
         if version is not None:
             with store.read():
-                a = store.call(
-                    "get_artifact_by_type_and_name", KIND_TYPES[k], mlmd_name(name, version)
-                )
+                a = store.get_artifact_by_type_and_name(KIND_TYPES[k], mlmd_name(name, version))
             if a is not None:
                 found.append(a)
         else:
@@ -235,7 +228,7 @@ def find_artifact(
 def list_artifacts(
     kind: str | None = None,
     *,
-    store: Store | None = None,
+    store: MetadataStore | None = None,
 ) -> list[ArtifactRecord]:
     """All models and/or transformers, oldest first.
 
@@ -270,7 +263,7 @@ def record_submission(
     allow_overwrite: bool = False,
     on_existing: Callable[[ArtifactRecord], int | None] | None = None,
     run: RunInfo | None = None,
-    store: Store | None = None,
+    store: MetadataStore | None = None,
 ) -> int:
     """Record a new model/transformer version with its lineage; return its MLMD id.
 
@@ -295,7 +288,7 @@ def record_submission(
     unique = mlmd_name(sub.name, sub.version)
     run = run or current_run()
     with store.write():
-        existing = store.call("get_artifact_by_type_and_name", type_name, unique)
+        existing = store.get_artifact_by_type_and_name(type_name, unique)
         if existing is not None and on_existing is not None:
             reused = on_existing(to_record(store, existing))
             if reused is not None:
@@ -309,7 +302,7 @@ def record_submission(
         uri = place(existing is not None)
         inputs = []
         for input_id in sub.inputs:
-            found = store.call("get_artifacts_by_id", [input_id])
+            found = store.get_artifacts_by_id([input_id])
             if not found:
                 raise MetadataError(f"input artifact id {input_id} does not exist in {store.uri!r}")
             inputs.append(found[0])
@@ -338,11 +331,20 @@ def record_submission(
         for a in inputs:
             pairs.append((a, pb.Event(type=pb.Event.INPUT)))
         pairs.append((artifact, pb.Event(type=pb.Event.OUTPUT)))
-        _, artifact_ids, _ = store.put_execution(execution, pairs, store.run_contexts(run))
+        try:
+            _, artifact_ids, _ = store.put_execution(execution, pairs, store.run_contexts(run))
+        except AlreadyRecordedError as e:
+            # Another writer recorded the same name+version between the check and the write
+            # (writers on other machines share no lock; the store's unique names decide).
+            raise MetadataError(
+                f"{sub.kind} {sub.name!r} version {sub.version!r} was just recorded by another "
+                f"writer ({store.uri!r}); released versions are not overwritten. Use a new "
+                "version, or submit_artifact(allow_existing=True) to reuse identical content"
+            ) from e
         return artifact_ids[-1]
 
 
-def link_snapshot(artifact_id: int, snapshot: Any, *, store: Store | None = None) -> None:
+def link_snapshot(artifact_id: int, snapshot: Any, *, store: MetadataStore | None = None) -> None:
     """Link a snapshot to the artifact it was taken of.
 
     Sets the artifact's ``snapshot_uri`` and ``digest`` (what ``serve()`` uses) and records a
@@ -362,7 +364,7 @@ def link_snapshot(artifact_id: int, snapshot: Any, *, store: Store | None = None
         updated.CopyFrom(artifact)
         updated.properties["snapshot_uri"].string_value = snapshot.uri
         updated.properties["digest"].string_value = snapshot.digest
-        snap = store.call("get_artifact_by_type_and_name", SNAPSHOT_TYPE, snapshot.uri)
+        snap = store.get_artifact_by_type_and_name(SNAPSHOT_TYPE, snapshot.uri)
         if snap is None:
             snap = pb.Artifact(type_id=store.type_id(SNAPSHOT_TYPE), name=snapshot.uri)
             snap.uri = snapshot.uri
@@ -386,7 +388,7 @@ def link_snapshot(artifact_id: int, snapshot: Any, *, store: Store | None = None
 
 
 def snapshot_artifact(
-    artifact_id: int, snapshot_store: Any = None, *, store: Store | None = None
+    artifact_id: int, snapshot_store: Any = None, *, store: MetadataStore | None = None
 ) -> Any:
     """Snapshot a submitted artifact's directory and link the snapshot to it.
 
@@ -413,7 +415,7 @@ def record_deployment(
     transformer_id: int | None = None,
     url: str | None = None,
     *,
-    store: Store | None = None,
+    store: MetadataStore | None = None,
 ) -> int:
     """Record that endpoint ``name`` serves ``model_id`` (and ``transformer_id``).
 
@@ -448,14 +450,14 @@ def record_deployment(
         return execution_id
 
 
-def _summary(store: Store, a: Any) -> dict[str, Any]:
+def _summary(store: MetadataStore, a: Any) -> dict[str, Any]:
     if a.type in _TYPE_KINDS:
         r = to_record(store, a)
         return {"id": r.id, "kind": r.kind, "name": r.name, "version": r.version, "uri": r.uri}
     return {"id": a.id, "type": a.type, "name": a.name, "uri": a.uri}
 
 
-def lineage(artifact_id: int, *, store: Store | None = None) -> dict[str, Any]:
+def lineage(artifact_id: int, *, store: MetadataStore | None = None) -> dict[str, Any]:
     """Where an artifact came from and what uses it.
 
     Returns:
@@ -468,11 +470,9 @@ def lineage(artifact_id: int, *, store: Store | None = None) -> dict[str, Any]:
     with store.read():
         artifact = _artifact(store, artifact_id)
         record = to_record(store, artifact)
-        events = store.call("get_events_by_artifact_ids", [artifact_id])
+        events = store.get_events_by_artifact_ids([artifact_id])
         exec_ids = sorted({e.execution_id for e in events})
-        executions = (
-            {x.id: x for x in store.call("get_executions_by_id", exec_ids)} if exec_ids else {}
-        )
+        executions = {x.id: x for x in store.get_executions_by_id(exec_ids)} if exec_ids else {}
         producer = None
         for e in sorted(events, key=lambda e: e.execution_id):
             # The latest OUTPUT event: a version replaced with allow_overwrite has several.
@@ -494,20 +494,18 @@ def lineage(artifact_id: int, *, store: Store | None = None) -> dict[str, Any]:
                 "step": get_value(producer.properties, "step"),
                 "create_time": _time(producer.create_time_since_epoch).isoformat(),
             }
-            for ctx in store.call("get_contexts_by_execution", producer.id):
+            for ctx in store.get_contexts_by_execution(producer.id):
                 if ctx.type == RUN_TYPE:
                     out["run"] = ctx.name
                 elif ctx.type == EXPERIMENT_TYPE:
                     out["experiment"] = ctx.name
             in_ids = [
                 e.artifact_id
-                for e in store.call("get_events_by_execution_ids", [producer.id])
+                for e in store.get_events_by_execution_ids([producer.id])
                 if e.type == store.pb.Event.INPUT
             ]
             if in_ids:
-                out["inputs"] = [
-                    _summary(store, a) for a in store.call("get_artifacts_by_id", in_ids)
-                ]
+                out["inputs"] = [_summary(store, a) for a in store.get_artifacts_by_id(in_ids)]
         for e in events:
             x = executions.get(e.execution_id)
             if x is None or e.type != store.pb.Event.INPUT:
@@ -516,10 +514,10 @@ def lineage(artifact_id: int, *, store: Store | None = None) -> dict[str, Any]:
             if x.type == SNAPSHOT_EXECUTION:
                 outs = [
                     ev.artifact_id
-                    for ev in store.call("get_events_by_execution_ids", [x.id])
+                    for ev in store.get_events_by_execution_ids([x.id])
                     if ev.type == store.pb.Event.OUTPUT
                 ]
-                for s in store.call("get_artifacts_by_id", outs) if outs else []:
+                for s in store.get_artifacts_by_id(outs) if outs else []:
                     out["snapshots"].append(
                         {
                             "id": s.id,

@@ -51,7 +51,8 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         os.environ["KFP_SERVE_HOME"] = home
         os.environ.pop("KFP_SERVE_MLMD", None)
         from kfp_serve import artifacts
-        from kfp_serve.artifacts.mlmd import SUBMIT_EXECUTION, metadata_store
+        from kfp_serve.artifacts.metadata import metadata_store
+        from kfp_serve.artifacts.mlmd import MODEL_TYPE, SUBMIT_EXECUTION
         from kfp_serve.serving.gate import LiveCriteria, LiveWindow, decide_live
 
         X, y = load_iris(return_X_y=True)
@@ -61,7 +62,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         artifacts.set_alias("iris", "champion", "1.0.0")
         store = metadata_store()
         pb = store.pb
-        artifact = store.call("get_artifact_by_type_and_name", "kfp_serve.Model", "iris@1.0.0")
+        artifact = store.get_artifact_by_type_and_name(MODEL_TYPE, "iris@1.0.0")
 
         def bare_put() -> None:
             with store.write():

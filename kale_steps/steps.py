@@ -22,7 +22,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 #: Where the artifacts layer reads the pipeline run id from (see
-# kfp_serve.artifacts.mlmd.current_run).
+# kfp_serve.artifacts.metadata.current_run).
 RUN_ID_ENV = "KFP_SERVE_RUN_ID"
 _RUN_ID_ENVS = (RUN_ID_ENV, "KFP_RUN_ID")
 #: The label KFP's API server puts on every pod of a run, holding the run id.

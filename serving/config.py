@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from kfp_serve.serving.admission import DEFAULT_MIN_REPLICAS, quote
 from kfp_serve.serving.errors import ServeConfigError
 from kfp_serve.serving.schema import normalize, normalize_object, normalize_quantities, to_plain
 
@@ -286,16 +287,20 @@ def _check_ranges(spec: dict[str, Any], component: str) -> None:
     """Value checks the schema tables cannot express."""
     for key in ("minReplicas", "maxReplicas", "containerConcurrency"):
         if key in spec and spec[key] < 0:
-            raise ServeConfigError(f"{component}.{key}: must be 0 or more, got {spec[key]}")
+            rule = "container-concurrency" if key == "containerConcurrency" else "replicas"
+            raise ServeConfigError(
+                f"{component}.{key}: must be 0 or more, got {spec[key]}; KServe {quote(rule)}"
+            )
     for key in ("timeout", "scaleTarget"):
         if key in spec and spec[key] < 1:
             raise ServeConfigError(f"{component}.{key}: must be 1 or more, got {spec[key]}")
-    if "minReplicas" in spec and "maxReplicas" in spec and spec["maxReplicas"] != 0:
-        if spec["minReplicas"] > spec["maxReplicas"]:
-            raise ServeConfigError(
-                f"{component}: minReplicas ({spec['minReplicas']}) is above maxReplicas "
-                f"({spec['maxReplicas']})"
-            )
+    # KServe defaults minReplicas to 1, so a lone maxReplicas is compared with that.
+    low = spec.get("minReplicas", DEFAULT_MIN_REPLICAS)
+    if spec.get("maxReplicas") and low > spec["maxReplicas"]:
+        raise ServeConfigError(
+            f"{component}.minReplicas: {low} is above maxReplicas ({spec['maxReplicas']}); "
+            f"KServe {quote('replicas')}"
+        )
     percent = spec.get("canaryTrafficPercent")
     if percent is not None and not 0 <= percent <= 100:
         raise ServeConfigError(

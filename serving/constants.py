@@ -19,3 +19,5 @@ ANNOTATION_DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
 
 IMAGE_ENV = "KFP_SERVE_IMAGE"
 DEFAULT_IMAGE = "ghcr.io/kubeflow/kfp-serve:0.1.0"
+# The KServe release the cluster runs ("0.15" ... "master"); unset: check every supported one.
+KSERVE_VERSION_ENV = "KFP_SERVE_KSERVE_VERSION"

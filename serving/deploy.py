@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlparse
 
 from kfp_serve.artifacts.errors import MetadataError
-from kfp_serve.artifacts.names import validate_name
 from kfp_serve.serving.config import ServeConfig
-from kfp_serve.serving.isvc import Provenance, build_inference_service
+from kfp_serve.serving.isvc import Provenance, build_inference_service, check_name
 
 if TYPE_CHECKING:
     from kfp_serve.artifacts import ArtifactRecord
@@ -59,7 +58,7 @@ def serve(
     # Check the config before anything is submitted or snapshotted.
     cfg = ServeConfig.coerce(serve_config)
     if name is not None:
-        validate_name(name, "name")
+        check_name(name, "name")
     model_rec, model_alias = resolve_model(model, name=name)
     transformer_rec = (
         resolve_artifact(transformer, TRANSFORMER, name=f"{name or model_rec.name}-transformer")
@@ -95,8 +94,14 @@ def serve(
 
     chosen = get_backend(backend)
     status = chosen.apply(manifest, wait=wait, timeout=timeout)
+    # The namespace the backend applied to (a cluster's default comes from the kubeconfig or
+    # the pod), so the record says where the endpoint really is.
     record_deployment(
-        name, namespace, model_rec.id, transformer_rec.id if transformer_rec else None, status.url
+        name,
+        namespace or status.namespace,
+        model_rec.id,
+        transformer_rec.id if transformer_rec else None,
+        status.url,
     )
     return Endpoint(name, namespace, backend=chosen.name)
 

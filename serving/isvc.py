@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from kfp_serve.artifacts.names import is_label_value, validate_name
-from kfp_serve.serving import constants
+from kfp_serve.serving import admission, constants
 from kfp_serve.serving.config import PREDICTOR, TRANSFORMER, ServeConfig, merge_env
 from kfp_serve.serving.errors import ServeConfigError
 
@@ -35,14 +35,13 @@ V2_ONLY_RUNTIMES = ("kserve-mlserver",)
 DEFAULT_PROTOCOL = "v1"
 #: Schemes the KServe storage initializer accepts for storageUri.
 STORAGE_SCHEMES = ("gs", "s3", "pvc", "file", "https", "http", "hdfs", "webhdfs", "oci", "hf")
-#: KServe's name for the main container; the controller fills in its ports and probes.
-MAIN_CONTAINER = "kserve-container"
-#: KServe runs the storage initializer for a custom container that sets this variable.
-STORAGE_URI_ENV = "STORAGE_URI"
+# MAIN_CONTAINER: KServe's name for the main container (the controller adds ports and probes);
+# STORAGE_URI_ENV: KServe runs the storage initializer for a custom container that sets it.
+MAIN_CONTAINER, STORAGE_URI_ENV = admission.MAIN_CONTAINER, admission.STORAGE_URI_ENV
 MODEL_MOUNT = "/mnt/models"
 TRANSFORMER_MODULE = "kfp_serve.serving.runtime.transformer"
 #: Deployment modes that run plain Deployments, where Knative's pod-spec gates do not apply.
-RAW_MODES = ("RawDeployment", "Standard")
+RAW_MODES = (admission.RAW_DEPLOYMENT, admission.STANDARD)
 KNATIVE_FLAGS = {
     "node_selector": "kubernetes.podspec-nodeselector",
     "affinity": "kubernetes.podspec-affinity",
@@ -52,6 +51,10 @@ KNATIVE_FLAGS = {
 
 class KnativeSchedulingWarning(UserWarning):
     """Pod scheduling fields that Knative rejects unless its feature flags are on."""
+
+
+class IgnoredByKServeWarning(UserWarning):
+    """A setting KServe's webhook accepts and the controller then ignores (e.g. a raw canary)."""
 
 
 @dataclass(frozen=True)
@@ -76,8 +79,13 @@ def build_inference_service(
     serve_config: ServeConfig | dict[str, Any] | str | None = None,
     namespace: str | None = None,
     provenance: Provenance | None = None,
+    kserve_version: str | None = None,
 ) -> dict[str, Any]:
     """Return the camelCase InferenceService manifest for a model (and optional transformer).
+
+    The manifest is checked against KServe's admission rules (``serving/admission.py``) for
+    ``kserve_version``: what the cluster's webhook would refuse is refused here, and what it
+    would accept and then ignore is warned about.
 
     Args:
         name: The InferenceService name (DNS-1123 label).
@@ -87,12 +95,16 @@ def build_inference_service(
         serve_config: A ServeConfig, or a dict / JSON string of one.
         namespace: The namespace to put in the manifest, if any.
         provenance: MLMD ids, version and snapshot URIs to record on the object.
+        kserve_version: The cluster's KServe release (``"0.15"`` ... ``"master"``); default
+            ``$KFP_SERVE_KSERVE_VERSION``, else the rules of every supported release.
 
     Raises:
-        ServeConfigError: An invalid name, URI, framework or config.
+        ServeConfigError: An invalid name, URI, framework or config, or one KServe's admission
+            webhook would refuse (the message names the field and quotes the rule).
     """
     cfg = ServeConfig.coerce(serve_config)
-    validate_name(name, "name")
+    versions = admission.target_versions(kserve_version)
+    check_name(name, "name", versions)
     if namespace is not None:
         validate_name(namespace, "namespace")
     if framework not in FRAMEWORKS:
@@ -121,7 +133,63 @@ def build_inference_service(
         cfg.annotations, _annotations(cfg, provenance), "annotations"
     )
     _warn_knative(cfg)
-    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "spec": spec}
+    manifest = {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "spec": spec}
+    _admit(manifest, cfg, versions)
+    return manifest
+
+
+def check_name(name: str, field: str = "name", versions: tuple[str, ...] | None = None) -> str:
+    """Refuse a name that is not a DNS-1123 label or that KServe refuses for an InferenceService.
+
+    Checked before anything is submitted or snapshotted, so a bad name costs nothing.
+
+    Raises:
+        InvalidNameError: Not a DNS-1123 label.
+        ServeConfigError: KServe's InferenceService name rule, quoted.
+    """
+    validate_name(name, field)
+    found = admission.evaluate({"metadata": {"name": name}}, versions=versions)
+    if found:
+        raise ServeConfigError(found[0].message(field))
+    return name
+
+
+def _admit(manifest: dict[str, Any], cfg: ServeConfig, versions: tuple[str, ...]) -> None:
+    """Refuse what KServe's webhook would refuse; warn about what KServe would ignore."""
+    violations = admission.evaluate(manifest, versions=versions)
+    for violation in admission.refusals(violations):
+        message = violation.message(_config_path(violation.path, cfg))
+        raise ServeConfigError(message + _release_hint(violation, versions))
+    for violation in violations:
+        _warn(IgnoredByKServeWarning, violation.message(_config_path(violation.path, cfg)))
+
+
+def _release_hint(violation: admission.Violation, versions: tuple[str, ...]) -> str:
+    """Some rules hold in some releases only: say how to check against the cluster's own."""
+    if len(versions) == 1 or set(violation.versions) == set(versions):
+        return ""
+    return (
+        f". Only some KServe releases refuse this: if the cluster runs another, set "
+        f"{constants.KSERVE_VERSION_ENV} to its release (one of {list(admission.KSERVE_VERSIONS)})"
+    )
+
+
+def _config_path(path: str, cfg: ServeConfig) -> str:
+    """Where a manifest field comes from in the ServeConfig (``spec.predictor.model.env`` ->
+    ``predictor.container.env``), so the message points at what the user wrote."""
+    if path.startswith("metadata.annotations"):
+        return path.removeprefix("metadata.")
+    if path == "metadata.name":
+        return "name"
+    path = path.removeprefix("spec.")
+    for component in (PREDICTOR, TRANSFORMER):
+        custom = "containers" in getattr(cfg, component)
+        built = f"{component}.model" if component == PREDICTOR else f"{component}.containers[0]"
+        if not custom and path.startswith(built):
+            path = f"{component}.container" + path[len(built):]
+    # An env index counts the merged list (generic and specific), not the user's own list.
+    head, sep, _ = path.partition(".env[")
+    return f"{head}.env" if sep else path
 
 
 def check_storage_uri(uri: str, field: str) -> str:
@@ -155,7 +223,17 @@ def _predictor(cfg: ServeConfig, model_uri: str, framework: str, protocol: str) 
     }
     if cfg.runtime_version:
         model["runtimeVersion"] = cfg.runtime_version
-    model.update(_override(model, resolved.container))
+    overrides = dict(resolved.container)
+    name = overrides.pop("name", None)
+    if name not in (None, MAIN_CONTAINER):
+        # KServe names the model's container itself; from 0.16 its webhook refuses a name here.
+        _warn(
+            IgnoredByKServeWarning,
+            f"predictor.container.name: {name!r} is left out: KServe names the model server's "
+            f"container {MAIN_CONTAINER!r} (and from 0.16 refuses a name on the model spec); "
+            "use predictor.containers for a custom container list with your own names",
+        )
+    model.update(_override(model, overrides))
     component["model"] = model
     return component
 
@@ -198,6 +276,8 @@ def _override(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 def _with_storage_env(containers: list[dict[str, Any]], uri: str) -> list[dict[str, Any]]:
     """Custom containers, the first told where its artifact is (unless it says already)."""
     containers = copy.deepcopy(containers)
+    if not containers:
+        return containers  # refused by the admission rules, with the rule quoted
     main = containers[0]
     if not any(var["name"] == STORAGE_URI_ENV for var in main.get("env", [])):
         main["env"] = [*main.get("env", []), {"name": STORAGE_URI_ENV, "value": uri}]

@@ -54,6 +54,7 @@ from kfp_serve.serving.constants import (
     ANNOTATION_MODEL_SNAPSHOT,
     ANNOTATION_TRANSFORMER_SNAPSHOT,
     DOMAIN,
+    KSERVE_VERSION_ENV,
 )
 from kfp_serve.serving.errors import ServingError
 
@@ -247,6 +248,14 @@ _HINTS = {
     400: "the manifest does not match the InferenceService CRD installed on the cluster",
 }
 
+# How the API server words a validating webhook's refusal (it reuses 403/400, not RBAC's meaning).
+_WEBHOOK_DENIAL = "admission webhook "
+_WEBHOOK_HINT = (
+    "KServe's validating webhook refused the manifest: change the field it names (serve(..., "
+    f"dry_run=True) checks the same rules; set {KSERVE_VERSION_ENV} to the cluster's KServe "
+    "release to check that release's rules)"
+)
+
 
 class KubernetesBackend:
     """Serves InferenceService manifests on the cluster the environment points at.
@@ -377,9 +386,8 @@ class KubernetesBackend:
 
     def _refused(self, e: Any, verb: str, name: str, namespace: str) -> ServingError:
         reason, message = _api_message(e)
-        hint = _HINTS.get(e.status, "").format(
-            verb=verb, resource=f"{PLURAL}.{GROUP}", namespace=namespace
-        )
+        hint = (_WEBHOOK_HINT if message.startswith(_WEBHOOK_DENIAL) else _HINTS.get(
+            e.status, "")).format(verb=verb, resource=f"{PLURAL}.{GROUP}", namespace=namespace)
         return ServingError(
             f"the Kubernetes API server refused to {verb} InferenceService {name!r} in namespace "
             f"{namespace!r}: {e.status} {reason}: {message}" + (f" — {hint}" if hint else "")

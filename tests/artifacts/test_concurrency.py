@@ -1,4 +1,5 @@
-"""Concurrent writers on one SQLite MLMD store: nothing lost, nothing duplicated."""
+"""Concurrent writer processes on one MLMD store (SQLite, and MLMD's gRPC service): nothing
+lost, nothing duplicated."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 from kfp_serve import artifacts
+
+pytestmark = pytest.mark.every_store
 
 PROCESSES = 4
 PER_PROCESS = 100

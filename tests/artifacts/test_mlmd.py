@@ -1,14 +1,15 @@
-"""Submitting to a real SQLite MLMD store: records, lookup, duplicates, lineage, types."""
+"""Submitting to a real MLMD store, once over SQLite and once over gRPC: records, lookup,
+duplicates, lineage."""
 
 from __future__ import annotations
-
-import sys
 
 import pytest
 
 from kfp_serve import artifacts
 from kfp_serve.artifacts import MetadataError, Model, Transformer
-from kfp_serve.artifacts.mlmd import MODEL_TYPE, Store, current_run, metadata_store, store_uri
+from kfp_serve.artifacts.mlmd import current_run, metadata_store
+
+pytestmark = pytest.mark.every_store
 
 
 def test_submit_and_read_back_every_property(home, classifier):
@@ -129,6 +130,19 @@ def test_local_run_is_per_process_and_default_experiment(home, classifier):
     assert artifacts.lineage(mid)["run"] == run.run_id
 
 
+def test_run_and_experiment_contexts_keep_their_properties_across_writes(home, classifier):
+    """Every write attaches the run's contexts; MLMD upserts them, so they must go whole."""
+    run = current_run()
+    for version in ("1.0.0", "1.1.0", "1.2.0"):
+        Model(model=classifier, name="iris", version=version).submit_artifact()
+    raw = metadata_store().raw
+    ctx = raw.get_context_by_type_and_name("kfp_serve.PipelineRun", run.run_id)
+    props = {k: v.string_value for k, v in ctx.properties.items()}
+    assert props == {"run_id": run.run_id, "experiment": "default", "source": "local"}
+    ctx = raw.get_context_by_type_and_name("kfp_serve.Experiment", "default")
+    assert ctx.properties["experiment"].string_value == "default"
+
+
 def test_link_snapshot_keeps_every_property(home, classifier):
     mid = Model(model=classifier, name="iris", tags={"a": "b"}, author="ada").submit_artifact()
     before = artifacts.get_artifact(mid)
@@ -155,64 +169,3 @@ def test_put_execution_guard_never_wipes_an_artifact(home, classifier):
         store.put_execution(execution, [(partial, pb.Event(type=pb.Event.INPUT))], [])
     rec = artifacts.get_artifact(mid)
     assert rec.author == "ada" and rec.uri.endswith("1.0.0") and rec.signature
-
-
-def test_type_registration_is_idempotent_and_incompatible_change_is_clear(home, tmp_path):
-    path = tmp_path / "types.sqlite"
-    first = Store(f"sqlite://{path}")
-    second = Store(f"sqlite://{path}")
-    assert first.type_id(MODEL_TYPE) == second.type_id(MODEL_TYPE)
-
-    bad = tmp_path / "bad.sqlite"
-    from ml_metadata.metadata_store import metadata_store as ms
-    from ml_metadata.proto import metadata_store_pb2 as pb
-
-    config = pb.ConnectionConfig()
-    config.sqlite.filename_uri = str(bad)
-    config.sqlite.connection_mode = pb.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
-    t = pb.ArtifactType(name=MODEL_TYPE)
-    t.properties["version"] = pb.INT  # someone registered the name with another schema
-    ms.MetadataStore(config).put_artifact_type(t)
-    with pytest.raises(
-        MetadataError, match=r"'kfp_serve.Model'.*version: stored INT, expected STRING"
-    ):
-        Store(f"sqlite://{bad}")
-
-
-@pytest.mark.parametrize(
-    ("env", "expected"),
-    [
-        ({}, "sqlite://{home}/mlmd.sqlite"),
-        ({"KFP_SERVE_MLMD": "sqlite:///x/y.sqlite"}, "sqlite:///x/y.sqlite"),
-        ({"METADATA_GRPC_SERVICE_HOST": "mlmd.kubeflow"}, "grpc://mlmd.kubeflow:8080"),
-        (
-            {"METADATA_GRPC_SERVICE_HOST": "h", "METADATA_GRPC_SERVICE_PORT": "9090"},
-            "grpc://h:9090",
-        ),
-        (
-            {"METADATA_GRPC_SERVICE_HOST": "h", "KFP_SERVE_MLMD": "grpc://other:1"},
-            "grpc://other:1",
-        ),
-    ],
-)
-def test_store_selection(home, monkeypatch, env, expected):
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    assert store_uri() == expected.format(home=home)
-
-
-@pytest.mark.parametrize("uri", ["mysql://db", "sqlite://relative.sqlite", "grpc://nohost"])
-def test_bad_store_uri_is_explained(home, uri):
-    with pytest.raises(MetadataError, match="sqlite:///|grpc://host:port"):
-        Store(uri)
-
-
-def test_missing_ml_metadata_prints_install_command(home, monkeypatch):
-    # None in sys.modules makes the import fail exactly as an absent package does.
-    for mod in [m for m in sys.modules if m.startswith("ml_metadata")]:
-        monkeypatch.delitem(sys.modules, mod)
-    monkeypatch.setitem(sys.modules, "ml_metadata", None)
-    with pytest.raises(MetadataError) as err:
-        Store(f"sqlite://{home}/x.sqlite")
-    assert "pip install --no-deps ml-metadata==1.17.1" in str(err.value)
-    assert "absl-py" in str(err.value)

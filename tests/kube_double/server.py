@@ -5,8 +5,10 @@ group/version/namespace/plural, ``resourceVersion``/``generation``/``uid``/``cre
 Status objects for 400/403/404/409/422/5xx, merge patch, replace with conflict check, watch with
 ``resourceVersion`` and ``timeoutSeconds``. Fake controllers play KServe, the CSI snapshotter and
 PVC binding; the KServe InferenceService CRD schemas from ``../shared/reference`` validate every
-InferenceService strictly. Requests whose Host header names an InferenceService URL go to a fake
-data plane (the "ingress").
+InferenceService strictly, then KServe's validating webhook rules (``kfp_serve.serving.admission``)
+admit or deny it as the webhook would (403 Forbidden, "admission webhook ... denied the
+request"). Requests whose Host header names an InferenceService URL go to a fake data plane (the
+"ingress").
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 
+from kfp_serve.serving import admission
 from tests.kube_double.controllers import (
     KServeController,
     RecordedCall,
@@ -42,7 +45,6 @@ from tests.kube_double.store import (
 )
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
-_DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123_SUBDOMAIN = re.compile(
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 )
@@ -75,7 +77,7 @@ def _check_label_key(key: str) -> str | None:
 
 
 def validate_metadata(resource: Resource, obj: dict[str, Any]) -> list[str]:
-    """What the API server (and KServe's webhook, for the name) check in metadata."""
+    """What the API server checks in metadata (KServe's stricter name rule is the webhook's)."""
     errors = []
     meta = obj.get("metadata")
     if not isinstance(meta, dict):
@@ -83,11 +85,6 @@ def validate_metadata(resource: Resource, obj: dict[str, Any]) -> list[str]:
     name = meta.get("name")
     if not isinstance(name, str) or not name:
         errors.append("metadata.name: Required value: name or generateName is required")
-    elif resource is ISVC and (len(name) > 63 or not _DNS1035_LABEL.match(name)):
-        errors.append(
-            f"metadata.name: Invalid value: {name!r}: the InferenceService name must consist of "
-            "lower case alphanumeric characters or '-', start with a letter, at most 63 characters"
-        )
     elif len(name) > 253 or not _DNS1123_SUBDOMAIN.match(name):
         errors.append(f"metadata.name: Invalid value: {name!r}: a DNS-1123 subdomain must ...")
     for key, value in (meta.get("labels") or {}).items():
@@ -147,9 +144,19 @@ class KubeDouble:
             watches at a random min-request-timeout): clients must resume.
         rbac_rules: if set (a Role's ``rules``), requests they do not allow get 403.
         validate: validate InferenceServices strictly against the reference CRDs.
+        kserve_version: the KServe release whose webhook rules admit InferenceServices (and
+            TrainedModels, once the double serves them); None: every supported release's rules.
+        admission: run the webhook rules at all (off: a cluster without KServe's webhook).
     """
 
-    def __init__(self, *, validate: bool = True, token: str = "kube-double-token") -> None:
+    def __init__(
+        self,
+        *,
+        validate: bool = True,
+        token: str = "kube-double-token",
+        kserve_version: str | None = None,
+        admission: bool = True,
+    ) -> None:
         self.store = Store()
         self._scheduler = Scheduler()
         self.kserve = KServeController(self.store, self._scheduler)
@@ -160,6 +167,8 @@ class KubeDouble:
         self.rbac_rules: list[dict[str, Any]] | None = None
         self.token = token
         self.validate = validate and _schema_available()
+        self.kserve_version = kserve_version
+        self.admission = admission
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -282,6 +291,17 @@ def _schema_available() -> bool:
     except ImportError:
         return False
     return reference_available()
+
+
+def _crd_of(error: str, version: str | None) -> bool:
+    """Whether a strict-schema error (``"<crd dir>: path: message"``) is from the CRD of the
+    release the double plays; with no release set (or no CRD of it), every reference CRD counts."""
+    from tests.kserve_schema import version_dirs
+
+    prefix = f"{version}-" if version == admission.MASTER else f"v{version}."
+    if version is None or not any(d.name.startswith(prefix) for d in version_dirs()):
+        return True
+    return error.partition(":")[0].startswith(prefix)
 
 
 def _warm_validators() -> None:
@@ -507,7 +527,13 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiError(405, "MethodNotAllowed", "namespaced resource needs a namespace")
         return namespace or ""
 
-    def _validate(self, resource: Resource, obj: dict[str, Any], query: dict[str, str]) -> None:
+    def _validate(
+        self,
+        resource: Resource,
+        obj: dict[str, Any],
+        query: dict[str, str],
+        old: dict[str, Any] | None = None,
+    ) -> None:
         if not isinstance(obj, dict):
             raise ApiError(400, "BadRequest", "the body must be a JSON object")
         if obj.get("apiVersion") not in (None, resource.api_version) or obj.get("kind") not in (
@@ -527,7 +553,10 @@ class _Handler(BaseHTTPRequestHandler):
             candidate = copy.deepcopy(obj)
             candidate.setdefault("apiVersion", resource.api_version)
             candidate.setdefault("kind", resource.kind)
-            strict_errors = validate_strict(candidate, "InferenceService")
+            strict_errors = [
+                e for e in validate_strict(candidate, "InferenceService")
+                if _crd_of(e, self.double.kserve_version)
+            ]
             if query.get("fieldValidation") == "Strict":
                 strict_errors = [
                     e.replace("Additional properties are not allowed", "strict decoding error: "
@@ -543,6 +572,21 @@ class _Handler(BaseHTTPRequestHandler):
                 {"name": name, "group": resource.group, "kind": resource.kind,
                  "causes": [{"reason": "FieldValueInvalid", "message": e} for e in errors]},
             )
+        self._admit(resource, obj, old)
+
+    def _admit(self, resource: Resource, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
+        """KServe's validating webhook: runs after schema validation, denies with 403."""
+        if not self.double.admission or resource.kind not in admission.WEBHOOKS:
+            return
+        versions = admission.target_versions(self.double.kserve_version)
+        refused = admission.refusals(
+            admission.evaluate(obj, kind=resource.kind, old=old, versions=versions)
+        )
+        if refused:
+            code, reason, message = admission.denial(resource.kind, refused[0])
+            name = (obj.get("metadata") or {}).get("name", "")
+            raise ApiError(code, reason, message,
+                           {"name": name, "group": resource.group, "kind": resource.plural})
 
     def _check_namespace(self, obj: dict[str, Any], namespace: str) -> None:
         sent = (obj.get("metadata") or {}).get("namespace")
@@ -590,7 +634,7 @@ class _Handler(BaseHTTPRequestHandler):
             if (body.get("metadata") or {}).get("name") not in (None, name):
                 raise ApiError(400, "BadRequest", "the name of the object does not match the URL")
             if sub is None:
-                self._validate(resource, body, query)
+                self._validate(resource, body, query, old=store.get(resource, ns, name or ""))
             return 200, store.update(resource, ns, name or "", body, subresource=sub)
         if verb == "patch":
             content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip()
@@ -612,7 +656,7 @@ class _Handler(BaseHTTPRequestHandler):
                     raise store.conflict(resource, name or "")
                 new = merge_patch(current, patch)
                 if sub is None:
-                    self._validate(resource, new, query)
+                    self._validate(resource, new, query, old=current)
                 new["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
                 return 200, store.update(resource, ns, name or "", new, subresource=sub)
         if verb == "delete":

@@ -1,12 +1,15 @@
-"""Fuzz ServeConfig → manifest: every input builds a CRD-valid manifest or is a ServeConfigError."""
+"""Fuzz ServeConfig → manifest: every input builds a manifest that is CRD-valid and admitted by
+KServe's webhook rules, or is a ServeConfigError (quoting the rule when the webhook is why)."""
 
+import re
 import warnings
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from kfp_serve.serving import ServeConfigError, build_inference_service
+from kfp_serve.serving import ServeConfigError, admission, build_inference_service
+from kfp_serve.serving.constants import ANNOTATION_DEPLOYMENT_MODE
 from tests.kserve_schema import SKIP_REASON, reference_available, validate_strict
 
 pytestmark = pytest.mark.skipif(not reference_available(), reason=SKIP_REASON)
@@ -33,7 +36,7 @@ def mostly(valid):
     return weighted(valid, junk, 30)
 
 
-names = st.sampled_from(["A", "MY_VAR", "PREDICT_PROBA", "x-y", "A"])
+names = st.sampled_from(["A", "MY_VAR", "PREDICT_PROBA", "x-y", "A", "PYTHONPATH", "PROTOCOL"])
 quantities = mostly(
     st.one_of(
         st.sampled_from(
@@ -97,6 +100,17 @@ toleration = mostly(
 string_map = mostly(
     st.dictionaries(st.text("abc-_./", min_size=1, max_size=8), st.text(max_size=6), max_size=3)
 )
+# Annotations KServe's webhook reads: deployment mode, autoscaler classes (valid and not).
+kserve_annotations = st.fixed_dictionaries(
+    {},
+    optional={
+        ANNOTATION_DEPLOYMENT_MODE: st.sampled_from(
+            ["Serverless", "RawDeployment", "Standard", "Knative"]
+        ),
+        admission.ANNOTATION_AUTOSCALER_CLASS: st.sampled_from(["hpa", "keda", "kpa", "none"]),
+        admission.ANNOTATION_KNATIVE_CLASS: st.just(admission.KNATIVE_HPA_CLASS),
+    },
+)
 container = st.fixed_dictionaries(
     {},
     optional={
@@ -113,7 +127,7 @@ container = st.fixed_dictionaries(
             )
         ),
         "resourcez": junk,
-        "name": mostly(st.sampled_from(["kserve-container", "c1"])),
+        "name": mostly(st.sampled_from(["kserve-container", "c1", "transformer-container"])),
     },
 )
 replicas = mostly(st.integers(-2, 12))
@@ -133,7 +147,7 @@ component = st.fixed_dictionaries(
         "nodeSelector": string_map,
         "node_selector": string_map,
         "container": mostly(container),
-        "containers": mostly(st.lists(container, min_size=1, max_size=2)),
+        "containers": mostly(st.lists(container, max_size=2)),
         "runtime": mostly(
             st.sampled_from(["kfp-serve", "kserve-mlserver", "kserve-sklearnserver"])
         ),
@@ -166,7 +180,7 @@ well_formed = st.fixed_dictionaries(
         ),
         "requests": mostly(resources),
         "limits": mostly(resources),
-        "annotations": string_map,
+        "annotations": st.one_of(string_map, kserve_annotations),
         "labels": string_map,
         "node_selector": string_map,
         "affinity": mostly(st.sampled_from([{"nodeAffinity": {}}, {"pod_anti_affinity": {}}])),
@@ -214,6 +228,70 @@ def test_config_builds_a_valid_manifest_or_raises_serve_config_error(
                 serve_config=config,
                 transformer_uri="file:///snapshots/blake3-1" if with_transformer else None,
             )
-    except ServeConfigError:
+    except ServeConfigError as e:
+        quoted = re.search(r"admission rule '([a-z0-9-]+)': \"(.*?)\"", str(e))
+        if quoted:  # a webhook refusal quotes the rule it breaks, word for word
+            assert admission.RULES_BY_ID[quoted.group(1)].text == quoted.group(2), str(e)
+        event(f"refused by rule {quoted.group(1)}" if quoted else "refused by ServeConfig")
         return
+    event("built")
     assert validate_strict(manifest) == [], config
+    # Valid also means admitted: no supported KServe release's webhook refuses it.
+    for version in admission.KSERVE_VERSIONS:
+        refused = admission.refusals(admission.evaluate(manifest, versions=[version]))
+        assert refused == [], (version, config)
+
+
+# Configs without junk, built from the settings KServe's webhook reads: every one is either
+# admitted by every release or refused with the rule quoted.
+webhook_component = st.fixed_dictionaries(
+    {},
+    optional={
+        "minReplicas": st.integers(0, 3),
+        "maxReplicas": st.integers(0, 3),
+        "scaleMetric": st.sampled_from(["cpu", "memory", "concurrency", "rps"]),
+        "scaleTarget": st.integers(1, 150),
+        "canaryTrafficPercent": st.integers(0, 100),
+        "logger": st.fixed_dictionaries(
+            {"url": st.just("http://logger.local")},
+            optional={"mode": st.sampled_from(["all", "request", "response"])},
+        ),
+        "container": st.fixed_dictionaries(
+            {}, optional={"env": st.lists(
+                st.fixed_dictionaries({"name": names, "value": st.just("v1")}), max_size=2)},
+        ),
+    },
+)
+webhook_configs = st.fixed_dictionaries(
+    {},
+    optional={
+        "annotations": kserve_annotations,
+        "env": st.lists(st.fixed_dictionaries({"name": names, "value": st.just("x")}), max_size=2),
+        "predictor": webhook_component,
+        "transformer": webhook_component,
+    },
+)
+
+
+@settings(max_examples=EXAMPLES // 4, deadline=None, derandomize=False,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(config=webhook_configs, with_transformer=st.booleans())
+def test_webhook_settings_are_admitted_everywhere_or_refused_with_the_rule(
+    config, with_transformer
+):
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            manifest = build_inference_service(
+                "fuzz", "file:///snapshots/blake3-0", "sklearn", serve_config=config,
+                transformer_uri="file:///snapshots/blake3-1" if with_transformer else None,
+            )
+    except ServeConfigError as e:
+        quoted = re.search(r"admission rule '([a-z0-9-]+)': \"(.*?)\"", str(e))
+        assert quoted, f"a webhook-only config refused without a rule: {e}"
+        assert admission.RULES_BY_ID[quoted.group(1)].text == quoted.group(2), str(e)
+        event(f"refused by rule {quoted.group(1)}")
+        return
+    event("built")
+    for version in admission.KSERVE_VERSIONS:
+        assert admission.refusals(admission.evaluate(manifest, versions=[version])) == [], config
