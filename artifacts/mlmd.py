@@ -60,6 +60,9 @@ RUN_TYPE = "kfp_serve.PipelineRun"
 SUBMIT_EXECUTION = "kfp_serve.SubmitArtifact"
 SNAPSHOT_EXECUTION = "kfp_serve.TakeSnapshot"
 DEPLOY_EXECUTION = "kfp_serve.Deploy"
+# Aliases and retired versions of one model name, and each change to them (artifacts/aliases.py).
+ALIASES_CONTEXT = "kfp_serve.ModelAliases"
+ALIAS_CHANGE_EXECUTION = "kfp_serve.AliasChange"
 # KFP's own contexts, as its launcher makes them (backend/src/v2/metadata/client.go): a
 # schemaless "system.PipelineRun" named by the run id, child of a "system.Pipeline".
 KFP_RUN_TYPE = "system.PipelineRun"
@@ -88,6 +91,7 @@ ARTIFACT_TYPES = {
 CONTEXT_TYPES = {
     EXPERIMENT_TYPE: {"experiment": _S},
     RUN_TYPE: {"run_id": _S, "experiment": _S, "source": _S},
+    ALIASES_CONTEXT: {"model": _S, "aliases": _S, "lifecycle": _S},  # JSON objects
 }
 EXECUTION_TYPES = {
     SUBMIT_EXECUTION: {"step": _S, "run_id": _S, "artifact_kind": _S},
@@ -100,6 +104,16 @@ EXECUTION_TYPES = {
         "url": _S,
         "model_id": _I,
         "transformer_id": _I,
+    },
+    ALIAS_CHANGE_EXECUTION: {
+        "model": _S,
+        "action": _S,
+        "alias": _S,
+        "version": _S,
+        "previous_version": _S,
+        "author": _S,
+        "run_id": _S,
+        "reason": _S,
     },
 }
 

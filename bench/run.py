@@ -22,6 +22,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 MODULES = [
     "bench.import_cost",
     "bench.snapshot_mlmd",
+    "bench.delivery",
     "bench.readiness",
     "bench.serving",
     "bench.dataplane",

@@ -149,8 +149,8 @@ def snapshot(artifact_id: int, store: str | None = None) -> dict[str, Any]:
 
 
 def serve(
-    model_id: int,
-    transformer_id: int | None = None,
+    model_id: int | str,
+    transformer_id: int | str | None = None,
     serve_config: Mapping[str, Any] | str | Any | None = None,
     name: str | None = None,
     *,
@@ -164,8 +164,10 @@ def serve(
     snapshot is snapshotted first.
 
     Args:
-        model_id: The Model artifact id from ``submit_model``.
-        transformer_id: The Transformer artifact id from ``submit_transformer``, if any.
+        model_id: The Model artifact id from ``submit_model``, or a model reference:
+            ``"iris"`` (latest servable version), ``"iris:2.0.0"`` or ``"iris@champion"``.
+        transformer_id: The Transformer artifact id from ``submit_transformer`` (or its
+            ``"name"``/``"name:version"``), if any.
         serve_config: A ``kfp_serve.serving.ServeConfig``, a dict, or a JSON string (handy as a Kale
             pipeline parameter), e.g. ``{"limits": {"memory": "1Gi"}}``.
         name: Endpoint name (DNS-1123 label); default: the model artifact's name.
@@ -173,7 +175,8 @@ def serve(
         timeout: Seconds to wait for the endpoint to become Ready.
 
     Returns:
-        ``{"name", "url", "namespace", "model_id", "transformer_id"}``.
+        ``{"name", "url", "namespace", "model_id", "transformer_id"}``: the ids actually
+        served (a reference resolved when the step ran).
 
     Raises:
         kfp_serve.artifacts.errors.MetadataError: no artifact has ``model_id``/``transformer_id``.
@@ -183,14 +186,21 @@ def serve(
     # The function, not ``kfp_serve.serving.serve``: that attribute turns into the submodule of the
     # same
     # name once the submodule has been imported.
+    from kfp_serve.artifacts.aliases import resolve
+    from kfp_serve.serving.deploy import TRANSFORMER, resolve_artifact
     from kfp_serve.serving.deploy import serve as serve_model
 
     link_run()
-    model_id = _as_id(model_id, "model_id")
-    if transformer_id is not None:
+    # A reference is resolved once, here: the id returned is the version that was served even if
+    # the alias moves later.
+    model: Any = resolve(model_id) if _is_ref(model_id) else _as_id(model_id, "model_id")
+    model_id = model if isinstance(model, int) else model.artifact_id
+    if _is_ref(transformer_id):
+        transformer_id = resolve_artifact(transformer_id, TRANSFORMER).id
+    elif transformer_id is not None:
         transformer_id = _as_id(transformer_id, "transformer_id")
     endpoint = serve_model(
-        model_id,
+        model,
         transformer_id,
         serve_config=serve_config,
         name=name,
@@ -365,6 +375,11 @@ def _submit(artifact: Any, allow_overwrite: bool) -> int:
         allow_overwrite=allow_overwrite, allow_existing=not allow_overwrite
     )
     return int(submitted)
+
+
+def _is_ref(value: Any) -> bool:
+    """A model/transformer reference string ("iris@champion"), not an id ("3" from a param)."""
+    return isinstance(value, str) and not value.strip().isdigit()
 
 
 def _as_id(value: Any, field: str) -> int:

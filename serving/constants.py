@@ -4,6 +4,9 @@ DOMAIN = "kfp-serve.kubeflow.org"
 
 LABEL_MODEL_ID = f"{DOMAIN}/model-id"
 LABEL_MODEL_VERSION = f"{DOMAIN}/model-version"
+LABEL_MODEL_NAME = f"{DOMAIN}/model-name"
+#: The alias a model was served through (``serve("iris@champion")``), absent otherwise.
+LABEL_MODEL_ALIAS = f"{DOMAIN}/model-alias"
 LABEL_TRANSFORMER_ID = f"{DOMAIN}/transformer-id"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "kfp-serve"

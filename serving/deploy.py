@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlparse
 
 from kfp_serve.artifacts.errors import MetadataError
@@ -38,9 +38,12 @@ def serve(
     """Serve a model (and optionally a transformer) as a KServe InferenceService.
 
     Args:
-        model: An MLMD artifact id, an ``kfp_serve.artifacts.Model``, an ArtifactRecord, or a fitted
-            estimator (submitted and snapshotted first, for notebooks).
-        transformer: Likewise for the transformer, or None for a predictor alone.
+        model: An MLMD artifact id; a reference ``"iris"`` (latest servable version),
+            ``"iris:2.0.0"`` or ``"iris@champion"``; a ``kfp_serve.artifacts.Model``, an
+            ArtifactRecord, or a fitted estimator (submitted and snapshotted first, for
+            notebooks). Deprecated/archived versions are refused.
+        transformer: Likewise for the transformer (``"name"``/``"name:version"``, no alias), or
+            None for a predictor alone.
         serve_config: A ServeConfig, or a dict / JSON string of one.
         name: The endpoint (InferenceService) name; defaults to the model's name.
         namespace: Kubernetes namespace (cluster backend).
@@ -56,7 +59,7 @@ def serve(
     cfg = ServeConfig.coerce(serve_config)
     if name is not None:
         check_name(name, "name")
-    model_rec = resolve_artifact(model, MODEL, name=name)
+    model_rec, model_alias = resolve_model(model, name=name)
     transformer_rec = (
         resolve_artifact(transformer, TRANSFORMER, name=f"{name or model_rec.name}-transformer")
         if transformer is not None
@@ -75,6 +78,8 @@ def serve(
         provenance=Provenance(
             model_id=model_rec.id,
             model_version=model_rec.version,
+            model_name=model_rec.name,
+            model_alias=model_alias,
             transformer_id=transformer_rec.id if transformer_rec else None,
             model_snapshot=model_snapshot,
             transformer_snapshot=transformer_snapshot,
@@ -101,11 +106,48 @@ def serve(
     return Endpoint(name, namespace, backend=chosen.name)
 
 
+def resolve_model(value: Any, *, name: str | None = None) -> tuple[ArtifactRecord, str | None]:
+    """The model version to serve and the alias it was named by (None without one).
+
+    Accepts everything ``resolve_artifact`` does, plus references: ``"iris"`` (the latest
+    servable version), ``"iris:2.0.0"`` and ``"iris@champion"``, or a ``ResolvedModel``.
+
+    Raises:
+        MetadataError: unknown reference; UnservableVersionError for a deprecated or archived
+            version (also when named by id).
+    """
+    from kfp_serve import artifacts
+
+    resolved = None
+    if isinstance(value, artifacts.ResolvedModel):
+        resolved = value
+    elif isinstance(value, str):
+        resolved = artifacts.resolve(value)
+    if resolved is not None:
+        artifacts.ensure_servable(resolved.name, resolved.version)
+        return resolved.record, resolved.alias
+    record = resolve_artifact(value, MODEL, name=name)
+    artifacts.ensure_servable(record.name, record.version)
+    return record, None
+
+
 def resolve_artifact(value: Any, kind: str, *, name: str | None = None) -> ArtifactRecord:
-    """The MLMD record behind ``value``, submitting it first when it is not recorded yet."""
+    """The MLMD record behind ``value``, submitting it first when it is not recorded yet.
+
+    A string is a reference: ``name`` (latest) or ``name:version``.
+    """
     from kfp_serve import artifacts
     if isinstance(value, bool):
         raise MetadataError(f"{kind}: expected an artifact id, got {value!r}")
+    if isinstance(value, str):
+        ref = artifacts.parse_ref(value)
+        if ref.alias is not None:
+            raise MetadataError(
+                f"{kind} {value!r}: aliases name model versions; name a {kind} as 'name' or "
+                "'name:version'"
+            )
+        # Without missing_ok, find_artifact raises when nothing matches.
+        return cast("ArtifactRecord", artifacts.find_artifact(ref.name, ref.version, kind=kind))
     if isinstance(value, int):
         record = artifacts.get_artifact(value)
     elif isinstance(value, artifacts.ArtifactRecord):

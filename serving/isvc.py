@@ -64,6 +64,8 @@ class Provenance:
     model_id: int | None = None
     model_version: str | None = None
     transformer_id: int | None = None
+    model_name: str | None = None
+    model_alias: str | None = None
     model_snapshot: str | None = None
     transformer_snapshot: str | None = None
 
@@ -316,6 +318,11 @@ def _labels(provenance: Provenance | None) -> dict[str, str]:
                 f"model version {provenance.model_version!r} cannot be a Kubernetes label value"
             )
         labels[constants.LABEL_MODEL_VERSION] = provenance.model_version
+    # Names and aliases are DNS-1123 labels (validated when recorded), so valid label values.
+    if provenance.model_name is not None:
+        labels[constants.LABEL_MODEL_NAME] = provenance.model_name
+    if provenance.model_alias is not None:
+        labels[constants.LABEL_MODEL_ALIAS] = provenance.model_alias
     return labels
 
 

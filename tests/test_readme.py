@@ -4,6 +4,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from kfp_serve.serving.backends.local import LocalBackend
 from tests.kserve_schema import reference_available, validate_strict
 
@@ -42,3 +44,25 @@ def test_manifest_snippet_prints_a_valid_manifest(capsys):
     assert set(manifest["spec"]) == {"predictor", "transformer"}
     if reference_available():
         assert validate_strict(manifest) == []
+
+
+def test_alias_snippet_runs(tmp_path, monkeypatch):
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    from kfp_serve import artifacts
+
+    monkeypatch.setenv("KFP_SERVE_HOME", str(tmp_path))
+    monkeypatch.delenv("KFP_SERVE_MLMD", raising=False)
+    clf = LogisticRegression(max_iter=300).fit(*load_iris(return_X_y=True))
+    for version in ("0.9.0", "1.0.0"):
+        artifacts.Model(model=clf, name="iris", version=version).submit_artifact()
+    code = re.search(r"## Model versions, aliases and canaries\n.*?```python\n(.*?)```",
+                     README.read_text(), re.S).group(1)
+    scope: dict = {}
+    exec(compile(code, str(README), "exec"), scope)
+    labels = scope["manifest"]["metadata"]["labels"]
+    assert labels["kfp-serve.kubeflow.org/model-alias"] == "champion"
+    assert artifacts.resolve("iris").version == "1.0.0"
+    with pytest.raises(artifacts.UnservableVersionError, match="archived"):
+        artifacts.resolve("iris:0.9.0")

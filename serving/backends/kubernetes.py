@@ -39,6 +39,17 @@ from kfp_serve.artifacts.kube import (
 )
 from kfp_serve.artifacts.names import validate_name
 from kfp_serve.serving.backends.base import KUBERNETES, EndpointStatus
+from kfp_serve.serving.backends.traffic import (
+    PROMOTE,
+    ROLLBACK,
+    TRAFFIC,
+    RolloutState,
+    promote_patch,
+    rollback_patch,
+    rollout_state,
+    settled,
+    traffic_patch,
+)
 from kfp_serve.serving.constants import (
     ANNOTATION_MODEL_SNAPSHOT,
     ANNOTATION_TRANSFORMER_SNAPSHOT,
@@ -891,3 +902,95 @@ class KubernetesBackend:
                 ) from e
             raise self._refused(e, "delete", name, namespace) from e
         self._say(f"deleted InferenceService {name!r} in namespace {namespace!r}")
+
+    # -- canary traffic (KServe semantics; the plans are in serving/backends/traffic.py) -------
+    def set_traffic(
+        self, name: str, percent: int, namespace: str | None = None, *, timeout: float = 120.0
+    ) -> RolloutState:
+        """Send ``percent`` % to the latest revision (``canaryTrafficPercent``), the rest stable.
+
+        Raises:
+            ServingError: bad percent, no such InferenceService, or traffic did not move in time
+                (the message says which revision is not Ready).
+        """
+        return self._move_traffic(name, namespace, TRAFFIC, percent, timeout)
+
+    def promote(
+        self, name: str, namespace: str | None = None, *, timeout: float = 120.0
+    ) -> RolloutState:
+        """Let the latest revision take all traffic (remove ``canaryTrafficPercent``).
+
+        Raises:
+            ServingError: there is no canary, or the latest revision did not take the traffic.
+        """
+        return self._move_traffic(name, namespace, PROMOTE, None, timeout)
+
+    def rollback(
+        self, name: str, namespace: str | None = None, *, timeout: float = 120.0
+    ) -> RolloutState:
+        """Send all traffic back to the latest rolled-out revision (``canaryTrafficPercent: 0``).
+
+        Works while the new revision is not Ready: the stable one never stopped serving.
+
+        Raises:
+            ServingError: there is no previous revision to go back to.
+        """
+        return self._move_traffic(name, namespace, ROLLBACK, None, timeout)
+
+    def rollout_state(self, name: str, namespace: str | None = None) -> RolloutState:
+        """The predictor's revisions and traffic split now."""
+        return rollout_state(self.get(name, namespace).manifest)
+
+    def _move_traffic(
+        self, name: str, namespace: str | None, action: str, percent: int | None, timeout: float
+    ) -> RolloutState:
+        namespace = validate_name(namespace or self.namespace, "namespace")
+        custom, _ = self._clients()
+        api_exception = self._api_exception()
+        deadline = time.monotonic() + timeout
+        plans = {
+            TRAFFIC: lambda o: traffic_patch(o, percent),
+            PROMOTE: promote_patch,
+            ROLLBACK: rollback_patch,
+        }
+        where = (GROUP, VERSION, namespace, PLURAL, name)
+        for _ in range(_APPLY_ATTEMPTS):
+            obj = self.get(name, namespace).manifest
+            patch = plans[action](obj)
+            try:
+                obj = self._call(
+                    f"{action} of InferenceService {name!r}",
+                    custom.patch_namespaced_custom_object,
+                    *where,
+                    patch,
+                    field_validation="Strict",
+                    deadline=deadline,
+                )
+                break
+            except api_exception as e:
+                if e.status != 409:
+                    raise self._refused(e, "patch", name, namespace) from e
+        else:
+            raise ServingError(
+                f"InferenceService {name!r} kept changing during {action} ({_APPLY_ATTEMPTS} "
+                "conflicts): is another client writing it?"
+            )
+        self._say(f"{action} of InferenceService {name!r}: waiting for traffic to move")
+        delay = 0.05
+        while not settled(obj, action, percent):
+            if time.monotonic() >= deadline:
+                state = rollout_state(obj)
+                _, summary = readiness(obj, obj["metadata"].get("generation", 1))
+                raise ServingError(
+                    f"{action} of InferenceService {name!r}: traffic did not move within "
+                    f"{timeout:g}s; now {state.traffic or 'no traffic reported'} (latest "
+                    f"revision {state.latest_created}, ready {state.latest_ready}, stable "
+                    f"{state.latest_rolled_out}): {summary}. A new revision that is not Ready "
+                    "takes no traffic; rollback() sends everything to the stable one"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+            obj = self.get(name, namespace).manifest
+        state = rollout_state(obj)
+        self._say(f"InferenceService {name!r} traffic: {state.traffic}")
+        return state

@@ -225,9 +225,32 @@ def test_serve_a_transformer_id_that_does_not_exist(
         kale_steps.serve(model_id, 987654, name="ghost")
 
 
-def test_serve_a_name_instead_of_an_id(kfp_serve_home: Path) -> None:
-    with pytest.raises(TypeError, match="model_id must be an artifact id"):
-        kale_steps.serve("wine-lr")
+def test_serve_an_unknown_model_name(kfp_serve_home: Path, wine: dict[str, Any]) -> None:
+    from kfp_serve.artifacts.errors import MetadataError
+
+    kale_steps.submit_model(wine["model"], "wine-lr")
+    unknown = r"no model named 'wine-rf'.*known names: \['wine-lr'\]"
+    with pytest.raises(MetadataError, match=unknown):
+        kale_steps.serve("wine-rf")
+
+
+def test_serve_by_alias_returns_the_version_served(
+    kfp_serve_home: Path, wine: dict[str, Any]
+) -> None:
+    from kfp_serve import artifacts
+    from kfp_serve.serving import Endpoint, constants
+
+    first = kale_steps.submit_model(wine["model"], "wine-lr", version="1.0.0")
+    kale_steps.submit_model(wine["model"], "wine-lr", version="2.0.0")
+    artifacts.set_alias("wine-lr", "champion", "1.0.0")
+    endpoint = kale_steps.serve("wine-lr@champion", name="wine-alias")
+    try:
+        assert endpoint["model_id"] == first
+        labels = Endpoint("wine-alias").status.manifest["metadata"]["labels"]
+        assert labels[constants.LABEL_MODEL_ALIAS] == "champion"
+        assert labels[constants.LABEL_MODEL_VERSION] == "1.0.0"
+    finally:
+        kale_steps.stop("wine-alias")
 
 
 class NotAModel:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import heapq
 import itertools
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -120,6 +121,8 @@ class KServeController:
         #: Remaining data-plane 404s per (namespace, name).
         self.data_plane_404: dict[tuple[str, str], int] = {}
         self.data_plane_requests: list[tuple[str, str, int]] = []
+        #: Pod templates seen per (namespace, name, component), one per revision (see _revision).
+        self._templates: dict[tuple[str, str, str], list[str]] = {}
         store.listeners.append(self._on_event)
 
     def program(self, name: str | None = None, **changes: Any) -> IsvcBehavior:
@@ -142,6 +145,8 @@ class KServeController:
             if event.resource is ISVC:
                 meta = event.obj["metadata"]
                 self._seen_generation.pop((meta.get("namespace", ""), meta["name"]), None)
+                for comp in ("predictor", "transformer", "explainer"):
+                    self._templates.pop((meta.get("namespace", ""), meta["name"], comp), None)
             return
         meta = event.obj["metadata"]
         key = (meta.get("namespace", ""), meta["name"])
@@ -176,7 +181,7 @@ class KServeController:
         if behavior.stale_ready and ready and ready["status"] == "True":
             # Knative created the new revision, the old one still serves: Ready=True, old gen.
             pred = status.setdefault("components", {}).setdefault("predictor", {})
-            pred["latestCreatedRevision"] = f"{key[1]}-predictor-{generation:05d}"
+            pred["latestCreatedRevision"] = self._revision(obj, "predictor")
             self._write_status(key, status)
         if behavior.progress or not status:
             status = copy.deepcopy(status)
@@ -204,9 +209,66 @@ class KServeController:
             components[comp] = {
                 "url": f"http://{name}-{comp}.{ns}.{behavior.domain}",
                 "address": {"url": f"http://{name}-{comp}.{ns}.svc.cluster.local"},
-                "latestCreatedRevision": f"{name}-{comp}-{obj['metadata']['generation']:05d}",
+                "latestCreatedRevision": self._revision(obj, comp),
             }
         return components
+
+    # -- revisions and traffic, as KServe reports a canary rollout --------------------------------
+    def _revision(self, obj: dict[str, Any], comp: str) -> str:
+        """The component's latest revision name, ``<name>-<comp>-0000N``.
+
+        Knative cuts a new revision when the pod template changes, not on every generation:
+        ``canaryTrafficPercent`` only moves traffic, so changing it alone keeps the revision.
+        """
+        meta = obj["metadata"]
+        spec = {k: v for k, v in obj["spec"][comp].items() if k != "canaryTrafficPercent"}
+        template = json.dumps(spec, sort_keys=True)
+        with self._lock:
+            seen = self._templates.setdefault((meta["namespace"], meta["name"], comp), [])
+            if not seen or seen[-1] != template:
+                seen.append(template)
+            return f"{meta['name']}-{comp}-{len(seen):05d}"
+
+    @staticmethod
+    def _traffic(
+        obj: dict[str, Any], components: dict[str, Any], *, ready: bool
+    ) -> None:
+        """Fill each component's revisions and traffic the way KServe's controller does.
+
+        With ``canaryTrafficPercent`` and a rolled-out revision, the latest ready revision
+        (tag ``latest``) gets the canary share and the latest rolled-out one (tag ``prev``) the
+        rest; without it, the latest ready revision takes 100 %. A revision that ends up with
+        100 % becomes the latest rolled-out one, and the one it replaces the previous. A new
+        revision that is not Ready takes no traffic: ``latest`` still routes to the last Ready.
+        """
+        old = (obj.get("status") or {}).get("components") or {}
+        for comp, out in components.items():
+            before = old.get(comp) or {}
+            latest_ready = out["latestCreatedRevision"] if ready else before.get(
+                "latestReadyRevision")
+            rolled = before.get("latestRolledoutRevision")
+            previous = before.get("previousRolledoutRevision")
+            canary = obj["spec"][comp].get("canaryTrafficPercent")
+            if latest_ready is None:
+                continue  # nothing has been Ready yet: no route
+            out["latestReadyRevision"] = latest_ready
+            if canary is not None and rolled:
+                traffic = [
+                    {"tag": "latest", "revisionName": latest_ready, "latestRevision": True,
+                     "percent": canary},
+                    {"tag": "prev", "revisionName": rolled, "latestRevision": False,
+                     "percent": 100 - canary},
+                ]
+            else:
+                traffic = [{"tag": "latest", "revisionName": latest_ready,
+                            "latestRevision": True, "percent": 100}]
+            share = sum(t["percent"] for t in traffic if t["revisionName"] == latest_ready)
+            if share == 100 and rolled != latest_ready:
+                previous, rolled = rolled, latest_ready
+            out["traffic"] = traffic
+            out["latestRolledoutRevision"] = rolled
+            if previous:
+                out["previousRolledoutRevision"] = previous
 
     def _finish(self, key: tuple[str, str], generation: int, behavior: IsvcBehavior) -> None:
         obj = self._current(key, generation)
@@ -223,8 +285,7 @@ class KServeController:
         behavior = kw.get("_behavior") or self.behavior(name)
         generation = obj["metadata"]["generation"]
         components = self._urls(obj, behavior)
-        for comp in components.values():
-            comp["latestReadyRevision"] = comp["latestCreatedRevision"]
+        self._traffic(obj, components, ready=True)
         comp_conditions = [_cond(f"{c.capitalize()}Ready", "True") for c in components]
         mode = (obj["metadata"].get("annotations") or {}).get(
             "serving.kserve.io/deploymentMode", "Serverless"
@@ -253,6 +314,7 @@ class KServeController:
         behavior = kw.get("_behavior") or self.behavior(name)
         message = behavior.message.format(name=name)
         components = self._urls(obj, behavior) if behavior.component_url else {}
+        self._traffic(obj, components, ready=False)
         model_status: dict[str, Any] = {
             "states": {"activeModelState": "", "targetModelState": "FailedToLoad"},
             "transitionStatus": "BlockedByFailedLoad" if behavior.terminal else "InProgress",

@@ -170,7 +170,11 @@ def test_watch_gone_410_and_5xx_resync(kube_double, backend):
     kube_double.faults.add(verb="watch", status=503, times=1)
     status = backend.apply(isvc_manifest(), timeout=10)
     assert status.ready
-    assert len(kube_double.calls_matching(verb="watch")) >= 3
+    # Both failed watches were survived. Whether a third watch or the re-read after the second
+    # failure sees Ready first depends on how long the backoff took (a loaded machine), so the
+    # number of watches is not part of the contract.
+    codes = [c.code for c in kube_double.calls_matching(verb="watch")]
+    assert codes[:2] == [410, 503]
 
 
 def test_not_found_right_after_ready_is_waited_out(kube_double, backend, monkeypatch):
