@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from kfp_serve.serving.backends.local import LocalBackend
-from kfp_serve.serving.backends.local_registry import process_start_time, read_record, registry_path
+from kfp_serve.serving.backends.local.registry import process_start_time, read_record, registry_path
 from kfp_serve.serving.endpoint import Endpoint
 from kfp_serve.serving.errors import ServingError
 from tests.local.conftest import make_manifest

@@ -13,7 +13,7 @@ import pytest
 
 from kfp_serve.artifacts.errors import InvalidNameError
 from kfp_serve.serving.backends.local import LocalBackend, plan_manifest, resolve_storage
-from kfp_serve.serving.backends.local_registry import (
+from kfp_serve.serving.backends.local.registry import (
     EndpointRecord,
     ProcessRecord,
     RevisionRecord,

@@ -17,7 +17,7 @@ Why it is built like this:
 - ``GET /kfp-serve/router`` reports the registry generation in use and in-flight requests per
   upstream, so a rollout can wait until the old revision is drained before stopping it.
 
-Run as ``python -m kfp_serve.serving.router --endpoint NAME --registry PATH (--fd N | --port P)``.
+Run as ``python -m kfp_serve.serving.backends.local.router --endpoint NAME --registry PATH (--fd N | --port P)``.
 """
 
 from __future__ import annotations
@@ -507,7 +507,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m kfp_serve.serving.router", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m kfp_serve.serving.backends.local.router", description=__doc__)
     parser.add_argument("--endpoint", required=True)
     parser.add_argument("--registry", required=True)
     where = parser.add_mutually_exclusive_group(required=True)

@@ -1,6 +1,6 @@
 """The embedded serving backend: runs an InferenceService manifest as processes on this machine.
 
-Each endpoint is a router (serving/router.py) in front of one or two revisions; a revision is a
+Each endpoint is a router (router.py) in front of one or two revisions; a revision is a
 predictor model server and, if the manifest has one, a transformer in front of it. Every process
 is detached (its own session, stdin from /dev/null, output to a log file under
 ``$KFP_SERVE_HOME/endpoints/<name>/logs``), so it outlives the process that applied the manifest —
@@ -39,7 +39,7 @@ from kfp_serve.artifacts.errors import SnapshotError
 from kfp_serve.artifacts.names import validate_name
 from kfp_serve.serving import constants
 from kfp_serve.serving.backends.base import LOCAL, EndpointStatus
-from kfp_serve.serving.backends.local_registry import (
+from kfp_serve.serving.backends.local.registry import (
     LOGS_DIR,
     EndpointRecord,
     ProcessRecord,
@@ -59,7 +59,7 @@ logger = logging.getLogger(__name__)
 
 PREDICTOR_MODULE = "kfp_serve.serving.runtime.predictor"
 TRANSFORMER_MODULE = "kfp_serve.serving.runtime.transformer"
-ROUTER_MODULE = "kfp_serve.serving.router"
+ROUTER_MODULE = "kfp_serve.serving.backends.local.router"
 STORAGE_URI_ENV = "STORAGE_URI"
 LOOPBACK = "127.0.0.1"
 #: Reasons reported in EndpointStatus.reason.
