@@ -62,7 +62,7 @@ def fails_cleanly(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from kfp_serve.artifacts.errors import KfpServeError
+        from kfp_serve.errors import KfpServeError
 
         try:
             return command(*args, **kwargs)

@@ -16,11 +16,10 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from kfp_serve.serving.constants import PREDICTOR, TRANSFORMER
 from kfp_serve.serving.errors import ServeConfigError
 from kfp_serve.serving.schema import normalize, normalize_object, normalize_quantities, to_plain
 
-PREDICTOR = "predictor"
-TRANSFORMER = "transformer"
 COMPONENTS = (PREDICTOR, TRANSFORMER)
 PROTOCOLS = ("v1", "v2")
 

@@ -16,14 +16,18 @@ from urllib.parse import urlsplit
 import httpx
 
 from kfp_serve.artifacts.names import validate_name
-from kfp_serve.serving.backends.base import EndpointStatus, ServingBackend, get_backend
+from kfp_serve.serving.backends.base import (
+    REASON_PROCESS_EXITED,
+    EndpointStatus,
+    ServingBackend,
+    get_backend,
+)
 from kfp_serve.serving.errors import ServingError
 
 #: Statuses that right after Ready mean "not routed yet" (kserve/kserve#1658), so retrying helps.
 _RETRY_STATUS = {404, 503}
 #: The local router's answer when the server behind it is down.
 _BAD_GATEWAY = {502}
-_REASON_PROCESS_EXITED = "ProcessExited"
 
 # numpy dtype kind/size -> KServe v2 datatype.
 _V2_DATATYPES = {
@@ -296,7 +300,7 @@ class Endpoint:
             status = self.refresh()
         except ServingError as e:
             raise ServingError(f"endpoint {self.name!r} is gone: {e}") from None
-        if not status.ready and status.reason == _REASON_PROCESS_EXITED:
+        if not status.ready and status.reason == REASON_PROCESS_EXITED:
             raise ServingError(
                 f"endpoint {self.name!r} is not running: {status.message}. Run `kfp-serve "
                 "endpoints` to see it, or serve it again"

@@ -37,10 +37,7 @@ DEFAULT_PROTOCOL = "v1"
 STORAGE_SCHEMES = ("gs", "s3", "pvc", "file", "https", "http", "hdfs", "webhdfs", "oci", "hf")
 #: KServe's name for the main container; the controller fills in its ports and probes.
 MAIN_CONTAINER = "kserve-container"
-#: KServe runs the storage initializer for a custom container that sets this variable.
-STORAGE_URI_ENV = "STORAGE_URI"
 MODEL_MOUNT = "/mnt/models"
-TRANSFORMER_MODULE = "kfp_serve.serving.runtime.transformer"
 #: Deployment modes that run plain Deployments, where Knative's pod-spec gates do not apply.
 RAW_MODES = ("RawDeployment", "Standard")
 KNATIVE_FLAGS = {
@@ -169,7 +166,7 @@ def _transformer(
     container: dict[str, Any] = {
         "name": MAIN_CONTAINER,
         "image": os.environ.get(constants.IMAGE_ENV) or constants.DEFAULT_IMAGE,
-        "command": ["python", "-m", TRANSFORMER_MODULE],
+        "command": ["python", "-m", constants.TRANSFORMER_MODULE],
         # KServe adds --predictor_host and --http_port, but not the protocol (DESIGN.md).
         "args": [
             f"--model_name={name}",
@@ -178,7 +175,7 @@ def _transformer(
             # In a pod the server must listen beyond loopback; locally the default stays 127.0.0.1.
             "--http_host=0.0.0.0",
         ],
-        "env": [{"name": STORAGE_URI_ENV, "value": transformer_uri}],
+        "env": [{"name": constants.STORAGE_URI_ENV, "value": transformer_uri}],
     }
     container.update(_override(container, resolved.container))
     component["containers"] = [container]
@@ -197,8 +194,8 @@ def _with_storage_env(containers: list[dict[str, Any]], uri: str) -> list[dict[s
     """Custom containers, the first told where its artifact is (unless it says already)."""
     containers = copy.deepcopy(containers)
     main = containers[0]
-    if not any(var["name"] == STORAGE_URI_ENV for var in main.get("env", [])):
-        main["env"] = [*main.get("env", []), {"name": STORAGE_URI_ENV, "value": uri}]
+    if not any(var["name"] == constants.STORAGE_URI_ENV for var in main.get("env", [])):
+        main["env"] = [*main.get("env", []), {"name": constants.STORAGE_URI_ENV, "value": uri}]
     return containers
 
 

@@ -12,17 +12,21 @@ import pandas as pd
 import pytest
 
 from kfp_serve.artifacts.errors import InvalidNameError
-from kfp_serve.serving.backends.local import LocalBackend, plan_manifest, resolve_storage
+from kfp_serve.serving.backends.local import (
+    LocalBackend,
+    plan_manifest,
+    resolve_storage,
+    supervisor,
+)
 from kfp_serve.serving.backends.local.registry import (
     EndpointRecord,
     ProcessRecord,
     RevisionRecord,
-    log_tail,
-    process_start_time,
     read_record,
     registry_path,
     write_record,
 )
+from kfp_serve.serving.backends.local.supervisor import log_tail
 from kfp_serve.serving.endpoint import response_predictions, v1_request, v2_request
 from kfp_serve.serving.errors import ServingError
 from tests.local.conftest import make_manifest
@@ -94,14 +98,14 @@ def test_storage_resolution(tmp_path: Path) -> None:
 
 def test_a_reused_pid_is_not_our_process() -> None:
     me = os.getpid()
-    start = process_start_time(me)
+    start = supervisor.start_time(me)
     assert start is not None
     assert ProcessRecord("predictor", me, start, 1, "").alive()
     impostor = ProcessRecord("predictor", me, start + 1, 1, "")
     assert not impostor.alive()
-    impostor.terminate(grace=0.1)  # must not signal this (live, but different) process
-    assert process_start_time(me) == start
-    assert process_start_time(2**22 + 12345) is None
+    supervisor.stop([impostor], grace=0.1)  # must not signal this (live, but other) process
+    assert supervisor.start_time(me) == start
+    assert supervisor.start_time(2**22 + 12345) is None
 
 
 def _record(name: str) -> EndpointRecord:
