@@ -24,6 +24,7 @@ MODULES = [
     "bench.snapshot_mlmd",
     "bench.readiness",
     "bench.serving",
+    "bench.warm_start",
     "bench.end_to_end",
 ]
 
