@@ -176,6 +176,7 @@ def start_server(
         extra_args=extra_args,
     )
     log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     full_env = server_environment(env)
     proc: ServerProcess | None = None
     if warm if warm is not None else warm_pool.enabled():

@@ -130,6 +130,11 @@ def adopt(proc: subprocess.Popen) -> None:
     _CHILDREN[proc.pid] = proc
 
 
+def forget(proc: subprocess.Popen) -> None:
+    """Stop tracking ``proc`` (it has exited and been reaped, e.g. a launcher that forked)."""
+    _CHILDREN.pop(proc.pid, None)
+
+
 # --------------------------------------------------------------------------------------------
 # Signal and stop
 
