@@ -213,6 +213,8 @@ class Store:
         return f"Store({self.uri!r})"
 
     # -- locking -----------------------------------------------------------------------------
+    # Not kfp_serve.locks: filelock's only shared lock (ReadWriteLock) is a SQLite database
+    # of its own, not an flock, so it cannot share the lock file existing readers hold.
 
     @contextlib.contextmanager
     def _flock(self, mode: int) -> Iterator[None]:

@@ -144,7 +144,7 @@ def compile_(
     ),
 ) -> None:
     """Compile every pipeline and component to KFP IR YAML (and the palette files)."""
-    from kfp_serve.components.build import build_all
+    from kfp_serve.build import build_all
 
     written = build_all(out_dir)
     for path in written:

@@ -153,7 +153,10 @@ class ServeConfig:
             try:
                 value = json.loads(value)
             except json.JSONDecodeError as e:
-                raise ServeConfigError(f"serve_config: not valid JSON ({e})") from e
+                raise ServeConfigError(
+                    f"serve_config: not valid JSON ({e}); pass a JSON object such as "
+                    '\'{"limits": {"memory": "4Gi"}}\' or a dict'
+                ) from e
         return cls.from_dict(value)
 
     def to_dict(self) -> dict[str, Any]:
