@@ -1,8 +1,17 @@
-"""Errors raised by the artifacts layer. Each says what went wrong and how to fix it."""
+"""Errors raised by the artifacts layer. Each says what went wrong and how to fix it.
 
+The root, :class:`KfpServeError`, lives in :mod:`kfp_serve.errors` and is re-exported here.
+"""
 
-class KfpServeError(Exception):
-    """Base of every error kfp-serve raises on purpose."""
+from kfp_serve.errors import KfpServeError
+
+__all__ = [
+    "ArtifactError",
+    "InvalidNameError",
+    "KfpServeError",
+    "MetadataError",
+    "SnapshotError",
+]
 
 
 class InvalidNameError(KfpServeError, ValueError):

@@ -10,19 +10,18 @@ same name again without a new version is refused rather than silently replacing 
 
 from __future__ import annotations
 
-import fcntl
 import getpass
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from kfp_serve.artifacts import layout
 from kfp_serve.artifacts.errors import ArtifactError, MetadataError
 from kfp_serve.artifacts.names import validate_name, validate_version
+from kfp_serve.locks import exclusive
 
 DEFAULT_VERSION = "1.0.0"
 SUPPORTED = (
@@ -217,15 +216,9 @@ def artifacts_root() -> Path:
     return state_dir() / "artifacts"
 
 
-@contextmanager
-def _dir_lock(root: Path) -> Iterator[None]:
-    root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
+def _dir_lock(root: Path):  # noqa: ANN202 - a filelock lock object, used with ``with``
+    """The lock that serializes writes of artifact directories under ``root``."""
+    return exclusive(root / ".lock")
 
 
 def _default_author() -> str:

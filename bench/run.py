@@ -26,6 +26,7 @@ MODULES = [
     "bench.readiness",
     "bench.serving",
     "bench.dataplane",
+    "bench.warm_start",
     "bench.end_to_end",
     "bench.containers",
 ]

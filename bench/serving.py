@@ -334,7 +334,7 @@ def serve_endpoint(
 
     from bench.end_to_end import _isolated_home
     from kfp_serve import artifacts, serving
-    from kfp_serve.serving.backends.local_registry import read_record
+    from kfp_serve.serving.backends.local.registry import read_record
 
     stack.enter_context(_isolated_home())  # deletes the endpoint on the way out
     name = MODEL_NAMES["sklearn"]  # the endpoint name is the model name in its URL paths

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kfp_serve.artifacts.errors import ArtifactError
+from kfp_serve.errors import InputError
 
 MODEL = "model"
 TRANSFORMER = "transformer"
@@ -39,7 +40,13 @@ class ServedEndpoint:
 
 
 def parse_json_object(text: str | dict[str, Any] | None, what: str) -> dict[str, Any]:
-    """A JSON object parameter ("" or None meaning empty), with an error that names it."""
+    """A JSON object parameter ("" or None meaning empty), with an error that names it.
+
+    Not for ``serve_config``: ServeConfig.coerce parses that one, with ServeConfigError.
+
+    Raises:
+        InputError: ``text`` is not a JSON object.
+    """
     if text is None or (isinstance(text, str) and not text.strip()):
         return {}
     if isinstance(text, dict):
@@ -47,18 +54,11 @@ def parse_json_object(text: str | dict[str, Any] | None, what: str) -> dict[str,
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{what} must be a JSON object, e.g. '{{\"a\": \"b\"}}'; got {text!r}: "
+        raise InputError(f"{what} must be a JSON object, e.g. '{{\"a\": \"b\"}}'; got {text!r}: "
                          f"{e}") from e
     if not isinstance(value, dict):
-        raise ValueError(f"{what} must be a JSON object, got {text!r}")
+        raise InputError(f"{what} must be a JSON object, got {text!r}")
     return value
-
-
-def load_estimator(model_dir: str | os.PathLike[str]) -> Any:
-    """Load the fitted model a ``train`` step saved (model.joblib or model.json)."""
-    from kfp_serve.artifacts.model import load_model_file
-
-    return load_model_file(Path(model_dir))
 
 
 def submit(
@@ -117,7 +117,7 @@ def submit(
     elif kind == TRANSFORMER:
         artifact = artifacts.Transformer(transformer_dir=str(source_dir), **common)
     else:
-        raise ValueError(f"kind must be {MODEL!r} or {TRANSFORMER!r}, got {kind!r}")
+        raise InputError(f"kind must be {MODEL!r} or {TRANSFORMER!r}, got {kind!r}")
     # A re-run with identical inputs trains identical bytes: it gets the recorded artifact
     # back. Different content under the same name+version is still refused.
     artifact_id = artifact.submit_artifact(
@@ -230,16 +230,16 @@ def serve(
         transformer_id: MLMD id of the Transformer artifact, or 0 for none.
         name: Endpoint name; "" for the model's name.
         namespace: Kubernetes namespace; "" for the default.
-        serve_config: ServeConfig as a JSON object string or dict.
+        serve_config: ServeConfig as a JSON object string or dict ("" for none); parsed by
+            ServeConfig.coerce, whose ServeConfigError names the bad field.
         wait: Wait until the endpoint is Ready.
         timeout: Seconds to wait for Ready.
     """
     from kfp_serve.serving.deploy import serve as serve_model
 
-    config = parse_json_object(serve_config, "serve_config")
     transformer = _check_id(transformer_id, "transformer_id") if transformer_id > NO_ID else None
     endpoint = serve_model(
-        _check_id(model_id, "model_id"), transformer, serve_config=config or None,
+        _check_id(model_id, "model_id"), transformer, serve_config=serve_config or None,
         name=name or None, namespace=namespace or None, wait=wait, timeout=timeout,
     )
     status = endpoint.status
@@ -251,7 +251,7 @@ def _check_id(value: Any, what: str) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or value <= NO_ID:
-        raise ValueError(f"{what} must be a positive MLMD id, got {value!r}")
+        raise InputError(f"{what} must be a positive MLMD id, got {value!r}")
     return value
 
 

@@ -19,6 +19,8 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from kfp_serve.errors import InputError
+
 log = logging.getLogger(__name__)
 
 #: Where the artifacts layer reads the pipeline run id from (see
@@ -27,6 +29,11 @@ RUN_ID_ENV = "KFP_SERVE_RUN_ID"
 _RUN_ID_ENVS = (RUN_ID_ENV, "KFP_RUN_ID")
 #: The label KFP's API server puts on every pod of a run, holding the run id.
 KFP_RUN_ID_LABEL = "pipeline/runid"
+
+
+class StepInputError(InputError, TypeError):
+    """An argument of a step helper of the wrong kind (e.g. a name where an id belongs); a
+    TypeError too, as Python's own argument errors are."""
 
 
 def submit_model(
@@ -258,9 +265,9 @@ def smoke_predict(
     rows = _plain(samples)
     want = _plain(expected)
     if not isinstance(rows, list) or not rows:
-        raise ValueError(f"samples must be a non-empty list of rows, got {type(samples).__name__}")
+        raise InputError(f"samples must be a non-empty list of rows, got {type(samples).__name__}")
     if not isinstance(want, list) or len(want) != len(rows):
-        raise ValueError(
+        raise InputError(
             f"expected must hold one prediction per sample row ({len(rows)}), got {want!r:.80}"
         )
     if output is None:
@@ -385,16 +392,16 @@ def _is_ref(value: Any) -> bool:
 def _as_id(value: Any, field: str) -> int:
     """An MLMD id as an int; refuses what is clearly not one (a name, a float like 3.5)."""
     if isinstance(value, bool):
-        raise TypeError(f"{field} must be an artifact id (int), got {value!r}")
+        raise StepInputError(f"{field} must be an artifact id (int), got {value!r}")
     try:
         as_int = int(value)
     except (TypeError, ValueError):
-        raise TypeError(
+        raise StepInputError(
             f"{field} must be an artifact id (int) as returned by submit_model/"
             f"submit_transformer, got {value!r}"
         ) from None
     if as_int != value or as_int <= 0:
-        raise TypeError(f"{field} must be a positive artifact id, got {value!r}")
+        raise StepInputError(f"{field} must be a positive artifact id, got {value!r}")
     return as_int
 
 

@@ -15,13 +15,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from kfp_serve.artifacts.snapshots.pvc import DEFAULT_MOUNT, MOUNT_ENV
+
 #: Secret key -> environment variable, the names boto3/s3fs read.
 DEFAULT_S3_KEYS = {
     "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
 }
-PVC_MOUNT_ENV = "KFP_SERVE_PVC_MOUNT"
-DEFAULT_PVC_MOUNT = "/mnt/kfp-serve"
+#: The env var that tells the pvc:// snapshot store where its volume is mounted.
+PVC_MOUNT_ENV = MOUNT_ENV
+DEFAULT_PVC_MOUNT = DEFAULT_MOUNT
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kfp_serve.artifacts.errors import KfpServeError
+from kfp_serve.errors import KfpServeError
 
 RUNS_DIR = "pipeline-runs"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from kfp_serve.artifacts.errors import KfpServeError
+from kfp_serve.errors import KfpServeError
 from kfp_serve.pipelines import PIPELINES, ClusterOptions, compile_pipeline, get_pipeline
 
 _CONFLICT = 409

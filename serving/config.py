@@ -17,11 +17,10 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from kfp_serve.serving.admission import DEFAULT_MIN_REPLICAS, quote
+from kfp_serve.serving.constants import PREDICTOR, TRANSFORMER
 from kfp_serve.serving.errors import ServeConfigError
 from kfp_serve.serving.schema import normalize, normalize_object, normalize_quantities, to_plain
 
-PREDICTOR = "predictor"
-TRANSFORMER = "transformer"
 COMPONENTS = (PREDICTOR, TRANSFORMER)
 PROTOCOLS = ("v1", "v2")
 
@@ -155,7 +154,10 @@ class ServeConfig:
             try:
                 value = json.loads(value)
             except json.JSONDecodeError as e:
-                raise ServeConfigError(f"serve_config: not valid JSON ({e})") from e
+                raise ServeConfigError(
+                    f"serve_config: not valid JSON ({e}); pass a JSON object such as "
+                    '\'{"limits": {"memory": "4Gi"}}\' or a dict'
+                ) from e
         return cls.from_dict(value)
 
     def to_dict(self) -> dict[str, Any]:

@@ -24,3 +24,27 @@ KSERVE_VERSION_ENV = "KFP_SERVE_KSERVE_VERSION"
 
 #: The model server answers with class probabilities (``predict_proba``) when this is "true".
 PREDICT_PROBA_ENV = "PREDICT_PROBA"
+
+#: The two components of an InferenceService (the keys of ServeConfig and of ``spec``).
+PREDICTOR = "predictor"
+TRANSFORMER = "transformer"
+
+#: KServe runs the storage initializer for a custom container that sets this variable; the
+#: local backend reads a transformer's artifact from it.
+STORAGE_URI_ENV = "STORAGE_URI"
+#: The address a kfp-serve model server binds when no ``--http_host`` is given.
+HTTP_HOST_ENV = "KFP_SERVE_HTTP_HOST"
+
+#: Local serving binds this address only: nothing a local endpoint runs is reachable from
+#: another machine.
+LOOPBACK = "127.0.0.1"
+
+#: Modules run with ``python -m``: the model servers, and the router of a local endpoint.
+PREDICTOR_MODULE = "kfp_serve.serving.runtime.predictor"
+TRANSFORMER_MODULE = "kfp_serve.serving.runtime.transformer"
+ROUTER_MODULE = "kfp_serve.serving.backends.local.router"
+
+#: Readiness path of a model server: 200 once its models are loaded, on v1 and v2 servers alike.
+READY_PATH = "/v2/health/ready"
+#: Status path of a local endpoint's router (its generation and in-flight requests).
+ROUTER_STATUS_PATH = "/kfp-serve/router"

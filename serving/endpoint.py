@@ -18,7 +18,12 @@ from urllib.parse import urlsplit
 import httpx
 
 from kfp_serve.artifacts.names import validate_name
-from kfp_serve.serving.backends.base import EndpointStatus, ServingBackend, get_backend
+from kfp_serve.serving.backends.base import (
+    REASON_PROCESS_EXITED,
+    EndpointStatus,
+    ServingBackend,
+    get_backend,
+)
 from kfp_serve.serving.constants import PREDICT_PROBA_ENV
 from kfp_serve.serving.errors import ServingError
 
@@ -26,7 +31,6 @@ from kfp_serve.serving.errors import ServingError
 _RETRY_STATUS = {404, 503}
 #: The local router's answer when the server behind it is down.
 _BAD_GATEWAY = {502}
-_REASON_PROCESS_EXITED = "ProcessExited"
 
 
 @functools.cache
@@ -335,7 +339,7 @@ class Endpoint:
             status = self.refresh()
         except ServingError as e:
             raise ServingError(f"endpoint {self.name!r} is gone: {e}") from None
-        if not status.ready and status.reason == _REASON_PROCESS_EXITED:
+        if not status.ready and status.reason == REASON_PROCESS_EXITED:
             raise ServingError(
                 f"endpoint {self.name!r} is not running: {status.message}. Run `kfp-serve "
                 "endpoints` to see it, or serve it again"

@@ -1,6 +1,6 @@
 """Errors raised by the serving layer."""
 
-from kfp_serve.artifacts.errors import KfpServeError
+from kfp_serve.errors import KfpServeError
 
 
 class ServeConfigError(KfpServeError, ValueError):

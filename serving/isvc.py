@@ -39,7 +39,6 @@ STORAGE_SCHEMES = ("gs", "s3", "pvc", "file", "https", "http", "hdfs", "webhdfs"
 # STORAGE_URI_ENV: KServe runs the storage initializer for a custom container that sets it.
 MAIN_CONTAINER, STORAGE_URI_ENV = admission.MAIN_CONTAINER, admission.STORAGE_URI_ENV
 MODEL_MOUNT = "/mnt/models"
-TRANSFORMER_MODULE = "kfp_serve.serving.runtime.transformer"
 #: Deployment modes that run plain Deployments, where Knative's pod-spec gates do not apply.
 RAW_MODES = (admission.RAW_DEPLOYMENT, admission.STANDARD)
 KNATIVE_FLAGS = {
@@ -269,7 +268,7 @@ def _transformer(
     container: dict[str, Any] = {
         "name": MAIN_CONTAINER,
         "image": os.environ.get(constants.IMAGE_ENV) or constants.DEFAULT_IMAGE,
-        "command": ["python", "-m", TRANSFORMER_MODULE],
+        "command": ["python", "-m", constants.TRANSFORMER_MODULE],
         # KServe adds --predictor_host and --http_port, but not the protocol (DESIGN.md).
         "args": [
             f"--model_name={name}",
@@ -278,7 +277,7 @@ def _transformer(
             # In a pod the server must listen beyond loopback; locally the default stays 127.0.0.1.
             "--http_host=0.0.0.0",
         ],
-        "env": [{"name": STORAGE_URI_ENV, "value": transformer_uri}],
+        "env": [{"name": constants.STORAGE_URI_ENV, "value": transformer_uri}],
     }
     container.update(_override(container, resolved.container))
     component["containers"] = [container]
@@ -299,8 +298,8 @@ def _with_storage_env(containers: list[dict[str, Any]], uri: str) -> list[dict[s
     if not containers:
         return containers  # refused by the admission rules, with the rule quoted
     main = containers[0]
-    if not any(var["name"] == STORAGE_URI_ENV for var in main.get("env", [])):
-        main["env"] = [*main.get("env", []), {"name": STORAGE_URI_ENV, "value": uri}]
+    if not any(var["name"] == constants.STORAGE_URI_ENV for var in main.get("env", [])):
+        main["env"] = [*main.get("env", []), {"name": constants.STORAGE_URI_ENV, "value": uri}]
     return containers
 
 

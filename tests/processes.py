@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from kfp_serve.serving.backends.local_registry import process_start_time
+from kfp_serve.serving.backends.local.supervisor import start_time as process_start_time
 
 
 def processes_mentioning(text: str) -> list[int]:

@@ -216,7 +216,7 @@ def pool_stop() -> None:
 
 def log_files(name: str, component: str | None) -> dict[str, Path]:
     """Role -> log file of the latest revision of local endpoint ``name``."""
-    from kfp_serve.serving.backends.local_registry import read_record
+    from kfp_serve.serving.backends.local.registry import read_record
 
     record = read_record(check_name(name))
     if record is None:

@@ -136,7 +136,7 @@ def fails_cleanly(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from kfp_serve.artifacts.errors import KfpServeError
+        from kfp_serve.errors import KfpServeError
 
         try:
             return command(*args, **kwargs)

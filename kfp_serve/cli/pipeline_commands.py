@@ -203,7 +203,7 @@ def compile_command(
     ),
 ) -> None:
     """Compile every pipeline and component to KFP IR YAML (and the palette files)."""
-    from kfp_serve.components.build import build_all
+    from kfp_serve.build import build_all
 
     for path in build_all(out_dir):
         say(str(path))

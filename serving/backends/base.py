@@ -1,9 +1,16 @@
-"""What every serving backend (local processes, Kubernetes) offers to serve() and Endpoint."""
+"""What every serving backend (local processes, Kubernetes) offers to serve() and Endpoint, and
+the registry that picks one by name.
+
+``get_backend`` finds the class for a name in ``BACKENDS`` (``"module:Class"``, imported on
+first use, so the Kubernetes client is only imported when that backend is used) or among classes
+added with ``register_backend`` — the shape of ``artifacts/snapshots/base.py``.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from importlib import import_module
 from typing import Any, Protocol
 
 from kfp_serve.artifacts.environment import running_in_pod
@@ -12,6 +19,11 @@ from kfp_serve.serving.errors import ServingError
 BACKEND_ENV = "KFP_SERVE_BACKEND"
 LOCAL = "local"
 KUBERNETES = "kubernetes"
+
+#: Values of EndpointStatus.reason that clients act on.
+REASON_PROCESS_EXITED = "ProcessExited"
+REASON_NOT_READY = "NotReady"
+REASON_STARTING = "Starting"
 
 
 @dataclass
@@ -53,17 +65,44 @@ def default_backend_name() -> str:
     return os.environ.get(BACKEND_ENV) or (KUBERNETES if running_in_pod() else LOCAL)
 
 
+BACKENDS: dict[str, str] = {
+    LOCAL: "kfp_serve.serving.backends.local.backend:LocalBackend",
+    KUBERNETES: "kfp_serve.serving.backends.kubernetes:KubernetesBackend",
+}
+_REGISTERED: dict[str, type] = {}
+
+
+def register_backend(name: str, cls: type) -> None:
+    """Make ``cls`` the serving backend called ``name`` (overrides the built-in table)."""
+    _REGISTERED[name] = cls
+
+
+def backend_names() -> list[str]:
+    """Every backend name ``get_backend`` accepts, sorted."""
+    return sorted(set(BACKENDS) | set(_REGISTERED))
+
+
+def backend_class(name: str) -> type:
+    """The backend class called ``name``, imported on first use.
+
+    Raises:
+        ServingError: no backend has that name, or its module cannot be imported.
+    """
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    target = BACKENDS.get(name)
+    if target is None:
+        raise ServingError(
+            f"unknown serving backend {name!r} (from {BACKEND_ENV} or backend=): use one of "
+            + ", ".join(repr(n) for n in backend_names())
+        )
+    module, _, attr = target.partition(":")
+    try:
+        return getattr(import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise ServingError(f"the {name!r} serving backend ({target}) is not available: {e}") from e
+
+
 def get_backend(name: str | None = None) -> ServingBackend:
-    """The backend called ``name`` (default: see default_backend_name)."""
-    name = name or default_backend_name()
-    if name == LOCAL:
-        from kfp_serve.serving.backends.local import LocalBackend
-
-        return LocalBackend()
-    if name == KUBERNETES:
-        from kfp_serve.serving.backends.kubernetes import KubernetesBackend
-
-        return KubernetesBackend()
-    raise ServingError(
-        f"unknown serving backend {name!r} (from {BACKEND_ENV}): use {LOCAL!r} or {KUBERNETES!r}"
-    )
+    """A new instance of the backend called ``name`` (default: see default_backend_name)."""
+    return backend_class(name or default_backend_name())()

@@ -1,10 +1,10 @@
 """Start kfp-serve runtime servers as detached local processes and wait until they are ready.
 
 Used by tests and by the local serving backend. Cheap to import (no kserve, no numpy).
-Servers are forked from a warm pool when possible (:mod:`kfp_serve.serving.runtime.warm_pool`: the
-same
-server, without paying interpreter start and imports again); ``KFP_SERVE_WARM_POOL=0`` turns
-that off.
+Servers are forked from a warm pool when possible (:mod:`kfp_serve.serving.runtime.warm_pool`:
+the same server, without paying interpreter start and imports again); ``KFP_SERVE_WARM_POOL=0``
+turns that off. Either way the process is started, checked and stopped by the one supervisor of
+local serving (:mod:`kfp_serve.serving.backends.local.supervisor`).
 
 Example::
 
@@ -27,17 +27,23 @@ import urllib.request
 from pathlib import Path
 from typing import Literal
 
+from kfp_serve.retry import wait_until
+from kfp_serve.serving.backends.local import supervisor
+from kfp_serve.serving.constants import (
+    LOOPBACK,
+    PREDICTOR,
+    PREDICTOR_MODULE,
+    READY_PATH,
+    TRANSFORMER,
+    TRANSFORMER_MODULE,
+)
 from kfp_serve.serving.errors import ServingError
 from kfp_serve.serving.runtime import warm_pool
 
 Kind = Literal["predictor", "transformer"]
-MODULES: dict[str, str] = {
-    "predictor": "kfp_serve.serving.runtime.predictor",
-    "transformer": "kfp_serve.serving.runtime.transformer",
-}
-LOOPBACK = "127.0.0.1"
-#: Readiness path: 200 once every model of the server is loaded (same on v1 and v2 servers).
-READY_PATH = "/v2/health/ready"
+MODULES: dict[str, str] = {PREDICTOR: PREDICTOR_MODULE, TRANSFORMER: TRANSFORMER_MODULE}
+#: Seconds a stopped server gets after SIGKILL to be reaped.
+KILL_WAIT = 5.0
 
 
 class ServerProcess(subprocess.Popen):
@@ -110,7 +116,7 @@ def server_command(
         f"--http_port={port}",
         f"--http_host={host}",
     ]
-    if kind == "transformer":
+    if kind == TRANSFORMER:
         if not predictor_host:
             raise ServingError("a transformer needs predictor_host='HOST:PORT'")
         cmd += [f"--predictor_host={predictor_host}", f"--predictor_protocol={predictor_protocol}"]
@@ -186,17 +192,11 @@ def start_server(
             cls=_PooledServerProcess,
         )
     if proc is None:
-        with open(log_path, "ab") as log_file:
-            proc = ServerProcess(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                env=full_env,
-                cwd=SERVER_CWD,
-                start_new_session=True,
-                close_fds=True,
-            )
+        proc = supervisor.start_detached(
+            cmd, log=log_path, env=full_env, cwd=SERVER_CWD, popen=ServerProcess
+        )
+    else:
+        supervisor.adopt(proc)
     proc.port = port
     proc.host = host
     connect_host = LOOPBACK if host in ("0.0.0.0", "", "::") else host
@@ -205,15 +205,6 @@ def start_server(
     proc.kind = kind
     proc.model_name = model_name
     return proc
-
-
-def log_tail(path: str | os.PathLike[str], lines: int = 20) -> str:
-    """The last lines of a log file ('' when unreadable)."""
-    try:
-        text = Path(path).read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def wait_ready(
@@ -231,7 +222,7 @@ def wait_ready(
         timeout: Seconds before giving up.
         proc: The server process; if it exits first, fail at once with its log tail.
         path: Readiness path.
-        interval: First poll interval (doubles up to 0.5 s).
+        interval: Pause between two polls.
 
     Returns:
         Seconds waited.
@@ -240,33 +231,38 @@ def wait_ready(
         ServingError: Timeout, or the process exited; the message carries the log tail.
     """
     start = time.monotonic()
-    deadline = start + timeout
     target = url.rstrip("/") + path
     last_error = "no answer yet"
-    while True:
+
+    def tail() -> str:
+        text = supervisor.log_tail(proc.log_path) if hasattr(proc, "log_path") else ""
+        return f"; log tail:\n{text}" if text else ""
+
+    def ready() -> bool:
+        nonlocal last_error
         if proc is not None and proc.poll() is not None:
-            tail = log_tail(proc.log_path) if hasattr(proc, "log_path") else ""
             raise ServingError(
-                f"server for {url} exited with code {proc.returncode} before it was ready"
-                + (f"; log tail:\n{tail}" if tail else "")
+                f"server for {url} exited with code {proc.returncode} before it was ready{tail()}"
             )
         try:
             with urllib.request.urlopen(target, timeout=2.0) as r:  # noqa: S310 - local URL
                 if r.status == 200:
-                    return time.monotonic() - start
+                    return True
                 last_error = f"HTTP {r.status}"
         except urllib.error.HTTPError as e:
             last_error = f"HTTP {e.code}"
         except (urllib.error.URLError, OSError) as e:
             last_error = str(getattr(e, "reason", e))
-        if time.monotonic() >= deadline:
-            tail = log_tail(proc.log_path) if proc is not None and hasattr(proc, "log_path") else ""
-            raise ServingError(
-                f"server at {url} not ready after {timeout:.0f}s ({last_error})"
-                + (f"; log tail:\n{tail}" if tail else "")
-            )
-        time.sleep(interval)
-        interval = min(interval * 2, 0.5)
+        return False
+
+    try:
+        wait_until(ready, deadline=timeout, interval=interval, describe=f"{url} ready")
+    except TimeoutError:
+        raise ServingError(
+            f"server at {url} not ready after {timeout:.0f}s ({last_error})"
+            + (tail() if proc is not None else "")
+        ) from None
+    return time.monotonic() - start
 
 
 def stop_server(proc: subprocess.Popen, timeout: float = 10.0) -> int | None:
@@ -290,6 +286,6 @@ def stop_server(proc: subprocess.Popen, timeout: float = 10.0) -> int | None:
         except ProcessLookupError:
             pass
         try:
-            return proc.wait(timeout=5)
+            return proc.wait(timeout=KILL_WAIT)
         except subprocess.TimeoutExpired:
             return None

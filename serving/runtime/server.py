@@ -29,10 +29,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from kfp_serve.serving.constants import HTTP_HOST_ENV, LOOPBACK
+
 log = logging.getLogger("kfp_serve.runtime")
 
-HOST_ENV = "KFP_SERVE_HTTP_HOST"
-DEFAULT_HOST = "127.0.0.1"
+DEFAULT_HOST = LOOPBACK
 DEFAULT_PORT = 8080
 DEFAULT_MODEL_DIR = "/mnt/models"
 #: Refuse bodies above this size (413) instead of buffering them without bound.
@@ -90,8 +91,8 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
     p.add_argument("--http_port", type=int, default=DEFAULT_PORT, help="REST port.")
     p.add_argument(
         "--http_host",
-        default=os.environ.get(HOST_ENV) or DEFAULT_HOST,
-        help=f"Address to bind (default ${HOST_ENV} or {DEFAULT_HOST}; a pod needs 0.0.0.0).",
+        default=os.environ.get(HTTP_HOST_ENV) or DEFAULT_HOST,
+        help=f"Address to bind (default ${HTTP_HOST_ENV} or {DEFAULT_HOST}; a pod needs 0.0.0.0).",
     )
     p.add_argument(
         "--timeout-keep-alive",

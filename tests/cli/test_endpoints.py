@@ -159,7 +159,7 @@ def test_lineage_table_and_png(cli, served, tmp_path):
 
 
 def test_a_killed_endpoint_shows_as_dead(cli, iris_model):
-    from kfp_serve.serving.backends.local_registry import read_record
+    from kfp_serve.serving.backends.local.registry import read_record
 
     model_id, _ = iris_model
     try:
@@ -185,7 +185,7 @@ def test_a_killed_endpoint_shows_as_dead(cli, iris_model):
 
 
 def test_stop_removes_the_endpoint(cli, served):
-    from kfp_serve.serving.backends.local_registry import read_record
+    from kfp_serve.serving.backends.local.registry import read_record
 
     pids = [p.pid for p in read_record(NAME).latest.processes]
     outcome = cli("stop", NAME)

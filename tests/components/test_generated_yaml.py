@@ -11,7 +11,7 @@ import yaml
 from kfp import compiler, components, dsl
 
 import kfp_serve.components as kfp_serve_components
-from kfp_serve.components.build import generated_files
+from kfp_serve.build import generated_files
 from kfp_serve.components.palette import ENTRY_MODULE
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,11 +23,11 @@ NAMES = kfp_serve_components.COMPONENT_NAMES
 def test_generated_files_are_fresh():
     env = {k: v for k, v in os.environ.items() if k != "KFP_SERVE_IMAGE"}
     done = subprocess.run(
-        [sys.executable, "-m", "kfp_serve.components.build", "--check"], cwd=REPO, env=env,
+        [sys.executable, "-m", "kfp_serve.build", "--check"], cwd=REPO, env=env,
         capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, (
-        "generated YAML is stale — run `python -m kfp_serve.components.build` and commit the "
+        "generated YAML is stale — run `python -m kfp_serve.build` and commit the "
         "result:\n"
         + done.stdout + done.stderr
     )

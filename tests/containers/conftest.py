@@ -122,7 +122,7 @@ def compiled(image: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every component, palette file and pipeline compiled against the image under test."""
     out = tmp_path_factory.mktemp("compiled")
     subprocess.run(
-        [sys.executable, "-m", "kfp_serve.components.build", "--out", str(out)],
+        [sys.executable, "-m", "kfp_serve.build", "--out", str(out)],
         check=True, env={**os.environ, IMAGE_ENV: image}, capture_output=True,
     )
     return out

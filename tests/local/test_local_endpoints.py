@@ -19,7 +19,8 @@ import pandas as pd
 import pytest
 
 from kfp_serve.serving.backends.local import LocalBackend
-from kfp_serve.serving.backends.local_registry import process_start_time, read_record, registry_path
+from kfp_serve.serving.backends.local.registry import read_record, registry_path
+from kfp_serve.serving.backends.local.supervisor import start_time
 from kfp_serve.serving.endpoint import Endpoint
 from kfp_serve.serving.errors import ServingError
 from tests.local.conftest import make_manifest
@@ -31,7 +32,7 @@ ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
 def _wait_gone(pid: int, timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if process_start_time(pid) is None:
+        if start_time(pid) is None:
             return True
         time.sleep(0.02)
     return False

@@ -12,17 +12,21 @@ import pandas as pd
 import pytest
 
 from kfp_serve.artifacts.errors import InvalidNameError
-from kfp_serve.serving.backends.local import LocalBackend, plan_manifest, resolve_storage
-from kfp_serve.serving.backends.local_registry import (
+from kfp_serve.serving.backends.local import (
+    LocalBackend,
+    plan_manifest,
+    resolve_storage,
+    supervisor,
+)
+from kfp_serve.serving.backends.local.registry import (
     EndpointRecord,
     ProcessRecord,
     RevisionRecord,
-    log_tail,
-    process_start_time,
     read_record,
     registry_path,
     write_record,
 )
+from kfp_serve.serving.backends.local.supervisor import log_tail
 from kfp_serve.serving.endpoint import response_predictions, v1_request, v2_request
 from kfp_serve.serving.errors import ServingError
 from tests.local.conftest import make_manifest
@@ -98,14 +102,14 @@ def test_storage_resolution(tmp_path: Path) -> None:
 
 def test_a_reused_pid_is_not_our_process() -> None:
     me = os.getpid()
-    start = process_start_time(me)
+    start = supervisor.start_time(me)
     assert start is not None
     assert ProcessRecord("predictor", me, start, 1, "").alive()
     impostor = ProcessRecord("predictor", me, start + 1, 1, "")
     assert not impostor.alive()
-    impostor.terminate(grace=0.1)  # must not signal this (live, but different) process
-    assert process_start_time(me) == start
-    assert process_start_time(2**22 + 12345) is None
+    supervisor.stop([impostor], grace=0.1)  # must not signal this (live, but other) process
+    assert supervisor.start_time(me) == start
+    assert supervisor.start_time(2**22 + 12345) is None
 
 
 def _record(name: str) -> EndpointRecord:
@@ -192,3 +196,74 @@ def test_snapshots_are_verified_before_serving(tmp_path: Path) -> None:
         resolve_storage(snap.uri)
     with pytest.raises(ServingError, match="not a snapshot"):
         resolve_storage("s3://bucket/some/model")
+
+
+def test_stopping_a_name_that_never_existed_says_where_it_looked_and_leaves_nothing() -> None:
+    from kfp_serve.serving.backends.local.registry import endpoints_root
+
+    backend = LocalBackend(progress=False)
+    home = os.environ["KFP_SERVE_HOME"]
+    with pytest.raises(ServingError, match=f"no local endpoint named 'never-was' to stop in "
+                                           f"KFP_SERVE_HOME='{home}"):
+        backend.delete("never-was")
+    with pytest.raises(ServingError, match=f"KFP_SERVE_HOME='{home}"):
+        backend.get("never-was")
+    assert not any("never-was" in p.name for p in endpoints_root().iterdir())
+
+
+def test_delete_all_stops_every_endpoint_and_the_pool() -> None:
+    from kfp_serve.serving.runtime import warm_pool
+
+    for name in ("all-a", "all-b"):
+        write_record(_record(name))
+    assert warm_pool.ensure_started(wait=True, timeout=60) is not None
+    backend = LocalBackend(progress=False)
+    assert {"all-a", "all-b"} <= set(backend.delete_all())
+    assert backend.list() == []
+    assert not warm_pool.socket_path().exists()
+    assert backend.stop_pool() is False  # nothing left to stop
+
+
+def test_the_router_reads_routes_through_the_registry() -> None:
+    from kfp_serve.serving.backends.local.router import Routes
+
+    record = _record("routes-test")
+    canary = RevisionRecord(revision=2, created="t", manifest={}, spec_hash="h2", protocol="v1",
+                            model_name="routes-test",
+                            predictor=ProcessRecord("predictor", 2**22 + 3, 1, 4545, "/p2.log"),
+                            transformer=ProcessRecord("transformer", 2**22 + 4, 1, 4646,
+                                                      "/t2.log"))
+    record.revisions.append(canary)
+    record.traffic = {"1": 70, "2": 30}
+    record.generation = 5
+    write_record(record)
+    routes = Routes("routes-test", str(registry_path("routes-test")))
+    routes.refresh()
+    assert routes.generation == 5 and routes.router_pid == record.router.pid
+    # The transformer is the entry of a revision that has one.
+    assert {(u.port, u.weight, u.role) for u in routes.upstreams} == {
+        (4242, 70, "predictor"), (4646, 30, "transformer")
+    }
+    # An unreadable registry keeps the routes it had.
+    registry_path("routes-test").write_text("{ half a file")
+    routes.refresh()
+    assert len(routes.upstreams) == 2
+    LocalBackend(progress=False).delete("routes-test")
+
+
+def test_serving_backends_come_from_one_registry() -> None:
+    from kfp_serve.serving.backends import base
+
+    assert isinstance(base.get_backend("local"), LocalBackend)
+    with pytest.raises(ServingError, match="unknown serving backend 'nope'.*'kubernetes', 'local'"):
+        base.get_backend("nope")
+
+    class Recorder(LocalBackend):
+        name = "recorder"
+
+    base.register_backend("recorder", Recorder)
+    try:
+        assert type(base.get_backend("recorder")) is Recorder
+        assert "recorder" in base.backend_names()
+    finally:
+        base._REGISTERED.pop("recorder")

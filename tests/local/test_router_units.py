@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from kfp_serve.serving.router import (
+from kfp_serve.serving.backends.local.router import (
     DEFAULT_UPSTREAM_TIMEOUT,
     _check_start,
     _Chunks,

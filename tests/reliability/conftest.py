@@ -128,7 +128,7 @@ class Served:
 
 def server_pids(name: str) -> dict[str, int]:
     """Role -> pid of the processes behind local endpoint ``name`` (from its registry)."""
-    from kfp_serve.serving.backends.local_registry import read_record
+    from kfp_serve.serving.backends.local.registry import read_record
 
     record = read_record(name)
     assert record is not None, f"endpoint {name!r} has no registry record"

@@ -25,7 +25,7 @@ from kfp_serve import artifacts
 from kfp_serve.artifacts import SnapshotError, SnapshotStore
 from kfp_serve.artifacts.snapshots.digest import tree_digest
 from kfp_serve.serving.backends.base import get_backend
-from kfp_serve.serving.backends.local_registry import process_start_time
+from kfp_serve.serving.backends.local.supervisor import start_time as process_start_time
 from kfp_serve.serving.endpoint import Endpoint
 from kfp_serve.serving.errors import ServingError
 from tests.kube_double import ISVC

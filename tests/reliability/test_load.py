@@ -16,7 +16,7 @@ from collections import Counter
 import httpx
 import numpy as np
 
-from kfp_serve.serving.backends.local_registry import process_start_time
+from kfp_serve.serving.backends.local.supervisor import start_time as process_start_time
 from tests.reliability.conftest import Served, rss_kib
 
 CLIENTS = 64

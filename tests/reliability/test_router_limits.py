@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 import pytest
 
-from kfp_serve.serving.router import HEADER_TIMEOUT, STATUS_PATH
+from kfp_serve.serving.backends.local.router import HEADER_TIMEOUT, STATUS_PATH
 from tests.reliability.conftest import Served, Trained, server_pids
 
 #: The TLS 1.2 ClientHello a browser sends first to an https:// URL (its fixed first bytes).
@@ -287,7 +287,7 @@ def test_a_hanging_transformer_is_answered_504_after_its_serve_config_timeout(
 
 def server_log(endpoint: str, role: str) -> str:
     """The log file of the ``role`` server of local endpoint ``endpoint``."""
-    from kfp_serve.serving.backends.local_registry import read_record
+    from kfp_serve.serving.backends.local.registry import read_record
 
     record = read_record(endpoint)
     assert record is not None

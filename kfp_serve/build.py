@@ -1,8 +1,10 @@
 """Write every generated file: component IR YAML, palette files and pipeline IR YAML.
 
-``python -m kfp_serve.components.build`` regenerates the committed files in place (run it after
-changing
-a component or pipeline; a test fails while they are stale). ``--out DIR`` writes the same tree
+It sits above both ``kfp_serve.components`` and ``kfp_serve.pipelines`` (it writes the files of
+each), so neither imports the other's layer for it.
+
+``python -m kfp_serve.build`` regenerates the committed files in place (run it after changing a
+component or pipeline; a test fails while they are stale). ``--out DIR`` writes the same tree
 under DIR instead (``DIR/components``, ``DIR/components/palette``, ``DIR/pipelines``).
 
 The committed files use the default image: the build refuses to overwrite them while
@@ -15,19 +17,28 @@ import argparse
 import os
 import sys
 import tempfile
+from importlib.util import find_spec
 from pathlib import Path
 
 from kfp_serve.serving.constants import IMAGE_ENV
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-REPO_DIR = PACKAGE_DIR.parent
 PALETTE = "palette"
+#: How to run this module (printed in errors and written into generated files' headers).
+COMMAND = "python -m kfp_serve.build"
+
+
+def _package_dir(package: str) -> Path:
+    """The source folder of ``package`` (found without importing it)."""
+    spec = find_spec(package)
+    assert spec is not None and spec.origin is not None, package
+    return Path(spec.origin).resolve().parent
 
 
 def output_dirs(out_dir: str | os.PathLike[str] | None) -> tuple[Path, Path, Path]:
     """(component YAML dir, palette dir, pipeline YAML dir) for ``out_dir`` (None: in place)."""
     if out_dir is None:
-        return PACKAGE_DIR, PACKAGE_DIR / PALETTE, REPO_DIR / "pipelines"
+        components = _package_dir("kfp_serve.components")
+        return components, components / PALETTE, _package_dir("kfp_serve.pipelines")
     root = Path(out_dir)
     return root / "components", root / "components" / PALETTE, root / "pipelines"
 
@@ -70,8 +81,6 @@ def build_all(out_dir: str | os.PathLike[str] | None = None) -> list[Path]:
         )
     component_dir, palette_dir, pipeline_dir = output_dirs(out_dir)
     written = build_components(component_dir, palette_dir)
-    # Pipelines sit a layer above components; imported here only because one command writes
-    # every generated file.
     from kfp_serve.pipelines import compile_pipelines
 
     written += compile_pipelines(pipeline_dir)
@@ -101,7 +110,7 @@ def stale_files() -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry: build, or ``--check`` for staleness."""
     parser = argparse.ArgumentParser(
-        prog="python -m kfp_serve.components.build", description=__doc__
+        prog=COMMAND, description=__doc__
     )
     parser.add_argument("--out", help="write under this directory instead of the source tree")
     parser.add_argument("--check", action="store_true",
@@ -112,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in stale:
             print(f"stale: {name}")
         if stale:
-            print("run `python -m kfp_serve.components.build` to regenerate them", file=sys.stderr)
+            print(f"run `{COMMAND}` to regenerate them", file=sys.stderr)
         return 1 if stale else 0
     try:
         written = build_all(args.out)

@@ -6,26 +6,27 @@ process) and nothing else. The record is what lets a later process — the user'
 ``kfp-serve`` CLI, the router — find, check and stop servers that a finished pipeline step
 started.
 
-A pid alone is not an identity: pids are reused, so every process is stored with its start time
-from ``/proc/<pid>/stat`` and is only considered ours (alive, or safe to signal) when both match.
+This module alone knows the format of ``endpoint.json``: the backend and the router read and
+write it through :class:`EndpointRecord`. Processes are stored with pid *and* start time, the
+identity the supervisor checks before it signals anything (pids are reused).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-import signal
+import shutil
+import subprocess
 import tempfile
-import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kfp_serve.artifacts.home import state_dir
 from kfp_serve.artifacts.names import validate_name
+from kfp_serve.serving.backends.local import supervisor
+from kfp_serve.serving.constants import LOOPBACK
 
 REGISTRY_FORMAT = 1
 REGISTRY_FILE = "endpoint.json"
@@ -54,24 +55,6 @@ def registry_path(name: str) -> Path:
 # Processes
 
 
-def process_start_time(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot, or None if it is gone or a zombie.
-
-    A zombie has exited but not been reaped by its parent (e.g. a test that started the server
-    and then killed it): it no longer serves, so it counts as gone.
-    """
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
-    rest = raw[raw.rfind(")") + 2 :].split()
-    state, start = rest[0], rest[19]
-    if state in ("Z", "X"):
-        return None
-    return int(start)
-
-
 @dataclass
 class ProcessRecord:
     """One server process of an endpoint (predictor, transformer or router)."""
@@ -86,63 +69,35 @@ class ProcessRecord:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def address(self) -> str:
+        """``host:port``, the way the router names its upstreams."""
+        return f"{LOOPBACK}:{self.port}"
 
     def alive(self) -> bool:
         """True if the recorded process still runs (same pid *and* same start time)."""
-        return process_start_time(self.pid) == self.start_time
+        return supervisor.alive(self)
 
-    def signal(self, sig: int) -> None:
-        """Send ``sig`` to the process group, if the process is still the one recorded."""
-        if self.alive():
-            _signal_group(self.pid, sig)
-
-    def terminate(self, grace: float = 5.0) -> None:
-        """SIGTERM the process group, then SIGKILL it if it is still there after ``grace``.
-
-        Servers run in their own session (pgid == pid), so the group also takes any worker
-        processes they forked. Nothing is signalled unless the start time still matches: a
-        reused pid belongs to someone else.
-        """
-        if not self.alive():
-            _reap(self.pid)
-            return
-        _signal_group(self.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            _reap(self.pid)
-            if not self.alive():
-                return
-            time.sleep(0.02)
-        if self.alive():
-            _signal_group(self.pid, signal.SIGKILL)
-            for _ in range(100):
-                _reap(self.pid)
-                if not self.alive():
-                    break
-                time.sleep(0.01)
+    @classmethod
+    def started(
+        cls, proc: subprocess.Popen, role: str, port: int, log: Path, model_name: str = ""
+    ) -> ProcessRecord:
+        """The record of ``proc``, which the supervisor just started."""
+        start = supervisor.start_time(proc.pid, zombie=True)
+        return cls(
+            role=role,
+            pid=proc.pid,
+            start_time=start if start is not None else -1,
+            port=port,
+            log=str(log),
+            model_name=model_name,
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ProcessRecord:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
-    except PermissionError:
-        # Not our group after all (should not happen after the start-time check): signal only
-        # the process itself, which is ours.
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-
-
-def _reap(pid: int) -> None:
-    """Collect ``pid`` if it is our own exited child, so it does not linger as a zombie."""
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
 
 
 # --------------------------------------------------------------------------------------------
@@ -215,6 +170,10 @@ class EndpointRecord:
         """Revisions that currently receive traffic (or are kept to receive it)."""
         return [r for r in self.revisions if self.traffic.get(str(r.revision), 0) > 0]
 
+    def routes(self) -> list[tuple[RevisionRecord, int]]:
+        """The revisions that receive requests, each with its percentage of them."""
+        return [(r, self.traffic[str(r.revision)]) for r in self.active]
+
     def revision(self, number: int) -> RevisionRecord | None:
         return next((r for r in self.revisions if r.revision == number), None)
 
@@ -262,16 +221,18 @@ class EndpointRecord:
 
 def read_record(name: str) -> EndpointRecord | None:
     """The registry record of ``name``, or None if there is none (or it is unreadable)."""
-    path = registry_path(name)
+    return read_record_file(registry_path(name))
+
+
+def read_record_file(path: str | os.PathLike[str]) -> EndpointRecord | None:
+    """The record in the registry file ``path``, or None if it is missing or unreadable."""
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
+        data = json.loads(Path(path).read_bytes())
     except (OSError, ValueError):
         return None
     try:
         return EndpointRecord.from_dict(data)
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, AttributeError):
         return None
 
 
@@ -293,36 +254,28 @@ def write_record(record: EndpointRecord) -> None:
         raise
 
 
+def endpoint_dirs() -> list[Path]:
+    """Every endpoint directory, with a record or not (a failed first start keeps its logs)."""
+    root = endpoints_root()
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def list_names() -> list[str]:
     """Names of every endpoint directory that holds a registry record, sorted."""
     root = endpoints_root()
     return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / REGISTRY_FILE).exists())
 
 
-@contextlib.contextmanager
-def locked(name: str) -> Iterator[None]:
-    """Hold the per-endpoint lock: applies and deletes of one name never interleave.
-
-    The lock file sits next to (not inside) the endpoint directory so delete can remove the
-    directory while holding it.
-    """
-    lock_path = endpoints_root() / f".{validate_name(name, 'endpoint name')}.lock"
-    with open(lock_path, "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+def exists(name: str) -> bool:
+    """True if anything of endpoint ``name`` is on disk (a record, or logs of a failed start)."""
+    return (endpoints_root() / validate_name(name, "endpoint name")).exists()
 
 
-def log_tail(path: str | os.PathLike[str], lines: int = 20, max_bytes: int = 8192) -> str:
-    """The last ``lines`` lines of a log file (empty if it does not exist)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
-            data = f.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(data.splitlines()[-lines:])
+def remove(name: str) -> None:
+    """Remove the directory of endpoint ``name`` (its record and logs)."""
+    shutil.rmtree(endpoint_dir(name), ignore_errors=True)
+
+
+def locked(name: str):  # noqa: ANN201 - a filelock lock object, used with ``with``
+    """The per-endpoint lock: applies and deletes of one name never interleave."""
+    return supervisor.name_lock(endpoints_root(), validate_name(name, "endpoint name"))

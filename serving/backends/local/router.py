@@ -34,7 +34,8 @@ Junk fails fast and nothing waits forever:
   504; without one, ``KFP_SERVE_ROUTER_TIMEOUT`` or 300 s, Knative's default revision timeout.
 - Answers the router writes itself never name an internal address or path; its log does.
 
-Run as ``python -m kfp_serve.serving.router --endpoint NAME --registry PATH (--fd N | --port P)``.
+Run as ``python -m kfp_serve.serving.backends.local.router --endpoint NAME --registry PATH
+(--fd N | --port P)``.
 """
 
 from __future__ import annotations
@@ -53,9 +54,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from kfp_serve.serving.backends.local.registry import EndpointRecord, read_record_file
+from kfp_serve.serving.constants import LOOPBACK, ROUTER_MODULE, ROUTER_STATUS_PATH
+
 logger = logging.getLogger("kfp_serve.router")
 
-STATUS_PATH = b"/kfp-serve/router"
+STATUS_PATH = ROUTER_STATUS_PATH.encode()
 MAX_BODY_ENV = "KFP_SERVE_ROUTER_MAX_BODY"
 UPSTREAM_TIMEOUT_ENV = "KFP_SERVE_ROUTER_TIMEOUT"
 DEFAULT_MAX_BODY = 256 * 1024 * 1024
@@ -126,41 +130,34 @@ class Routes:
         stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         if stamp == self._stamp:
             return
-        try:
-            with open(self.registry, "rb") as f:
-                data = json.loads(f.read())
-        except (OSError, ValueError):
+        record = read_record_file(self.registry)
+        if record is None:
             return  # keep the previous routes; the next request tries again
         self._stamp = stamp
-        self._load(data)
+        self._load(record)
 
-    def _load(self, data: dict[str, Any]) -> None:
-        traffic = {str(k): int(v) for k, v in data.get("traffic", {}).items()}
+    def _load(self, record: EndpointRecord) -> None:
         upstreams: list[Upstream] = []
-        for rev in data.get("revisions", []):
-            weight = traffic.get(str(rev["revision"]), 0)
-            if weight <= 0:
-                continue
-            entry = rev.get("transformer") or rev["predictor"]
-            key = f"127.0.0.1:{entry['port']}"
+        for rev, weight in record.routes():
+            entry = rev.entry
             # Keep the pooled connections and in-flight counts of servers that stay.
-            old = self._by_key.get(key)
-            if old is not None and old.revision == rev["revision"]:
+            old = self._by_key.get(entry.address)
+            if old is not None and old.revision == rev.revision:
                 old.weight = weight
                 upstreams.append(old)
             else:
                 upstreams.append(
                     Upstream(
-                        host="127.0.0.1",
-                        port=int(entry["port"]),
-                        revision=int(rev["revision"]),
-                        role=str(entry.get("role", "predictor")),
-                        log=str(entry.get("log", "")),
+                        host=LOOPBACK,
+                        port=entry.port,
+                        revision=rev.revision,
+                        role=entry.role,
+                        log=entry.log,
                         weight=weight,
                     )
                 )
             upstreams[-1].timeout = component_timeout(
-                rev.get("manifest") or {}, upstreams[-1].role, self.default_timeout
+                rev.manifest, entry.role, self.default_timeout
             )
         kept = {u.key for u in upstreams}
         self._retired = {k: u for k, u in self._retired.items() if u.inflight and k not in kept}
@@ -180,8 +177,8 @@ class Routes:
             total += u.weight
             self._cumulative.append((total, u))
         self._total = total
-        self.generation = int(data.get("generation", 0))
-        self.router_pid = (data.get("router") or {}).get("pid")
+        self.generation = record.generation
+        self.router_pid = record.router.pid
 
     def pick(self) -> Upstream | None:
         if len(self._cumulative) == 1:
@@ -1013,7 +1010,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m kfp_serve.serving.router", description=__doc__)
+    parser = argparse.ArgumentParser(prog=f"python -m {ROUTER_MODULE}", description=__doc__)
     parser.add_argument("--endpoint", required=True)
     parser.add_argument("--registry", required=True)
     where = parser.add_mutually_exclusive_group(required=True)
