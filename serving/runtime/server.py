@@ -37,7 +37,15 @@ DEFAULT_HOST = LOOPBACK
 DEFAULT_PORT = 8080
 DEFAULT_MODEL_DIR = "/mnt/models"
 #: Refuse bodies above this size (413) instead of buffering them without bound.
-MAX_BODY_BYTES = int(os.environ.get("KFP_SERVE_MAX_BODY_BYTES", str(256 * 1024 * 1024)))
+MAX_BODY_ENV = "KFP_SERVE_MAX_BODY_BYTES"
+DEFAULT_MAX_BODY_BYTES = 256 * 1024 * 1024
+
+
+def max_body_bytes() -> int:
+    """The body size limit, read when the app is built, not at import: a server forked from
+    the warm pool imported this module under the pool's environment, not its own."""
+    return int(os.environ.get(MAX_BODY_ENV, DEFAULT_MAX_BODY_BYTES))
+
 #: Request headers a transformer forwards to its predictor (as kserve does).
 FORWARD_HEADERS = frozenset({b"x-request-id", b"x-b3-traceid", b"authorization"})
 
@@ -315,6 +323,7 @@ class RuntimeApp:
         from kfp_serve.serving.runtime._kserve import InferenceVerb, InvalidInput, ModelNotReady
 
         self.models = models
+        self.max_body = max_body_bytes()
         self._on_startup = on_startup
         self._on_shutdown = on_shutdown
         self._dumps = orjson.dumps
@@ -406,7 +415,7 @@ class RuntimeApp:
                 return None
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > MAX_BODY_BYTES:
+            if size > self.max_body:
                 return None
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -465,7 +474,7 @@ class RuntimeApp:
             return
         raw = await self._read_body(receive)
         if raw is None:
-            await self._error(send, 413, f"request body larger than {MAX_BODY_BYTES} bytes")
+            await self._error(send, 413, f"request body larger than {self.max_body} bytes")
             return
         await self._infer(kind, model, raw, header_length, headers, send)
 

@@ -71,7 +71,8 @@ PRELOAD = "kfp_serve.serving.runtime.warm_imports"
 #: Environment variables read when the interpreter or a native library starts (Python's own
 #: start-up, BLAS/OpenMP thread pools, locale, allocator, numpy/pandas options read at import):
 #: a child whose environment differs from the pool's in one of these could not behave like a
-#: fresh process, so it is not forked.
+#: fresh process, so it is not forked. kfp-serve's own modules read their settings when a
+#: server is built, never at import, so those may differ.
 STARTUP_ENV_PREFIXES = (
     "PYTHON", "LD_", "OMP_", "GOMP_", "KMP_", "MKL_", "OPENBLAS_", "GOTO", "BLIS_", "VECLIB_",
     "NUMEXPR_", "NUMBA_", "NUMPY_", "PANDAS_", "SCIPY_", "XGBOOST", "SKLEARN_", "JOBLIB_",

@@ -45,7 +45,7 @@ def test_stop_kills_what_ignores_sigterm_and_its_children(tmp_path: Path) -> Non
     # The process ignores SIGTERM and forks a grandchild in its group: both must go.
     record, log = _start(
         tmp_path, "import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-        "pid = os.fork(); print(pid, flush=True); time.sleep(60)",
+        "pid = os.fork(); pid and print(pid, flush=True); time.sleep(60)",
     )
     deadline = time.monotonic() + 30
     while not supervisor.log_tail(log).strip().isdigit() and time.monotonic() < deadline:

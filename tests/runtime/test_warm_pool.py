@@ -213,6 +213,8 @@ def _request_like(pool: warm_pool.Pool, **changes) -> dict:
         pytest.param({"env": {"NUMPY_MADVISE_HUGEPAGE": "0"}}, "NUMPY_MADVISE_HUGEPAGE",
                      id="read-at-import"),
         pytest.param({"env": {"OMP_NUM_THREADS": "7"}}, "OMP_NUM_THREADS", id="native-startup"),
+        pytest.param({"env": {"KFP_SERVE_MAX_BODY_BYTES": "10"}}, None,
+                     id="own-setting-read-when-built"),
         pytest.param({"env": {"PYTHONHASHSEED": "1"}}, "PYTHONHASHSEED", id="python-startup"),
         pytest.param({"env": {"LANG": "C.UTF-8x"}}, "LANG", id="locale"),
         pytest.param({"python": "/usr/bin/python3"}, "interpreter", id="other-python"),
