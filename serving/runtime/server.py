@@ -695,7 +695,7 @@ def run_server(
             {model.name: model},
             host=args.http_host,
             port=args.grpc_port or GRPC_DEFAULT_PORT,
-            max_message_bytes=args.grpc_max_message_bytes or MAX_BODY_BYTES,
+            max_message_bytes=args.grpc_max_message_bytes or max_body_bytes(),
         )
 
     async def startup() -> None:
