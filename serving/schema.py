@@ -54,6 +54,10 @@ def model_class(type_name: str) -> type:
         from kfp_serve.serving.runtime.kserve_package import lazy_kserve
 
         cls = getattr(lazy_kserve(), type_name, None)
+        if cls is None:  # the SDK was imported whole first: its models module has them all
+            import importlib
+
+            cls = getattr(importlib.import_module("kserve.models"), type_name, None)
     else:
         import kubernetes.client
 
