@@ -23,10 +23,10 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import import_module
 from typing import Any, Protocol, runtime_checkable
 
 from kfp_serve.artifacts.errors import MetadataError
+from kfp_serve.registry import Implementations
 
 MLMD_ENV = "KFP_SERVE_MLMD"
 GRPC_HOST_ENV = "METADATA_GRPC_SERVICE_HOST"
@@ -135,30 +135,20 @@ class MetadataStore(Protocol):
         ...
 
 
-STORES: dict[str, str] = {
-    "sqlite": "kfp_serve.artifacts.mlmd:SqliteStore",
-    "grpc": "kfp_serve.artifacts.mlmd:GrpcStore",
-}
-_REGISTERED: dict[str, type] = {}
-
-
-def register_store(scheme: str, cls: type) -> None:
-    """Make ``cls`` the metadata store for ``scheme://`` URIs (overrides ``STORES``)."""
-    _REGISTERED[scheme] = cls
-
-
-def store_class(scheme: str) -> type:
-    """The store class for a URI scheme, imported lazily."""
-    if scheme in _REGISTERED:
-        return _REGISTERED[scheme]
-    target = STORES.get(scheme)
-    if target is None:
-        raise MetadataError(
-            f"{MLMD_ENV}: no metadata store for {scheme!r} URIs; use sqlite:///abs/path.sqlite "
-            "or grpc://host:port"
-        )
-    module, _, attr = target.partition(":")
-    return getattr(import_module(module), attr)
+STORES = Implementations(
+    {
+        "sqlite": "kfp_serve.artifacts.mlmd:SqliteStore",
+        "grpc": "kfp_serve.artifacts.mlmd:GrpcStore",
+    },
+    error=MetadataError,
+    unknown=lambda scheme, known: (
+        f"{MLMD_ENV}: no metadata store for {scheme!r} URIs; use sqlite:///abs/path.sqlite "
+        "or grpc://host:port"
+    ),
+    label=lambda scheme: f"the {scheme}:// metadata store",
+)
+register_store = STORES.register
+store_class = STORES.get
 
 
 def open_store(uri: str) -> MetadataStore:

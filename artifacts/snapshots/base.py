@@ -18,7 +18,6 @@ import shutil
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import import_module
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -38,6 +37,7 @@ from kfp_serve.artifacts.snapshots.digest import (
     scan_tree,
 )
 from kfp_serve.artifacts.snapshots.progress import ByteProgress
+from kfp_serve.registry import Implementations
 
 
 @dataclass(frozen=True)
@@ -85,37 +85,21 @@ class SnapshotBackend(Protocol):
         ...
 
 
-BACKENDS: dict[str, str] = {
-    "file": "kfp_serve.artifacts.snapshots.file:FileSnapshotBackend",
-    "s3": "kfp_serve.artifacts.snapshots.s3:S3SnapshotBackend",
-    "pvc": "kfp_serve.artifacts.snapshots.pvc:PvcSnapshotBackend",
-}
-_REGISTERED: dict[str, type] = {}
-
-
-def register_backend(scheme: str, cls: type) -> None:
-    """Make ``cls`` the backend for ``scheme://`` roots (overrides the built-in table)."""
-    _REGISTERED[scheme] = cls
-
-
-def backend_class(scheme: str) -> type:
-    """The backend class for a URI scheme, imported lazily."""
-    if scheme in _REGISTERED:
-        return _REGISTERED[scheme]
-    target = BACKENDS.get(scheme)
-    if target is None:
-        known = sorted(set(BACKENDS) | set(_REGISTERED))
-        raise SnapshotError(
-            f"no snapshot backend for scheme {scheme!r}; use one of "
-            + ", ".join(f"{s}://" for s in known)
-        )
-    module, _, attr = target.partition(":")
-    try:
-        return getattr(import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise SnapshotError(
-            f"the {scheme}:// snapshot backend ({target}) is not available: {e}"
-        ) from e
+BACKENDS = Implementations(
+    {
+        "file": "kfp_serve.artifacts.snapshots.file:FileSnapshotBackend",
+        "s3": "kfp_serve.artifacts.snapshots.s3:S3SnapshotBackend",
+        "pvc": "kfp_serve.artifacts.snapshots.pvc:PvcSnapshotBackend",
+    },
+    error=SnapshotError,
+    unknown=lambda scheme, known: (
+        f"no snapshot backend for scheme {scheme!r}; use one of "
+        + ", ".join(f"{s}://" for s in known)
+    ),
+    label=lambda scheme: f"the {scheme}:// snapshot backend",
+)
+register_backend = BACKENDS.register
+backend_class = BACKENDS.get
 
 
 #: The last component of every snapshot URI: the algorithm and the tree digest's hex.

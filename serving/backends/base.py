@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from importlib import import_module
 from typing import Any, Protocol
 
 from kfp_serve.artifacts.environment import running_in_pod
+from kfp_serve.registry import Implementations
 from kfp_serve.serving.errors import ServingError
 
 BACKEND_ENV = "KFP_SERVE_BACKEND"
@@ -65,42 +65,21 @@ def default_backend_name() -> str:
     return os.environ.get(BACKEND_ENV) or (KUBERNETES if running_in_pod() else LOCAL)
 
 
-BACKENDS: dict[str, str] = {
-    LOCAL: "kfp_serve.serving.backends.local.backend:LocalBackend",
-    KUBERNETES: "kfp_serve.serving.backends.kubernetes:KubernetesBackend",
-}
-_REGISTERED: dict[str, type] = {}
-
-
-def register_backend(name: str, cls: type) -> None:
-    """Make ``cls`` the serving backend called ``name`` (overrides the built-in table)."""
-    _REGISTERED[name] = cls
-
-
-def backend_names() -> list[str]:
-    """Every backend name ``get_backend`` accepts, sorted."""
-    return sorted(set(BACKENDS) | set(_REGISTERED))
-
-
-def backend_class(name: str) -> type:
-    """The backend class called ``name``, imported on first use.
-
-    Raises:
-        ServingError: no backend has that name, or its module cannot be imported.
-    """
-    if name in _REGISTERED:
-        return _REGISTERED[name]
-    target = BACKENDS.get(name)
-    if target is None:
-        raise ServingError(
-            f"unknown serving backend {name!r} (from {BACKEND_ENV} or backend=): use one of "
-            + ", ".join(repr(n) for n in backend_names())
-        )
-    module, _, attr = target.partition(":")
-    try:
-        return getattr(import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise ServingError(f"the {name!r} serving backend ({target}) is not available: {e}") from e
+BACKENDS = Implementations(
+    {
+        LOCAL: "kfp_serve.serving.backends.local.backend:LocalBackend",
+        KUBERNETES: "kfp_serve.serving.backends.kubernetes:KubernetesBackend",
+    },
+    error=ServingError,
+    unknown=lambda name, known: (
+        f"unknown serving backend {name!r} (from {BACKEND_ENV} or backend=): use one of "
+        + ", ".join(repr(n) for n in known)
+    ),
+    label=lambda name: f"the {name!r} serving backend",
+)
+register_backend = BACKENDS.register
+backend_names = BACKENDS.names
+backend_class = BACKENDS.get
 
 
 def get_backend(name: str | None = None) -> ServingBackend:

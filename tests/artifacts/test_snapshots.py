@@ -254,7 +254,7 @@ def test_backend_by_scheme(home, tmp_path, monkeypatch):
     try:
         assert isinstance(SnapshotStore("mem://x").backend, Memory)
     finally:
-        base._REGISTERED.pop("mem")
+        base.BACKENDS.unregister("mem")
 
 
 def test_progress_is_shown_for_large_snapshots(home, tmp_path, monkeypatch, capfd):

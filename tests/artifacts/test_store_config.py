@@ -58,7 +58,7 @@ def test_type_registration_is_idempotent_and_incompatible_change_is_clear(
 
 def test_stores_come_from_one_registry_and_meet_the_protocol(home, tmp_path, monkeypatch):
     assert (store_class("sqlite"), store_class("grpc")) == (SqliteStore, GrpcStore)
-    assert set(STORES) == {"sqlite", "grpc"}
+    assert set(STORES.names()) == {"sqlite", "grpc"}
     store = open_store(f"sqlite://{tmp_path / 'a.sqlite'}")
     assert isinstance(store, MetadataStore)
 
@@ -73,7 +73,7 @@ def test_stores_come_from_one_registry_and_meet_the_protocol(home, tmp_path, mon
             self.writes += 1
             return super().put_execution(*args, **kwargs)
 
-    monkeypatch.setattr(metadata, "_REGISTERED", {})
+    monkeypatch.setattr(metadata.STORES, "registered", {})
     register_store("audited", AuditedStore)
     monkeypatch.setenv(MLMD_ENV, f"audited://{tmp_path / 'b.sqlite'}")
     from sklearn.dummy import DummyClassifier

@@ -266,4 +266,4 @@ def test_serving_backends_come_from_one_registry() -> None:
         assert type(base.get_backend("recorder")) is Recorder
         assert "recorder" in base.backend_names()
     finally:
-        base._REGISTERED.pop("recorder")
+        base.BACKENDS.unregister("recorder")
