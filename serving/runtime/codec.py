@@ -270,6 +270,18 @@ def v2_datatype(dtype: np.dtype) -> str:
     return V2_BYTES
 
 
+def v2_input_tensor(spec: FeatureSpec) -> dict[str, Any]:
+    """The v2 metadata of the input tensor ``spec`` accepts (feature names as its parameters)."""
+    tensor: dict[str, Any] = {
+        "name": INPUT_NAME,
+        "datatype": v2_datatype(spec.dtype),
+        "shape": [-1, spec.n_features if spec.n_features is not None else -1],
+    }
+    if spec.feature_names:
+        tensor["parameters"] = {"feature_names": list(spec.feature_names)}
+    return tensor
+
+
 def v2_output_array(response: Any, source: str = "predictor") -> np.ndarray:
     """The first output tensor of a v2 response, as an array of its declared shape.
 

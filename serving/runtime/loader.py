@@ -210,11 +210,7 @@ def _load_xgbserver(path: Path, metadata: dict[str, Any], sig: dict[str, Any]) -
     """What KServe's xgbserver serves: ``Booster.predict(DMatrix(X))``, whatever saved it."""
     import xgboost as xgb
 
-    booster = xgb.Booster()
-    try:
-        booster.load_model(str(path))
-    except xgb.core.XGBoostError as e:
-        raise ServingError(f"cannot load {str(path)!r} as an XGBoost model: {e}") from e
+    booster = _read_booster(path)
     booster.set_param({"nthread": 1})
 
     names = sig.get("feature_names") or booster.feature_names
@@ -225,28 +221,7 @@ def _load_xgbserver(path: Path, metadata: dict[str, Any], sig: dict[str, Any]) -
         # a DataFrame accept a plain matrix too (xgbserver itself needs named v1 records then).
         return booster.predict(xgb.DMatrix(X, nthread=1, feature_names=booster_names))
 
-    n_features = sig.get("n_features") or booster.num_features()
-    spec = FeatureSpec(
-        n_features=int(n_features),
-        feature_names=tuple(names) if names else None,
-        dtype=np.dtype(np.float32),
-        allow_nan=True,
-        frame_input=False,
-    )
-
-    def explainer(X: Any) -> dict[str, Any]:
-        return explain_xgboost(booster, X, spec.feature_names, None)
-
-    return ServedModel(
-        framework="xgboost",
-        path=path,
-        spec=spec,
-        predict=predict,
-        explainer=explainer,
-        explain_unsupported="",
-        metadata=metadata,
-        estimator=booster,
-    )
+    return _served_xgboost(path, metadata, sig, booster, names, predict, classes=None)
 
 
 def _load_sklearn(
@@ -341,11 +316,7 @@ def _load_xgboost(
 ) -> ServedModel:
     import xgboost as xgb
 
-    booster = xgb.Booster()
-    try:
-        booster.load_model(str(path))
-    except xgb.core.XGBoostError as e:
-        raise ServingError(f"cannot load {str(path)!r} as an XGBoost model: {e}") from e
+    booster = _read_booster(path)
     sk_meta = booster.attr("scikit_learn")
     est_type = json.loads(sk_meta).get("_estimator_type") if sk_meta else None
     classes = sig.get("classes")
@@ -378,7 +349,33 @@ def _load_xgboost(
             return _with_threads(inner, X, n_cpu, lambda: inner.inplace_predict(X))
 
     names = sig.get("feature_names") or inner.feature_names
-    n_features = sig.get("n_features") or inner.num_features()
+    out_classes = classes if est_type == "classifier" else None
+    return _served_xgboost(path, metadata, sig, inner, names, predict, classes=out_classes)
+
+
+def _read_booster(path: Path) -> Any:
+    """The XGBoost booster saved at ``path``; ServingError when it is not one."""
+    import xgboost as xgb
+
+    booster = xgb.Booster()
+    try:
+        booster.load_model(str(path))
+    except xgb.core.XGBoostError as e:
+        raise ServingError(f"cannot load {str(path)!r} as an XGBoost model: {e}") from e
+    return booster
+
+
+def _served_xgboost(
+    path: Path,
+    metadata: dict[str, Any],
+    sig: dict[str, Any],
+    booster: Any,
+    names: Any,
+    predict: Any,
+    classes: list[Any] | None,
+) -> ServedModel:
+    """An XGBoost model served by ``predict``: its input spec and explainer from ``booster``."""
+    n_features = sig.get("n_features") or booster.num_features()
     spec = FeatureSpec(
         n_features=int(n_features),
         feature_names=tuple(names) if names else None,
@@ -387,10 +384,9 @@ def _load_xgboost(
         allow_nan=True,  # NaN is XGBoost's "missing" value
         frame_input=False,
     )
-    out_classes = classes if est_type == "classifier" else None
 
     def explainer(X: Any) -> dict[str, Any]:
-        return explain_xgboost(inner, X, spec.feature_names, out_classes)
+        return explain_xgboost(booster, X, spec.feature_names, classes)
 
     return ServedModel(
         framework="xgboost",
@@ -400,7 +396,7 @@ def _load_xgboost(
         explainer=explainer,
         explain_unsupported="",
         metadata=metadata,
-        estimator=inner,
+        estimator=booster,
     )
 
 

@@ -28,7 +28,6 @@ from kfp_serve.serving.errors import ServingError
 from kfp_serve.serving.runtime import fidelity
 from kfp_serve.serving.runtime._kserve import InferenceVerb, InferRequest, InvalidInput, kserve
 from kfp_serve.serving.runtime.codec import (
-    INPUT_NAME,
     OUTPUT_NAME,
     Batch,
     RequestError,
@@ -37,6 +36,7 @@ from kfp_serve.serving.runtime.codec import (
     encode_v1,
     encode_v2,
     v2_datatype,
+    v2_input_tensor,
 )
 from kfp_serve.serving.runtime.loader import ServedModel, env_flag, load_model
 from kfp_serve.serving.runtime.server import (
@@ -224,15 +224,7 @@ class PredictorModel(kserve.Model):
 
     def get_input_types(self) -> list[dict[str, Any]]:
         """The v2 input tensor this model expects (feature names as its parameters)."""
-        spec = self._model.spec
-        tensor: dict[str, Any] = {
-            "name": INPUT_NAME,
-            "datatype": v2_datatype(spec.dtype),
-            "shape": [-1, spec.n_features if spec.n_features is not None else -1],
-        }
-        if spec.feature_names:
-            tensor["parameters"] = {"feature_names": list(spec.feature_names)}
-        return [tensor]
+        return [v2_input_tensor(self._model.spec)]
 
     def get_output_types(self) -> list[dict[str, Any]]:
         """The v2 output tensor this model answers with (datatype and shape as probed)."""

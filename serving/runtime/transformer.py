@@ -32,6 +32,7 @@ from kfp_serve.serving.runtime.codec import (
     RequestError,
     encode_v2,
     v2_datatype,
+    v2_input_tensor,
 )
 from kfp_serve.serving.runtime.loader import ServedTransformer, load_transformer
 from kfp_serve.serving.runtime.predictor import decode_payload
@@ -382,15 +383,7 @@ class TransformerModel(kserve.Model):
     def get_input_types(self) -> list[dict[str, Any]]:
         """The v2 input the transformer takes (its recorded signature; feature names as
         parameters)."""
-        spec = self._transformer.spec
-        tensor: dict[str, Any] = {
-            "name": INPUT_NAME,
-            "datatype": v2_datatype(spec.dtype),
-            "shape": [-1, spec.n_features if spec.n_features is not None else -1],
-        }
-        if spec.feature_names:
-            tensor["parameters"] = {"feature_names": list(spec.feature_names)}
-        return [tensor]
+        return [v2_input_tensor(self._transformer.spec)]
 
     async def metadata(self) -> dict[str, Any]:
         """``GET /v2/models/NAME``: the transformer's inputs, the predictor's outputs."""
