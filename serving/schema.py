@@ -51,13 +51,9 @@ def model_class(type_name: str) -> type:
     if type_name.startswith(("V1beta1", "V1alpha1")):
         # The generated classes alone (kserve.models), not the whole SDK: a full ``import
         # kserve`` costs ~1.8 s and parses sys.argv (see kfp_serve.serving.runtime.kserve_package).
-        from kfp_serve.serving.runtime.kserve_package import lazy_kserve
+        from kfp_serve.serving.runtime.kserve_package import kserve_models
 
-        cls = getattr(lazy_kserve(), type_name, None)
-        if cls is None:  # the SDK was imported whole first: its models module has them all
-            import importlib
-
-            cls = getattr(importlib.import_module("kserve.models"), type_name, None)
+        cls = getattr(kserve_models(), type_name, None)
     else:
         import kubernetes.client
 

@@ -109,4 +109,13 @@ def lazy_kserve() -> ModuleType:
     return package
 
 
-__all__ = ["hidden_argv", "lazy_kserve", "suspended"]
+def kserve_models() -> ModuleType:
+    """``kserve.models``, the generated client classes, without running the SDK's ``__init__``
+    when it has not run yet. Look classes up here, not on the package: the complete package
+    re-exports only some of them (``V1beta1LoggerStorageSpec`` is not among them)."""
+    package = lazy_kserve()
+    with suspended(package):
+        return importlib.import_module("kserve.models")
+
+
+__all__ = ["hidden_argv", "kserve_models", "lazy_kserve", "suspended"]

@@ -62,3 +62,16 @@ def test_manifest_processes_get_crd_classes_without_the_sdk_and_runtimes_still_i
         "V1beta1PredictorSpec False False",
         "True True kserve.model",
     ]
+
+
+def test_serve_config_types_resolve_whether_or_not_the_whole_sdk_was_imported():
+    """The complete ``kserve`` package re-exports only some generated classes: a ServeConfig
+    with a logger storage spec must build after a full ``import kserve`` too (the full suite
+    once failed this way when a data-plane test had imported the SDK first)."""
+    lookup = (
+        "from kfp_serve.serving.schema import model_class\n"
+        "print(model_class('V1beta1LoggerStorageSpec').__name__, "
+        "'kserve.model_server' in sys.modules)\n"
+    )
+    assert _run("import sys\n" + lookup) == "V1beta1LoggerStorageSpec False"
+    assert _run("import sys, kserve\n" + lookup) == "V1beta1LoggerStorageSpec True"
