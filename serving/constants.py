@@ -48,3 +48,10 @@ ROUTER_MODULE = "kfp_serve.serving.backends.local.router"
 READY_PATH = "/v2/health/ready"
 #: Status path of a local endpoint's router (its generation and in-flight requests).
 ROUTER_STATUS_PATH = "/kfp-serve/router"
+
+#: Why a model of a multi-model endpoint is not serving (TrainedModelStatus.reason, and the
+#: ``reason`` of the model repository index): more memory than the server has left, a load
+#: that failed (bad or tampered snapshot), a model of another framework than the server's.
+REASON_MEMORY_UNAVAILABLE = "MemoryResourceUnavailable"
+REASON_LOAD_FAILED = "LoadFailed"
+REASON_FRAMEWORK_MISMATCH = "FrameworkNotSupported"
