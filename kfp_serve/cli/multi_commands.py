@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperGroup
+from typer._click import Context
+from typer.core import TyperCommand, TyperGroup
 
 from kfp_serve.cli.errors import CliError, fails_cleanly
 from kfp_serve.cli.ui import NamespaceOpt, Output, OutputOpt, render, say
@@ -104,6 +105,18 @@ class ModelsGroup(TyperGroup):
         return [c for c in self.commands if c != LIST]
 
 
+class _ListingContext(Context):
+    """The listing's context is the group's to a user: errors say `kfp-serve models --help`."""
+
+    @property
+    def command_path(self) -> str:
+        return self.parent.command_path if self.parent is not None else super().command_path
+
+
+class _ListingCommand(TyperCommand):
+    context_class = _ListingContext
+
+
 models_app = typer.Typer(
     cls=ModelsGroup,
     help="Recorded Model and Transformer artifacts (`kfp-serve models [NAME] [--kind ...]`), "
@@ -116,7 +129,7 @@ def register(app: typer.Typer) -> None:
     """Add ``models`` (listing, load, unload) to ``app``."""
     from kfp_serve.cli.metadata_commands import models as list_artifacts
 
-    models_app.command(LIST, hidden=True)(fails_cleanly(list_artifacts))
+    models_app.command(LIST, hidden=True, cls=_ListingCommand)(fails_cleanly(list_artifacts))
     models_app.command("load")(fails_cleanly(load))
     models_app.command("unload")(fails_cleanly(unload))
     app.add_typer(models_app, name="models")
