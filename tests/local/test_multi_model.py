@@ -305,3 +305,27 @@ def test_a_single_model_endpoint_has_no_repository_and_takes_no_models(
     assert refused.status_code == 404 and "multi-model" in refused.json()["error"]
     with pytest.raises(ServingError, match="serves one model"):
         add_model(Endpoint("solo"), 1)
+
+
+def test_the_readme_snippet_runs_as_written(iris_xy, tmp_path, monkeypatch) -> None:
+    import re
+
+    from kfp_serve import artifacts
+
+    X, y = iris_xy
+    monkeypatch.setenv("KFP_SERVE_HOME", str(tmp_path))
+    for i, (name, version) in enumerate(
+        [("east", "1.0.0"), ("west", "1.0.0"), ("south", "1.0.0"), ("north", "1.2.0")]
+    ):
+        _submit(name, _estimator(i, X, y), version)
+    artifacts.set_alias("west", "champion", "1.0.0")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    code = re.search(r"## Many models behind one endpoint\n.*?```python\n(.*?)```", readme,
+                     re.S).group(1)
+    scope: dict = {}
+    try:
+        exec(compile(code, "README.md", "exec"), scope)
+        assert [(m.name, m.version, m.memory) for m in hosted_models("regions")] == [
+            ("east", "1.0.0", "64Mi"), ("north", "1.2.0", "128Mi"), ("south", "1.0.0", "64Mi")]
+    finally:
+        LocalBackend(progress=False, stop_grace=2.0).delete_all()
