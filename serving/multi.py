@@ -46,6 +46,10 @@ def serve_many(
 ) -> Endpoint:
     """Serve several models of one framework behind one endpoint.
 
+    Declarative and idempotent: serving the same name again loads what changed (a new version
+    under a name replaces the old one in place), unloads the models no longer named, and
+    leaves the rest serving untouched.
+
     Args:
         name: The endpoint (parent InferenceService) name.
         model_refs: Models to host: MLMD ids, ``Model`` objects, ArtifactRecords, or references
@@ -83,6 +87,11 @@ def serve_many(
     parent = parent_inference_service(name, framework, serve_config=cfg, namespace=namespace)
     chosen = _multi_backend(backend)
     chosen.apply(parent, wait=wait, timeout=timeout)
+    # Declarative, like apply: models the endpoint hosts but ``model_refs`` no longer names go.
+    wanted = {record.name for record, _ in resolved}
+    for hosted in chosen.list_trained_models(name, namespace):
+        if hosted.name not in wanted:
+            chosen.delete_trained_model(hosted.name, namespace)
     failures = []
     for record, alias in resolved:
         try:

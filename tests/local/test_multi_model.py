@@ -329,3 +329,32 @@ def test_the_readme_snippet_runs_as_written(iris_xy, tmp_path, monkeypatch) -> N
             ("east", "1.0.0", "64Mi"), ("north", "1.2.0", "128Mi"), ("south", "1.0.0", "64Mi")]
     finally:
         LocalBackend(progress=False, stop_grace=2.0).delete_all()
+
+
+def test_serve_many_again_is_declarative_and_leaves_unchanged_models_alone(
+    iris_xy, cleanup
+) -> None:
+    X, y = iris_xy
+    cleanup.append("again")
+    ests = {f"again-m{i}": _estimator(i, X, y) for i in range(3)}
+    ids = {n: _submit(n, e) for n, e in ests.items()}
+    from kfp_serve.serving.backends.local.registry import read_record
+
+    ep = serve_many("again", [ids["again-m0"], ids["again-m1"]])
+    before = {m.name: m for m in hosted_models(ep)}
+    server_log = Path(read_record("again").latest.predictor.log)
+    newer = _estimator(7, X, y)
+    ep = serve_many("again", ["again-m0", ids["again-m2"], _submit("again-m1", newer, "2.0.0")])
+    after = {m.name: m for m in hosted_models(ep)}
+    assert sorted(after) == ["again-m0", "again-m1", "again-m2"]
+    assert after["again-m1"].version == "2.0.0"
+    # The unchanged model was not loaded again (the server logs every load).
+    assert server_log.read_text().count("loaded model 'again-m0'") == 1
+    assert server_log.read_text().count("loaded model 'again-m1'") == 2
+    assert ep.predict(ROWS, model="again-m1")["predictions"] == newer.predict(
+        np.array(ROWS)).tolist()
+    ep = serve_many("again", ["again-m0"])
+    assert [m.name for m in hosted_models(ep)] == ["again-m0"]
+    assert before["again-m0"].url == hosted_models(ep)[0].url
+    assert ep.predict(ROWS, model="again-m0")["predictions"] == ests["again-m0"].predict(
+        np.array(ROWS)).tolist()

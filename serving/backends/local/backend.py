@@ -244,8 +244,15 @@ class LocalBackend:
                     "already (names are unique, as in a Kubernetes namespace); remove it there "
                     f"first (`kfp-serve models unload {other.name} {name}`)"
                 )
-            outcome = trained_models.load(record, copy.deepcopy(manifest), timeout=timeout)
             previous = record.trained_models.get(name)
+            if previous is not None and previous.ready and previous.manifest == manifest:
+                # Applying the same TrainedModel again changes nothing, if it still serves.
+                (same,) = [
+                    s for s in trained_models.statuses(record, probe=True) if s.name == name
+                ]
+                if same.ready:
+                    return same
+            outcome = trained_models.load(record, copy.deepcopy(manifest), timeout=timeout)
             if outcome.ready or previous is None or not previous.ready:
                 record.trained_models[name] = outcome
             else:
