@@ -358,3 +358,13 @@ def test_serve_many_again_is_declarative_and_leaves_unchanged_models_alone(
     assert before["again-m0"].url == hosted_models(ep)[0].url
     assert ep.predict(ROWS, model="again-m0")["predictions"] == ests["again-m0"].predict(
         np.array(ROWS)).tolist()
+
+
+def test_asking_a_multi_model_endpoint_without_a_model_says_which_to_name(
+    iris_xy, cleanup
+) -> None:
+    X, y = iris_xy
+    cleanup.append("which")
+    ep = serve_many("which", [_submit("which-a", _estimator(0, X, y))])
+    with pytest.raises(ServingError, match=r"hosts several models: pass model= one of \['which-a'"):
+        ep.predict(ROWS)
