@@ -368,3 +368,36 @@ def test_asking_a_multi_model_endpoint_without_a_model_says_which_to_name(
     ep = serve_many("which", [_submit("which-a", _estimator(0, X, y))])
     with pytest.raises(ServingError, match=r"hosts several models: pass model= one of \['which-a'"):
         ep.predict(ROWS)
+
+
+class _StagingBackend(LocalBackend):
+    """The local backend handing models over through the server's model directory, as the
+    Docker backend does for servers that see only their mounted directory."""
+
+    stage_trained_models = True
+
+
+def test_models_staged_into_the_model_directory_load_verified_and_leave_with_unload(
+    iris_xy, cleanup
+) -> None:
+    from kfp_serve import artifacts
+    from kfp_serve.serving.backends.local.trained_models import models_dir
+
+    X, y = iris_xy
+    cleanup.append("staged")
+    est = _estimator(0, X, y)
+    backend = _StagingBackend(progress=False, stop_grace=2.0)
+    ep = serve_many("staged", [_submit("staged-a", est)], backend=backend)
+    assert (models_dir("staged") / "staged-a" / "model.joblib").is_file()
+    assert hosted_models(ep)[0].ready
+    assert ep.predict(ROWS, model="staged-a")["predictions"] == est.predict(
+        np.array(ROWS)).tolist()
+    bad = _submit("staged-bad", _estimator(1, X, y))
+    _tamper(artifacts.snapshot_artifact(bad).uri)
+    with pytest.raises(ServingError, match="LoadFailed"):
+        add_model(ep, bad)
+    assert not (models_dir("staged") / "staged-bad").exists()
+    assert ep.predict(ROWS, model="staged-a")["predictions"] == est.predict(
+        np.array(ROWS)).tolist()
+    remove_model(ep, "staged-a")
+    assert not (models_dir("staged") / "staged-a").exists()
