@@ -31,6 +31,7 @@ from kfp_serve.serving.backends.base import (
     REASON_PROCESS_EXITED,
     REASON_STARTING,
     EndpointStatus,
+    RevisionStatus,
 )
 from kfp_serve.serving.backends.local import canary, registry, rollout, supervisor
 from kfp_serve.serving.backends.local.plan import Plan, plan_manifest, split_traffic
@@ -407,6 +408,8 @@ class LocalBackend:
             namespace=None,
             manifest=copy.deepcopy(latest.manifest),
             components=components,
+            revisions=_revisions(record),
+            events=copy.deepcopy(record.events),
         )
         checks: list[tuple[str, RevisionRecord | None, ProcessRecord]] = [
             ("router", None, record.router)
@@ -436,6 +439,38 @@ class LocalBackend:
                         )
                         return status
         return status
+
+
+def _revisions(record: EndpointRecord) -> list[RevisionStatus]:
+    """Every revision of ``record``, latest first, as the backend-neutral status reports it."""
+    base = canary.stable(record)
+    result = []
+    for rev in sorted(record.revisions, key=lambda r: r.revision, reverse=True):
+        ids = rev.model_ids
+        model = {
+            key: ids[source]
+            for key, source in (
+                ("id", "model"),
+                ("name", "model_name"),
+                ("version", "model_version"),
+                ("alias", "model_alias"),
+            )
+            if ids.get(source)
+        }
+        result.append(
+            RevisionStatus(
+                name=registry.revision_name(record.name, rev.revision),
+                percent=record.traffic.get(str(rev.revision), 0),
+                ready=_alive(rev),
+                latest=rev.revision == record.latest.revision,
+                stable=base is not None and rev.revision == base.revision,
+                created=rev.created,
+                model=model,
+                transformer_id=ids.get("transformer"),
+                urls={p.role: p.url for p in rev.processes},
+            )
+        )
+    return result
 
 
 def _alive(rev: RevisionRecord) -> bool:
