@@ -67,7 +67,7 @@ def test_canary_rollback_promote_stop(versions, capsys):
         assert latest["created"] and latest["urls"]["predictor"].startswith("http://127.0.0.1:")
         assert info["serve_config"]["predictor"]["canaryTrafficPercent"] == 20
         assert info["events"][-1]["action"] == "serve"
-        assert "iris 1.0.0 → iris 2.0.0" in info["events"][-1]["message"]
+        assert "(iris 1.0.0 → iris 2.0.0)" in info["events"][-1]["message"]
         assert intervals(old) == [(100, False, "replaced"), (80, True, None)]
         assert intervals(new) == [(20, True, None)]
 

@@ -111,7 +111,7 @@ class LocalBackend:
                     event = {
                         "action": TRAFFIC,
                         "revision": record.latest.revision,
-                        "message": f"applied again: {_split_text(record, traffic)}",
+                        "message": f"applied again; traffic {_split_text(record, traffic)}",
                     }
                     removed = rollout.commit(record, traffic, event=event)
                     rollout.retire(record, removed, self.stop_grace)
@@ -193,16 +193,14 @@ class LocalBackend:
             traffic = split_traffic(
                 stable.revision if stable else None, new.revision, plan.canary_percent
             )
-            replaced = (
-                f"{canary.model_label(stable)} → {canary.model_label(new)}: "
-                if stable is not None
-                else ""
-            )
+            models = canary.model_label(new)
+            if stable is not None:
+                models = f"{canary.model_label(stable)} → {models}"
             event = {
                 "action": SERVE,
                 "revision": new.revision,
                 "model": canary.model_label(new),
-                "message": f"revision {new.revision} started; {replaced}"
+                "message": f"revision {new.revision} started ({models}); traffic "
                 + _split_text(record, traffic, new),
             }
             removed = rollout.commit(record, traffic, new=new, event=event)
