@@ -8,7 +8,9 @@ step or a notebook cell — and never holds that process's pipes open. Everythin
 
 Applying a name again is a rollout (:mod:`.rollout`): if the new revision fails, the old one
 keeps serving and the error carries the new server's log. ``spec.predictor.canaryTrafficPercent``
-keeps the previous revision and sends that percentage of requests to the new one.
+keeps the previous revision and sends that percentage of requests to the new one; then
+``set_traffic``, ``promote`` and ``rollback`` move traffic with KServe's semantics
+(:mod:`.canary`), without starting a server.
 """
 
 from __future__ import annotations
