@@ -135,7 +135,7 @@ def endpoint_rows(namespace: str | None) -> list[dict[str, Any]]:
         rows.append({
             "name": status.name, "url": status.url or "", "health": health(status),
             "traffic": traffic_summary(revs),
-            "model id": ", ".join(r.model.get("id", "?") for r in serving),
+            "model id": ", ".join(r.model["id"] for r in serving if r.model.get("id")),
             "transformer id": ", ".join(r.transformer_id for r in serving if r.transformer_id),
             "reason": status.message or "",
         })
