@@ -14,13 +14,13 @@ from when to when: ``kfp_serve.artifacts.deployments``); ``stop`` ends them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any
 
 from kfp_serve.artifacts import deployments
 from kfp_serve.serving.backends.traffic import CANARY_FIELD, RolloutState, check_percent
 from kfp_serve.serving.config import ServeConfig
-from kfp_serve.serving.constants import PREDICTOR
 from kfp_serve.serving.errors import ServingError
 
 if TYPE_CHECKING:
@@ -70,8 +70,7 @@ def rollout(
     from kfp_serve.serving.deploy import serve
 
     cfg = ServeConfig.coerce(serve_config)
-    predictor = {**cfg.predictor, CANARY_FIELD: check_percent(canary)}
-    cfg = ServeConfig.from_dict({**cfg.to_dict(), PREDICTOR: predictor})
+    cfg = dataclasses.replace(cfg, predictor={**cfg.predictor, CANARY_FIELD: check_percent(canary)})
     return serve(  # type: ignore[return-value]  # not a dry run: an Endpoint
         model,
         transformer,

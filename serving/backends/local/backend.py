@@ -296,6 +296,7 @@ class LocalBackend:
             return canary.rollout_state(record, _alive)
 
     def _record(self, name: str) -> EndpointRecord:
+        """The registry record of ``name``; ServingError says where it was looked for."""
         record = registry.read_record(validate_name(name, "endpoint name"))
         if record is None:
             raise ServingError(
@@ -312,13 +313,7 @@ class LocalBackend:
         Raises:
             ServingError: there is no local endpoint called ``name``.
         """
-        record = registry.read_record(validate_name(name, "endpoint name"))
-        if record is None:
-            raise ServingError(
-                f"there is no local endpoint named {name!r} in {_searched()}: run "
-                "`kfp-serve endpoints` to list them, or serve the model first"
-            )
-        return self._status(record, probe=True)
+        return self._status(self._record(name), probe=True)
 
     def list(self, namespace: str | None = None) -> list[EndpointStatus]:
         """The status of every local endpoint, by name (``namespace`` is ignored locally)."""
