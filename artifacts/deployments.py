@@ -62,6 +62,24 @@ def _open_intervals(store: MetadataStore, name: str, namespace: str) -> list[Any
     ]
 
 
+def open_deployments(
+    name: str, namespace: str | None, *, store: MetadataStore | None = None
+) -> list[Share]:
+    """What MLMD says endpoint ``name`` serves now: its open intervals, as shares."""
+    validate_name(name, "endpoint name")
+    namespace = validate_name(namespace, "namespace") if namespace else ""
+    store = store if store is not None else metadata_store()
+    with store.read():
+        found = _open_intervals(store, name, namespace)
+    shares = []
+    for x in found:
+        model_id, transformer_id, percent = _interval_key(x)
+        shares.append(
+            Share(model_id, percent, transformer_id or None, get_value(x.properties, "revision"))
+        )
+    return shares
+
+
 def _key(model_id: int | None, transformer_id: int | None, percent: int) -> tuple:
     return (model_id, transformer_id or 0, percent)
 
@@ -221,6 +239,7 @@ __all__ = [
     "TRAFFIC_CHANGED",
     "Share",
     "end_deployments",
+    "open_deployments",
     "record_deployment",
     "record_traffic",
 ]

@@ -202,6 +202,33 @@ def replaced(name: str, before: list[RevisionStatus], model: ArtifactRecord) -> 
     return f"{name}: {was} → {now}"
 
 
+def known_revisions(status: EndpointStatus) -> list[RevisionStatus]:
+    """``status``'s revisions, a revision whose model the backend does not report (a cluster's
+    stable one: the labels describe the spec applied last) named from MLMD's open deployment
+    intervals, when exactly one open interval's model is not named by another revision."""
+    from kfp_serve.serving.describe import revisions
+
+    revs = revisions(status)
+    unnamed = [r for r in revs if not r.model.get("id")]
+    if len(unnamed) != 1:
+        return revs
+    from kfp_serve.artifacts import get_artifact
+    from kfp_serve.artifacts.deployments import open_deployments
+    from kfp_serve.artifacts.errors import MetadataError
+
+    try:
+        open_now = open_deployments(status.name, status.namespace)
+        candidates = {str(s.model_id) for s in open_now} - {r.model.get("id") for r in revs}
+        if len(candidates) != 1:
+            return revs
+        record = get_artifact(int(candidates.pop()))
+    except MetadataError as e:
+        logger.info("endpoint %r: models of its revisions not looked up: %s", status.name, e)
+        return revs
+    model = {"id": str(record.id), "name": record.name, "version": record.version}
+    return [dataclasses.replace(r, model=model) if r is unnamed[0] else r for r in revs]
+
+
 def record_shares(
     status: EndpointStatus,
     namespace: str | None,
