@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from kfp_serve.cli.errors import CliError, fails_cleanly
-from kfp_serve.cli.ui import NamespaceOpt, Output, OutputOpt, dump, render, say
+from kfp_serve.cli.ui import NamespaceOpt, Output, OutputOpt, dump, model_ref, render, say
 
 #: Server roles whose logs ``kfp-serve logs --component`` shows.
 COMPONENTS = ("predictor", "transformer", "router")
@@ -67,8 +67,9 @@ def serve(
         str | None, typer.Option(help="With --multi: memory each model declares (default 64Mi), "
                                  "counted against the endpoint's limits.memory.")
     ] = None,
-    transformer_id: Annotated[
-        int | None, typer.Option("--transformer", help="MLMD id of a Transformer artifact.")
+    transformer: Annotated[
+        str | None, typer.Option("--transformer", help="Transformer: MLMD id, NAME or "
+                                 "NAME:VERSION.")
     ] = None,
     name: Annotated[str | None, typer.Option(help="Endpoint name (default: model name).")] = None,
     config: Annotated[
@@ -88,13 +89,13 @@ def serve(
 ) -> None:
     """Serve a model (and transformer) from ML Metadata as an InferenceService."""
     from kfp_serve import serving
-    from kfp_serve.cli.multi_commands import model_ref, serve_multi
+    from kfp_serve.cli.multi_commands import serve_multi
 
     serve_config = parse_json_arg(config, "--config") if config else None
     if proba:
         serve_config = with_proba(serve_config)
     if multi is not None:
-        if transformer_id is not None or name is not None or dry_run:
+        if transformer is not None or name is not None or dry_run:
             raise CliError("--multi serves models alone under NAME: no --transformer, --name or "
                            "--dry-run", "`kfp-serve serve --multi NAME MODEL...`")
         serve_multi(check_name(multi), model_ids, serve_config=serve_config, memory=memory,
@@ -105,8 +106,9 @@ def serve(
                        "serve several behind one endpoint with `kfp-serve serve --multi NAME "
                        "MODEL...`")
     result = serving.serve(
-        model_ref(model_ids[0]), transformer_id, serve_config=serve_config, name=name,
-        namespace=namespace, dry_run=dry_run, timeout=timeout,
+        model_ref(model_ids[0]), model_ref(transformer) if transformer else None,
+        serve_config=serve_config, name=name, namespace=namespace, dry_run=dry_run,
+        timeout=timeout,
     )
     if dry_run:
         dump(result, Output.json if output is Output.json else Output.yaml)
@@ -147,16 +149,20 @@ def explain(
 
 
 def endpoint_rows(namespace: str | None) -> list[dict[str, Any]]:
-    from kfp_serve.serving import constants
     from kfp_serve.serving.backends.base import get_backend
+    from kfp_serve.serving.delivery import known_revisions
+    from kfp_serve.serving.describe import traffic_summary
 
     rows = []
     for status in get_backend().list(namespace):
-        labels = status.manifest.get("metadata", {}).get("labels", {})
+        revs = known_revisions(status)
+        # The ids of what answers requests now: after a rollback, not the idle canary's.
+        serving = [r for r in revs if r.percent > 0] or revs[:1]
         rows.append({
             "name": status.name, "url": status.url or "", "health": health(status),
-            "model id": labels.get(constants.LABEL_MODEL_ID, ""),
-            "transformer id": labels.get(constants.LABEL_TRANSFORMER_ID, ""),
+            "traffic": traffic_summary(revs),
+            "model id": ", ".join(r.model["id"] for r in serving if r.model.get("id")),
+            "transformer id": ", ".join(r.transformer_id for r in serving if r.transformer_id),
             "reason": status.message or "",
         })
     return rows
@@ -172,7 +178,7 @@ def health(status: Any) -> str:
 
 
 def endpoints(namespace: NamespaceOpt = None, output: OutputOpt = Output.table) -> None:
-    """List endpoints with their URL, served model ids and health."""
+    """List endpoints with their URL, traffic per model version, served model ids and health."""
 
     rows = endpoint_rows(namespace)
     if output is Output.table and not rows:
@@ -203,9 +209,11 @@ def stop(
     names = [s.name for s in backend.list(namespace)] if all_ else [check_name(name or "")]
     if not names:
         say("no endpoints: nothing to stop")
+    from kfp_serve.serving.delivery import stop as stop_endpoint
+
     for each in names:
         try:
-            backend.delete(each, namespace)
+            stop_endpoint(each, namespace, backend=backend.name)
         except ServingError as e:
             if ignore_missing and not _exists(backend, each, namespace):
                 say(f"no endpoint {each!r}: nothing to stop")

@@ -1,4 +1,4 @@
-"""``models`` and ``lineage``: what ML Metadata recorded."""
+"""``models`` (and ``models alias``) and ``lineage``: what ML Metadata recorded."""
 
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ def models(
 
 
 def lineage(
-    artifact_id: Annotated[int, typer.Argument(help="MLMD id of an artifact.")],
+    artifact: Annotated[str, typer.Argument(help="MLMD id of an artifact, or a model as NAME, "
+                                            "NAME:VERSION or NAME@ALIAS.")],
     png: Annotated[Path | None, typer.Option(help="Also draw the lineage graph as PNG.")] = None,
     output: OutputOpt = Output.table,
 ) -> None:
@@ -64,6 +65,7 @@ def lineage(
     from kfp_serve import artifacts
     from kfp_serve.lineage_view import draw_lineage, lineage_rows
 
+    artifact_id = int(artifact) if artifact.isdigit() else artifacts.resolve(artifact).artifact_id
     graph = artifacts.lineage(artifact_id)
     if output is not Output.table:
         dump(graph, output)
@@ -77,10 +79,25 @@ def lineage(
         say(f"wrote {png}")
 
 
+def models_alias(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    alias: Annotated[str, typer.Argument(help="Alias, e.g. champion.")],
+    version: Annotated[str, typer.Argument(help="The version it points at from now on.")],
+    reason: Annotated[str, typer.Option(help="Why, kept in the alias history.")] = "",
+) -> None:
+    """Point NAME@ALIAS at VERSION (kept in ML Metadata with who, when and the version before)."""
+    from kfp_serve import artifacts
+
+    change = artifacts.set_alias(name, alias, version, reason=reason)
+    moved = f" (was {change.previous_version})" if change.previous_version else ""
+    say(f"{name}@{alias} -> {version}{moved}")
+
+
 def register(app: typer.Typer) -> None:
     """Add this group's commands to ``app``."""
     from kfp_serve.cli import multi_commands
 
-    # ``models``: the listing above, plus load/unload for multi-model endpoints.
+    # ``models``: the listing above, alias, and load/unload for multi-model endpoints.
+    multi_commands.models_app.command("alias")(fails_cleanly(models_alias))
     multi_commands.register(app)
     app.command("lineage")(fails_cleanly(lineage))

@@ -14,15 +14,10 @@ from typer._click import Context
 from typer.core import TyperCommand, TyperGroup
 
 from kfp_serve.cli.errors import CliError, fails_cleanly
-from kfp_serve.cli.ui import NamespaceOpt, Output, OutputOpt, render, say
+from kfp_serve.cli.ui import NamespaceOpt, Output, OutputOpt, model_ref, render, say
 
 #: The subcommand that runs when ``models`` is given anything else (the artifact listing).
 LIST = "list"
-
-
-def model_ref(text: str) -> int | str:
-    """A MODEL argument: an MLMD id (digits) or a reference ``name[:version|@alias]``."""
-    return int(text) if text.isdigit() else text
 
 
 def serve_multi(

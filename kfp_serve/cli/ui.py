@@ -87,3 +87,8 @@ def cell_text(value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(str(v) for v in value)
     return str(value)
+
+
+def model_ref(text: str) -> int | str:
+    """A MODEL argument: an MLMD id (digits) or a reference ``name[:version|@alias]``."""
+    return int(text) if text.isdigit() else text

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from kfp_serve.artifacts.environment import running_in_pod
 from kfp_serve.registry import Implementations
 from kfp_serve.serving import constants
+from kfp_serve.serving.backends.traffic import RolloutState
 from kfp_serve.serving.errors import ServingError
 
 BACKEND_ENV = "KFP_SERVE_BACKEND"
@@ -70,6 +71,25 @@ REASON_FRAMEWORK_MISMATCH = constants.REASON_FRAMEWORK_MISMATCH
 
 
 @dataclass
+class RevisionStatus:
+    """One revision of an endpoint: the model it serves and its share of requests."""
+
+    name: str
+    percent: int
+    ready: bool
+    #: Newest revision (the canary while one is in progress).
+    latest: bool = False
+    #: The stable (latest rolled-out) revision.
+    stable: bool = False
+    created: str | None = None
+    #: ``id``, ``name``, ``version`` and ``alias`` of the served model (those that are known).
+    model: dict[str, str] = field(default_factory=dict)
+    transformer_id: str | None = None
+    #: role -> URL of this revision's servers, where the backend knows them.
+    urls: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class EndpointStatus:
     """The state of one served InferenceService, as a backend sees it."""
 
@@ -87,6 +107,11 @@ class EndpointStatus:
     headers: dict[str, str] = field(default_factory=dict)
     #: The models a multi-model endpoint hosts ([] for a single-model endpoint).
     models: list[TrainedModelStatus] = field(default_factory=list)
+    #: Every revision with its traffic share, latest first; empty when the backend reports
+    #: them only in the manifest's KServe status (see ``kfp_serve.serving.describe``).
+    revisions: list[RevisionStatus] = field(default_factory=list)
+    #: Recent rollout events, oldest first (``time``, ``action``, ``message``, ...).
+    events: list[dict[str, Any]] = field(default_factory=list)
 
 
 class ServingBackend(Protocol):
@@ -139,6 +164,26 @@ def supports_multi_model(backend: ServingBackend) -> bool:
         callable(getattr(backend, m, None))
         for m in ("apply_trained_model", "delete_trained_model", "list_trained_models")
     )
+
+
+@runtime_checkable
+class TrafficBackend(ServingBackend, Protocol):
+    """A backend that moves traffic between revisions with KServe's canary semantics
+    (see :mod:`.traffic`)."""
+
+    def set_traffic(
+        self, name: str, percent: int, namespace: str | None = None, *, timeout: float = ...
+    ) -> RolloutState: ...
+
+    def promote(
+        self, name: str, namespace: str | None = None, *, timeout: float = ...
+    ) -> RolloutState: ...
+
+    def rollback(
+        self, name: str, namespace: str | None = None, *, timeout: float = ...
+    ) -> RolloutState: ...
+
+    def rollout_state(self, name: str, namespace: str | None = None) -> RolloutState: ...
 
 
 def default_backend_name() -> str:

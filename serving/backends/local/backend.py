@@ -8,7 +8,9 @@ step or a notebook cell — and never holds that process's pipes open. Everythin
 
 Applying a name again is a rollout (:mod:`.rollout`): if the new revision fails, the old one
 keeps serving and the error carries the new server's log. ``spec.predictor.canaryTrafficPercent``
-keeps the previous revision and sends that percentage of requests to the new one.
+keeps the previous revision and sends that percentage of requests to the new one; then
+``set_traffic``, ``promote`` and ``rollback`` move traffic with KServe's semantics
+(:mod:`.canary`), without starting a server.
 """
 
 from __future__ import annotations
@@ -31,9 +33,16 @@ from kfp_serve.serving.backends.base import (
     REASON_PROCESS_EXITED,
     REASON_STARTING,
     EndpointStatus,
+    RevisionStatus,
     TrainedModelStatus,
 )
-from kfp_serve.serving.backends.local import registry, rollout, supervisor, trained_models
+from kfp_serve.serving.backends.local import (
+    canary,
+    registry,
+    rollout,
+    supervisor,
+    trained_models,
+)
 from kfp_serve.serving.backends.local.plan import Plan, plan_manifest, split_traffic
 from kfp_serve.serving.backends.local.registry import (
     EndpointRecord,
@@ -41,6 +50,7 @@ from kfp_serve.serving.backends.local.registry import (
     RevisionRecord,
 )
 from kfp_serve.serving.backends.local.storage import resolve_storage
+from kfp_serve.serving.backends.traffic import PROMOTE, ROLLBACK, TRAFFIC, RolloutState
 from kfp_serve.serving.constants import PREDICTOR, STORAGE_URI_ENV, TRANSFORMER
 from kfp_serve.serving.errors import ServingError
 
@@ -48,6 +58,8 @@ logger = logging.getLogger(__name__)
 
 #: Reason reported for an endpoint directory whose record cannot be read.
 REASON_REGISTRY_UNREADABLE = "RegistryUnreadable"
+#: Event action of a new revision (the traffic actions are named in ..traffic).
+SERVE = "serve"
 
 
 class LocalBackend:
@@ -104,8 +116,17 @@ class LocalBackend:
                 traffic = split_traffic(
                     stable.revision if stable else None, record.latest.revision, plan.canary_percent
                 )
-                if traffic != record.traffic:
-                    rollout.retire(record, rollout.commit(record, traffic), self.stop_grace)
+                # The applied spec is what the endpoint runs now, canary field included.
+                changed = record.latest.manifest != plan.manifest
+                record.latest.manifest = plan.manifest
+                if traffic != record.traffic or changed:
+                    event = {
+                        "action": TRAFFIC,
+                        "revision": record.latest.revision,
+                        "message": f"applied again; traffic {_split_text(record, traffic)}",
+                    }
+                    removed = rollout.commit(record, traffic, event=event)
+                    rollout.retire(record, removed, self.stop_grace)
                 return self._status(record, probe=True)
             return self._roll_out(
                 plan, record, wait=wait or record is not None, deadline=deadline, timeout=timeout
@@ -188,7 +209,17 @@ class LocalBackend:
             traffic = split_traffic(
                 stable.revision if stable else None, new.revision, plan.canary_percent
             )
-            removed = rollout.commit(record, traffic, new=new)
+            models = canary.model_label(new)
+            if stable is not None:
+                models = f"{canary.model_label(stable)} → {models}"
+            event = {
+                "action": SERVE,
+                "revision": new.revision,
+                "model": canary.model_label(new),
+                "message": f"revision {new.revision} started ({models}); traffic "
+                + _split_text(record, traffic, new),
+            }
+            removed = rollout.commit(record, traffic, new=new, event=event)
         except BaseException as e:
             progress.done()
             # Nothing of this attempt may outlive it: the registry does not name it yet.
@@ -315,6 +346,79 @@ class LocalBackend:
         )
         return trained_models.statuses(record, probe=True, timeout=self.probe_timeout)
 
+    # -- traffic ------------------------------------------------------------------------------
+
+    def set_traffic(
+        self, name: str, percent: int, namespace: str | None = None, *, timeout: float = 120.0
+    ) -> RolloutState:
+        """Send ``percent`` % to the latest revision, the rest to the stable one.
+
+        At 100 the latest revision takes all traffic and the stable one stops; at 0 the
+        stable one takes all of it (a rollback) and the latest one keeps running idle.
+
+        Raises:
+            ServingError: bad percent, no such endpoint, or the revision that should take
+                traffic no longer runs.
+        """
+        return self._move_traffic(name, TRAFFIC, percent, timeout)
+
+    def promote(
+        self, name: str, namespace: str | None = None, *, timeout: float = 120.0
+    ) -> RolloutState:
+        """Let the latest revision take all traffic (the canary field is removed); the stable
+        revision finishes its requests and stops.
+
+        Raises:
+            ServingError: there is no canary, or the latest revision no longer runs.
+        """
+        return self._move_traffic(name, PROMOTE, None, timeout)
+
+    def rollback(
+        self, name: str, namespace: str | None = None, *, timeout: float = 120.0
+    ) -> RolloutState:
+        """Send all traffic back to the stable revision (canary 0), also when the latest
+        revision no longer runs; the latest one keeps running with no traffic.
+
+        Raises:
+            ServingError: there is no previous revision to go back to.
+        """
+        return self._move_traffic(name, ROLLBACK, None, timeout)
+
+    def rollout_state(self, name: str, namespace: str | None = None) -> RolloutState:
+        """The predictor's revisions and traffic split now (KServe's names and fields)."""
+        return canary.rollout_state(self._record(name), _alive)
+
+    def _move_traffic(
+        self, name: str, action: str, percent: int | None, timeout: float
+    ) -> RolloutState:
+        with registry.locked(validate_name(name, "endpoint name")):
+            record = self._record(name)
+            if not record.router.alive():
+                raise ServingError(
+                    f"the router of local endpoint {name!r} has exited (see "
+                    f"{record.router.log!r}): serve the model again to restart it"
+                )
+            move = canary.plan_move(record, action, _alive, percent)
+            record.latest.manifest = canary.with_canary(record.latest.manifest, move.canary_percent)
+            event = {"action": action, "revision": record.latest.revision, "message": move.message}
+            removed = rollout.commit(record, move.traffic, event=event)
+            # Returns once the router routes by the new split (and has drained what it left).
+            rollout.await_drained(record, removed, timeout=min(timeout, rollout.DRAIN_TIMEOUT))
+            rollout.retire(record, removed, self.stop_grace)
+            if self.progress:
+                rollout.Progress(True).done(f"endpoint {name!r}: {move.message}")
+            return canary.rollout_state(record, _alive)
+
+    def _record(self, name: str) -> EndpointRecord:
+        """The registry record of ``name``; ServingError says where it was looked for."""
+        record = registry.read_record(validate_name(name, "endpoint name"))
+        if record is None:
+            raise ServingError(
+                f"there is no local endpoint named {name!r} in {_searched()}: run "
+                "`kfp-serve endpoints` to list them, or serve the model first"
+            )
+        return record
+
     # -- get / list / delete ------------------------------------------------------------------
 
     def get(self, name: str, namespace: str | None = None) -> EndpointStatus:
@@ -323,13 +427,7 @@ class LocalBackend:
         Raises:
             ServingError: there is no local endpoint called ``name``.
         """
-        record = registry.read_record(validate_name(name, "endpoint name"))
-        if record is None:
-            raise ServingError(
-                f"there is no local endpoint named {name!r} in {_searched()}: run "
-                "`kfp-serve endpoints` to list them, or serve the model first"
-            )
-        return self._status(record, probe=True)
+        return self._status(self._record(name), probe=True)
 
     def list(self, namespace: str | None = None) -> list[EndpointStatus]:
         """The status of every local endpoint, by name (``namespace`` is ignored locally)."""
@@ -419,6 +517,8 @@ class LocalBackend:
             namespace=None,
             manifest=copy.deepcopy(latest.manifest),
             components=components,
+            revisions=_revisions(record),
+            events=copy.deepcopy(record.events),
         )
         if record.trained_models:
             status.models = trained_models.statuses(
@@ -452,6 +552,53 @@ class LocalBackend:
                         )
                         return status
         return status
+
+
+def _revisions(record: EndpointRecord) -> list[RevisionStatus]:
+    """Every revision of ``record``, latest first, as the backend-neutral status reports it."""
+    base = canary.stable(record)
+    result = []
+    for rev in sorted(record.revisions, key=lambda r: r.revision, reverse=True):
+        ids = rev.model_ids
+        model = {
+            key: ids[source]
+            for key, source in (
+                ("id", "model"),
+                ("name", "model_name"),
+                ("version", "model_version"),
+                ("alias", "model_alias"),
+            )
+            if ids.get(source)
+        }
+        result.append(
+            RevisionStatus(
+                name=registry.revision_name(record.name, rev.revision),
+                percent=record.traffic.get(str(rev.revision), 0),
+                ready=_alive(rev),
+                latest=rev.revision == record.latest.revision,
+                stable=base is not None and rev.revision == base.revision,
+                created=rev.created,
+                model=model,
+                transformer_id=ids.get("transformer"),
+                urls={p.role: p.url for p in rev.processes},
+            )
+        )
+    return result
+
+
+def _alive(rev: RevisionRecord) -> bool:
+    return all(p.alive() for p in rev.processes)
+
+
+def _split_text(
+    record: EndpointRecord, traffic: dict[str, int], new: RevisionRecord | None = None
+) -> str:
+    """``iris 2.0.0 20 %, iris 1.0.0 80 %``: who gets which share of ``traffic``."""
+    revisions = {str(r.revision): r for r in [*record.revisions, *([new] if new else [])]}
+    parts = [
+        f"{canary.model_label(revisions[k])} {v} %" for k, v in traffic.items() if k in revisions
+    ]
+    return ", ".join(reversed(parts))
 
 
 def _only_traffic_changes(record: EndpointRecord, plan: Plan) -> bool:

@@ -32,6 +32,10 @@ REGISTRY_FORMAT = 1
 REGISTRY_FILE = "endpoint.json"
 LOGS_DIR = "logs"
 ENDPOINTS_DIR = "endpoints"
+#: Rollout events an endpoint record keeps (the oldest are dropped first).
+MAX_EVENTS = 50
+#: Rolled-out revisions a record remembers: the stable one and the one before it.
+MAX_ROLLED_OUT = 2
 
 
 def endpoints_root() -> Path:
@@ -186,6 +190,11 @@ class EndpointRecord:
     format: int = REGISTRY_FORMAT
     #: A multi-model endpoint's models, by name (empty for a single-model endpoint).
     trained_models: dict[str, TrainedModelRecord] = field(default_factory=dict)
+    #: Revisions that took all traffic, oldest first (KServe's previous and latest rolled-out
+    #: revision); the last one is the stable revision a canary is compared with.
+    rolled_out: list[int] = field(default_factory=list)
+    #: What happened to the endpoint, oldest first: ``{"time", "action", "message", ...}``.
+    events: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -204,8 +213,16 @@ class EndpointRecord:
         """The revisions that receive requests, each with its percentage of them."""
         return [(r, self.traffic[str(r.revision)]) for r in self.active]
 
-    def revision(self, number: int) -> RevisionRecord | None:
+    def revision(self, number: int | None) -> RevisionRecord | None:
         return next((r for r in self.revisions if r.revision == number), None)
+
+    def add_event(self, event: dict[str, Any]) -> None:
+        self.events = [*self.events, event][-MAX_EVENTS:]
+
+    def mark_rolled_out(self, number: int) -> None:
+        """Revision ``number`` took all traffic: it is the stable revision from now on."""
+        if not self.rolled_out or self.rolled_out[-1] != number:
+            self.rolled_out = [*self.rolled_out, number][-MAX_ROLLED_OUT:]
 
     def to_dict(self) -> dict[str, Any]:
         latest = self.latest
@@ -234,6 +251,8 @@ class EndpointRecord:
             "router": asdict(self.router),
             "revisions": [r.to_dict() for r in self.revisions],
             "trained_models": {n: asdict(m) for n, m in sorted(self.trained_models.items())},
+            "rolled_out": self.rolled_out,
+            "events": self.events,
         }
 
     @classmethod
@@ -251,7 +270,15 @@ class EndpointRecord:
                 str(n): TrainedModelRecord.from_dict(m)
                 for n, m in (data.get("trained_models") or {}).items()
             },
+            rolled_out=[int(n) for n in data.get("rolled_out") or []],
+            events=list(data.get("events") or []),
         )
+
+
+def revision_name(endpoint: str, number: int) -> str:
+    """KServe's name for revision ``number`` of an endpoint's predictor (``iris-predictor-00002``),
+    so a local RolloutState reads like a cluster's."""
+    return f"{endpoint}-predictor-{number:05d}"
 
 
 def read_record(name: str) -> EndpointRecord | None:
