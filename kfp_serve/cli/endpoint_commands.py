@@ -64,7 +64,8 @@ def serve(
         str | None, typer.Option("--config", help="ServeConfig as JSON or @file.json.")
     ] = None,
     proba: Annotated[
-        bool, typer.Option("--proba", help="Answer with class probabilities (predict_proba).")
+        bool, typer.Option("--proba", help="Answer with class probabilities (predict_proba) "
+                           "by default (PREDICT_PROBA=true); `predict --proba` asks per request.")
     ] = False,
     namespace: NamespaceOpt = None,
     dry_run: Annotated[
@@ -95,8 +96,9 @@ def predict(
     name: Annotated[str, typer.Argument(help="Endpoint name.")],
     data: Annotated[str, typer.Option(help="Rows as JSON (e.g. [[5.1,3.5,1.4,0.2]]) or @file.")],
     proba: Annotated[
-        bool, typer.Option("--proba", help="Class probabilities instead of labels (the "
-                           "endpoint must be served with `kfp-serve serve --proba`).")
+        bool, typer.Option("--proba", help="Class probabilities (predict_proba) instead of "
+                           "labels, asked per request; an endpoint on a stock KServe runtime "
+                           "needs `kfp-serve serve MODEL_ID --proba`.")
     ] = False,
     namespace: NamespaceOpt = None,
 ) -> None:

@@ -108,6 +108,49 @@ def test_predict_proba(servers, iris):
     np.testing.assert_array_equal(v2_output(r.json()), s.model.predict_proba(X))
 
 
+@pytest.mark.parametrize("key", ["lr", "xgbc", "xgbc-json", "transformer-v1", "transformer-v2"])
+def test_a_request_asks_for_probabilities_of_a_server_answering_labels(servers, iris, key):
+    """PREDICT_PROBA is only the default: ``predict_proba`` in the request (a v1 field, a v2
+    parameter) gets probabilities from the same server, through a transformer too."""
+    s = servers[key]
+    X = iris[0][::25]
+    if key.startswith("transformer"):
+        model, X_model = servers["scaled-lr"].model, s.model.transform(X)
+    else:
+        model, X_model = s.model, X
+    expected = model.predict_proba(X_model)
+    r = s.client.post("/v1/models/model:predict",
+                      json={"instances": X.tolist(), "predict_proba": True})
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(np.asarray(r.json()["predictions"]), expected, rtol=1e-5)
+    r = s.client.post("/v2/models/model/infer", json=v2_body(X, parameters={"predict_proba": True}))
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(v2_output(r.json()), expected, rtol=1e-5)
+    # The next request without the option gets the default again.
+    r = s.client.post("/v1/models/model:predict", json={"instances": X.tolist()})
+    np.testing.assert_array_equal(r.json()["predictions"], model.predict(X_model))
+
+
+def test_a_request_asks_for_labels_of_a_server_answering_probabilities(servers, iris):
+    s = servers["lr-proba"]
+    X = iris[0][::25]
+    r = s.client.post("/v1/models/model:predict",
+                      json={"instances": X.tolist(), "predict_proba": False})
+    assert r.status_code == 200, r.text
+    np.testing.assert_array_equal(r.json()["predictions"], s.model.predict(X))
+
+
+@pytest.mark.parametrize(("body", "fragment"), [
+    ({"instances": [[1.0, 2.0, 3.0]], "predict_proba": True}, "has no predict_proba()"),
+    ({"instances": [[1.0, 2.0, 3.0]], "predict_proba": "yes"},
+     "'predict_proba' must be true or false"),
+])
+def test_a_bad_probabilities_request_is_a_400_naming_it(servers, body, fragment):
+    r = servers["ridge-pipe"].client.post("/v1/models/model:predict", json=body)
+    assert r.status_code == 400, r.text
+    assert fragment in r.text
+
+
 BAD_REQUESTS = [
     # (id, path suffix, raw body or JSON, message fragment)
     ("non-json", "v1", b"{not json", "not valid JSON"),
