@@ -28,6 +28,7 @@ from kfp_serve.serving.backends.base import (
 from kfp_serve.serving.constants import PREDICT_PROBA_ENV, PREDICT_PROBA_PARAM
 from kfp_serve.serving.errors import ServingError
 from kfp_serve.serving.runtime.fidelity import KFP_SERVE as KFP_SERVE_RUNTIME
+from kfp_serve.serving.runtime.fidelity import XGB_SERVER
 
 #: Statuses that right after Ready mean "not routed yet" (kserve/kserve#1658), so retrying helps.
 _RETRY_STATUS = {404, 503}
@@ -153,8 +154,11 @@ class Endpoint:
 
     @property
     def serves_probabilities(self) -> bool:
-        """True if the predictor was started with ``PREDICT_PROBA=true`` (class probabilities)."""
+        """True if the predictor answers class probabilities by default: started with
+        ``PREDICT_PROBA=true``, or ``kserve-xgbserver`` (the booster's output, always)."""
         predictor = (self._status.manifest.get("spec") or {}).get("predictor") or {}
+        if (predictor.get("model") or {}).get("runtime") == XGB_SERVER:
+            return True
         containers = [predictor.get("model") or {}, *(predictor.get("containers") or [])]
         return any(
             str(e.get("name")) == PREDICT_PROBA_ENV

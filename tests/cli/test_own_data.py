@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 
+import numpy as np
 import pytest
 
 from tests.cli.conftest import assert_clean_error, run_script, stop_quietly
@@ -69,32 +70,32 @@ def test_explain_labels_attributions_with_the_feature_names(churn_run):
     assert FEATURES[0] in outcome.stdout and FEATURES[-1] in outcome.stdout
 
 
-def test_predict_proba_asks_the_endpoint_for_probabilities(churn_run, iris):
-    """Served with labels as its default, the endpoint (transformer + predictor) answers
-    ``--proba`` with one probability per class, and labels again without it."""
-    row = json.dumps(iris[0][[0, 149]].tolist())
-    outcome = run_script("predict", ENDPOINT, "--proba", "--data", row, timeout=60)
-    assert outcome.exit_code == 0, outcome.stderr
-    probabilities = json.loads(outcome.stdout)["predictions"]
-    assert [len(p) for p in probabilities] == [3, 3]
-    assert [sum(p) for p in probabilities] == pytest.approx([1.0, 1.0])
-    assert [max(range(3), key=p.__getitem__) for p in probabilities] == [0, 2]
-    labels = run_script("predict", ENDPOINT, "--data", row, timeout=60)
-    assert json.loads(labels.stdout)["predictions"] == [0, 2]
+def test_predict_proba_on_a_stock_runtime_names_serve_proba(churn_run):
+    """The pipeline serves on kserve-sklearnserver, which reads PREDICT_PROBA only when it
+    starts (and ignores a request's choice): the CLI says how to serve it."""
+    outcome = run_script("predict", ENDPOINT, "--proba", "--data", "[[5.1, 3.5, 1.4, 0.2]]",
+                         timeout=60)
+    assert_clean_error(outcome, "stock KServe runtime", "kfp-serve serve MODEL_ID --proba")
 
 
-def test_predict_proba_on_a_stock_runtime_names_serve_proba(cli, iris_model):
-    """sklearnserver reads PREDICT_PROBA only when it starts: the CLI says how to serve it."""
-    model_id, _ = iris_model
-    name = f"cli-stock-{SUFFIX}"
-    config = json.dumps({"predictor": {"runtime": "kserve-sklearnserver"}})
+def test_predict_proba_asks_the_kfp_serve_runtime_per_request(cli, iris_model, iris):
+    """On kfp-serve's runtime (labels by default) ``--proba`` gets one probability per class
+    for that request, and the next request without it gets labels again."""
+    model_id, estimator = iris_model
+    name = f"cli-perreq-{SUFFIX}"
+    rows = iris[0][[0, 149]]
+    config = json.dumps({"predictor": {"runtime": "kfp-serve"}})
     try:
         served = run_script("serve", str(model_id), "--name", name, "--config", config,
                             timeout=180)
         assert served.exit_code == 0, served.stderr
-        outcome = run_script("predict", name, "--proba", "--data", "[[5.1, 3.5, 1.4, 0.2]]",
+        outcome = run_script("predict", name, "--proba", "--data", json.dumps(rows.tolist()),
                              timeout=60)
-        assert_clean_error(outcome, "stock KServe runtime", "kfp-serve serve MODEL_ID --proba")
+        assert outcome.exit_code == 0, outcome.stderr
+        probabilities = json.loads(outcome.stdout)["predictions"]
+        np.testing.assert_allclose(probabilities, estimator.predict_proba(rows), atol=1e-9)
+        labels = run_script("predict", name, "--data", json.dumps(rows.tolist()), timeout=60)
+        assert json.loads(labels.stdout)["predictions"] == estimator.predict(rows).tolist()
     finally:
         stop_quietly(name)
 
