@@ -17,6 +17,7 @@ What it writes:
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -43,6 +44,9 @@ PREPROCESSORS = ("standard_scaler", "min_max_scaler")
 NO_PREPROCESSING = ("", "none")
 #: A ``file://`` dataset URI is read as the local path after it.
 FILE_SCHEME = "file://"
+#: The package pandas needs (through fsspec) to read a dataset URI, by scheme; s3:// is read
+#: with boto3 instead, like s3:// snapshots.
+REMOTE_PACKAGES = {"gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}
 #: File left in ``transformer_dir`` when no transformer was fitted.
 NO_TRANSFORMER_MARKER = "NO_TRANSFORMER.txt"
 #: Version in the metadata a train step writes; the submit step records the real one.
@@ -357,9 +361,16 @@ def _load_dataset(
     text = str(dataset_path)
     if text.startswith(FILE_SCHEME):
         text = text[len(FILE_SCHEME):]
+    name = text.rsplit("/", 1)[-1]
+    if text.startswith("s3://"):
+        # The same S3 client (credentials, endpoint) as an s3:// snapshot store.
+        from kfp_serve.artifacts.snapshots.s3 import read_object
+
+        return _frame_arrays(_read_frame(pd, io.BytesIO(read_object(text)), text), name,
+                             target_column)
     if "://" in text:
-        # s3://, gs://, http(s)://: pandas reads them through fsspec where it is installed.
-        return _frame_arrays(_read_frame(pd, text, text), text.rsplit("/", 1)[-1], target_column)
+        # gs://, http(s)://, ...: pandas reads them (through fsspec for gs://, if installed).
+        return _frame_arrays(_read_frame(pd, text, text), name, target_column)
     path = Path(text)
     if path.is_dir():
         # A KFP Dataset artifact may be a directory holding one data file.
@@ -379,13 +390,15 @@ def _load_dataset(
 
 
 def _read_frame(pd: Any, source: Any, shown: str) -> Any:
-    """Read a CSV or Parquet file (by suffix) into a DataFrame."""
+    """Read a CSV or Parquet file (by the suffix of ``shown``) into a DataFrame."""
     try:
-        if str(source).endswith((".parquet", ".pq")):
+        if shown.endswith((".parquet", ".pq")):
             return pd.read_parquet(source)
         return pd.read_csv(source)
     except ImportError as e:
-        raise ArtifactError(f"reading {shown!r} needs an optional package: {e}") from e
+        package = REMOTE_PACKAGES.get(shown.partition("://")[0], "")
+        needs = f" ({package}: pip install {package})" if package else ""
+        raise ArtifactError(f"reading {shown!r} needs an optional package{needs}: {e}") from e
     except (ValueError, OSError, pd.errors.ParserError) as e:
         raise ArtifactError(f"cannot read dataset {shown!r}: {e}") from e
 
