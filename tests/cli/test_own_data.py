@@ -8,7 +8,7 @@ import uuid
 import numpy as np
 import pytest
 
-from tests.cli.conftest import assert_clean_error, run_script, stop_quietly
+from tests.cli.conftest import assert_clean_error, last_error, run_script, stop_quietly
 
 SUFFIX = uuid.uuid4().hex[:6]
 ENDPOINT = f"cli-churn-{SUFFIX}"
@@ -113,5 +113,37 @@ def test_serve_proba_then_predict_proba_gives_probabilities(cli, iris_model):
         probabilities = answer["predictions"][0]
         expected = estimator.predict_proba([[5.1, 3.5, 1.4, 0.2]])[0]
         assert probabilities == pytest.approx(list(expected), abs=1e-6)
+    finally:
+        stop_quietly(name)
+
+
+def test_run_trains_on_an_s3_dataset(s3_endpoint, churn_csv, monkeypatch):
+    """``--param dataset=s3://...`` reads through the S3 settings of an s3:// snapshot store."""
+    import boto3
+
+    for key, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"),
+                       ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_ENDPOINT_URL", s3_endpoint)):
+        monkeypatch.setenv(key, value)
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket="cli-data")
+    client.put_object(Bucket="cli-data", Key="churn.csv", Body=churn_csv.read_bytes())
+    name = f"cli-s3-{SUFFIX}"
+    try:
+        outcome = run_script(
+            "run", "sklearn-transformer", "-p", "dataset=s3://cli-data/churn.csv",
+            "-p", "target_column=churned", "-p", f"endpoint_name={name}",
+            "-p", f"model_name={name}", "-p", f"transformer_name={name}-scaler", "-o", "json",
+            timeout=300,
+        )
+        assert outcome.exit_code == 0, outcome.stderr[-3000:]
+        from kfp_serve import artifacts
+
+        record = artifacts.get_artifact(json.loads(outcome.stdout)["model_id"])
+        assert record.signature["feature_names"] == FEATURES
+        missing = run_script("run", "sklearn-transformer", "-p", "dataset=s3://cli-data/no.csv",
+                             "-p", "target_column=churned", "-p", f"endpoint_name={name}",
+                             timeout=300)
+        error, _ = last_error(missing)
+        assert "step 'train' failed" in error and "'s3://cli-data/no.csv' does not exist" in error
     finally:
         stop_quietly(name)

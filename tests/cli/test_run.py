@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from tests.cli.conftest import Outcome, assert_clean_error, run_script, stop_quietly
+from tests.cli.conftest import Outcome, assert_clean_error, last_error, run_script, stop_quietly
 
 SUFFIX = uuid.uuid4().hex[:6]
 MODEL = f"cli-run-model-{SUFFIX}"
@@ -30,15 +30,6 @@ def summary_of(outcome: Outcome) -> dict[str, str]:
         if len(cells) == 2:
             summary[cells[0]] = cells[1]
     return summary
-
-
-def last_error(outcome: Outcome) -> tuple[str, str]:
-    """The ``error:`` and ``hint:`` lines a failed run ends with (progress lines come first)."""
-    assert outcome.exit_code == 1, outcome
-    assert "Traceback" not in outcome.stderr, outcome.stderr
-    lines = outcome.error_lines()
-    assert lines[-2].startswith("error: ") and lines[-1].startswith("hint: "), lines[-3:]
-    return lines[-2], lines[-1]
 
 
 @pytest.fixture(scope="module")
