@@ -147,6 +147,7 @@ def make_pipeline(options: ClusterOptions | None = None):  # noqa: ANN201 - a KF
             task.set_caching_options(False)
         for task in (model_snapshot, transformer_snapshot, served):
             options.apply(task)
+        options.apply_s3(trained)
         return PipelineOutputs(
             served.outputs["url"], served.outputs["endpoint_name"], model.outputs["model_id"],
             transformer.outputs["transformer_id"], smoke.outputs["verdict"],
