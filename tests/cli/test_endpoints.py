@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.cli.conftest import assert_clean_error, stop_quietly
+from tests.cli.conftest import assert_clean_error, run_script, stop_quietly
 
 NAME = "cli-iris"
 DOOMED = "cli-doomed"
@@ -121,9 +121,9 @@ def test_models_lists_submitted_artifacts(cli, iris_model, iris_scaler):
     everything = cli("models")
     assert everything.exit_code == 0, everything.stderr
     model_row = _table_row(everything.stdout, str(model_id))
-    assert model_row[1:5] == ["model", "cli-iris", "1.0.0", "sklearn"]
-    assert model_row[5][:2] == "20"  # created, as a date
-    assert model_row[7] == "cli-tests"
+    assert model_row[1:6] == ["model", "cli-iris", "1.0.0", "-", "sklearn"]  # no aliases
+    assert model_row[6][:2] == "20"  # created, as a date
+    assert model_row[8] == "cli-tests"
     scaler_row = _table_row(everything.stdout, str(iris_scaler))
     assert scaler_row[1:4] == ["transformer", "cli-scaler", "1.0.0"]
     only_transformers = cli("models", "--kind", "transformer").stdout
@@ -131,6 +131,30 @@ def test_models_lists_submitted_artifacts(cli, iris_model, iris_scaler):
     by_name = json.loads(cli("models", "cli-iris", "--output", "json").stdout)
     assert [(r["id"], r["name"], r["version"]) for r in by_name] == [(model_id, "cli-iris",
                                                                       "1.0.0")]
+
+
+def test_models_shows_the_aliases_beside_the_version_they_point_at(iris):
+    from sklearn.linear_model import LogisticRegression
+
+    from kfp_serve import artifacts
+    from kfp_serve.artifacts.aliases import set_alias
+
+    X, y = iris
+    ids = {
+        version: artifacts.Model(model=LogisticRegression(C=c, max_iter=500).fit(X, y),
+                                 name="cli-aliased", version=version).submit_artifact()
+        for version, c in (("1.0.0", 1.0), ("1.0.1", 0.5))
+    }
+    set_alias("cli-aliased", "prod", "1.0.0")
+    set_alias("cli-aliased", "canary", "1.0.0")
+    set_alias("cli-aliased", "staging", "1.0.1")
+    listed = run_script("models", "cli-aliased", "-o", "json", timeout=60)
+    assert listed.exit_code == 0, listed.stderr
+    rows = {row["version"]: row for row in json.loads(listed.stdout)}
+    assert rows["1.0.0"]["aliases"] == ["canary", "prod"] and rows["1.0.0"]["id"] == ids["1.0.0"]
+    assert rows["1.0.1"]["aliases"] == ["staging"]
+    table = run_script("models", "cli-aliased", timeout=60).stdout
+    assert _table_row(table, str(ids["1.0.0"]))[4] == "canary, prod"
 
 
 def test_serving_a_transformer_as_model_is_a_clean_error(cli, iris_scaler):
