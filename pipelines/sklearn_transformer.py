@@ -70,6 +70,7 @@ def make_pipeline(options: ClusterOptions | None = None):  # noqa: ANN201 - a KF
         experiment: str = DEFAULT_EXPERIMENT,
         snapshot_store: str = "",
         fail_on_mismatch: bool = True,
+        new_version: bool = False,
     ) -> PipelineOutputs:
         """Train a scikit-learn classifier behind a preprocessing transformer and serve both.
 
@@ -99,6 +100,8 @@ def make_pipeline(options: ClusterOptions | None = None):  # noqa: ANN201 - a KF
             snapshot_store: Snapshot store root URI (file://, s3://, pvc://); empty for the
                 default.
             fail_on_mismatch: Fail the run when the endpoint's answers differ from the model's.
+            new_version: Compare with the latest recorded version instead of the given versions:
+                identical content reuses it, different content gets the patch version after it.
         """
         checked = validate(
             model_name=model_name, model_version=model_version,
@@ -115,12 +118,13 @@ def make_pipeline(options: ClusterOptions | None = None):  # noqa: ANN201 - a KF
             model=trained.outputs["model"], name=model_name, version=model_version,
             author=author, description=description, tags=tags,
             run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, experiment=experiment,
-            metrics=trained.outputs["metrics"],
+            metrics=trained.outputs["metrics"], new_version=new_version,
         ).set_display_name("submit-model")
         transformer = submit_transformer(
             transformer=trained.outputs["transformer"], name=transformer_name,
             version=transformer_version, author=author, description=description, tags=tags,
             run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, experiment=experiment,
+            new_version=new_version,
         ).set_display_name("submit-transformer")
         model_snapshot = snapshot(
             artifact=model.outputs["saved_model"], artifact_id=model.outputs["model_id"],

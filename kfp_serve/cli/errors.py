@@ -50,14 +50,6 @@ def did_you_mean(value: str, choices: Iterable[str]) -> str | None:
     return f"did you mean {close[0]!r}?" if close else None
 
 
-def next_patch(version: str) -> str:
-    """``1.0.0`` -> ``1.0.1``; a version without a numeric last part gets ``.1``."""
-    head, dot, last = version.rpartition(".")
-    if dot and last.isdigit():
-        return f"{head}.{int(last) + 1}"
-    return f"{version}.1"
-
-
 def explain(error: BaseException) -> CliError:
     """The one-line message and hint for an error kfp-serve raised on purpose."""
     if isinstance(error, CliError):
@@ -79,6 +71,8 @@ def _in_cli_terms(message: str) -> str:
 
 
 def _hint_for(message: str) -> str | None:
+    from kfp_serve.artifacts.names import next_patch
+
     if match := _VERSION_CONFLICT.search(message):
         kind, version = match.group("kind"), match.group("version")
         return (f"pass --param {kind}_version={next_patch(version)}, or --new-version to bump "

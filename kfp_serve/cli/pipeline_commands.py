@@ -9,12 +9,8 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand
 
-from kfp_serve.cli.errors import CliError, did_you_mean, fails_cleanly, next_patch
+from kfp_serve.cli.errors import CliError, did_you_mean, fails_cleanly
 from kfp_serve.cli.ui import NamespaceOpt, Output, OutputOpt, dump, new_table, render, say, show
-
-#: (name parameter, version parameter, artifact kind) of what a pipeline records.
-VERSIONED = (("model_name", "model_version", "model"),
-             ("transformer_name", "transformer_version", "transformer"))
 
 
 def pipeline_names() -> list[str]:
@@ -106,29 +102,15 @@ def with_defaults(pipeline: Any, params: dict[str, Any]) -> dict[str, Any]:
     return {**{k: v.default for k, v in inputs.items() if v.default is not None}, **params}
 
 
-def bump_versions(pipeline: Any, params: dict[str, Any]) -> dict[str, Any]:
-    """``--new-version``: each artifact gets the patch version after its latest recorded one."""
-    from kfp_serve.artifacts.records import find_artifact
-
-    values = with_defaults(pipeline, params)
-    bumped = dict(params)
-    for name_param, version_param, kind in VERSIONED:
-        if name_param not in values:
-            continue
-        latest = find_artifact(values[name_param], kind=kind, missing_ok=True)
-        if latest is not None:
-            bumped[version_param] = next_patch(latest.version)
-    return bumped
-
-
 def run_command(
     pipeline: Annotated[str, typer.Argument(help="Pipeline name (see `kfp-serve pipelines`).")],
     param: Annotated[
         list[str], typer.Option("--param", "-p", help="Pipeline parameter NAME=VALUE.")
     ] = [],  # noqa: B006 - typer needs a literal default
     new_version: Annotated[
-        bool, typer.Option("--new-version", help="Record the model (and transformer) under "
-                           "the patch version after the latest recorded one.")
+        bool, typer.Option("--new-version", help="Compare with the latest recorded version: "
+                           "identical content reuses it, different content is recorded under "
+                           "the patch version after it (--param new_version=true).")
     ] = False,
     output: OutputOpt = Output.table,
 ) -> None:
@@ -144,7 +126,7 @@ def run_command(
     params = parse_params(param)
     check_param_names(chosen, params)
     if new_version:
-        params = bump_versions(chosen, params)
+        params["new_version"] = True
     # Names, versions, ServeConfig and snapshot store: checked here too, before kfp.local
     # starts, so a typo costs no step (the pipeline's validate step checks again on a cluster).
     check_params(with_defaults(chosen, params))

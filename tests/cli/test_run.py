@@ -74,16 +74,25 @@ def test_changed_content_under_the_same_version_is_refused_with_the_fix(first_ru
     assert "allow_overwrite" not in error + hint
 
 
-def test_new_version_records_the_next_patch_version(first_run):
+def test_new_version_records_the_next_patch_version_only_for_new_content(first_run):
+    first_id = int(summary_of(first_run)["model_id"])
+    same = run_script("run", "xgboost", *BASE, "--new-version", "-o", "json", timeout=300)
+    assert same.exit_code == 0, same.stderr[-3000:]
+    assert json.loads(same.stdout)["model_id"] == first_id  # identical content: reused
     bumped = run_script("run", "xgboost", *BASE, "-p", "random_state=7", "--new-version",
                         "-o", "json", timeout=300)
     assert bumped.exit_code == 0, bumped.stderr[-3000:]
     new_id = json.loads(bumped.stdout)["model_id"]
+    # The same changed run again: identical to 1.0.1, the latest, so no 1.0.2.
+    again = run_script("run", "xgboost", *BASE, "-p", "random_state=7", "--new-version",
+                       "-o", "json", timeout=300)
+    assert again.exit_code == 0, again.stderr[-3000:]
+    assert json.loads(again.stdout)["model_id"] == new_id
     listed = run_script("models", MODEL, "--output", "json", timeout=60)
     assert listed.exit_code == 0, listed.stderr
     rows = {row["version"]: row for row in json.loads(listed.stdout)}
     assert set(rows) == {"1.0.0", "1.0.1"}
-    assert rows["1.0.1"]["id"] == new_id
+    assert rows["1.0.1"]["id"] == new_id and new_id != first_id
     for row in rows.values():
         assert row["framework"] == "xgboost" and row["name"] == MODEL
         assert row["created"][:2] == "20" and float(row["metrics"]["accuracy"]) > 0.8
