@@ -30,6 +30,15 @@ _VERSION_CONFLICT = re.compile(
     r"exists.*different content"
 )
 
+#: The library's advice to Python callers, and what a CLI user types instead.
+_CLI_WORDING = {
+    "none (submit one with Model(...).submit_artifact())":
+        "none (`kfp-serve run PIPELINE` trains and records one)",
+    "serve(..., dry_run=True) checks the same rules":
+        "`kfp-serve serve MODEL_ID --dry-run` checks the same rules",
+    "wait for serve() to finish": "wait for `kfp-serve serve` to finish",
+}
+
 
 class CliError(Exception):
     """An error with the command-line fix spelled out.
@@ -67,6 +76,8 @@ def _in_cli_terms(message: str) -> str:
     if match := _VERSION_CONFLICT.search(message):
         return (f"{match.group('kind')} {match.group('name')!r} version "
                 f"{match.group('version')!r} already exists with different content")
+    for python, cli in _CLI_WORDING.items():
+        message = message.replace(python, cli)
     return message
 
 
