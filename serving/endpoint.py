@@ -216,11 +216,12 @@ class Endpoint:
                 carries the server's explanation).
         """
         if proba and not self.serves_probabilities and not self.chooses_per_request:
+            predictor = (self._status.manifest.get("spec") or {}).get("predictor") or {}
+            runtime = (predictor.get("model") or {}).get("runtime") or "a stock KServe runtime"
             raise ServingError(
-                f"endpoint {self.name!r} runs a stock KServe runtime, which answers labels "
-                f"unless it starts with {PREDICT_PROBA_ENV}=true: serve it again with "
-                "`kfp-serve serve MODEL_ID --proba`, or with the kfp-serve runtime "
-                "(ServeConfig predictor runtime 'kfp-serve'), which answers per request"
+                f"endpoint {self.name!r} runs {runtime}, which answers probabilities only when "
+                f"started with {PREDICT_PROBA_ENV}=true: serve it with `kfp-serve serve "
+                "MODEL_ID --proba`, or on runtime 'kfp-serve', which answers per request"
             )
         protocol = protocol or self.protocol
         if protocol == "v2":

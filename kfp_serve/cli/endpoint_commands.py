@@ -168,7 +168,7 @@ def stop(
 
     Stopping the last local endpoint also stops the warm pool of model servers.
     """
-    from kfp_serve.serving.backends.base import LOCAL, default_backend_name, get_backend
+    from kfp_serve.serving.backends.base import get_backend
     from kfp_serve.serving.errors import ServingError
 
     if all_ == (name is not None):
@@ -185,11 +185,10 @@ def stop(
             if ignore_missing and not _exists(backend, each, namespace):
                 say(f"no endpoint {each!r}: nothing to stop")
                 continue
-            raise CliError(f"{e} (KFP_SERVE_HOME={home()})", "run `kfp-serve endpoints` to "
-                           "list them, or pass --ignore-missing") from e
+            # The backend's message names where it looked and `kfp-serve endpoints`.
+            raise CliError(str(e), "pass --ignore-missing to stop what exists without an "
+                           "error") from e
         say(f"stopped {each!r}")
-    if default_backend_name() == LOCAL and not backend.list(namespace):
-        _stop_pool(quiet=True)
 
 
 def _exists(backend: Any, name: str, namespace: str | None) -> bool:

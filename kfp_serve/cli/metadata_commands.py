@@ -38,8 +38,7 @@ def models(
     kind: Annotated[Kind | None, typer.Option(help="model or transformer.")] = None,
     output: OutputOpt = Output.table,
 ) -> None:
-    """List Model and Transformer artifacts recorded in ML Metadata, with the aliases
-    (``prod``, ``staging``, ...) that point at each version."""
+    """List Model and Transformer artifacts recorded in ML Metadata, with their aliases."""
     from kfp_serve import artifacts
 
     records = artifacts.list_artifacts(kind=kind.value if kind else None)

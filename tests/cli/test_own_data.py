@@ -75,7 +75,7 @@ def test_predict_proba_on_a_stock_runtime_names_serve_proba(churn_run):
     starts (and ignores a request's choice): the CLI says how to serve it."""
     outcome = run_script("predict", ENDPOINT, "--proba", "--data", "[[5.1, 3.5, 1.4, 0.2]]",
                          timeout=60)
-    assert_clean_error(outcome, "stock KServe runtime", "kfp-serve serve MODEL_ID --proba")
+    assert_clean_error(outcome, "runs kserve-sklearnserver", "kfp-serve serve MODEL_ID --proba")
 
 
 def test_predict_proba_asks_the_kfp_serve_runtime_per_request(cli, iris_model, iris):
