@@ -221,7 +221,7 @@ def log_files(name: str, component: str | None) -> dict[str, Path]:
 
     record = read_record(check_name(name))
     if record is None:
-        raise CliError(f"no local endpoint named {name!r} (KFP_SERVE_HOME={home()})",
+        raise CliError(f"no local endpoint named {name!r} in KFP_SERVE_HOME={home()!r}",
                        "run `kfp-serve endpoints` to list them")
     latest = record.latest
     files = {"predictor": latest.predictor.log, "router": record.router.log}

@@ -86,8 +86,8 @@ def _hint_for(message: str) -> str | None:
 
     if match := _VERSION_CONFLICT.search(message):
         kind, version = match.group("kind"), match.group("version")
-        return (f"pass --param {kind}_version={next_patch(version)}, or --new-version to bump "
-                "the patch version after the latest recorded one")
+        return (f"pass --param {kind}_version={next_patch(version)}, or --new-version to "
+                "record new content under the patch version after the latest recorded one")
     if match := _UNKNOWN_FIELD.match(message):
         field = match.group("path").rsplit(".", 1)[-1]
         known = [k.strip().strip("'\"") for k in match.group("known").split(",")]
@@ -95,7 +95,8 @@ def _hint_for(message: str) -> str | None:
         if suggestion:
             return f"{suggestion} (in --config / --param serve_config)"
     if "no local endpoint named" in message:
-        return "run `kfp-serve endpoints` to list the endpoints"
+        # The message says where it looked and how to list the endpoints: say how to start one.
+        return "`kfp-serve serve MODEL_ID` or `kfp-serve run PIPELINE` starts an endpoint"
     if "no artifact with id" in message:
         return "run `kfp-serve models` to list the recorded artifacts"
     return None
