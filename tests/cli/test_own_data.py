@@ -96,6 +96,12 @@ def test_predict_proba_asks_the_kfp_serve_runtime_per_request(cli, iris_model, i
         np.testing.assert_allclose(probabilities, estimator.predict_proba(rows), atol=1e-9)
         labels = run_script("predict", name, "--data", json.dumps(rows.tolist()), timeout=60)
         assert json.loads(labels.stdout)["predictions"] == estimator.predict(rows).tolist()
+        # The same from Python, over v2 (``parameters.predict_proba``).
+        from kfp_serve.serving.endpoint import Endpoint
+
+        answer = Endpoint(name).predict(rows, protocol="v2", proba=True)["outputs"][0]
+        got = np.asarray(answer["data"]).reshape(answer["shape"])
+        np.testing.assert_allclose(got, estimator.predict_proba(rows), atol=1e-9)
     finally:
         stop_quietly(name)
 

@@ -134,7 +134,10 @@ def test_stop_all_then_ignore_missing(first_run):
     assert stopped.exit_code == 0, stopped.stderr
     assert f"stopped '{ENDPOINT}'" in stopped.stdout
     listed = run_script("endpoints", "-o", "json", timeout=60)
-    assert ENDPOINT not in {row["name"] for row in json.loads(listed.stdout)}
+    assert json.loads(listed.stdout) == []
+    from kfp_serve.serving.runtime import warm_pool
+
+    assert not warm_pool.socket_path().exists(), "the last endpoint went, the pool stayed"
     again = run_script("stop", ENDPOINT, "--ignore-missing", timeout=60)
     assert again.exit_code == 0, again.stderr
     assert "nothing to stop" in again.stdout
