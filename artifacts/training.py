@@ -44,6 +44,11 @@ PREPROCESSORS = ("standard_scaler", "min_max_scaler")
 NO_PREPROCESSING = ("", "none")
 #: A ``file://`` dataset URI is read as the local path after it.
 FILE_SCHEME = "file://"
+#: URI schemes read from an S3-compatible store: KFP names its own MinIO ``minio://`` (the URI
+#: of a Dataset artifact another run wrote).
+S3_SCHEMES = ("s3", "minio")
+#: The first bytes of a Parquet file.
+PARQUET_MAGIC = b"PAR1"
 #: The package pandas needs (through fsspec) to read a dataset URI, by scheme; s3:// is read
 #: with boto3 instead, like s3:// snapshots.
 REMOTE_PACKAGES = {"gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}
@@ -362,12 +367,15 @@ def _load_dataset(
     if text.startswith(FILE_SCHEME):
         text = text[len(FILE_SCHEME):]
     name = text.rsplit("/", 1)[-1]
-    if text.startswith("s3://"):
+    scheme, _, rest = text.partition("://")
+    if scheme in S3_SCHEMES:
         # The same S3 client (credentials, endpoint) as an s3:// snapshot store.
         from kfp_serve.artifacts.snapshots.s3 import read_object
 
-        return _frame_arrays(_read_frame(pd, io.BytesIO(read_object(text)), text), name,
-                             target_column)
+        data = read_object(f"s3://{rest}")
+        # A KFP Dataset artifact's file often has no suffix: Parquet says so in its first bytes.
+        frame = _read_frame(pd, io.BytesIO(data), text, parquet=data.startswith(PARQUET_MAGIC))
+        return _frame_arrays(frame, name, target_column)
     if "://" in text:
         # gs://, http(s)://, ...: pandas reads them (through fsspec for gs://, if installed).
         return _frame_arrays(_read_frame(pd, text, text), name, target_column)
@@ -389,10 +397,13 @@ def _load_dataset(
     return _frame_arrays(_read_frame(pd, path, str(path)), path.name, target_column)
 
 
-def _read_frame(pd: Any, source: Any, shown: str) -> Any:
-    """Read a CSV or Parquet file (by the suffix of ``shown``) into a DataFrame."""
+def _read_frame(pd: Any, source: Any, shown: str, *, parquet: bool | None = None) -> Any:
+    """Read a CSV or Parquet file (``parquet`` None: by the suffix of ``shown``) into a
+    DataFrame."""
+    if parquet is None:
+        parquet = shown.endswith((".parquet", ".pq"))
     try:
-        if shown.endswith((".parquet", ".pq")):
+        if parquet:
             return pd.read_parquet(source)
         return pd.read_csv(source)
     except ImportError as e:

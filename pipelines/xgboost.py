@@ -73,8 +73,8 @@ def make_pipeline(options: ClusterOptions | None = None):  # noqa: ANN201 - a KF
             endpoint_name: Name of the endpoint (InferenceService).
             namespace: Kubernetes namespace to serve in; empty for the pipeline's own.
             serve_config: ServeConfig as a JSON object, e.g. {"limits": {"memory": "2Gi"}}.
-            dataset: A CSV or Parquet path or URI (file://, s3://, https://) to train on;
-                empty to use the built-in dataset_name.
+            dataset: A CSV or Parquet path or URI (file://, s3://, minio://, gs://, https://)
+                to train on, such as a Dataset artifact's URI; empty for dataset_name.
             target_column: The label column of dataset; the other columns are the features.
             dataset_name: Built-in dataset used when dataset is empty: iris, wine,
                 breast_cancer or digits.

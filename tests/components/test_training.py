@@ -157,17 +157,25 @@ def s3_data(s3_endpoint, monkeypatch):
     return client
 
 
-@pytest.mark.parametrize("key", ["churn.csv", "nested/churn.parquet"])
-def test_an_s3_dataset_is_read_with_the_snapshot_stores_settings(tmp_path, s3_data, key):
+@pytest.mark.parametrize(("uri", "parquet"), [
+    ("s3://data/churn.csv", False),
+    ("s3://data/nested/churn.parquet", True),
+    # A Dataset artifact of a KFP run on its MinIO: no suffix, and KFP's own scheme.
+    ("minio://data/v2/artifacts/run/train/dataset", True),
+    ("minio://data/v2/artifacts/run/train/table", False),
+])
+def test_an_s3_dataset_is_read_with_the_snapshot_stores_settings(tmp_path, s3_data, uri,
+                                                                  parquet):
     import io
 
     from kfp_serve.artifacts.layout import read_metadata
 
     buffer = io.BytesIO()
-    CHURN.to_parquet(buffer) if key.endswith(".parquet") else CHURN.to_csv(buffer, index=False)
+    CHURN.to_parquet(buffer) if parquet else CHURN.to_csv(buffer, index=False)
+    key = uri.split("://", 1)[1].split("/", 1)[1]
     s3_data.put_object(Bucket="data", Key=key, Body=buffer.getvalue())
     result = train_model(model_dir=tmp_path / "model", transformer_dir=tmp_path / "t",
-                         samples_path=tmp_path / "s.json", dataset_path=f"s3://data/{key}",
+                         samples_path=tmp_path / "s.json", dataset_path=uri,
                          target_column="churned", test_size=0.3)
     assert result.dataset == key.rsplit("/", 1)[-1] and result.n_features == 2
     assert read_metadata(tmp_path / "model")["signature"]["feature_names"] == ["age", "income"]
