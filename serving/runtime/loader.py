@@ -150,9 +150,9 @@ class ServedModel:
     explain_unsupported: str
     metadata: dict[str, Any] = field(default_factory=dict)
     estimator: Any = None
-    #: The answers a request may ask for whatever the default (True: probabilities, False:
-    #: labels); None where the runtime answered as does not read the request's choice (KServe's
-    #: stock runtimes ignore it, so the rehearsal does too).
+    #: The answers a request may ask for, whatever the default (True: probabilities, False:
+    #: labels); None when the runtime being rehearsed does not read the request's choice
+    #: (KServe's stock runtimes ignore it, so the rehearsal does too).
     per_request: dict[bool, Callable[[Any], Any]] | None = None
 
     def predictor_for(self, proba: bool | None) -> Callable[[Any], Any]:
