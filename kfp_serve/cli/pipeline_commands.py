@@ -130,12 +130,26 @@ def run_command(
     # Names, versions, ServeConfig and snapshot store: checked here too, before kfp.local
     # starts, so a typo costs no step (the pipeline's validate step checks again on a cluster).
     check_params(with_defaults(chosen, params))
+    check_local_dataset(str(params.get("dataset") or ""))
     result = run_local(pipeline, params, progress=True)
     result["metrics"] = model_metrics(result.get("model_id"))
     if output is not Output.table:
         dump(result, output)
         return
     print_run_summary(result)
+
+
+def check_local_dataset(dataset: str) -> None:
+    """A local dataset file that is not there: an error before any step runs (kfp.local runs
+    the steps on this machine; on a cluster the file would be the pod's to find)."""
+    path = Path(dataset.removeprefix("file://"))
+    if not dataset or "://" in str(path) or path.exists():
+        return
+    parent = path.parent if path.parent.is_dir() else None
+    nearby = [p.name for p in parent.iterdir()] if parent is not None else []
+    suggestion = did_you_mean(path.name, nearby)
+    raise CliError(f"--param dataset: file {dataset!r} does not exist",
+                   suggestion or "pass a CSV or Parquet path, or an s3:// URI")
 
 
 def model_metrics(model_id: int | None) -> dict[str, str]:

@@ -149,6 +149,15 @@ def test_library_advice_to_python_callers_reads_as_cli_advice(message):
     assert "kfp-serve" in text or "--" in text, text
 
 
+def test_a_misspelt_dataset_file_is_refused_before_any_step(tmp_path):
+    (tmp_path / "churn.csv").write_text("a,target\n1,0\n")
+    outcome = run_script("run", "xgboost", "-p", f"dataset={tmp_path / 'chrun.csv'}",
+                         timeout=120)
+    assert_clean_error(outcome, "--param dataset: file", "chrun.csv' does not exist",
+                       "did you mean 'churn.csv'?")
+    assert "▶" not in outcome.stderr  # no step started
+
+
 def test_console_script_error_has_no_traceback():
     """The real entry point, real streams: stdout empty, one line on stderr, exit code 1."""
     outcome = run_script("predict", "A;B", "--data", "[[1]]", timeout=60)
