@@ -132,6 +132,7 @@ def run_command(
     check_params(with_defaults(chosen, params))
     check_local_dataset(str(params.get("dataset") or ""))
     result = run_local(pipeline, params, progress=True)
+    result.update(recorded_versions(result))
     result["metrics"] = model_metrics(result.get("model_id"))
     if output is not Output.table:
         dump(result, output)
@@ -150,6 +151,17 @@ def check_local_dataset(dataset: str) -> None:
     suggestion = did_you_mean(path.name, nearby)
     raise CliError(f"--param dataset: file {dataset!r} does not exist",
                    suggestion or "pass a CSV or Parquet path, or an s3:// URI")
+
+
+def recorded_versions(result: dict[str, Any]) -> dict[str, str]:
+    """``model_version`` (and ``transformer_version``) the run recorded or reused: with
+    --new-version the user learns here which one it was."""
+    from kfp_serve.artifacts.records import get_artifact
+
+    return {
+        f"{kind}_version": get_artifact(result[f"{kind}_id"]).version
+        for kind in ("model", "transformer") if result.get(f"{kind}_id")
+    }
 
 
 def model_metrics(model_id: int | None) -> dict[str, str]:

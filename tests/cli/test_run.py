@@ -48,6 +48,7 @@ def test_first_run_serves_and_shows_progress_and_metrics(first_run):
     assert summary["endpoint_url"] == url and url.startswith("http://127.0.0.1:")
     assert summary["endpoint_name"] == ENDPOINT
     assert summary["smoke_verdict"] == "blessed"
+    assert summary["model_version"] == "1.0.0"
     assert 0.8 < float(summary["metric accuracy"]) <= 1.0
     assert "metric f1_macro" in summary
     # Live progress, one line per step start and finish, went to stderr; validate runs first.
@@ -83,6 +84,7 @@ def test_new_version_records_the_next_patch_version_only_for_new_content(first_r
                         "-o", "json", timeout=300)
     assert bumped.exit_code == 0, bumped.stderr[-3000:]
     new_id = json.loads(bumped.stdout)["model_id"]
+    assert json.loads(bumped.stdout)["model_version"] == "1.0.1"
     # The same changed run again: identical to 1.0.1, the latest, so no 1.0.2.
     again = run_script("run", "xgboost", *BASE, "-p", "random_state=7", "--new-version",
                        "-o", "json", timeout=300)
