@@ -74,7 +74,7 @@ class TrainResult:
     Attributes:
         framework: "sklearn" or "xgboost".
         estimator: The estimator name that was fitted.
-        dataset: Where the data came from (a built-in name or a file name).
+        dataset: Where the data came from (a built-in name, a file name or a URI).
         has_transformer: Whether a transformer was fitted and saved.
         n_features: Number of raw input features (what a request carries).
         n_train: Rows used for fitting.
@@ -366,7 +366,7 @@ def _load_dataset(
     text = str(dataset_path)
     if text.startswith(FILE_SCHEME):
         text = text[len(FILE_SCHEME):]
-    name = text.rsplit("/", 1)[-1]
+    # A URI is recorded whole (lineage shows where the data is); a local file by its name.
     scheme, _, rest = text.partition("://")
     if scheme in S3_SCHEMES:
         # The same S3 client (credentials, endpoint) as an s3:// snapshot store.
@@ -375,10 +375,10 @@ def _load_dataset(
         data = read_object(f"s3://{rest}")
         # A KFP Dataset artifact's file often has no suffix: Parquet says so in its first bytes.
         frame = _read_frame(pd, io.BytesIO(data), text, parquet=data.startswith(PARQUET_MAGIC))
-        return _frame_arrays(frame, name, target_column)
+        return _frame_arrays(frame, text, target_column)
     if "://" in text:
         # gs://, http(s)://, ...: pandas reads them (through fsspec for gs://, if installed).
-        return _frame_arrays(_read_frame(pd, text, text), name, target_column)
+        return _frame_arrays(_read_frame(pd, text, text), text, target_column)
     path = Path(text)
     if path.is_dir():
         # A KFP Dataset artifact may be a directory holding one data file.

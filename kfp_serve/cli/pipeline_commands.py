@@ -143,8 +143,9 @@ def run_command(
 def check_local_dataset(dataset: str) -> None:
     """A local dataset file that is not there: an error before any step runs (kfp.local runs
     the steps on this machine; on a cluster the file would be the pod's to find)."""
-    path = Path(dataset.removeprefix("file://"))
-    if not dataset or "://" in str(path) or path.exists():
+    text = dataset.removeprefix("file://")
+    path = Path(text)
+    if not text or "://" in text or path.exists():
         return
     parent = path.parent if path.parent.is_dir() else None
     nearby = [p.name for p in parent.iterdir()] if parent is not None else []

@@ -146,6 +146,8 @@ def test_run_trains_on_an_s3_dataset(s3_endpoint, churn_csv, monkeypatch):
 
         record = artifacts.get_artifact(json.loads(outcome.stdout)["model_id"])
         assert record.signature["feature_names"] == FEATURES
+        lineage = run_script("lineage", str(record.id), timeout=60)
+        assert "dataset s3://cli-data/churn.csv" in lineage.stdout, lineage.stdout
         missing = run_script("run", "sklearn-transformer", "-p", "dataset=s3://cli-data/no.csv",
                              "-p", "target_column=churned", "-p", f"endpoint_name={name}",
                              timeout=300)
