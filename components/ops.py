@@ -96,7 +96,7 @@ def submit(
         experiment: The experiment, recorded as the artifact's experiment context.
         metrics: Evaluation metrics of the train step, recorded as ``metric.<name>`` tags
             (timings are left out: they differ between identical runs).
-        dataset: What the train step read (a built-in name or a file name), recorded as the
+        dataset: What the train step read (a built-in name, a file name or a URI), recorded as the
             ``train.dataset`` tag.
         new_version: Compare with the latest recorded version of ``name`` instead: identical
             content reuses it, different content is recorded under the patch version after
