@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -206,6 +207,52 @@ def test_a_killed_endpoint_shows_as_dead(cli, iris_model):
         assert stopped.exit_code == 0, stopped.stderr
     finally:
         stop_quietly(DOOMED)
+
+
+def test_logs_follow_prints_lines_as_the_server_writes_them(served):
+    """``logs --follow`` shows the last line, then each new one (written here to the
+    predictor's log file, as the server would: a request that succeeds logs nothing)."""
+    import selectors
+    import subprocess
+
+    from kfp_serve.serving.backends.local.registry import read_record
+    from tests.cli.conftest import KFP_SERVE
+
+    log = Path(read_record(NAME).latest.predictor.log)
+    with log.open("a") as f:
+        f.write("first marker line\n")
+    proc = subprocess.Popen(
+        [KFP_SERVE, "logs", NAME, "--follow", "--component", "predictor", "--tail", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+    )
+    try:
+        selector = selectors.DefaultSelector()
+        selector.register(proc.stdout, selectors.EVENT_READ)
+
+        def next_line() -> str:
+            assert selector.select(timeout=60), "logs --follow printed nothing in 60 s"
+            return proc.stdout.readline().rstrip("\n")
+
+        assert next_line() == "first marker line"
+        with log.open("a") as f:
+            f.write("second marker line\n")
+        assert next_line() == "second marker line"
+        assert proc.poll() is None  # still following
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_listings_print_yaml_too(cli, served, iris_model):
+    import yaml
+
+    endpoints = yaml.safe_load(cli("endpoints", "-o", "yaml").stdout)
+    assert NAME in {row["name"] for row in endpoints}
+    models = yaml.safe_load(cli("models", "cli-iris", "-o", "yaml").stdout)
+    assert [row["id"] for row in models] == [iris_model[0]]
+    pipelines = yaml.safe_load(cli("pipelines", "xgboost", "-o", "yaml").stdout)
+    assert pipelines[0]["pipeline"] == "xgboost"
+    assert {p["parameter"] for p in pipelines[0]["parameters"]} >= {"dataset", "new_version"}
 
 
 def test_stop_removes_the_endpoint(cli, served):
