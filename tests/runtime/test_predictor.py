@@ -140,6 +140,45 @@ def test_a_request_asks_for_labels_of_a_server_answering_probabilities(servers, 
     np.testing.assert_array_equal(r.json()["predictions"], s.model.predict(X))
 
 
+def test_a_grpc_request_asks_for_probabilities_in_its_parameters(servers, iris, tmp_path):
+    """The same option over OIP gRPC: a ``predict_proba`` bool parameter of the request."""
+    import grpc
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    from kfp_serve.serving.runtime.launch import free_port, start_server, stop_server, wait_ready
+
+    s = servers["lr"]
+    model_dir = next(a.split("=", 1)[1] for a in s.proc.args
+                     if isinstance(a, str) and a.startswith("--model_dir="))
+    port = free_port()
+    proc = start_server("predictor", "model", model_dir, log_path=tmp_path / "grpc.log",
+                        extra_args=[f"--grpc_port={port}"])
+    X = iris[0][::25]
+    try:
+        wait_ready(proc.url, timeout=180, proc=proc)
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+        def infer(**parameters: bool) -> np.ndarray:
+            request = pb.ModelInferRequest(model_name="model")
+            for key, value in parameters.items():
+                request.parameters[key].bool_param = value
+            request.inputs.add(name="input-0", datatype="FP64", shape=list(X.shape))
+            request.raw_input_contents.append(np.ascontiguousarray(X, dtype="<f8").tobytes())
+            out = stub.ModelInfer(request, timeout=30)
+            dtype = {"FP64": "<f8", "INT64": "<i8"}[out.outputs[0].datatype]
+            return np.frombuffer(out.raw_output_contents[0], dtype=dtype).reshape(
+                out.outputs[0].shape)
+
+        np.testing.assert_allclose(infer(predict_proba=True), s.model.predict_proba(X),
+                                   rtol=1e-9)
+        np.testing.assert_array_equal(infer().ravel(), s.model.predict(X))
+        channel.close()
+    finally:
+        stop_server(proc)
+
+
 @pytest.mark.parametrize(("body", "fragment"), [
     ({"instances": [[1.0, 2.0, 3.0]], "predict_proba": True}, "has no predict_proba()"),
     ({"instances": [[1.0, 2.0, 3.0]], "predict_proba": "yes"},
