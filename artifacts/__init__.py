@@ -15,6 +15,7 @@ from kfp_serve.artifacts.errors import (
     KfpServeError,
     MetadataError,
     SnapshotError,
+    VersionConflictError,
 )
 
 _EXPORTS = {
@@ -67,6 +68,7 @@ __all__ = [
     "SnapshotStore",
     "Transformer",
     "UnservableVersionError",
+    "VersionConflictError",
     "alias_history",
     "archive",
     "deprecate",

@@ -30,5 +30,9 @@ class AlreadyRecordedError(MetadataError):
     """The metadata store already holds a record with that unique (type, name)."""
 
 
+class VersionConflictError(MetadataError):
+    """The name+version is recorded with different content (a new version is needed)."""
+
+
 class SnapshotError(KfpServeError):
     """A snapshot could not be taken, found, or verified."""

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kfp_serve.artifacts import layout
-from kfp_serve.artifacts.errors import ArtifactError, MetadataError
+from kfp_serve.artifacts.errors import ArtifactError, VersionConflictError
 from kfp_serve.artifacts.names import validate_name, validate_version
 from kfp_serve.locks import exclusive
 
@@ -341,6 +341,8 @@ class _Artifact:
             The MLMD artifact id.
 
         Raises:
+            VersionConflictError: the version exists with different content and neither
+                ``allow_overwrite`` nor identical content lets it through.
             MetadataError: the version exists and ``allow_overwrite`` is False, or MLMD fails.
         """
         from kfp_serve.artifacts.metadata import RunInfo, current_run
@@ -398,7 +400,7 @@ class _Artifact:
                 old_digest = tree_digest(old_dir)[0] if old_dir.is_dir() else record.digest
                 if old_digest in (None, new_digest):
                     return record.id
-                raise MetadataError(
+                raise VersionConflictError(
                     f"{self.kind} {self.name!r} version {self.version!r} already exists (id "
                     f"{record.id}) with different content; use a new version, or "
                     "allow_overwrite=True to replace it"

@@ -44,3 +44,11 @@ def validate_version(value: object, field: str = "version") -> str:
 def is_label_value(value: str) -> bool:
     """True if ``value`` may be used as a Kubernetes label value."""
     return len(value) <= DNS1123_MAX_LENGTH and bool(_LABEL_VALUE.fullmatch(value))
+
+
+def next_patch(version: str) -> str:
+    """``1.0.0`` -> ``1.0.1``; a version without a numeric last part gets ``.1``."""
+    head, dot, last = version.rpartition(".")
+    if dot and last.isdigit():
+        return f"{head}.{int(last) + 1}"
+    return f"{version}.1"

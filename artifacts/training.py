@@ -17,6 +17,7 @@ What it writes:
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -43,6 +44,14 @@ PREPROCESSORS = ("standard_scaler", "min_max_scaler")
 NO_PREPROCESSING = ("", "none")
 #: A ``file://`` dataset URI is read as the local path after it.
 FILE_SCHEME = "file://"
+#: URI schemes read from an S3-compatible store: KFP names its own MinIO ``minio://`` (the URI
+#: of a Dataset artifact another run wrote).
+S3_SCHEMES = ("s3", "minio")
+#: The first bytes of a Parquet file.
+PARQUET_MAGIC = b"PAR1"
+#: The package pandas needs (through fsspec) to read a dataset URI, by scheme; s3:// is read
+#: with boto3 instead, like s3:// snapshots.
+REMOTE_PACKAGES = {"gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}
 #: File left in ``transformer_dir`` when no transformer was fitted.
 NO_TRANSFORMER_MARKER = "NO_TRANSFORMER.txt"
 #: Version in the metadata a train step writes; the submit step records the real one.
@@ -65,7 +74,7 @@ class TrainResult:
     Attributes:
         framework: "sklearn" or "xgboost".
         estimator: The estimator name that was fitted.
-        dataset: Where the data came from (a built-in name or a file name).
+        dataset: Where the data came from (a built-in name, a file name or a URI).
         has_transformer: Whether a transformer was fitted and saved.
         n_features: Number of raw input features (what a request carries).
         n_train: Rows used for fitting.
@@ -357,9 +366,19 @@ def _load_dataset(
     text = str(dataset_path)
     if text.startswith(FILE_SCHEME):
         text = text[len(FILE_SCHEME):]
+    # A URI is recorded whole (lineage shows where the data is); a local file by its name.
+    scheme, _, rest = text.partition("://")
+    if scheme in S3_SCHEMES:
+        # The same S3 client (credentials, endpoint) as an s3:// snapshot store.
+        from kfp_serve.artifacts.snapshots.s3 import read_object
+
+        data = read_object(f"s3://{rest}")
+        # A KFP Dataset artifact's file often has no suffix: Parquet says so in its first bytes.
+        frame = _read_frame(pd, io.BytesIO(data), text, parquet=data.startswith(PARQUET_MAGIC))
+        return _frame_arrays(frame, text, target_column)
     if "://" in text:
-        # s3://, gs://, http(s)://: pandas reads them through fsspec where it is installed.
-        return _frame_arrays(_read_frame(pd, text, text), text.rsplit("/", 1)[-1], target_column)
+        # gs://, http(s)://, ...: pandas reads them (through fsspec for gs://, if installed).
+        return _frame_arrays(_read_frame(pd, text, text), text, target_column)
     path = Path(text)
     if path.is_dir():
         # A KFP Dataset artifact may be a directory holding one data file.
@@ -378,14 +397,19 @@ def _load_dataset(
     return _frame_arrays(_read_frame(pd, path, str(path)), path.name, target_column)
 
 
-def _read_frame(pd: Any, source: Any, shown: str) -> Any:
-    """Read a CSV or Parquet file (by suffix) into a DataFrame."""
+def _read_frame(pd: Any, source: Any, shown: str, *, parquet: bool | None = None) -> Any:
+    """Read a CSV or Parquet file (``parquet`` None: by the suffix of ``shown``) into a
+    DataFrame."""
+    if parquet is None:
+        parquet = shown.endswith((".parquet", ".pq"))
     try:
-        if str(source).endswith((".parquet", ".pq")):
+        if parquet:
             return pd.read_parquet(source)
         return pd.read_csv(source)
     except ImportError as e:
-        raise ArtifactError(f"reading {shown!r} needs an optional package: {e}") from e
+        package = REMOTE_PACKAGES.get(shown.partition("://")[0], "")
+        needs = f" ({package}: pip install {package})" if package else ""
+        raise ArtifactError(f"reading {shown!r} needs an optional package{needs}: {e}") from e
     except (ValueError, OSError, pd.errors.ParserError) as e:
         raise ArtifactError(f"cannot read dataset {shown!r}: {e}") from e
 

@@ -75,6 +75,7 @@ def submit(
     experiment: str = "",
     metrics: dict[str, Any] | None = None,
     dataset: str = "",
+    new_version: bool = False,
 ) -> int:
     """Record a trained model or transformer in MLMD and copy the saved artifact to ``saved_dir``.
 
@@ -95,34 +96,56 @@ def submit(
         experiment: The experiment, recorded as the artifact's experiment context.
         metrics: Evaluation metrics of the train step, recorded as ``metric.<name>`` tags
             (timings are left out: they differ between identical runs).
-        dataset: What the train step read (a built-in name or a file name), recorded as the
+        dataset: What the train step read (a built-in name, a file name or a URI), recorded as the
             ``train.dataset`` tag.
+        new_version: Compare with the latest recorded version of ``name`` instead: identical
+            content reuses it, different content is recorded under the patch version after
+            it (``version`` is used when nothing is recorded yet).
 
     Returns:
         The MLMD artifact id.
+
+    Raises:
+        VersionConflictError: name+version holds different content (and not ``new_version``).
     """
     from kfp_serve import artifacts
     tag_values = {str(k): str(v) for k, v in parse_json_object(tags, "tags").items()}
     tag_values.update(metric_tags(metrics or {}))
     if dataset:
         tag_values[DATASET_TAG] = dataset
-    common: dict[str, Any] = {
-        "name": name, "version": version, "author": author or None,
-        "description": description or None, "tags": tag_values,
-    }
-    if kind == MODEL:
-        # A train step's directory describes itself (framework, signature): recorded without
-        # unpickling the model, so this step never imports scikit-learn or xgboost.
-        artifact = artifacts.Model.from_dir(source_dir, **common)
-    elif kind == TRANSFORMER:
-        artifact = artifacts.Transformer(transformer_dir=str(source_dir), **common)
-    else:
+    if kind not in (MODEL, TRANSFORMER):
         raise InputError(f"kind must be {MODEL!r} or {TRANSFORMER!r}, got {kind!r}")
-    # A re-run with identical inputs trains identical bytes: it gets the recorded artifact
-    # back. Different content under the same name+version is still refused.
-    artifact_id = artifact.submit_artifact(
-        allow_existing=True, run=run_name or None, experiment=experiment or None
-    )
+
+    def record_as(version: str) -> int:
+        common: dict[str, Any] = {
+            "name": name, "version": version, "author": author or None,
+            "description": description or None, "tags": tag_values,
+        }
+        if kind == MODEL:
+            # A train step's directory describes itself (framework, signature): recorded
+            # without unpickling the model, so this step never imports sklearn or xgboost.
+            artifact: Any = artifacts.Model.from_dir(source_dir, **common)
+        else:
+            artifact = artifacts.Transformer(transformer_dir=str(source_dir), **common)
+        # A re-run with identical inputs trains identical bytes: it gets the recorded
+        # artifact back. Different content under the same name+version is refused.
+        return artifact.submit_artifact(
+            allow_existing=True, run=run_name or None, experiment=experiment or None
+        )
+
+    if new_version:
+        from kfp_serve.artifacts.errors import VersionConflictError
+        from kfp_serve.artifacts.names import next_patch
+        from kfp_serve.artifacts.records import find_artifact
+
+        latest = find_artifact(name, kind=kind, missing_ok=True)
+        version = latest.version if latest is not None else version
+        try:
+            artifact_id = record_as(version)
+        except VersionConflictError:
+            artifact_id = record_as(next_patch(version))
+    else:
+        artifact_id = record_as(version)
     record = artifacts.get_artifact(artifact_id)
     _copy_tree(Path(record.uri), Path(saved_dir))
     return artifact_id

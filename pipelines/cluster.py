@@ -5,7 +5,8 @@ without a cluster. ``kfp-serve compile`` / :func:`kfp_serve.pipelines.compile_pi
 :class:`ClusterOptions` to add:
 
 - the S3 credentials of the snapshot store, as environment variables from a Secret
-  (``kfp.kubernetes.use_secret_as_env``), on the steps that read or write snapshots;
+  (``kfp.kubernetes.use_secret_as_env``), on the steps that read or write snapshots, and on
+  the train step, which reads an ``s3://`` dataset with the same settings;
 - a PVC mounted on the steps that take and serve ``pvc://`` snapshots
   (``kfp.kubernetes.mount_pvc``), with ``KFP_SERVE_PVC_MOUNT`` telling them where it is.
 """
@@ -54,11 +55,18 @@ class ClusterOptions:
             return task
         from kfp import kubernetes  # only needed when an option is set
 
-        if self.s3_secret:
-            kubernetes.use_secret_as_env(
-                task, secret_name=self.s3_secret, secret_key_to_env=dict(self.s3_secret_keys)
-            )
+        self.apply_s3(task)
         if self.snapshot_pvc:
             kubernetes.mount_pvc(task, pvc_name=self.snapshot_pvc, mount_path=self.pvc_mount_path)
             task.set_env_variable(PVC_MOUNT_ENV, self.pvc_mount_path)
+        return task
+
+    def apply_s3(self, task: Any) -> Any:
+        """Add the S3 credentials only (the train step reads ``s3://`` datasets with them)."""
+        if self.s3_secret:
+            from kfp import kubernetes
+
+            kubernetes.use_secret_as_env(
+                task, secret_name=self.s3_secret, secret_key_to_env=dict(self.s3_secret_keys)
+            )
         return task

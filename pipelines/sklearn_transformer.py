@@ -70,6 +70,7 @@ def make_pipeline(options: ClusterOptions | None = None):  # noqa: ANN201 - a KF
         experiment: str = DEFAULT_EXPERIMENT,
         snapshot_store: str = "",
         fail_on_mismatch: bool = True,
+        new_version: bool = False,
     ) -> PipelineOutputs:
         """Train a scikit-learn classifier behind a preprocessing transformer and serve both.
 
@@ -82,8 +83,8 @@ def make_pipeline(options: ClusterOptions | None = None):  # noqa: ANN201 - a KF
             endpoint_name: Name of the endpoint (InferenceService).
             namespace: Kubernetes namespace to serve in; empty for the pipeline's own.
             serve_config: ServeConfig as a JSON object, e.g. {"limits": {"memory": "2Gi"}}.
-            dataset: A CSV or Parquet path or URI (file://, s3://, https://) to train on;
-                empty to use the built-in dataset_name.
+            dataset: A CSV or Parquet path or URI (file://, s3://, minio://, gs://, https://)
+                to train on, such as a Dataset artifact's URI; empty for dataset_name.
             target_column: The label column of dataset; the other columns are the features.
             dataset_name: Built-in dataset used when dataset is empty: iris, wine,
                 breast_cancer or digits.
@@ -99,6 +100,8 @@ def make_pipeline(options: ClusterOptions | None = None):  # noqa: ANN201 - a KF
             snapshot_store: Snapshot store root URI (file://, s3://, pvc://); empty for the
                 default.
             fail_on_mismatch: Fail the run when the endpoint's answers differ from the model's.
+            new_version: Compare with the latest recorded version instead of the given versions:
+                identical content reuses it, different content gets the patch version after it.
         """
         checked = validate(
             model_name=model_name, model_version=model_version,
@@ -115,12 +118,13 @@ def make_pipeline(options: ClusterOptions | None = None):  # noqa: ANN201 - a KF
             model=trained.outputs["model"], name=model_name, version=model_version,
             author=author, description=description, tags=tags,
             run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, experiment=experiment,
-            metrics=trained.outputs["metrics"],
+            metrics=trained.outputs["metrics"], new_version=new_version,
         ).set_display_name("submit-model")
         transformer = submit_transformer(
             transformer=trained.outputs["transformer"], name=transformer_name,
             version=transformer_version, author=author, description=description, tags=tags,
             run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, experiment=experiment,
+            new_version=new_version,
         ).set_display_name("submit-transformer")
         model_snapshot = snapshot(
             artifact=model.outputs["saved_model"], artifact_id=model.outputs["model_id"],
@@ -147,6 +151,7 @@ def make_pipeline(options: ClusterOptions | None = None):  # noqa: ANN201 - a KF
             task.set_caching_options(False)
         for task in (model_snapshot, transformer_snapshot, served):
             options.apply(task)
+        options.apply_s3(trained)
         return PipelineOutputs(
             served.outputs["url"], served.outputs["endpoint_name"], model.outputs["model_id"],
             transformer.outputs["transformer_id"], smoke.outputs["verdict"],

@@ -62,6 +62,7 @@ def make_pipeline(options: ClusterOptions | None = None):  # noqa: ANN201 - a KF
         snapshot_store: str = "",
         tolerance: float = 1e-5,
         fail_on_mismatch: bool = True,
+        new_version: bool = False,
     ) -> PipelineOutputs:
         """Train an XGBoost classifier and serve it.
 
@@ -72,8 +73,8 @@ def make_pipeline(options: ClusterOptions | None = None):  # noqa: ANN201 - a KF
             endpoint_name: Name of the endpoint (InferenceService).
             namespace: Kubernetes namespace to serve in; empty for the pipeline's own.
             serve_config: ServeConfig as a JSON object, e.g. {"limits": {"memory": "2Gi"}}.
-            dataset: A CSV or Parquet path or URI (file://, s3://, https://) to train on;
-                empty to use the built-in dataset_name.
+            dataset: A CSV or Parquet path or URI (file://, s3://, minio://, gs://, https://)
+                to train on, such as a Dataset artifact's URI; empty for dataset_name.
             target_column: The label column of dataset; the other columns are the features.
             dataset_name: Built-in dataset used when dataset is empty: iris, wine,
                 breast_cancer or digits.
@@ -89,6 +90,8 @@ def make_pipeline(options: ClusterOptions | None = None):  # noqa: ANN201 - a KF
                 default.
             tolerance: Largest difference allowed between served and expected probabilities.
             fail_on_mismatch: Fail the run when the endpoint's answers differ from the model's.
+            new_version: Compare with the latest recorded version instead of model_version:
+                identical content reuses it, different content gets the patch version after it.
         """
         checked = validate(
             model_name=model_name, model_version=model_version, endpoint_name=endpoint_name,
@@ -103,7 +106,7 @@ def make_pipeline(options: ClusterOptions | None = None):  # noqa: ANN201 - a KF
             model=trained.outputs["model"], name=model_name, version=model_version,
             author=author, description=description, tags=tags,
             run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, experiment=experiment,
-            metrics=trained.outputs["metrics"],
+            metrics=trained.outputs["metrics"], new_version=new_version,
         ).set_display_name("submit-model")
         model_snapshot = snapshot(
             artifact=model.outputs["saved_model"], artifact_id=model.outputs["model_id"],
@@ -123,6 +126,7 @@ def make_pipeline(options: ClusterOptions | None = None):  # noqa: ANN201 - a KF
             task.set_caching_options(False)
         for task in (model_snapshot, served):
             options.apply(task)
+        options.apply_s3(trained)
         return PipelineOutputs(
             served.outputs["url"], served.outputs["endpoint_name"], model.outputs["model_id"],
             smoke.outputs["verdict"],

@@ -24,6 +24,10 @@ KSERVE_VERSION_ENV = "KFP_SERVE_KSERVE_VERSION"
 
 #: The model server answers with class probabilities (``predict_proba``) when this is "true".
 PREDICT_PROBA_ENV = "PREDICT_PROBA"
+#: A request asks for probabilities (true) or labels (false) with this key, whatever the
+#: server's default: a field of the v1 body, a ``parameters`` entry of a v2 request. The
+#: kfp-serve runtime reads it; KServe's stock runtimes ignore it.
+PREDICT_PROBA_PARAM = "predict_proba"
 
 #: The two components of an InferenceService (the keys of ServeConfig and of ``spec``).
 PREDICTOR = "predictor"

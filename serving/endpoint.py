@@ -19,13 +19,16 @@ import httpx
 
 from kfp_serve.artifacts.names import validate_name
 from kfp_serve.serving.backends.base import (
+    LOCAL,
     REASON_PROCESS_EXITED,
     EndpointStatus,
     ServingBackend,
     get_backend,
 )
-from kfp_serve.serving.constants import PREDICT_PROBA_ENV
+from kfp_serve.serving.constants import PREDICT_PROBA_ENV, PREDICT_PROBA_PARAM
 from kfp_serve.serving.errors import ServingError
+from kfp_serve.serving.runtime.fidelity import KFP_SERVE as KFP_SERVE_RUNTIME
+from kfp_serve.serving.runtime.fidelity import XGB_SERVER
 
 #: Statuses that right after Ready mean "not routed yet" (kserve/kserve#1658), so retrying helps.
 _RETRY_STATUS = {404, 503}
@@ -151,14 +154,28 @@ class Endpoint:
 
     @property
     def serves_probabilities(self) -> bool:
-        """True if the predictor was started with ``PREDICT_PROBA=true`` (class probabilities)."""
+        """True if the predictor answers class probabilities by default: started with
+        ``PREDICT_PROBA=true``, or ``kserve-xgbserver`` (the booster's output, always)."""
         predictor = (self._status.manifest.get("spec") or {}).get("predictor") or {}
+        if (predictor.get("model") or {}).get("runtime") == XGB_SERVER:
+            return True
         containers = [predictor.get("model") or {}, *(predictor.get("containers") or [])]
         return any(
             str(e.get("name")) == PREDICT_PROBA_ENV
             and str(e.get("value", "")).strip().lower() in ("1", "true", "yes")
             for c in containers for e in c.get("env") or []
         )
+
+    @property
+    def chooses_per_request(self) -> bool:
+        """True if the predictor reads each request's probabilities-or-labels choice: the
+        kfp-serve runtime does (named in the manifest, or the local default when none is);
+        KServe's stock runtimes read only ``PREDICT_PROBA``, when they start."""
+        predictor = (self._status.manifest.get("spec") or {}).get("predictor") or {}
+        runtime = (predictor.get("model") or {}).get("runtime")
+        if runtime:
+            return str(runtime) == KFP_SERVE_RUNTIME
+        return self._status.backend == LOCAL
 
     @property
     def model_name(self) -> str:
@@ -202,10 +219,10 @@ class Endpoint:
             x: The rows. A DataFrame is sent with its column names (the model's feature names
                 when it was trained on a file with named columns), in any column order.
             protocol: Override the served manifest's protocol (``v1`` or ``v2``).
-            proba: Ask for class probabilities (``predict_proba``). The model server decides
-                what it answers when it starts: the endpoint must have been served with
-                probabilities on (``kfp-serve serve MODEL_ID --proba``, or the ServeConfig
-                env ``PREDICT_PROBA=true`` on the predictor), else this raises.
+            proba: Ask for class probabilities (``predict_proba``) instead of the server's
+                default answer. The kfp-serve runtime answers this per request; an endpoint
+                on a stock KServe runtime must have been served with probabilities on
+                (``kfp-serve serve MODEL_ID --proba``: ``PREDICT_PROBA=true``), else this raises.
             model: The hosted model to ask, on a multi-model endpoint (``serve_many``).
 
         Returns:
@@ -216,18 +233,26 @@ class Endpoint:
             ServingError: the endpoint is down, not ready, or refused the request (the message
                 carries the server's explanation).
         """
-        if proba and not self.serves_probabilities:
+        if proba and not self.serves_probabilities and not self.chooses_per_request:
+            predictor = (self._status.manifest.get("spec") or {}).get("predictor") or {}
+            runtime = (predictor.get("model") or {}).get("runtime") or "a stock KServe runtime"
             raise ServingError(
-                f"endpoint {self.name!r} answers with labels, not probabilities: serve it "
-                f"again with `kfp-serve serve MODEL_ID --proba` (sets {PREDICT_PROBA_ENV}=true "
-                "on the predictor) to get predict_proba answers"
+                f"endpoint {self.name!r} runs {runtime}, which answers probabilities only when "
+                f"started with {PREDICT_PROBA_ENV}=true: serve it with `kfp-serve serve "
+                "MODEL_ID --proba`, or on runtime 'kfp-serve', which answers per request"
             )
         protocol = protocol or self.protocol
         name = model or self._single_model()
         if protocol == "v2":
-            return self._post(f"/v2/models/{name}/infer", v2_request(x), "predict")
+            body = v2_request(x)
+            if proba:
+                body.setdefault("parameters", {})[PREDICT_PROBA_PARAM] = True
+            return self._post(f"/v2/models/{name}/infer", body, "predict")
         if protocol == "v1":
-            return self._post(f"/v1/models/{name}:predict", v1_request(x), "predict")
+            body = v1_request(x)
+            if proba:
+                body[PREDICT_PROBA_PARAM] = True
+            return self._post(f"/v1/models/{name}:predict", body, "predict")
         raise ServingError(f"protocol {protocol!r} is not supported: use 'v1' or 'v2'")
 
     def predictions(self, x: Any, *, protocol: str | None = None) -> list[Any]:

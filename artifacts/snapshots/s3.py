@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from kfp_serve.artifacts.errors import SnapshotError
+from kfp_serve.artifacts.errors import ArtifactError, SnapshotError
 from kfp_serve.artifacts.snapshots.base import (
     Snapshot,
     copy_tree_verified,
@@ -53,18 +53,66 @@ def s3_endpoint() -> str | None:
     return endpoint or None
 
 
-def _client() -> Any:
+def s3_client(what: str = "s3:// snapshots") -> Any:
+    """A boto3 S3 client configured from the environment (see the module docstring).
+
+    Raises:
+        SnapshotError: boto3 is not installed (the message says what needs it: ``what``).
+    """
     try:
         import boto3
     except ImportError as e:
-        raise SnapshotError(
-            f"s3:// snapshots need boto3, which is not installed: {BOTO3_HINT}"
-        ) from e
+        raise SnapshotError(f"{what} need boto3, which is not installed: {BOTO3_HINT}") from e
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    return boto3.client("s3", endpoint_url=s3_endpoint(), region_name=region)
+    # A new session, not boto3's default one: that one keeps the credentials it found first,
+    # and a process may set them later (a step, a test).
+    session = boto3.session.Session()
+    return session.client("s3", endpoint_url=s3_endpoint(), region_name=region)
+
+
+def read_object(uri: str) -> bytes:
+    """The bytes of the object at ``s3://bucket/key``, read with the same S3 settings as an
+    s3:// snapshot store (credentials and endpoint from the environment).
+
+    Raises:
+        ArtifactError: No such object or bucket, no or refused credentials, or no S3 server at
+            the endpoint; the message names the variables to set.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    try:
+        bucket, key = _split_root(uri)
+    except SnapshotError as e:
+        raise ArtifactError(f"{e} (s3://bucket/path/to/file.csv)") from e
+    if not key:
+        raise ArtifactError(f"{uri!r} names no object (s3://bucket/path/to/file.csv)")
+    settings = (
+        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, and AWS_ENDPOINT_URL for a server other "
+        "than AWS (e.g. http://minio:9000): the same settings as an s3:// snapshot store"
+    )
+    try:
+        client = s3_client("s3:// datasets")
+        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except SnapshotError as e:
+        raise ArtifactError(str(e)) from e
+    except NoCredentialsError as e:
+        raise ArtifactError(f"cannot read {uri!r}: no S3 credentials; set {settings}") from e
+    except ClientError as e:
+        code = e.response.get("Error", {}).get("Code", "?")
+        if code in ("NoSuchKey", "404"):
+            raise ArtifactError(f"{uri!r} does not exist (no object {key!r} in {bucket!r})") from e
+        if code == "NoSuchBucket":
+            raise ArtifactError(f"cannot read {uri!r}: there is no bucket {bucket!r}") from e
+        raise ArtifactError(
+            f"cannot read {uri!r}: S3 answered {code}; check {settings}"
+        ) from e
+    except BotoCoreError as e:
+        where = s3_endpoint() or "AWS"
+        raise ArtifactError(f"cannot read {uri!r} from {where}: {e}; set {settings}") from e
 
 
 def _split_root(root: str) -> tuple[str, str]:
+    """(bucket, key or prefix) of ``s3://bucket/key``."""
     if not root.startswith("s3://"):
         raise SnapshotError(f"{root!r} is not an s3:// URI (s3://bucket/prefix)")
     bucket, _, prefix = root[len("s3://") :].partition("/")
@@ -86,7 +134,7 @@ class S3SnapshotBackend:
     @property
     def s3(self) -> Any:
         if self._s3 is None:
-            self._s3 = _client()
+            self._s3 = s3_client()
         return self._s3
 
     def _key(self, digest: str, rel: str = "") -> str:

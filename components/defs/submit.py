@@ -20,6 +20,7 @@ def submit_model(
     run_name: str = "",
     experiment: str = "default",
     metrics: Optional[Input[Metrics]] = None,  # noqa: UP045 - KFP reads Optional, not X | None
+    new_version: bool = False,
 ) -> NamedTuple("SubmitModelOutputs", [("model_id", int)]):
     """Record a trained model in ML Metadata as a kfp-serve Model artifact.
 
@@ -38,6 +39,8 @@ def submit_model(
         run_name: The pipeline run to link the artifact to (the pipeline fills it in).
         experiment: The experiment to link the artifact to.
         metrics: The train step's metrics, recorded with the model (accuracy, F1).
+        new_version: Compare with the latest recorded version instead of version: identical
+            content reuses it, different content gets the patch version after it.
 
     Returns:
         model_id: The MLMD id of the Model artifact.
@@ -48,7 +51,7 @@ def submit_model(
         "model", model.path, saved_model.path, name=name, version=version, author=author,
         description=description, tags=tags, run_name=run_name, experiment=experiment,
         metrics=dict(metrics.metadata) if metrics is not None else None,
-        dataset=str(model.metadata.get("dataset", "")),
+        dataset=str(model.metadata.get("dataset", "")), new_version=new_version,
     )
     saved_model.metadata["mlmd_id"] = model_id
     return (model_id,)
@@ -65,6 +68,7 @@ def submit_transformer(
     tags: str = "{}",
     run_name: str = "",
     experiment: str = "default",
+    new_version: bool = False,
 ) -> NamedTuple("SubmitTransformerOutputs", [("transformer_id", int)]):
     """Record a fitted preprocessing transformer in ML Metadata as a kfp-serve Transformer.
 
@@ -81,6 +85,8 @@ def submit_transformer(
         tags: Extra string tags as a JSON object, e.g. {"stage": "dev"}.
         run_name: The pipeline run to link the artifact to (the pipeline fills it in).
         experiment: The experiment to link the artifact to.
+        new_version: Compare with the latest recorded version instead of version: identical
+            content reuses it, different content gets the patch version after it.
 
     Returns:
         transformer_id: The MLMD id of the Transformer artifact.
@@ -90,7 +96,7 @@ def submit_transformer(
     transformer_id = submit(
         "transformer", transformer.path, saved_transformer.path, name=name, version=version,
         author=author, description=description, tags=tags, run_name=run_name,
-        experiment=experiment,
+        experiment=experiment, new_version=new_version,
     )
     saved_transformer.metadata["mlmd_id"] = transformer_id
     return (transformer_id,)

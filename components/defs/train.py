@@ -45,8 +45,8 @@ def train(
         confusion_matrix: Confusion matrix on the held-out data.
         dataset: A CSV or Parquet file with a target column; leave unconnected to use
             dataset_uri or dataset_name.
-        dataset_uri: A CSV or Parquet path or URI (file://, s3://, https://) read when no
-            dataset is connected; empty to use dataset_name.
+        dataset_uri: A CSV or Parquet path or URI (file://, s3://, minio://, gs://, https://)
+            read when no dataset is connected; empty to use dataset_name.
         dataset_name: Built-in dataset used when no dataset is given: iris, wine,
             breast_cancer or digits.
         target_column: Name of the label column in the dataset file.

@@ -76,7 +76,8 @@ def serve(
         str | None, typer.Option("--config", help="ServeConfig as JSON or @file.json.")
     ] = None,
     proba: Annotated[
-        bool, typer.Option("--proba", help="Answer with class probabilities (predict_proba).")
+        bool, typer.Option("--proba", help="Answer with class probabilities (predict_proba) "
+                           "by default (PREDICT_PROBA=true); `predict --proba` asks per request.")
     ] = False,
     namespace: NamespaceOpt = None,
     dry_run: Annotated[
@@ -120,8 +121,9 @@ def predict(
     name: Annotated[str, typer.Argument(help="Endpoint name.")],
     data: Annotated[str, typer.Option(help="Rows as JSON (e.g. [[5.1,3.5,1.4,0.2]]) or @file.")],
     proba: Annotated[
-        bool, typer.Option("--proba", help="Class probabilities instead of labels (the "
-                           "endpoint must be served with `kfp-serve serve --proba`).")
+        bool, typer.Option("--proba", help="Class probabilities (predict_proba) instead of "
+                           "labels, asked per request; an endpoint on a stock KServe runtime "
+                           "needs `kfp-serve serve MODEL_ID --proba`.")
     ] = False,
     namespace: NamespaceOpt = None,
     model: Annotated[
@@ -199,7 +201,7 @@ def stop(
 
     Stopping the last local endpoint also stops the warm pool of model servers.
     """
-    from kfp_serve.serving.backends.base import LOCAL, default_backend_name, get_backend
+    from kfp_serve.serving.backends.base import get_backend
     from kfp_serve.serving.errors import ServingError
 
     if all_ == (name is not None):
@@ -218,11 +220,10 @@ def stop(
             if ignore_missing and not _exists(backend, each, namespace):
                 say(f"no endpoint {each!r}: nothing to stop")
                 continue
-            raise CliError(f"{e} (KFP_SERVE_HOME={home()})", "run `kfp-serve endpoints` to "
-                           "list them, or pass --ignore-missing") from e
+            # The backend's message names where it looked and `kfp-serve endpoints`.
+            raise CliError(str(e), "pass --ignore-missing to stop what exists without an "
+                           "error") from e
         say(f"stopped {each!r}")
-    if default_backend_name() == LOCAL and not backend.list(namespace):
-        _stop_pool(quiet=True)
 
 
 def _exists(backend: Any, name: str, namespace: str | None) -> bool:
@@ -255,7 +256,7 @@ def log_files(name: str, component: str | None) -> dict[str, Path]:
 
     record = read_record(check_name(name))
     if record is None:
-        raise CliError(f"no local endpoint named {name!r} (KFP_SERVE_HOME={home()})",
+        raise CliError(f"no local endpoint named {name!r} in KFP_SERVE_HOME={home()!r}",
                        "run `kfp-serve endpoints` to list them")
     latest = record.latest
     files = {"predictor": latest.predictor.log, "router": record.router.log}

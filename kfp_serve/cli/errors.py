@@ -30,6 +30,15 @@ _VERSION_CONFLICT = re.compile(
     r"exists.*different content"
 )
 
+#: The library's advice to Python callers, and what a CLI user types instead.
+_CLI_WORDING = {
+    "none (submit one with Model(...).submit_artifact())":
+        "none (`kfp-serve run PIPELINE` trains and records one)",
+    "serve(..., dry_run=True) checks the same rules":
+        "`kfp-serve serve MODEL_ID --dry-run` checks the same rules",
+    "wait for serve() to finish": "wait for `kfp-serve serve` to finish",
+}
+
 
 class CliError(Exception):
     """An error with the command-line fix spelled out.
@@ -50,14 +59,6 @@ def did_you_mean(value: str, choices: Iterable[str]) -> str | None:
     return f"did you mean {close[0]!r}?" if close else None
 
 
-def next_patch(version: str) -> str:
-    """``1.0.0`` -> ``1.0.1``; a version without a numeric last part gets ``.1``."""
-    head, dot, last = version.rpartition(".")
-    if dot and last.isdigit():
-        return f"{head}.{int(last) + 1}"
-    return f"{version}.1"
-
-
 def explain(error: BaseException) -> CliError:
     """The one-line message and hint for an error kfp-serve raised on purpose."""
     if isinstance(error, CliError):
@@ -75,14 +76,18 @@ def _in_cli_terms(message: str) -> str:
     if match := _VERSION_CONFLICT.search(message):
         return (f"{match.group('kind')} {match.group('name')!r} version "
                 f"{match.group('version')!r} already exists with different content")
+    for python, cli in _CLI_WORDING.items():
+        message = message.replace(python, cli)
     return message
 
 
 def _hint_for(message: str) -> str | None:
+    from kfp_serve.artifacts.names import next_patch
+
     if match := _VERSION_CONFLICT.search(message):
         kind, version = match.group("kind"), match.group("version")
-        return (f"pass --param {kind}_version={next_patch(version)}, or --new-version to bump "
-                "the patch version after the latest recorded one")
+        return (f"pass --param {kind}_version={next_patch(version)}, or --new-version to "
+                "record new content under the patch version after the latest recorded one")
     if match := _UNKNOWN_FIELD.match(message):
         field = match.group("path").rsplit(".", 1)[-1]
         known = [k.strip().strip("'\"") for k in match.group("known").split(",")]
@@ -90,7 +95,8 @@ def _hint_for(message: str) -> str | None:
         if suggestion:
             return f"{suggestion} (in --config / --param serve_config)"
     if "no local endpoint named" in message:
-        return "run `kfp-serve endpoints` to list the endpoints"
+        # The message says where it looked and how to list the endpoints: say how to start one.
+        return "`kfp-serve serve MODEL_ID` or `kfp-serve run PIPELINE` starts an endpoint"
     if "no artifact with id" in message:
         return "run `kfp-serve models` to list the recorded artifacts"
     return None

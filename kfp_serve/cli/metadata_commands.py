@@ -19,12 +19,13 @@ class Kind(StrEnum):
     transformer = "transformer"
 
 
-def model_row(record: Any) -> dict[str, Any]:
-    """What ``models`` shows of one artifact."""
+def model_row(record: Any, aliases: dict[str, str]) -> dict[str, Any]:
+    """What ``models`` shows of one artifact; ``aliases`` are its name's (alias -> version)."""
     from kfp_serve.components.ops import recorded_metrics
 
     return {
         "id": record.id, "kind": record.kind, "name": record.name, "version": record.version,
+        "aliases": [alias for alias, version in aliases.items() if version == record.version],
         "framework": record.framework or "",
         "created": record.create_time.strftime("%Y-%m-%d %H:%M:%S"),
         "metrics": recorded_metrics(record.tags), "author": record.author or "",
@@ -37,7 +38,7 @@ def models(
     kind: Annotated[Kind | None, typer.Option(help="model or transformer.")] = None,
     output: OutputOpt = Output.table,
 ) -> None:
-    """List Model and Transformer artifacts recorded in ML Metadata."""
+    """List Model and Transformer artifacts recorded in ML Metadata, with their aliases."""
     from kfp_serve import artifacts
 
     records = artifacts.list_artifacts(kind=kind.value if kind else None)
@@ -48,7 +49,10 @@ def models(
             raise CliError(f"no model or transformer named {name!r} is recorded",
                            suggestion or "run `kfp-serve models` to list every artifact")
         records = matching
-    rows = [model_row(r) for r in records]
+    from kfp_serve.artifacts.aliases import list_aliases
+
+    aliases = {n: list_aliases(n) for n in {r.name for r in records if r.kind == Kind.model}}
+    rows = [model_row(r, aliases.get(r.name, {})) for r in records]
     if output is Output.table and not rows:
         say("no models recorded yet (`kfp-serve run PIPELINE` trains and records one)")
         return

@@ -9,12 +9,8 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand
 
-from kfp_serve.cli.errors import CliError, did_you_mean, fails_cleanly, next_patch
+from kfp_serve.cli.errors import CliError, did_you_mean, fails_cleanly
 from kfp_serve.cli.ui import NamespaceOpt, Output, OutputOpt, dump, new_table, render, say, show
-
-#: (name parameter, version parameter, artifact kind) of what a pipeline records.
-VERSIONED = (("model_name", "model_version", "model"),
-             ("transformer_name", "transformer_version", "transformer"))
 
 
 def pipeline_names() -> list[str]:
@@ -106,29 +102,15 @@ def with_defaults(pipeline: Any, params: dict[str, Any]) -> dict[str, Any]:
     return {**{k: v.default for k, v in inputs.items() if v.default is not None}, **params}
 
 
-def bump_versions(pipeline: Any, params: dict[str, Any]) -> dict[str, Any]:
-    """``--new-version``: each artifact gets the patch version after its latest recorded one."""
-    from kfp_serve.artifacts.records import find_artifact
-
-    values = with_defaults(pipeline, params)
-    bumped = dict(params)
-    for name_param, version_param, kind in VERSIONED:
-        if name_param not in values:
-            continue
-        latest = find_artifact(values[name_param], kind=kind, missing_ok=True)
-        if latest is not None:
-            bumped[version_param] = next_patch(latest.version)
-    return bumped
-
-
 def run_command(
     pipeline: Annotated[str, typer.Argument(help="Pipeline name (see `kfp-serve pipelines`).")],
     param: Annotated[
         list[str], typer.Option("--param", "-p", help="Pipeline parameter NAME=VALUE.")
     ] = [],  # noqa: B006 - typer needs a literal default
     new_version: Annotated[
-        bool, typer.Option("--new-version", help="Record the model (and transformer) under "
-                           "the patch version after the latest recorded one.")
+        bool, typer.Option("--new-version", help="Compare with the latest recorded version: "
+                           "identical content reuses it, different content is recorded under "
+                           "the patch version after it (--param new_version=true).")
     ] = False,
     output: OutputOpt = Output.table,
 ) -> None:
@@ -144,16 +126,43 @@ def run_command(
     params = parse_params(param)
     check_param_names(chosen, params)
     if new_version:
-        params = bump_versions(chosen, params)
+        params["new_version"] = True
     # Names, versions, ServeConfig and snapshot store: checked here too, before kfp.local
     # starts, so a typo costs no step (the pipeline's validate step checks again on a cluster).
     check_params(with_defaults(chosen, params))
+    check_local_dataset(str(params.get("dataset") or ""))
     result = run_local(pipeline, params, progress=True)
+    result.update(recorded_versions(result))
     result["metrics"] = model_metrics(result.get("model_id"))
     if output is not Output.table:
         dump(result, output)
         return
     print_run_summary(result)
+
+
+def check_local_dataset(dataset: str) -> None:
+    """A local dataset file that is not there: an error before any step runs (kfp.local runs
+    the steps on this machine; on a cluster the file would be the pod's to find)."""
+    text = dataset.removeprefix("file://")
+    path = Path(text)
+    if not text or "://" in text or path.exists():
+        return
+    parent = path.parent if path.parent.is_dir() else None
+    nearby = [p.name for p in parent.iterdir()] if parent is not None else []
+    suggestion = did_you_mean(path.name, nearby)
+    raise CliError(f"--param dataset: file {dataset!r} does not exist",
+                   suggestion or "pass a CSV or Parquet path, or an s3:// URI")
+
+
+def recorded_versions(result: dict[str, Any]) -> dict[str, str]:
+    """``model_version`` (and ``transformer_version``) the run recorded or reused: with
+    --new-version the user learns here which one it was."""
+    from kfp_serve.artifacts.records import get_artifact
+
+    return {
+        f"{kind}_version": get_artifact(result[f"{kind}_id"]).version
+        for kind in ("model", "transformer") if result.get(f"{kind}_id")
+    }
 
 
 def model_metrics(model_id: int | None) -> dict[str, str]:

@@ -80,7 +80,7 @@ def render(rows: list[dict[str, Any]], output: Output, *, title: str | None = No
 
 def cell_text(value: Any) -> str:
     """A value as a table cell: "-" for nothing, ``k=v`` pairs for a mapping."""
-    if value is None or value == "" or value == {}:
+    if value is None or (isinstance(value, str | dict | list) and not value):
         return "-"
     if isinstance(value, dict):
         return ", ".join(f"{k}={v}" for k, v in value.items())

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from kfp_serve.serving.constants import PREDICT_PROBA_PARAM
 from kfp_serve.serving.errors import ServingError
 
 #: v2 tensor datatypes accepted as numeric input, and their numpy types.
@@ -74,6 +75,8 @@ class Batch:
     protocol: str
     request_id: str | None = None
     n_rows: int = 0
+    #: The request asked for probabilities (True) or labels (False); None: the server's default.
+    proba: bool | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,7 +143,8 @@ def decode_v1(body: Any, spec: FeatureSpec) -> Batch:
         X = _from_columns(columns, len(instances), spec)
     else:
         X = _matrix(instances, spec, what=f"'{key}'")
-    return Batch(X=X, protocol="v1", n_rows=len(instances))
+    proba = _proba_option(body.get(PREDICT_PROBA_PARAM), PREDICT_PROBA_PARAM)
+    return Batch(X=X, protocol="v1", n_rows=len(instances), proba=proba)
 
 
 def decode_v2(body: Any, spec: FeatureSpec) -> Batch:
@@ -188,10 +192,12 @@ def decode_v2(body: Any, spec: FeatureSpec) -> Batch:
             f"unsupported parameters.content_type {content_type!r}; use 'np' or 'pd'"
         )
 
+    proba = _proba_option(params.get(PREDICT_PROBA_PARAM), f"parameters.{PREDICT_PROBA_PARAM}")
+
     if len(inputs) == 1 and content_type != "pd":
         arr = _tensor(inputs[0], 0, allow_bytes=False)
         X = _check_matrix(arr, spec, what="inputs[0]")
-        return Batch(X=X, protocol="v2", request_id=request_id, n_rows=X.shape[0])
+        return Batch(X=X, protocol="v2", request_id=request_id, n_rows=X.shape[0], proba=proba)
 
     columns: dict[str, np.ndarray] = {}
     n_rows: int | None = None
@@ -217,7 +223,14 @@ def decode_v2(body: Any, spec: FeatureSpec) -> Batch:
     if not n_rows:
         raise RequestError("inputs have no rows")
     X = _from_columns(columns, n_rows, spec)
-    return Batch(X=X, protocol="v2", request_id=request_id, n_rows=n_rows)
+    return Batch(X=X, protocol="v2", request_id=request_id, n_rows=n_rows, proba=proba)
+
+
+def _proba_option(value: Any, where: str) -> bool | None:
+    """The request's probabilities-or-labels choice (None when it makes none)."""
+    if value is None or isinstance(value, bool):
+        return value
+    raise RequestError(f"{where!r} must be true or false, got {value!r}")
 
 
 def encode_v1(result: Any) -> dict[str, Any]:

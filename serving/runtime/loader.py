@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from kfp_serve.serving.constants import PREDICT_PROBA_PARAM
 from kfp_serve.serving.errors import ServingError
 from kfp_serve.serving.runtime import fidelity, layout
-from kfp_serve.serving.runtime.codec import FeatureSpec
+from kfp_serve.serving.runtime.codec import FeatureSpec, RequestError
 from kfp_serve.serving.runtime.explain import explain_linear, explain_xgboost, find_linear
 from kfp_serve.serving.runtime.fastpath import fast_predict, fast_transform
 
@@ -149,6 +150,27 @@ class ServedModel:
     explain_unsupported: str
     metadata: dict[str, Any] = field(default_factory=dict)
     estimator: Any = None
+    #: The answers a request may ask for, whatever the default (True: probabilities, False:
+    #: labels); None when the runtime being rehearsed does not read the request's choice
+    #: (KServe's stock runtimes ignore it, so the rehearsal does too).
+    per_request: dict[bool, Callable[[Any], Any]] | None = None
+
+    def predictor_for(self, proba: bool | None) -> Callable[[Any], Any]:
+        """What answers a request asking for probabilities (True), labels (False) or the
+        server's default (None).
+
+        Raises:
+            RequestError: The model cannot answer what was asked (no ``predict_proba``).
+        """
+        if proba is None or self.per_request is None:
+            return self.predict
+        method = self.per_request.get(proba)
+        if method is None:
+            raise RequestError(
+                f"this {self.framework} model ({type(self.estimator).__name__}) has no "
+                f"predict_proba(): ask for labels (leave {PREDICT_PROBA_PARAM!r} out)"
+            )
+        return method
 
     def explain(self, X: Any) -> dict[str, Any]:
         """Per-feature attributions (see :mod:`kfp_serve.serving.runtime.explain`).
@@ -245,18 +267,20 @@ def _load_sklearn(
     # finiteness scan per request is redundant on the hot path.
     sklearn.set_config(assume_finite=True)
     _single_thread(est)
-    if predict_proba and proba_fallback and not hasattr(est, "predict_proba"):
+    has_proba = hasattr(est, "predict_proba")
+    if predict_proba and proba_fallback and not has_proba:
         predict_proba = False
-    if predict_proba:
-        if not hasattr(est, "predict_proba"):
-            raise ServingError(
-                f"PREDICT_PROBA=true but {type(est).__name__} has no predict_proba(); "
-                f"unset PREDICT_PROBA to serve its predictions"
-            )
-        predict = est.predict_proba
-    else:
-        predict = est.predict
-    predict = fast_predict(est, predict_proba) or xgb_fast_predict(est, predict_proba) or predict
+    if predict_proba and not has_proba:
+        raise ServingError(
+            f"PREDICT_PROBA=true but {type(est).__name__} has no predict_proba(); "
+            f"unset PREDICT_PROBA to serve its predictions"
+        )
+    answers = {False: fast_predict(est, False) or xgb_fast_predict(est, False) or est.predict}
+    if has_proba:
+        answers[True] = (
+            fast_predict(est, True) or xgb_fast_predict(est, True) or est.predict_proba
+        )
+    predict = answers[predict_proba]
 
     explainer = None
     unsupported = (
@@ -287,6 +311,8 @@ def _load_sklearn(
         explain_unsupported=unsupported,
         metadata=metadata,
         estimator=est,
+        # sklearnserver reads PREDICT_PROBA only, when it starts.
+        per_request=None if proba_fallback else answers,
     )
 
 
@@ -332,25 +358,37 @@ def _load_xgboost(
         inner.set_param({"nthread": 1})
         if predict_proba and est_type != "classifier":
             raise ServingError("PREDICT_PROBA=true but the XGBoost model is a regressor")
-        method = xgb_fast_predict(est, predict_proba, validate_features=False) or _validation_off(
-            est.predict_proba if predict_proba else est.predict
-        )
-        label_map = np.asarray(classes) if (classes and not predict_proba) else None
+        label_map = np.asarray(classes) if (classes and est_type == "classifier") else None
 
-        def predict(X: Any) -> Any:
-            out = _with_threads(inner, X, n_cpu, lambda: method(X))
-            return label_map[out] if label_map is not None and est_type == "classifier" else out
+        def answer(proba: bool) -> Callable[[Any], Any]:
+            method = xgb_fast_predict(est, proba, validate_features=False) or _validation_off(
+                est.predict_proba if proba else est.predict
+            )
+
+            def run(X: Any) -> Any:
+                out = _with_threads(inner, X, n_cpu, lambda: method(X))
+                return label_map[out] if label_map is not None and not proba else out
+
+            return run
+
+        answers = {False: answer(False)}
+        if est_type == "classifier":
+            answers[True] = answer(True)
+        predict = answers[predict_proba]
 
     else:
         inner = booster
         inner.set_param({"nthread": 1})
+        answers = None  # a bare Booster answers its objective's output: no labels to choose
 
         def predict(X: Any) -> Any:
             return _with_threads(inner, X, n_cpu, lambda: inner.inplace_predict(X))
 
     names = sig.get("feature_names") or inner.feature_names
     out_classes = classes if est_type == "classifier" else None
-    return _served_xgboost(path, metadata, sig, inner, names, predict, classes=out_classes)
+    served = _served_xgboost(path, metadata, sig, inner, names, predict, classes=out_classes)
+    served.per_request = answers
+    return served
 
 
 def _read_booster(path: Path) -> Any:

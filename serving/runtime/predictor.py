@@ -1,11 +1,12 @@
 """The kfp-serve predictor runtime: a kserve.Model serving sklearn and XGBoost model directories.
 
 Run it as ``python -m kfp_serve.serving.runtime.predictor --model_name NAME --model_dir DIR
---http_port P
-[--http_host 127.0.0.1]`` (flags: :func:`kfp_serve.serving.runtime.server.build_parser`). Env
-``PREDICT_PROBA=true`` answers class probabilities instead of labels, like the stock
-sklearnserver; ``--serving_runtime`` (set from the manifest) makes the answers exactly those of that
-ServingRuntime (:mod:`kfp_serve.serving.runtime.fidelity`).
+--http_port P [--http_host 127.0.0.1]`` (flags:
+:func:`kfp_serve.serving.runtime.server.build_parser`).
+Env ``PREDICT_PROBA=true`` answers class probabilities instead of labels, like the stock
+sklearnserver; a request chooses for itself with ``"predict_proba": true|false`` (a v1 body
+field, a v2 ``parameters`` entry). ``--serving_runtime`` (set from the manifest) makes the
+answers exactly those of that ServingRuntime (:mod:`kfp_serve.serving.runtime.fidelity`).
 
 - v1: ``POST /v1/models/NAME:predict`` with ``{"instances": [[...], ...]}`` (or rows as
   ``{feature: value}`` objects) -> ``{"predictions": [...]}``.
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kfp_serve.serving.constants import PREDICT_PROBA_ENV
 from kfp_serve.serving.errors import ServingError
 from kfp_serve.serving.runtime import fidelity
 from kfp_serve.serving.runtime._kserve import InferenceVerb, InferRequest, InvalidInput, kserve
@@ -48,8 +50,6 @@ from kfp_serve.serving.runtime.server import (
 )
 
 log = logging.getLogger("kfp_serve.runtime.predictor")
-
-PREDICT_PROBA_ENV = "PREDICT_PROBA"
 
 
 def decode_payload(payload: Any, spec: Any) -> Batch:
@@ -166,10 +166,12 @@ class PredictorModel(kserve.Model):
                     timers.explain.observe(time.perf_counter() - start)
                 return answer, {}
             mid = time.perf_counter()
-            if self.batcher is not None:
+            method = self._model.predictor_for(batch.proba)
+            # The batcher runs the default answer; a request asking otherwise runs alone.
+            if self.batcher is not None and method is self._model.predict:
                 result = await self.batcher.predict(batch.X)
             else:
-                result = self._model.predict(batch.X)
+                result = method(batch.X)
             end = time.perf_counter()
             answer = self.encode(batch, result)
             if timers is not None:
@@ -191,7 +193,11 @@ class PredictorModel(kserve.Model):
         response_headers: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Predict and encode in the request's protocol (kserve.ModelServer's entry point)."""
-        return self.encode(payload, self._model.predict(payload.X))
+        try:
+            method = self._model.predictor_for(payload.proba)
+        except RequestError as e:
+            raise InvalidInput(str(e)) from e
+        return self.encode(payload, method(payload.X))
 
     def encode(self, payload: Batch, result: Any) -> dict[str, Any]:
         """The answer in the request's protocol."""

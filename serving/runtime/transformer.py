@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from kfp_serve.serving.constants import PREDICT_PROBA_PARAM
 from kfp_serve.serving.errors import ServingError
 from kfp_serve.serving.runtime import binary
 from kfp_serve.serving.runtime._kserve import InferenceVerb, InvalidInput, kserve
@@ -252,7 +253,10 @@ class TransformerModel(kserve.Model):
         """Send the transformed rows to the predictor; answer in the caller's protocol."""
         X = payload.X
         if self.protocol == "v1":
-            answer = await self._post(self._predict_path, {"instances": X}, headers)
+            body: dict[str, Any] = {"instances": X}
+            if payload.proba is not None:
+                body[PREDICT_PROBA_PARAM] = payload.proba
+            answer = await self._post(self._predict_path, body, headers)
             if payload.protocol == "v1":
                 return answer
             try:
@@ -261,7 +265,7 @@ class TransformerModel(kserve.Model):
                 raise RequestError(f"predictor sent a malformed v1 response: {e!r}", 502) from e
             return encode_v2(np.asarray(predictions), self.name, payload.request_id)
 
-        answer = await self._post_binary(X, payload.request_id, headers)
+        answer = await self._post_binary(X, payload.request_id, payload.proba, headers)
         if payload.protocol == "v1":
             out = answer["outputs"][0]
             return {"predictions": np.asarray(out["data"]).reshape(out["shape"]).tolist()}
@@ -270,7 +274,11 @@ class TransformerModel(kserve.Model):
         return answer
 
     async def _post_binary(
-        self, X: np.ndarray, request_id: str | None, headers: dict[str, str] | None
+        self,
+        X: np.ndarray,
+        request_id: str | None,
+        proba: bool | None,
+        headers: dict[str, str] | None,
     ) -> dict[str, Any]:
         """Send rows to the v2 predictor as one binary FP64 tensor, outputs asked in binary.
 
@@ -292,6 +300,8 @@ class TransformerModel(kserve.Model):
         }
         if request_id is not None:
             request["id"] = request_id
+        if proba is not None:
+            request["parameters"][PREDICT_PROBA_PARAM] = proba
         head = self._dumps(request)
         r = await self._request(
             self._predict_path,

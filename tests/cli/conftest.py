@@ -103,6 +103,15 @@ def assert_clean_error(outcome: Outcome, *fragments: str) -> str:
     return text
 
 
+def last_error(outcome: Outcome) -> tuple[str, str]:
+    """The ``error:`` and ``hint:`` lines a failed run ends with (progress lines come first)."""
+    assert outcome.exit_code == 1, outcome
+    assert "Traceback" not in outcome.stderr, outcome.stderr
+    lines = outcome.error_lines()
+    assert lines[-2].startswith("error: ") and lines[-1].startswith("hint: "), lines[-3:]
+    return lines[-2], lines[-1]
+
+
 @pytest.fixture(scope="package")
 def iris() -> tuple[Any, Any]:
     from sklearn.datasets import load_iris

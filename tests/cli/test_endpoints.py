@@ -6,11 +6,12 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.cli.conftest import assert_clean_error, stop_quietly
+from tests.cli.conftest import assert_clean_error, run_script, stop_quietly
 
 NAME = "cli-iris"
 DOOMED = "cli-doomed"
@@ -122,9 +123,9 @@ def test_models_lists_submitted_artifacts(cli, iris_model, iris_scaler):
     everything = cli("models")
     assert everything.exit_code == 0, everything.stderr
     model_row = _table_row(everything.stdout, str(model_id))
-    assert model_row[1:5] == ["model", "cli-iris", "1.0.0", "sklearn"]
-    assert model_row[5][:2] == "20"  # created, as a date
-    assert model_row[7] == "cli-tests"
+    assert model_row[1:6] == ["model", "cli-iris", "1.0.0", "-", "sklearn"]  # no aliases
+    assert model_row[6][:2] == "20"  # created, as a date
+    assert model_row[8] == "cli-tests"
     scaler_row = _table_row(everything.stdout, str(iris_scaler))
     assert scaler_row[1:4] == ["transformer", "cli-scaler", "1.0.0"]
     only_transformers = cli("models", "--kind", "transformer").stdout
@@ -132,6 +133,30 @@ def test_models_lists_submitted_artifacts(cli, iris_model, iris_scaler):
     by_name = json.loads(cli("models", "cli-iris", "--output", "json").stdout)
     assert [(r["id"], r["name"], r["version"]) for r in by_name] == [(model_id, "cli-iris",
                                                                       "1.0.0")]
+
+
+def test_models_shows_the_aliases_beside_the_version_they_point_at(iris):
+    from sklearn.linear_model import LogisticRegression
+
+    from kfp_serve import artifacts
+    from kfp_serve.artifacts.aliases import set_alias
+
+    X, y = iris
+    ids = {
+        version: artifacts.Model(model=LogisticRegression(C=c, max_iter=500).fit(X, y),
+                                 name="cli-aliased", version=version).submit_artifact()
+        for version, c in (("1.0.0", 1.0), ("1.0.1", 0.5))
+    }
+    set_alias("cli-aliased", "prod", "1.0.0")
+    set_alias("cli-aliased", "canary", "1.0.0")
+    set_alias("cli-aliased", "staging", "1.0.1")
+    listed = run_script("models", "cli-aliased", "-o", "json", timeout=60)
+    assert listed.exit_code == 0, listed.stderr
+    rows = {row["version"]: row for row in json.loads(listed.stdout)}
+    assert rows["1.0.0"]["aliases"] == ["canary", "prod"] and rows["1.0.0"]["id"] == ids["1.0.0"]
+    assert rows["1.0.1"]["aliases"] == ["staging"]
+    table = run_script("models", "cli-aliased", timeout=60).stdout
+    assert _table_row(table, str(ids["1.0.0"]))[4] == "canary, prod"
 
 
 def test_serving_a_transformer_as_model_is_a_clean_error(cli, iris_scaler):
@@ -184,6 +209,52 @@ def test_a_killed_endpoint_shows_as_dead(cli, iris_model):
         assert stopped.exit_code == 0, stopped.stderr
     finally:
         stop_quietly(DOOMED)
+
+
+def test_logs_follow_prints_lines_as_the_server_writes_them(served):
+    """``logs --follow`` shows the last line, then each new one (written here to the
+    predictor's log file, as the server would: a request that succeeds logs nothing)."""
+    import selectors
+    import subprocess
+
+    from kfp_serve.serving.backends.local.registry import read_record
+    from tests.cli.conftest import KFP_SERVE
+
+    log = Path(read_record(NAME).latest.predictor.log)
+    with log.open("a") as f:
+        f.write("first marker line\n")
+    proc = subprocess.Popen(
+        [KFP_SERVE, "logs", NAME, "--follow", "--component", "predictor", "--tail", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+    )
+    try:
+        selector = selectors.DefaultSelector()
+        selector.register(proc.stdout, selectors.EVENT_READ)
+
+        def next_line() -> str:
+            assert selector.select(timeout=60), "logs --follow printed nothing in 60 s"
+            return proc.stdout.readline().rstrip("\n")
+
+        assert next_line() == "first marker line"
+        with log.open("a") as f:
+            f.write("second marker line\n")
+        assert next_line() == "second marker line"
+        assert proc.poll() is None  # still following
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_listings_print_yaml_too(cli, served, iris_model):
+    import yaml
+
+    endpoints = yaml.safe_load(cli("endpoints", "-o", "yaml").stdout)
+    assert NAME in {row["name"] for row in endpoints}
+    models = yaml.safe_load(cli("models", "cli-iris", "-o", "yaml").stdout)
+    assert [row["id"] for row in models] == [iris_model[0]]
+    pipelines = yaml.safe_load(cli("pipelines", "xgboost", "-o", "yaml").stdout)
+    assert pipelines[0]["pipeline"] == "xgboost"
+    assert {p["parameter"] for p in pipelines[0]["parameters"]} >= {"dataset", "new_version"}
 
 
 def test_stop_removes_the_endpoint(cli, served):

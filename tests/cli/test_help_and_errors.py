@@ -128,6 +128,36 @@ def test_brackets_in_a_message_print_as_text(cli):
     assert "known fields are ['affinity'," in text
 
 
+@pytest.mark.parametrize("message", [
+    "no model named 'x' in 'sqlite:///m'; known names: none (submit one with "
+    "Model(...).submit_artifact())",
+    "model 'x' has no version '2.0.0'; its versions: none (submit one with "
+    "Model(...).submit_artifact())",
+    "denied: change the field it names (serve(..., dry_run=True) checks the same rules)",
+    "endpoint 'x' has no URL yet (Pending: no details); wait for serve() to finish or check "
+    "`kfp-serve endpoints`",
+    "model 'x' version '1.0.0' already exists (id 3) with different content; use a new "
+    "version, or allow_overwrite=True to replace it",
+])
+def test_library_advice_to_python_callers_reads_as_cli_advice(message):
+    from kfp_serve.artifacts.errors import MetadataError
+    from kfp_serve.cli.errors import explain
+
+    shown = explain(MetadataError(message))
+    text = f"{shown} {shown.hint or ''}"
+    assert "()" not in text and "=True" not in text and "(...)" not in text, text
+    assert "kfp-serve" in text or "--" in text, text
+
+
+def test_a_misspelt_dataset_file_is_refused_before_any_step(tmp_path):
+    (tmp_path / "churn.csv").write_text("a,target\n1,0\n")
+    outcome = run_script("run", "xgboost", "-p", f"dataset={tmp_path / 'chrun.csv'}",
+                         timeout=120)
+    assert_clean_error(outcome, "--param dataset: file", "chrun.csv' does not exist",
+                       "did you mean 'churn.csv'?")
+    assert "▶" not in outcome.stderr  # no step started
+
+
 def test_console_script_error_has_no_traceback():
     """The real entry point, real streams: stdout empty, one line on stderr, exit code 1."""
     outcome = run_script("predict", "A;B", "--data", "[[1]]", timeout=60)

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from tests.cli.conftest import Outcome, assert_clean_error, run_script, stop_quietly
+from tests.cli.conftest import Outcome, assert_clean_error, last_error, run_script, stop_quietly
 
 SUFFIX = uuid.uuid4().hex[:6]
 MODEL = f"cli-run-model-{SUFFIX}"
@@ -32,15 +32,6 @@ def summary_of(outcome: Outcome) -> dict[str, str]:
     return summary
 
 
-def last_error(outcome: Outcome) -> tuple[str, str]:
-    """The ``error:`` and ``hint:`` lines a failed run ends with (progress lines come first)."""
-    assert outcome.exit_code == 1, outcome
-    assert "Traceback" not in outcome.stderr, outcome.stderr
-    lines = outcome.error_lines()
-    assert lines[-2].startswith("error: ") and lines[-1].startswith("hint: "), lines[-3:]
-    return lines[-2], lines[-1]
-
-
 @pytest.fixture(scope="module")
 def first_run() -> Outcome:
     outcome = run_script("run", "xgboost", *BASE, timeout=300)
@@ -57,6 +48,7 @@ def test_first_run_serves_and_shows_progress_and_metrics(first_run):
     assert summary["endpoint_url"] == url and url.startswith("http://127.0.0.1:")
     assert summary["endpoint_name"] == ENDPOINT
     assert summary["smoke_verdict"] == "blessed"
+    assert summary["model_version"] == "1.0.0"
     assert 0.8 < float(summary["metric accuracy"]) <= 1.0
     assert "metric f1_macro" in summary
     # Live progress, one line per step start and finish, went to stderr; validate runs first.
@@ -83,16 +75,26 @@ def test_changed_content_under_the_same_version_is_refused_with_the_fix(first_ru
     assert "allow_overwrite" not in error + hint
 
 
-def test_new_version_records_the_next_patch_version(first_run):
+def test_new_version_records_the_next_patch_version_only_for_new_content(first_run):
+    first_id = int(summary_of(first_run)["model_id"])
+    same = run_script("run", "xgboost", *BASE, "--new-version", "-o", "json", timeout=300)
+    assert same.exit_code == 0, same.stderr[-3000:]
+    assert json.loads(same.stdout)["model_id"] == first_id  # identical content: reused
     bumped = run_script("run", "xgboost", *BASE, "-p", "random_state=7", "--new-version",
                         "-o", "json", timeout=300)
     assert bumped.exit_code == 0, bumped.stderr[-3000:]
     new_id = json.loads(bumped.stdout)["model_id"]
+    assert json.loads(bumped.stdout)["model_version"] == "1.0.1"
+    # The same changed run again: identical to 1.0.1, the latest, so no 1.0.2.
+    again = run_script("run", "xgboost", *BASE, "-p", "random_state=7", "--new-version",
+                       "-o", "json", timeout=300)
+    assert again.exit_code == 0, again.stderr[-3000:]
+    assert json.loads(again.stdout)["model_id"] == new_id
     listed = run_script("models", MODEL, "--output", "json", timeout=60)
     assert listed.exit_code == 0, listed.stderr
     rows = {row["version"]: row for row in json.loads(listed.stdout)}
     assert set(rows) == {"1.0.0", "1.0.1"}
-    assert rows["1.0.1"]["id"] == new_id
+    assert rows["1.0.1"]["id"] == new_id and new_id != first_id
     for row in rows.values():
         assert row["framework"] == "xgboost" and row["name"] == MODEL
         assert row["created"][:2] == "20" and float(row["metrics"]["accuracy"]) > 0.8
@@ -134,7 +136,10 @@ def test_stop_all_then_ignore_missing(first_run):
     assert stopped.exit_code == 0, stopped.stderr
     assert f"stopped '{ENDPOINT}'" in stopped.stdout
     listed = run_script("endpoints", "-o", "json", timeout=60)
-    assert ENDPOINT not in {row["name"] for row in json.loads(listed.stdout)}
+    assert json.loads(listed.stdout) == []
+    from kfp_serve.serving.runtime import warm_pool
+
+    assert not warm_pool.socket_path().exists(), "the last endpoint went, the pool stayed"
     again = run_script("stop", ENDPOINT, "--ignore-missing", timeout=60)
     assert again.exit_code == 0, again.stderr
     assert "nothing to stop" in again.stdout

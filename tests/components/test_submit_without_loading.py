@@ -91,3 +91,26 @@ def test_submit_steps_import_neither_sklearn_nor_joblib(trained, kfp_home):
     assert model_id > 0 and transformer_id > 0
     assert (trained / "sm" / layout.MODEL_JOBLIB).is_file()
     assert (trained / "st" / layout.TRANSFORMER_JOBLIB).is_file()
+
+
+def test_new_version_reuses_identical_content_and_bumps_different(trained, tmp_path, kfp_home):
+    from kfp_serve import artifacts
+    from kfp_serve.components.ops import submit
+
+    other = tmp_path / "other"
+    train_model(model_dir=other / "model", transformer_dir=other / "transformer",
+                samples_path=other / "samples.json", dataset_name="wine")
+
+    def record(directory: Path, out: str, **kwargs) -> int:
+        return submit("transformer", directory / "transformer", tmp_path / out,
+                      name="nv-scaler", version="1.0.0", **kwargs)
+
+    first = record(trained, "a", new_version=True)  # nothing recorded: the given version
+    assert record(trained, "b", new_version=True) == first
+    with pytest.raises(artifacts.VersionConflictError, match="different content"):
+        record(other, "c")
+    bumped = record(other, "d", new_version=True)
+    assert record(other, "e", new_version=True) == bumped  # identical to the latest: reused
+    versions = {r.version: r.id for r in artifacts.list_artifacts(kind="transformer")
+                if r.name == "nv-scaler"}
+    assert versions == {"1.0.0": first, "1.0.1": bumped}

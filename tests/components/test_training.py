@@ -135,3 +135,72 @@ def test_a_dataset_uri_keeps_its_column_names(tmp_path):
     assert result.dataset == "churn.parquet" and result.n_features == 2
     assert read_metadata(tmp_path / "model")["signature"]["feature_names"] == ["age", "income"]
     assert read_samples(tmp_path / "s.json")["feature_names"] == ["age", "income"]
+
+
+CHURN = pd.DataFrame({"age": [20, 30, 40, 50, 60, 70, 25, 35, 45, 55],
+                      "income": [1, 3, 2, 5, 4, 6, 2, 3, 4, 5],
+                      "churned": [0, 1, 0, 1, 0, 1, 0, 1, 0, 1]})
+
+
+@pytest.fixture
+def s3_data(s3_endpoint, monkeypatch):
+    """A bucket ``data`` on the moto server, with the AWS variables an s3:// store reads."""
+    boto3 = pytest.importorskip("boto3")
+    for name, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"),
+                        ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_ENDPOINT_URL", s3_endpoint)):
+        monkeypatch.setenv(name, value)
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    try:
+        client.create_bucket(Bucket="data")
+    except client.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    return client
+
+
+@pytest.mark.parametrize(("uri", "parquet"), [
+    ("s3://data/churn.csv", False),
+    ("s3://data/nested/churn.parquet", True),
+    # A Dataset artifact of a KFP run on its MinIO: no suffix, and KFP's own scheme.
+    ("minio://data/v2/artifacts/run/train/dataset", True),
+    ("minio://data/v2/artifacts/run/train/table", False),
+])
+def test_an_s3_dataset_is_read_with_the_snapshot_stores_settings(tmp_path, s3_data, uri,
+                                                                  parquet):
+    import io
+
+    from kfp_serve.artifacts.layout import read_metadata
+
+    buffer = io.BytesIO()
+    CHURN.to_parquet(buffer) if parquet else CHURN.to_csv(buffer, index=False)
+    key = uri.split("://", 1)[1].split("/", 1)[1]
+    s3_data.put_object(Bucket="data", Key=key, Body=buffer.getvalue())
+    result = train_model(model_dir=tmp_path / "model", transformer_dir=tmp_path / "t",
+                         samples_path=tmp_path / "s.json", dataset_path=uri,
+                         target_column="churned", test_size=0.3)
+    assert result.dataset == uri and result.n_features == 2  # lineage shows where it was
+    assert read_metadata(tmp_path / "model")["signature"]["feature_names"] == ["age", "income"]
+
+
+def test_an_s3_dataset_that_is_not_there_is_named(tmp_path, s3_data):
+    with pytest.raises(ArtifactError, match=r"'s3://data/nope.csv' does not exist"):
+        train_model(model_dir=tmp_path / "m", samples_path=tmp_path / "s.json",
+                    dataset_path="s3://data/nope.csv", target_column="churned",
+                    preprocessing="none")
+
+
+def test_an_s3_dataset_without_credentials_names_the_variables(tmp_path, monkeypatch):
+    pytest.importorskip("boto3")
+    # Nothing boto3 could find credentials in: no variables, no shared files, no profile.
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                 "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "S3_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(ArtifactError) as caught:
+        train_model(model_dir=tmp_path / "m", samples_path=tmp_path / "s.json",
+                    dataset_path="s3://data/churn.csv", target_column="churned",
+                    preprocessing="none")
+    message = str(caught.value)
+    assert "no S3 credentials" in message
+    assert "AWS_ACCESS_KEY_ID" in message and "AWS_ENDPOINT_URL" in message

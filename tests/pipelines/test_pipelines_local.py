@@ -129,7 +129,10 @@ def test_cluster_options_add_secret_env_and_pvc_mount(tmp_path):
     docs = list(yaml.safe_load_all(path.read_text()))
     assert len(docs) == 2
     executors = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert len(executors) == 2  # snapshot and serve
-    for config in executors.values():
+    assert set(executors) == {"exec-snapshot", "exec-serve", "exec-train"}
+    for name, config in executors.items():
         assert config["secretAsEnv"][0]["secretName"] == "s3-creds"
-        assert config["pvcMount"][0]["constant"] == "models-pvc"
+        # train reads an s3:// dataset with the credentials; it never touches the PVC.
+        assert ("pvcMount" in config) == (name != "exec-train")
+        if name != "exec-train":
+            assert config["pvcMount"][0]["constant"] == "models-pvc"

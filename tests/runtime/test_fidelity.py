@@ -171,6 +171,19 @@ def test_v2_answers_equal_kserve_runtime(ours, kserve_models, artifacts, iris, k
     assert [o["data"] for o in got] == [o["data"] for o in want]
 
 
+@pytest.mark.parametrize("key", ["sk-lr", "xgb-classifier"])
+def test_stock_runtimes_ignore_a_requests_predict_proba(ours, iris, key):
+    """The stock servers read PREDICT_PROBA only when they start, and ignore a request's
+    ``predict_proba``: the rehearsal answers as they would (Endpoint.predict(proba=True)
+    refuses such an endpoint instead)."""
+    X = _rows(key, iris)
+    url = f"{ours[key].url}/v1/models/model:predict"
+    plain = httpx.post(url, json={"instances": X.tolist()}, timeout=30)
+    asked = httpx.post(url, json={"instances": X.tolist(), "predict_proba": True}, timeout=30)
+    assert asked.status_code == plain.status_code == 200, asked.text
+    assert asked.json() == plain.json()
+
+
 def test_runtime_refuses_a_directory_it_could_not_load(tmp_path, artifacts):
     """kserve-xgbserver loads only booster files: a joblib directory fails here as there."""
     p = start_server("predictor", "m", artifacts["lr"], log_path=tmp_path / "x.log",

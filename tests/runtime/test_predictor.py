@@ -108,6 +108,88 @@ def test_predict_proba(servers, iris):
     np.testing.assert_array_equal(v2_output(r.json()), s.model.predict_proba(X))
 
 
+@pytest.mark.parametrize("key", ["lr", "xgbc", "xgbc-json", "transformer-v1", "transformer-v2"])
+def test_a_request_asks_for_probabilities_of_a_server_answering_labels(servers, iris, key):
+    """PREDICT_PROBA is only the default: ``predict_proba`` in the request (a v1 field, a v2
+    parameter) gets probabilities from the same server, through a transformer too."""
+    s = servers[key]
+    X = iris[0][::25]
+    if key.startswith("transformer"):
+        model, X_model = servers["scaled-lr"].model, s.model.transform(X)
+    else:
+        model, X_model = s.model, X
+    expected = model.predict_proba(X_model)
+    r = s.client.post("/v1/models/model:predict",
+                      json={"instances": X.tolist(), "predict_proba": True})
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(np.asarray(r.json()["predictions"]), expected, rtol=1e-5)
+    r = s.client.post("/v2/models/model/infer", json=v2_body(X, parameters={"predict_proba": True}))
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(v2_output(r.json()), expected, rtol=1e-5)
+    # The next request without the option gets the default again.
+    r = s.client.post("/v1/models/model:predict", json={"instances": X.tolist()})
+    np.testing.assert_array_equal(r.json()["predictions"], model.predict(X_model))
+
+
+def test_a_request_asks_for_labels_of_a_server_answering_probabilities(servers, iris):
+    s = servers["lr-proba"]
+    X = iris[0][::25]
+    r = s.client.post("/v1/models/model:predict",
+                      json={"instances": X.tolist(), "predict_proba": False})
+    assert r.status_code == 200, r.text
+    np.testing.assert_array_equal(r.json()["predictions"], s.model.predict(X))
+
+
+def test_a_grpc_request_asks_for_probabilities_in_its_parameters(servers, iris, tmp_path):
+    """The same option over OIP gRPC: a ``predict_proba`` bool parameter of the request."""
+    import grpc
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    from kfp_serve.serving.runtime.launch import free_port, start_server, stop_server, wait_ready
+
+    s = servers["lr"]
+    model_dir = next(a.split("=", 1)[1] for a in s.proc.args
+                     if isinstance(a, str) and a.startswith("--model_dir="))
+    port = free_port()
+    proc = start_server("predictor", "model", model_dir, log_path=tmp_path / "grpc.log",
+                        extra_args=[f"--grpc_port={port}"])
+    X = iris[0][::25]
+    try:
+        wait_ready(proc.url, timeout=180, proc=proc)
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+        def infer(**parameters: bool) -> np.ndarray:
+            request = pb.ModelInferRequest(model_name="model")
+            for key, value in parameters.items():
+                request.parameters[key].bool_param = value
+            request.inputs.add(name="input-0", datatype="FP64", shape=list(X.shape))
+            request.raw_input_contents.append(np.ascontiguousarray(X, dtype="<f8").tobytes())
+            out = stub.ModelInfer(request, timeout=30)
+            dtype = {"FP64": "<f8", "INT64": "<i8"}[out.outputs[0].datatype]
+            return np.frombuffer(out.raw_output_contents[0], dtype=dtype).reshape(
+                out.outputs[0].shape)
+
+        np.testing.assert_allclose(infer(predict_proba=True), s.model.predict_proba(X),
+                                   rtol=1e-9)
+        np.testing.assert_array_equal(infer().ravel(), s.model.predict(X))
+        channel.close()
+    finally:
+        stop_server(proc)
+
+
+@pytest.mark.parametrize(("body", "fragment"), [
+    ({"instances": [[1.0, 2.0, 3.0]], "predict_proba": True}, "has no predict_proba()"),
+    ({"instances": [[1.0, 2.0, 3.0]], "predict_proba": "yes"},
+     "'predict_proba' must be true or false"),
+])
+def test_a_bad_probabilities_request_is_a_400_naming_it(servers, body, fragment):
+    r = servers["ridge-pipe"].client.post("/v1/models/model:predict", json=body)
+    assert r.status_code == 400, r.text
+    assert fragment in r.text
+
+
 BAD_REQUESTS = [
     # (id, path suffix, raw body or JSON, message fragment)
     ("non-json", "v1", b"{not json", "not valid JSON"),
