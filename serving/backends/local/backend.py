@@ -207,7 +207,7 @@ class LocalBackend:
         record = registry.read_record(validate_name(name, "endpoint name"))
         if record is None:
             raise ServingError(
-                f"there is no local endpoint named {name!r} in {_searched()}: run "
+                f"there is no {self.name} endpoint named {name!r} in {_searched()}: run "
                 "`kfp-serve endpoints` to list them, or serve the model first"
             )
         return self._status(record, probe=True)
@@ -245,8 +245,8 @@ class LocalBackend:
         if not registry.exists(name):
             # Checked before locking: a name that never existed leaves no lock file behind.
             raise ServingError(
-                f"there is no local endpoint named {name!r} to stop in {_searched()}: run "
-                "`kfp-serve endpoints` to list them"
+                f"there is no {self.name} endpoint named {name!r} to stop in {_searched()}: "
+                "run `kfp-serve endpoints` to list them"
             )
         with registry.locked(name):
             record = registry.read_record(name)
