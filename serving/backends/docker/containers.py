@@ -13,6 +13,7 @@ registry names it), so a test, or a person, finds what one home left behind by l
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import time
@@ -103,8 +104,12 @@ def check_image(image: str, what: str) -> None:
         ) from None
 
 
+@functools.cache
 def limits_enforced() -> list[str]:
-    """The kinds of resource limit this engine reports it cannot enforce (empty: all)."""
+    """The kinds of resource limit this engine reports it cannot enforce (empty: all).
+
+    Asked once per process: every status reads it, and an engine's cgroup support does not
+    change while it runs."""
     info = client().info()
     missing = []
     if not info.get("MemoryLimit", True):
