@@ -31,6 +31,7 @@ def test_pipeline_runs_end_to_end_in_the_image(
     import kfp.components
 
     from kfp_serve.artifacts import list_artifacts
+    from kfp_serve.serving.backends.base import get_backend
     from kfp_serve.serving.backends.local.registry import read_record
     from kfp_serve.serving.endpoint import Endpoint
 
@@ -66,5 +67,6 @@ def test_pipeline_runs_end_to_end_in_the_image(
     predictor = docker_client.containers.get(record.latest.predictor.container)
     assert container_run.image in predictor.image.tags
     assert predictor.labels["kfp-serve.kubeflow.org/model-id"] == str(recorded["model"].id)
-    status = Endpoint(endpoint_name)._backend.get(endpoint_name)
+    status = get_backend().get(endpoint_name)
     assert status.ready and status.backend == "docker", status
+    assert Endpoint(endpoint_name).url == status.url
