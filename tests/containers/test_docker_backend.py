@@ -118,7 +118,7 @@ def containers_of(client: Any, home: Path, **labels: str) -> list[Any]:
 
 @pytest.mark.timeout(300)
 def test_transformer_and_predictor_containers_serve_like_kserve(
-    docker_home: Path, docker_client: Any, artifacts: dict
+    docker_home: Path, docker_client: Any, artifacts: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from typer.testing import CliRunner
 
@@ -156,6 +156,15 @@ def test_transformer_and_predictor_containers_serve_like_kserve(
     if outside:
         with pytest.raises(OSError):
             socket.create_connection((outside, int(predictor_port)), timeout=2).close()
+
+    # On an engine without cgroup limits (it says so in its info), the status says so too.
+    from kfp_serve.serving.backends.docker import containers
+
+    assert containers.limits_enforced() == []  # this engine applies them (Memory above)
+    with monkeypatch.context() as patched:
+        patched.setattr(containers, "limits_enforced", lambda: ["memory"])
+        unenforced = backend().get("iris")
+    assert unenforced.ready and "does not enforce memory limits" in unenforced.message
 
     runner = CliRunner()
     listing = runner.invoke(app, ["endpoints", "--output", "json"])
