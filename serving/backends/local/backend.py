@@ -140,6 +140,9 @@ class LocalBackend:
             # Start: the router first and awaited last, so it comes up while the models load.
             router_proc = None
             if record is None or not record.router.alive():
+                if record is not None:
+                    # It has exited; what is left of it (a stopped container) goes.
+                    supervisor.stop([record.router], self.stop_grace)
                 port = record.router.port if record is not None else None
                 router, router_proc = self.servers.start_router(plan.name, port)
             # Start and wait ready.
