@@ -17,9 +17,9 @@ import pytest
 from tests.containers.conftest import ContainerRun, run_logged
 
 PIPELINES = {
-    # module name -> (endpoint name, has a transformer)
-    "sklearn_transformer": ("iris", True),
-    "xgboost": ("breast-cancer", False),
+    # module name -> has a transformer
+    "sklearn_transformer": True,
+    "xgboost": False,
 }
 
 
@@ -35,7 +35,7 @@ def test_pipeline_runs_end_to_end_in_the_image(
     from kfp_serve.serving.backends.local.registry import read_record
     from kfp_serve.serving.endpoint import Endpoint
 
-    endpoint_name, has_transformer = PIPELINES[module]
+    has_transformer = PIPELINES[module]
     pipeline = kfp.components.load_component_from_file(
         str(compiled / "pipelines" / f"{module}.yaml")
     )
@@ -60,6 +60,7 @@ def test_pipeline_runs_end_to_end_in_the_image(
 
     # The endpoint is containers of the image, labelled with the MLMD ids, still serving
     # after the steps' containers are gone.
+    endpoint_name = result.task.outputs["endpoint_name"]
     record = read_record(endpoint_name)
     assert record is not None and record.router.container
     roles = {"predictor", "transformer"} if has_transformer else {"predictor"}
