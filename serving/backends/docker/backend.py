@@ -87,15 +87,13 @@ class ContainerServers:
         for role, uri in uris.items():
             if uri.startswith("s3://"):
                 # Downloaded and verified by the storage initializer, in the volume it fills.
-                resolve_scheme_only(uri, role)
+                _refuse_plain_s3(uri, role)
                 artifacts[role] = uri
             else:
                 artifacts[role] = resolve_storage(uri, field=_field(role))
         return artifacts
 
-    def _storage_volume(
-        self, plan: Plan, role: str, uri: str, name: str, labels: dict[str, str]
-    ) -> Mount:
+    def _storage_volume(self, uri: str, name: str, labels: dict[str, str]) -> Mount:
         """A new volume filled with ``uri`` by the storage initializer, verified."""
         volume = containers.create_volume(f"{name}-models", {**labels, LABEL_ROLE: "models"})
         env = {k: v for k, v in os.environ.items() if k.startswith(STORAGE_ENV_PREFIXES)}
@@ -160,7 +158,7 @@ class ContainerServers:
                     models[role] = model_mount(str(where), volume=False)
                 else:
                     name = f"kfp-serve-{plan.name}-{number}-{role}-{suffix}"
-                    models[role] = self._storage_volume(plan, role, where, name, labels)
+                    models[role] = self._storage_volume(where, name, labels)
             components = {PREDICTOR: plan.predictor, TRANSFORMER: plan.transformer}
             for spec in server_specs(plan, number, ports, models, suffix):
                 role = spec.labels[LABEL_ROLE]
@@ -247,7 +245,7 @@ def _field(role: str) -> str:
     return "spec.predictor storageUri" if role == PREDICTOR else f"transformer {STORAGE_URI_ENV}"
 
 
-def resolve_scheme_only(uri: str, role: str) -> None:
+def _refuse_plain_s3(uri: str, role: str) -> None:
     """Refuse an s3:// URI that is not a snapshot (as the local backend does) before a volume
     is made for it."""
     from kfp_serve.artifacts.snapshots.base import SNAPSHOT_NAME

@@ -37,6 +37,8 @@ from kfp_serve.serving.backends.docker.containers import (
 )
 from kfp_serve.serving.backends.docker.runtimes import render, runtime_container
 from kfp_serve.serving.backends.local.plan import HOST_ENVS, ComponentPlan, Plan
+from kfp_serve.serving.backends.local.plan import _flag as flag_value
+from kfp_serve.serving.config import merge_env
 from kfp_serve.serving.constants import LOOPBACK, PREDICTOR, STORAGE_URI_ENV, TRANSFORMER
 from kfp_serve.serving.errors import ServingError
 from kfp_serve.serving.isvc import DEFAULT_RUNTIMES, MODEL_MOUNT
@@ -105,7 +107,9 @@ def server_specs(
 
 def wanted_ports(container_args: list[str]) -> list[str]:
     """The port flags a container's args set (each needs a free port on the host network)."""
-    return [f for f in PORT_FLAGS if f == "--http_port" or _flag(container_args, f) is not None]
+    return [
+        f for f in PORT_FLAGS if f == "--http_port" or flag_value(container_args, f) is not None
+    ]
 
 
 def predictor_args(plan: Plan) -> list[str]:
@@ -128,7 +132,7 @@ def _predictor_container(name: str, predictor: dict[str, Any]) -> dict[str, Any]
     container = runtime_container(str(runtime))
     container["args"] = [render(str(a), name) for a in container.get("args") or []]
     container["args"] += [str(a) for a in model.get("args") or []]
-    container["env"] = _merge_env(container.get("env") or [], model.get("env") or [])
+    container["env"] = merge_env(container.get("env") or [], model.get("env") or [])
     for key in ("resources", "securityContext", "envFrom"):
         if model.get(key):
             container[key] = model[key]
@@ -215,21 +219,6 @@ def _listen_on(args: list[str], ports: dict[str, int], where: str, *, kfp_serve:
     if kfp_serve or HOST_FLAG in {a.split("=", 1)[0] for a in args}:
         out.append(f"{HOST_FLAG}={LOOPBACK}")
     return out
-
-
-def _flag(args: list[str], flag: str) -> str | None:
-    for i, arg in enumerate(args):
-        if arg.startswith(flag + "="):
-            return arg.split("=", 1)[1]
-        if arg == flag and i + 1 < len(args):
-            return args[i + 1]
-    return None
-
-
-def _merge_env(base: list[dict[str, Any]], override: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    merged = {str(v.get("name")): v for v in base if v.get("name")}
-    merged.update({str(v.get("name")): v for v in override if v.get("name")})
-    return list(merged.values())
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import httpx
 from kfp_serve.artifacts.home import HOME_ENV, state_dir
 from kfp_serve.artifacts.names import validate_name
 from kfp_serve.serving.backends.base import (
+    DOCKER,
     LOCAL,
     REASON_NOT_READY,
     REASON_PROCESS_EXITED,
@@ -338,7 +339,7 @@ class LocalBackend:
 
 def backend_of(record: EndpointRecord) -> str:
     """The backend whose servers run ``record``'s endpoint (both share the registry)."""
-    return "docker" if record.router.container else LOCAL
+    return DOCKER if record.router.container else LOCAL
 
 
 def _identity(proc: ProcessRecord) -> str:
