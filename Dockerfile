@@ -24,6 +24,9 @@ RUN python3 -m venv /opt/kfp-serve \
 
 # --- the image -----------------------------------------------------------------------------------
 FROM ${BASE_IMAGE}
+# The name this image is built as (make image IMAGE=...): a step that creates containers (a
+# transformer's, the Docker backend's) gives them this image, not the default name.
+ARG IMAGE=ghcr.io/kubeflow/kfp-serve:0.1.0
 # libgomp: the OpenMP runtime xgboost's and scikit-learn's wheels load at import time. The Debian
 # base has it already; python:3.11-slim gets it from apt (the one step that needs a mirror).
 RUN ldconfig -p | grep -q 'libgomp\.so\.1' \
@@ -32,7 +35,8 @@ RUN ldconfig -p | grep -q 'libgomp\.so\.1' \
 COPY --from=build /opt/kfp-serve /opt/kfp-serve
 # What was pinned, and which pins were changed for this base's Python (image/wheelhouse.py).
 COPY --from=build /wheels/constraints.txt /wheels/image-overrides.txt /opt/kfp-serve/
-ENV PATH=/opt/kfp-serve/bin:$PATH \
+ENV KFP_SERVE_IMAGE=${IMAGE} \
+    PATH=/opt/kfp-serve/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \

@@ -77,7 +77,8 @@ wheelhouse: install
 
 # Installs from the wheelhouse only (--no-index); the wheels stay in the build stage, not in a layer.
 image: wheelhouse
-	$(DOCKER) build --network host --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) -f Dockerfile $(WHEELHOUSE)
+	$(DOCKER) build --network host --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg IMAGE=$(IMAGE) \
+		-t $(IMAGE) -f Dockerfile $(WHEELHOUSE)
 	@echo "built $(IMAGE) on $(BASE_IMAGE): $$($(DOCKER) image inspect -f '{{.Size}}' $(IMAGE) | awk '{printf "%.0f MB", $$1/1e6}')"
 
 # debootstrap minbase + the Python and OpenMP runtime the image needs, imported as $(DEBIAN_BASE).

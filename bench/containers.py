@@ -1,21 +1,25 @@
-"""The kfp-serve image: build time and size, and a pipeline in containers vs in subprocesses.
+"""The kfp-serve image and the Docker serving backend, against their process counterparts.
 
 * Image build: ``make image`` split into its two phases, the wheelhouse on the host (from pip's
   cache after the first time) and ``docker build --no-cache`` from it; the image's size.
-* The ``sklearn-transformer`` pipeline, compiled against the image, run by kfp.local's
-  DockerRunner (every step a container, host network) and by its SubprocessRunner (every step a
-  process of this venv), one after the other in the same run. Target: Docker ≤ 3× subprocess.
+* The ``sklearn-transformer`` pipeline, compiled against the image, run end to end by kfp.local's
+  DockerRunner (every step a container, host network; the serve step drives the Docker serving
+  backend, smoke_predict reaches its endpoint) and by its SubprocessRunner (every step a process
+  of this venv, the process backend), one after the other in the same run (per-step times from
+  kfp.local's own log timestamps). Target: Docker ≤ 3× subprocess.
+* Serving: the same manifest (kfp-serve runtime, an sklearn model) applied by the Docker backend
+  and by the process backend: seconds from apply to Ready, and requests/s through each
+  endpoint's router (the runtime's resources apply to the container: 1 CPU). Target: the Docker
+  endpoint ≥ 0.9× the process one.
 
-The Docker serving backend is not built yet, so the endpoint a containerised serve step starts
-ends with its container and the smoke step cannot pass there: the comparison covers the steps
-both runners complete, train through serve (per-step times come from kfp.local's own log
-timestamps). Needs a Docker engine and the built image; without them, one figure says so.
+Needs a Docker engine and the built image; without them, one figure says so.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import statistics
@@ -30,8 +34,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE_MODULE = "sklearn_transformer"
 TARGET_RATIO = 3.0
-#: Steps both runners complete (the smoke step needs the Docker serving backend in containers).
-COMPARED_UNTIL = "serve"
+#: The last step of the pipeline: both runners are compared end to end.
+COMPARED_UNTIL = "smoke-predict"
+#: Requests/s of the Docker endpoint against the process one.
+TARGET_RPS_RATIO = 0.9
+#: The load generator's CPU (bench.dataplane's choice: away from the server's).
+LOAD_CPUS = "1"
 BENCH_TAG = "kfp-serve:bench"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STAMP = r"(\d\d:\d\d:\d\d\.\d+) - \w+ - "
@@ -107,19 +115,24 @@ def pipeline_run(pipeline_yaml: Path, docker: bool) -> dict[str, float]:
     import kfp.local
 
     from kfp_serve.serving.backends.base import get_backend
+    from kfp_serve.serving.constants import DOCKER_STOCK_RUNTIME_ENV, IMAGE_ENV
     from kfp_serve.serving.runtime import warm_pool
 
     saved = {k: os.environ.get(k) for k in ("KFP_SERVE_HOME", "KFP_SERVE_BACKEND")}
     with tempfile.TemporaryDirectory(prefix="kfp-serve-bench-") as home:
+        home = str(Path(home).resolve())
         os.environ.update(KFP_SERVE_HOME=home, KFP_SERVE_BACKEND="local")
         if docker:
             import docker as docker_sdk
 
+            socket = "/var/run/docker.sock"
             runner = kfp.local.DockerRunner(
                 network_mode="host", pid_mode="host",
-                environment={"KFP_SERVE_HOME": home, "KFP_SERVE_BACKEND": "local",
+                environment={"KFP_SERVE_HOME": home, "KFP_SERVE_BACKEND": "docker",
+                             IMAGE_ENV: _image(), DOCKER_STOCK_RUNTIME_ENV: "kfp-serve",
                              "PIP_NO_INDEX": "1"},
-                mounts=[docker_sdk.types.Mount(target=home, source=home, type="bind")],
+                mounts=[docker_sdk.types.Mount(target=home, source=home, type="bind"),
+                        docker_sdk.types.Mount(target=socket, source=socket, type="bind")],
             )
         else:
             runner = kfp.local.SubprocessRunner(use_venv=False)
@@ -133,7 +146,7 @@ def pipeline_run(pipeline_yaml: Path, docker: bool) -> dict[str, float]:
         except ValueError:
             pass  # a failed task's output is a pipeline output: kfp.local raises at the end
         finally:
-            backend = get_backend("local")
+            backend = get_backend("docker" if docker else "local")
             for status in backend.list():
                 backend.delete(status.name)
             warm_pool.stop()
@@ -158,9 +171,8 @@ def _until(steps: dict[str, float], last: str) -> float:
 def runners(quick: bool) -> list[dict]:
     """DockerRunner vs SubprocessRunner on the same compiled pipeline, alternating."""
     with tempfile.TemporaryDirectory(prefix="kfp-serve-compiled-") as out:
-        subprocess.run([sys.executable, "-m", "kfp_serve.components.build", "--out", out],
-                       check=True, capture_output=True, env={**os.environ,
-                                                             "KFP_SERVE_IMAGE": _image()})
+        subprocess.run([sys.executable, "-m", "kfp_serve.build", "--out", out, "--image",
+                        _image()], check=True, capture_output=True)
         pipeline_yaml = Path(out) / "pipelines" / f"{PIPELINE_MODULE}.yaml"
         repeats = 1 if quick else 3
         docker_s, process_s = [], []
@@ -170,7 +182,7 @@ def runners(quick: bool) -> list[dict]:
     value, reference = statistics.median(docker_s), statistics.median(process_s)
     ratio = value / reference
     return [{
-        "name": f"{PIPELINE_MODULE} train→serve under DockerRunner",
+        "name": f"{PIPELINE_MODULE} pipeline end to end under DockerRunner",
         "value": round(value, 1), "unit": "s", "reference": round(reference, 1),
         "ratio": round(ratio, 2), "target": f"≤ {TARGET_RATIO:g}× SubprocessRunner",
         "passed": ratio <= TARGET_RATIO, "runs": repeats,
@@ -179,8 +191,73 @@ def runners(quick: bool) -> list[dict]:
     }]
 
 
+def serving(quick: bool) -> list[dict]:
+    """The Docker backend against the process backend: apply → Ready, and requests/s."""
+    import joblib
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    from bench.loadgen import run_load
+    from kfp_serve.artifacts.snapshots import SnapshotStore
+    from kfp_serve.serving.backends.docker.backend import DockerBackend
+    from kfp_serve.serving.backends.local import LocalBackend
+    from kfp_serve.serving.isvc import build_inference_service
+    from kfp_serve.serving.runtime import warm_pool
+
+    repeats = 1 if quick else 3
+    duration = 5.0 if quick else 10.0
+    saved = os.environ.get("KFP_SERVE_HOME")
+    ready: dict[str, list[float]] = {"docker": [], "local": []}
+    rps: dict[str, float] = {}
+    X, y = load_iris(return_X_y=True)
+    body = json.dumps({"instances": X[:4].tolist()}).encode()
+    with tempfile.TemporaryDirectory(prefix="kfp-serve-bench-") as home:
+        os.environ["KFP_SERVE_HOME"] = str(Path(home).resolve())
+        try:
+            model = Path(home) / "model"
+            model.mkdir()
+            joblib.dump(LogisticRegression(max_iter=500).fit(X, y), model / "model.joblib")
+            uri = SnapshotStore().snapshot(model).uri
+            manifest = build_inference_service(
+                "bench", uri, "sklearn", serve_config={"predictor": {"runtime": "kfp-serve"}}
+            )
+            backends = {"docker": DockerBackend(progress=False, stop_grace=2.0),
+                        "local": LocalBackend(progress=False, stop_grace=2.0)}
+            for i in range(repeats):
+                for name, backend in backends.items():
+                    started = time.perf_counter()
+                    status = backend.apply(manifest, timeout=300)
+                    ready[name].append(time.perf_counter() - started)
+                    if i == repeats - 1:
+                        url = f"{status.url}/v1/models/bench:predict"
+                        run_load(url, body, connections=16, duration=1, cpus=LOAD_CPUS)  # warm
+                        rps[name] = run_load(url, body, connections=16, duration=duration,
+                                             cpus=LOAD_CPUS).rps
+                    backend.delete("bench")
+        finally:
+            warm_pool.stop()
+            if saved is None:
+                os.environ.pop("KFP_SERVE_HOME", None)
+            else:
+                os.environ["KFP_SERVE_HOME"] = saved
+    docker_s, local_s = statistics.median(ready["docker"]), statistics.median(ready["local"])
+    ratio = rps["docker"] / rps["local"]
+    return [
+        {"name": "Docker backend: apply → Ready (sklearn, kfp-serve runtime)",
+         "value": round(docker_s, 2), "unit": "s", "reference": round(local_s, 2),
+         "ratio": round(docker_s / local_s, 2), "target": "measured (process backend: warm pool)",
+         "passed": True, "runs": repeats,
+         "spread": f"docker {min(ready['docker']):.2f}–{max(ready['docker']):.2f} s, process "
+                   f"{min(ready['local']):.2f}–{max(ready['local']):.2f} s"},
+        {"name": "Docker backend: req/s through the endpoint (v1, 4 rows, 16 connections)",
+         "value": round(rps["docker"]), "unit": "req/s", "reference": round(rps["local"]),
+         "ratio": round(ratio, 2), "target": f"≥ {TARGET_RPS_RATIO:g}× process endpoint",
+         "passed": ratio >= TARGET_RPS_RATIO, "runs": 1, "spread": f"{duration:g} s of load"},
+    ]
+
+
 def run(quick: bool) -> list[dict]:
-    """Figures: image build phases and size; the pipeline under the two runners."""
+    """Figures: image build phases and size; the pipeline under the two runners; serving."""
     import docker
     from docker.errors import DockerException
 
@@ -195,6 +272,6 @@ def run(quick: bool) -> list[dict]:
                  "spread": f"{type(e).__name__}: start one (sudo bash .ci/docker-engine), "
                            "then make image"}]
     try:
-        return image_build(client) + runners(quick)
+        return image_build(client) + serving(quick) + runners(quick)
     finally:
         client.close()

@@ -19,6 +19,9 @@ ANNOTATION_DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
 
 IMAGE_ENV = "KFP_SERVE_IMAGE"
 DEFAULT_IMAGE = "ghcr.io/kubeflow/kfp-serve:0.1.0"
+#: Docker backend: "kfp-serve" runs KServe's stock runtimes (kserve-sklearnserver, ...) with
+#: kfp-serve's runtime, whose answers match theirs, where the stock images cannot be pulled.
+DOCKER_STOCK_RUNTIME_ENV = "KFP_SERVE_DOCKER_STOCK_RUNTIME"
 # The KServe release the cluster runs ("0.15" ... "master"); unset: check every supported one.
 KSERVE_VERSION_ENV = "KFP_SERVE_KSERVE_VERSION"
 

@@ -270,6 +270,7 @@ def log_files(name: str, component: str | None) -> dict[str, Path]:
     return {role: Path(path) for role, path in files.items()}
 
 
+
 def logs(
     name: Annotated[str, typer.Argument(help="Endpoint name.")],
     component: Annotated[
@@ -280,14 +281,22 @@ def logs(
     = False,
     tail: Annotated[int, typer.Option(help="Lines to show from the end of each log.")] = 50,
 ) -> None:
-    """Show the logs of a local endpoint's servers."""
+    """Show the logs of a local endpoint's servers (processes or containers)."""
     if component is not None and component not in COMPONENTS:
         raise CliError(f"--component {component!r} is not one of {', '.join(COMPONENTS)}",
                        "use --component predictor, transformer or router")
+    from kfp_serve.serving.backends.local.supervisor import CONTAINER_LOG_PREFIX, log_tail
+
     files = log_files(name, component)
     prefix = len(files) > 1
     offsets: dict[str, int] = {}
-    for role, path in files.items():
+    for role, path in list(files.items()):
+        if str(path).startswith(CONTAINER_LOG_PREFIX):
+            # A container of the Docker backend: its output is in the engine (`docker logs`).
+            for line in log_tail(str(path), tail).splitlines() if tail > 0 else []:
+                say(f"[{role}] {line}" if prefix else line)
+            del files[role]
+            continue
         text = path.read_text(errors="replace") if path.exists() else ""
         for line in text.splitlines()[-tail:] if tail > 0 else []:
             say(f"[{role}] {line}" if prefix else line)

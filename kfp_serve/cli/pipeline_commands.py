@@ -210,11 +210,21 @@ def compile_command(
     out_dir: Annotated[Path, typer.Option("--out", help="Where to write the YAML.")] = Path(
         "compiled"
     ),
+    image: Annotated[
+        str | None,
+        typer.Option(help="The image to compile against, e.g. REGISTRY/kfp-serve:TAG "
+                     "(default: KFP_SERVE_IMAGE, else the default name)."),
+    ] = None,
 ) -> None:
-    """Compile every pipeline and component to KFP IR YAML (and the palette files)."""
+    """Compile every pipeline and component to KFP IR YAML (and the palette files and the
+    ClusterServingRuntime)."""
     from kfp_serve.build import build_all
 
-    for path in build_all(out_dir):
+    try:
+        written = build_all(out_dir, image=image)
+    except RuntimeError as e:
+        raise CliError(str(e), "run `kfp-serve compile --image NAME` on its own") from e
+    for path in written:
         say(str(path))
 
 

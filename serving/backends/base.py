@@ -21,6 +21,7 @@ from kfp_serve.serving.errors import ServingError
 BACKEND_ENV = "KFP_SERVE_BACKEND"
 LOCAL = "local"
 KUBERNETES = "kubernetes"
+DOCKER = "docker"
 
 #: Values of EndpointStatus.reason that clients act on.
 REASON_PROCESS_EXITED = "ProcessExited"
@@ -195,6 +196,7 @@ BACKENDS = Implementations(
     {
         LOCAL: "kfp_serve.serving.backends.local.backend:LocalBackend",
         KUBERNETES: "kfp_serve.serving.backends.kubernetes:KubernetesBackend",
+        DOCKER: "kfp_serve.serving.backends.docker.backend:DockerBackend",
     },
     error=ServingError,
     unknown=lambda name, known: (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tests.cli.conftest import assert_clean_error
+from tests.cli.conftest import assert_clean_error, run_script
 from tests.cli.kfp_api_double import KfpApiDouble
 
 
@@ -25,8 +25,10 @@ def test_compile_writes_loadable_components_palette_and_pipelines(cli, tmp_path)
     pipeline_files = sorted((out / "pipelines").glob("*.yaml"))
     assert set(component_files) == names and set(palette_files) == names
     assert len(pipeline_files) == len(PIPELINES)
+    runtime = out / "runtimes" / "kfp-serve.yaml"
     assert written == {str(p) for p in [*component_files.values(), *palette_files.values(),
-                                         *pipeline_files]}
+                                         *pipeline_files, runtime]}
+    assert yaml.safe_load(runtime.read_text())["kind"] == "ClusterServingRuntime"
     for name, path in component_files.items():
         loaded = components.load_component_from_file(str(path))
         assert loaded.component_spec.implementation.container is not None, name
@@ -41,6 +43,28 @@ def test_compile_writes_loadable_components_palette_and_pipelines(cli, tmp_path)
         assert spec["root"]["dag"]["tasks"], path
         display_names.add(spec["pipelineInfo"]["name"])
     assert display_names == {"kfp-serve-sklearn-transformer", "kfp-serve-xgboost"}
+
+
+def test_compile_against_an_image_names_it_everywhere(tmp_path, monkeypatch):
+    from kfp_serve.serving.constants import DEFAULT_IMAGE
+
+    monkeypatch.delenv("KFP_SERVE_IMAGE", raising=False)
+    image = "registry.example.com/ml/kfp-serve:7.1"
+    out = tmp_path / "compiled"
+    outcome = run_script("compile", "--out", str(out), "--image", image)
+    assert outcome.exit_code == 0, outcome.stderr
+    files = sorted(out.rglob("*.yaml"))
+    assert {p.relative_to(out).parts[0] for p in files} == {"components", "pipelines", "runtimes"}
+    for path in files:
+        text = path.read_text()
+        assert DEFAULT_IMAGE not in text, path
+    runtime = yaml.safe_load((out / "runtimes" / "kfp-serve.yaml").read_text())
+    assert runtime["spec"]["containers"][0]["image"] == image
+    palette = yaml.safe_load((out / "components" / "palette" / "train.yaml").read_text())
+    assert palette["implementation"]["container"]["image"] == image
+    pipeline = yaml.safe_load((out / "pipelines" / "xgboost.yaml").read_text())
+    images = {e["container"]["image"] for e in pipeline["deploymentSpec"]["executors"].values()}
+    assert images == {image}
 
 
 @pytest.fixture

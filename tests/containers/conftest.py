@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from kfp_serve.serving.constants import DEFAULT_IMAGE, IMAGE_ENV
+from kfp_serve.serving.constants import DEFAULT_IMAGE, DOCKER_STOCK_RUNTIME_ENV, IMAGE_ENV
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -34,6 +34,14 @@ TEST_LABEL = "kfp-serve.test-session"
 HOW_TO_RUN = "run them with `bash .ci/run`, or start an engine, `make image`, then `make test`"
 
 _SESSION = uuid.uuid4().hex[:12]
+#: Where a step container finds the engine.
+ENGINE_SOCKET = "/var/run/docker.sock"
+
+
+def engine_socket() -> str:
+    """The host path of the engine's socket (DOCKER_HOST when it names one)."""
+    host = os.environ.get("DOCKER_HOST", "")
+    return host.removeprefix("unix://") if host.startswith("unix://") else ENGINE_SOCKET
 _problem: str | None = None
 _left_out = 0
 
@@ -139,7 +147,8 @@ class ContainerRun:
     def runner(self) -> object:
         """A DockerRunner: host network (this VM's engine has no bridge), host pid namespace
         (the pids steps record in the endpoint registry mean the same here and there), the home
-        mounted at the same path, and nothing downloadable (no index for a step's pip)."""
+        mounted at the same path, the engine's socket (the serve step starts the endpoint's
+        containers beside its own), and nothing downloadable (no index for a step's pip)."""
         import docker
         import kfp.local
 
@@ -147,8 +156,10 @@ class ContainerRun:
             network_mode="host",
             pid_mode="host",
             environment=self.environment(),
-            mounts=[docker.types.Mount(target=str(self.home), source=str(self.home),
-                                       type="bind")],
+            mounts=[
+                docker.types.Mount(target=str(self.home), source=str(self.home), type="bind"),
+                docker.types.Mount(target=ENGINE_SOCKET, source=engine_socket(), type="bind"),
+            ],
             labels={TEST_LABEL: _SESSION},
         )
 
@@ -156,8 +167,11 @@ class ContainerRun:
         """The variables every step container gets."""
         return {
             "KFP_SERVE_HOME": str(self.home),
-            # The Docker serving backend is not built yet: the serve step uses the process one.
-            "KFP_SERVE_BACKEND": "local",
+            # Endpoints as the containers KServe would run, in the image under test; the
+            # pipelines name KServe's stock runtimes, whose images cannot be pulled here.
+            "KFP_SERVE_BACKEND": "docker",
+            IMAGE_ENV: self.image,
+            DOCKER_STOCK_RUNTIME_ENV: "kfp-serve",
             "PIP_NO_INDEX": "1",
         }
 
@@ -174,21 +188,26 @@ def container_run(
     image: str, docker_client: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[ContainerRun]:
     """A fresh shared home (this process uses it too); endpoints served in it stopped after."""
-    home = tmp_path / "home"
+    home = (tmp_path / "home").resolve()
     home.mkdir()
-    monkeypatch.setenv("KFP_SERVE_HOME", str(home))
-    monkeypatch.setenv("KFP_SERVE_BACKEND", "local")
+    run = ContainerRun(home=home, pipeline_root=home / "pipeline-runs", image=image)
+    for name, value in run.environment().items():
+        if name != "PIP_NO_INDEX":
+            monkeypatch.setenv(name, value)
     for name in ("KFP_SERVE_MLMD", "KFP_SERVE_SNAPSHOT_STORE", "METADATA_GRPC_SERVICE_HOST",
                  "METADATA_GRPC_SERVICE_PORT", "KUBERNETES_SERVICE_HOST"):
         monkeypatch.delenv(name, raising=False)
-    yield ContainerRun(home=home, pipeline_root=home / "pipeline-runs", image=image)
+    yield run
     from kfp_serve.serving.backends.base import get_backend
+    from kfp_serve.serving.backends.docker import containers
     from kfp_serve.serving.runtime import warm_pool
 
-    backend = get_backend("local")
+    backend = get_backend("docker")
     for status in backend.list():
         backend.delete(status.name)
     warm_pool.stop()
+    left = containers.left_behind(str(home))
+    assert not left, f"containers or volumes of endpoints left behind: {left}"
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -67,6 +67,14 @@ def test_cli_imports_and_entry_point_work_without_network(docker_client, image: 
     ])
 
 
+def test_image_knows_its_own_name(docker_client, image: str) -> None:
+    """A step that starts containers (a transformer's, the Docker backend's) gives them the image
+    it runs in, not the default name (make image passes IMAGE= to the build)."""
+    named = run_in_image(docker_client, image,
+                         ["python", "-c", "import os; print(os.environ['KFP_SERVE_IMAGE'])"])
+    assert named.strip() == image
+
+
 def test_storage_initializer_downloads_into_a_model_dir(
     docker_client, image: str, tmp_path: Path
 ) -> None:

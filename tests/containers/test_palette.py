@@ -5,9 +5,10 @@ Elyra's editor places on a canvas: ``python3 -m kfp_serve.components.entry NAME`
 placeholders. KFP's own loader turns them into container components; chained as a user would
 chain them, each runs in the image under kfp.local's DockerRunner.
 
-As in test_pipelines.py, the endpoint the serve component starts (process backend) ends with its
-container; smoke_predict runs against the same records served from this process. kfp.local
-cannot chain v1 container components' artifacts itself (see PaletteRunner), so the test does.
+As in test_pipelines.py, the serve component drives the Docker serving backend, so its endpoint
+(containers of its own) outlives the serve container and the smoke_predict component, in its
+container, blesses it. kfp.local cannot chain v1 container components' artifacts itself (see
+PaletteRunner), so the test does.
 """
 
 # No ``from __future__ import annotations``: KFP reads the pipelines' annotations as objects.
@@ -90,7 +91,6 @@ def read(task_dir: Path, output: str) -> str:
 def test_palette_components_run_in_the_image(compiled: Path, container_run: ContainerRun) -> None:
     from kfp import dsl
 
-    from kfp_serve import serve
     from kfp_serve.artifacts import list_artifacts
 
     container_run.init()
@@ -131,13 +131,9 @@ def test_palette_components_run_in_the_image(compiled: Path, container_run: Cont
     assert isvc["kind"] == "InferenceService"
     assert isvc["metadata"]["name"] == ENDPOINT
 
-    # The serve command's endpoint ended with its container (the Docker serving backend is
-    # not built yet): serve the same records from this process, then smoke-test from the image.
-    # Under a new name: re-serving the name whose router died with the container races in the
-    # process backend (its new router can exit at start-up, seen under load), not tested here.
-    serve(model_id, transformer_id, name=f"{ENDPOINT}-host")
+    # The endpoint outlived the serve command's container: smoke-test it from the image.
     smoked = step("smoke_predict", {"samples": (trained / "samples", dsl.Dataset)},
-                  endpoint_name=f"{ENDPOINT}-host")
+                  endpoint_name=ENDPOINT)
     assert read(smoked, "verdict") == "blessed"
     assert read(smoked, "blessed") == "true"
     assert "blessed" in (smoked / "report").read_text()

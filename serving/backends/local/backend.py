@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import os
 import sys
 import time
 from typing import Any
@@ -28,6 +27,7 @@ import httpx
 from kfp_serve.artifacts.home import HOME_ENV, state_dir
 from kfp_serve.artifacts.names import validate_name
 from kfp_serve.serving.backends.base import (
+    DOCKER,
     LOCAL,
     REASON_NOT_READY,
     REASON_PROCESS_EXITED,
@@ -49,9 +49,9 @@ from kfp_serve.serving.backends.local.registry import (
     ProcessRecord,
     RevisionRecord,
 )
-from kfp_serve.serving.backends.local.storage import resolve_storage
+from kfp_serve.serving.backends.local.servers import ProcessServers, Servers
+from kfp_serve.serving.backends.local.storage import resolve_storage  # noqa: F401 - exported
 from kfp_serve.serving.backends.traffic import PROMOTE, ROLLBACK, TRAFFIC, RolloutState
-from kfp_serve.serving.constants import PREDICTOR, STORAGE_URI_ENV, TRANSFORMER
 from kfp_serve.serving.errors import ServingError
 
 logger = logging.getLogger(__name__)
@@ -89,6 +89,11 @@ class LocalBackend:
         self.progress = progress
         self.stop_grace = stop_grace
         self.probe_timeout = probe_timeout
+        self.servers = self._servers()
+
+    def _servers(self) -> Servers:
+        """How this backend starts an endpoint's servers (the Docker backend: containers)."""
+        return ProcessServers(self.python)
 
     # -- apply --------------------------------------------------------------------------------
 
@@ -152,39 +157,26 @@ class LocalBackend:
         )
         progress = rollout.Progress(self.progress)
         progress.start(f"endpoint {plan.name!r}: starting revision {number}")
-        from kfp_serve.serving.runtime import launch
-
-        # The servers are forked from a warm pool: start it now, so it imports while the
-        # snapshots are verified and the router starts (no-op if it runs or is disabled).
-        launch.warm_up(self.python)
         router: ProcessRecord | None = None
         new: RevisionRecord | None = None
         try:
-            # Plan: the verified directory each server loads (a tampered snapshot stops here).
-            # A multi-model server starts empty; its TrainedModels are verified as they load.
-            dirs = {
-                PREDICTOR: trained_models.models_dir(plan.name)
-                if plan.multi_model
-                else resolve_storage(plan.predictor.storage_uri, field="spec.predictor storageUri")
-            }
-            if plan.transformer is not None:
-                dirs[TRANSFORMER] = resolve_storage(
-                    plan.transformer.storage_uri, field=f"transformer {STORAGE_URI_ENV}"
-                )
+            # Plan: what each server loads, verified (a tampered snapshot stops here).
+            artifacts = self.servers.prepare(plan)
             registry.endpoint_dir(plan.name).mkdir(parents=True, exist_ok=True)
             # Start: the router first and awaited last, so it comes up while the models load.
             router_proc = None
             if record is None or not record.router.alive():
+                if record is not None:
+                    # It has exited; what is left of it (a stopped container) goes.
+                    supervisor.stop([record.router], self.stop_grace)
                 port = record.router.port if record is not None else None
-                router, router_proc = rollout.start_router(
-                    self.python, plan.name, port, dict(os.environ)
-                )
+                router, router_proc = self.servers.start_router(plan.name, port)
             # Start and wait ready.
             new = rollout.start_ready_revision(
-                self.python,
+                self.servers,
                 plan,
                 number,
-                dirs,
+                artifacts,
                 wait=wait,
                 deadline=deadline,
                 timeout=timeout,
@@ -414,7 +406,7 @@ class LocalBackend:
         record = registry.read_record(validate_name(name, "endpoint name"))
         if record is None:
             raise ServingError(
-                f"there is no local endpoint named {name!r} in {_searched()}: run "
+                f"there is no {self.name} endpoint named {name!r} in {_searched()}: run "
                 "`kfp-serve endpoints` to list them, or serve the model first"
             )
         return record
@@ -462,8 +454,8 @@ class LocalBackend:
         if not registry.exists(name):
             # Checked before locking: a name that never existed leaves no lock file behind.
             raise ServingError(
-                f"there is no local endpoint named {name!r} to stop in {_searched()}: run "
-                "`kfp-serve endpoints` to list them"
+                f"there is no {self.name} endpoint named {name!r} to stop in {_searched()}: "
+                "run `kfp-serve endpoints` to list them"
             )
         with registry.locked(name):
             record = registry.read_record(name)
@@ -511,7 +503,7 @@ class LocalBackend:
                 components[prefix + p.role] = p.url
         status = EndpointStatus(
             name=record.name,
-            backend=LOCAL,
+            backend=backend_of(record),
             url=record.url,
             ready=True,
             namespace=None,
@@ -533,10 +525,12 @@ class LocalBackend:
                 where = f" of revision {rev.revision}" if rev is not None else ""
                 status.ready = False
                 status.reason = REASON_PROCESS_EXITED
+                tail = supervisor.log_tail(proc.log, lines=10) if proc.container else ""
                 status.message = (
-                    f"the {role}{where} of endpoint {record.name!r} (pid {proc.pid}) has exited; "
-                    f"see its log {proc.log!r}. Serve it again to restart it, or run "
+                    f"the {role}{where} of endpoint {record.name!r} ({_identity(proc)}) has "
+                    f"exited; see its log {proc.log!r}. Serve it again to restart it, or run "
                     f"`kfp-serve stop {record.name}` to clean up"
+                    + (f"; its log ends with:\n{tail}" if tail else "")
                 )
                 return status
         if probe:
@@ -547,7 +541,7 @@ class LocalBackend:
                         status.reason = REASON_NOT_READY
                         status.message = (
                             f"the {role} of revision {rev.revision if rev else '?'} of endpoint "
-                            f"{record.name!r} runs (pid {proc.pid}) but does not answer ready "
+                            f"{record.name!r} runs ({_identity(proc)}) but does not answer ready "
                             f"at {proc.url}; see its log {proc.log!r}"
                         )
                         return status
@@ -599,6 +593,18 @@ def _split_text(
         f"{canary.model_label(revisions[k])} {v} %" for k, v in traffic.items() if k in revisions
     ]
     return ", ".join(reversed(parts))
+
+
+def backend_of(record: EndpointRecord) -> str:
+    """The backend whose servers run ``record``'s endpoint (both share the registry)."""
+    return DOCKER if record.router.container else LOCAL
+
+
+def _identity(proc: ProcessRecord) -> str:
+    """How a server is named in a status: its pid, or its container."""
+    if proc.container:
+        return f"container {proc.log.removeprefix(supervisor.CONTAINER_LOG_PREFIX)}"
+    return f"pid {proc.pid}"
 
 
 def _only_traffic_changes(record: EndpointRecord, plan: Plan) -> bool:

@@ -70,6 +70,9 @@ class ProcessRecord:
     log: str
     #: Model name the server was started with (empty for the router).
     model_name: str = ""
+    #: The Docker backend's container id; empty for a process. With it, ``pid`` is the
+    #: container's main process as the host sees it, and ``log`` is ``docker:NAME``.
+    container: str = ""
 
     @property
     def url(self) -> str:

@@ -14,7 +14,7 @@ import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -30,6 +30,9 @@ from kfp_serve.serving.backends.local.registry import (
 )
 from kfp_serve.serving.constants import LOOPBACK, PREDICTOR, TRANSFORMER
 from kfp_serve.serving.errors import ServingError
+
+if TYPE_CHECKING:
+    from kfp_serve.serving.backends.local.servers import Servers
 
 logger = logging.getLogger(__name__)
 
@@ -190,10 +193,10 @@ def start_revision(
 
 
 def start_ready_revision(
-    python: str,
+    servers: Servers,
     plan: Plan,
     number: int,
-    dirs: dict[str, Path],
+    artifacts: dict[str, Path | str],
     *,
     wait: bool,
     deadline: float,
@@ -201,11 +204,12 @@ def start_ready_revision(
     grace: float,
     progress: Progress,
 ) -> RevisionRecord:
-    """:func:`start_revision`, then (if ``wait``) :func:`await_ready`; a revision that lost
-    the race for a port starts again on new ones. On failure nothing of it is left running."""
+    """``servers.start_revision``, then (if ``wait``) :func:`await_ready`; a revision that
+    lost the race for a port starts again on new ones. On failure nothing of it is left
+    running."""
     for attempt in retrying(attempts=PORT_ATTEMPTS, on=PortTaken, first_wait=0, max_wait=0):
         with attempt:
-            revision = start_revision(python, plan, number, dirs, grace)
+            revision = servers.start_revision(plan, number, artifacts, grace)
             if not wait:
                 return revision
             try:
@@ -294,14 +298,16 @@ def await_router_up(
     name: str, router: ProcessRecord, proc: subprocess.Popen | None, grace: float
 ) -> None:
     """Wait until the router started by :func:`start_router` answers its status path."""
-    log = Path(router.log)
+    log = router.log
     with httpx.Client(timeout=1.0, trust_env=False) as client:
 
         def answers() -> bool:
-            if proc is not None and proc.poll() is not None:
+            exited = proc.poll() is not None if proc is not None else not router.alive()
+            if exited:
+                code = proc.returncode if proc is not None else "?"
                 raise ServingError(
-                    f"the router of endpoint {name!r} exited with code {proc.returncode} while "
-                    f"starting; its log {str(log)!r} ends with:\n{supervisor.log_tail(log)}"
+                    f"the router of endpoint {name!r} exited with code {code} while "
+                    f"starting; its log {log!r} ends with:\n{supervisor.log_tail(log)}"
                 )
             try:
                 url = f"{router.url}{constants.ROUTER_STATUS_PATH}"
@@ -317,7 +323,7 @@ def await_router_up(
             supervisor.stop([router], grace)
             raise ServingError(
                 f"the router of endpoint {name!r} did not answer within "
-                f"{ROUTER_START_TIMEOUT:.0f} s; see {str(log)!r}"
+                f"{ROUTER_START_TIMEOUT:.0f} s; see {log!r}"
             ) from None
 
 

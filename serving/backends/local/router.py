@@ -958,8 +958,9 @@ class Router:
 async def _watchdog(routes: Routes, registry: str, interval: float = 2.0) -> None:
     """Exit when the endpoint is gone or another router took over, so none is left orphaned.
 
-    Before the registry first appears (the servers of a new endpoint are still loading) the
-    router waits up to STARTUP_GRACE seconds for it.
+    Before the registry first appears, or while it still names a router that has died (the
+    servers of a new endpoint or revision are still loading), the router waits up to
+    STARTUP_GRACE seconds for it.
     """
     seen = False
     misses = 0
@@ -972,12 +973,29 @@ async def _watchdog(routes: Routes, registry: str, interval: float = 2.0) -> Non
         if not exists:
             gone = seen or time.monotonic() - started > STARTUP_GRACE
         else:
-            gone = routes.router_pid not in (None, os.getpid())
+            named = routes.router_pid
+            # A registry that still names a router which has died is one this router is
+            # replacing: the rollout names it once the new servers are ready (minutes, for
+            # large models in containers), so that is not a takeover.
+            gone = named not in (None, os.getpid()) and (
+                _running(named) or time.monotonic() - started > STARTUP_GRACE
+            )
         misses = misses + 1 if gone else 0
         if misses >= 3:
             logger.info("registry %s no longer names this router: exiting", registry)
             os.kill(os.getpid(), signal.SIGTERM)
             return
+
+
+def _running(pid: int) -> bool:
+    """True if a process ``pid`` exists (this router sees the host's pids)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 async def serve(args: argparse.Namespace) -> None:

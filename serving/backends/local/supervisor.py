@@ -43,10 +43,31 @@ _CHILDREN: dict[int, subprocess.Popen] = {}
 
 
 class Supervised(Protocol):
-    """Anything that names a supervised process: its pid and its start time."""
+    """Anything that names a supervised process: its pid and its start time.
+
+    A record with a non-empty ``container`` (see :class:`.registry.ProcessRecord`) names a
+    container of the Docker backend instead: checked, stopped and read through the engine.
+    """
 
     pid: int
     start_time: int
+
+
+#: How a log that lives in the Docker engine (a container's output) is named in a record.
+CONTAINER_LOG_PREFIX = "docker:"
+
+
+def _container(process: object) -> bool:
+    """True for a record of a container. The registry of endpoints is shared by both backends
+    and read by any process (the CLI, a notebook), so every check and stop here must handle
+    both; the container side lives in the Docker backend and is imported only when needed."""
+    return bool(getattr(process, "container", ""))
+
+
+def _containers():  # noqa: ANN202 - the module, imported on first use (it needs the docker SDK)
+    from kfp_serve.serving.backends.docker import containers
+
+    return containers
 
 
 # --------------------------------------------------------------------------------------------
@@ -72,6 +93,8 @@ def start_time(pid: int, *, zombie: bool = False) -> int | None:
 
 def alive(process: Supervised) -> bool:
     """True while the recorded process runs (same pid *and* same start time)."""
+    if _container(process):
+        return _containers().alive(process)
     proc = _CHILDREN.get(process.pid)
     if proc is not None:
         proc.poll()  # our own exited child: reap it, or it lingers as a zombie
@@ -164,6 +187,12 @@ def stop(processes: Iterable[Supervised], grace: float = DEFAULT_GRACE) -> None:
     Processes that already exited (or whose pid now belongs to someone else) are skipped.
     """
     processes = list(processes)
+    containers = [p for p in processes if _container(p)]
+    if containers:
+        _containers().stop(containers, grace)
+        processes = [p for p in processes if not _container(p)]
+        if not processes:
+            return
     for p in processes:
         signal_group(p, signal.SIGTERM)
 
@@ -209,7 +238,12 @@ def _reap(pid: int) -> None:
 
 
 def log_tail(path: str | os.PathLike[str], lines: int = 20) -> str:
-    """The last ``lines`` lines of a log file, read from its end ('' when it cannot be read)."""
+    """The last ``lines`` lines of a log file, read from its end ('' when it cannot be read).
+
+    ``docker:NAME`` (:data:`CONTAINER_LOG_PREFIX`) is the output of container NAME instead.
+    """
+    if str(path).startswith(CONTAINER_LOG_PREFIX):
+        return _containers().log_tail(str(path)[len(CONTAINER_LOG_PREFIX) :], lines)
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
