@@ -2,14 +2,28 @@
 
     with KubeDouble() as double:
         double.kserve.program("iris", delay=0.2)          # or outcome="fail", reason=..., ...
+        double.trained_models.program(delay=0.1)          # the TrainedModel controller
         double.faults.add(verb="patch", status=403)
         kubeconfig = double.write_kubeconfig(tmp_path / "kubeconfig", namespace="team-a")
 """
 
-from tests.kube_double.controllers import IsvcBehavior, RecordedCall, SnapshotBehavior
+from tests.kube_double.controllers import (
+    IsvcBehavior,
+    RecordedCall,
+    SnapshotBehavior,
+    TrainedModelBehavior,
+)
 from tests.kube_double.faults import Fault, FaultPlan
 from tests.kube_double.server import KubeDouble
-from tests.kube_double.store import ISVC, PVC, VOLUME_SNAPSHOT, ApiError, Resource, merge_patch
+from tests.kube_double.store import (
+    ISVC,
+    PVC,
+    TRAINED_MODEL,
+    VOLUME_SNAPSHOT,
+    ApiError,
+    Resource,
+    merge_patch,
+)
 
 __all__ = [
     "ISVC",
@@ -23,5 +37,7 @@ __all__ = [
     "RecordedCall",
     "Resource",
     "SnapshotBehavior",
+    "TRAINED_MODEL",
+    "TrainedModelBehavior",
     "merge_patch",
 ]
