@@ -20,6 +20,9 @@ _EXPORTS = {
     "Transformer": "kfp_serve.artifacts.model",
     "ServeConfig": "kfp_serve.serving.config",
     "serve": "kfp_serve.serving.deploy",
+    "serve_many": "kfp_serve.serving.multi",
+    "add_model": "kfp_serve.serving.multi",
+    "remove_model": "kfp_serve.serving.multi",
     "Endpoint": "kfp_serve.serving.endpoint",
 }
 

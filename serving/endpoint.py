@@ -177,7 +177,12 @@ class Endpoint:
     # -- requests -----------------------------------------------------------------------------
 
     def predict(
-        self, x: Any, *, protocol: str | None = None, proba: bool = False
+        self,
+        x: Any,
+        *,
+        protocol: str | None = None,
+        proba: bool = False,
+        model: str | None = None,
     ) -> dict[str, Any]:
         """Predict ``x`` (rows as a list, numpy array or pandas DataFrame); the response dict.
 
@@ -189,6 +194,7 @@ class Endpoint:
                 what it answers when it starts: the endpoint must have been served with
                 probabilities on (``kfp-serve serve MODEL_ID --proba``, or the ServeConfig
                 env ``PREDICT_PROBA=true`` on the predictor), else this raises.
+            model: The hosted model to ask, on a multi-model endpoint (``serve_many``).
 
         Returns:
             The server's JSON answer: ``{"predictions": [...]}`` for v1, ``{"outputs": [...],
@@ -205,10 +211,11 @@ class Endpoint:
                 "on the predictor) to get predict_proba answers"
             )
         protocol = protocol or self.protocol
+        name = model or self.model_name
         if protocol == "v2":
-            return self._post(f"/v2/models/{self.model_name}/infer", v2_request(x), "predict")
+            return self._post(f"/v2/models/{name}/infer", v2_request(x), "predict")
         if protocol == "v1":
-            return self._post(f"/v1/models/{self.model_name}:predict", v1_request(x), "predict")
+            return self._post(f"/v1/models/{name}:predict", v1_request(x), "predict")
         raise ServingError(f"protocol {protocol!r} is not supported: use 'v1' or 'v2'")
 
     def predictions(self, x: Any, *, protocol: str | None = None) -> list[Any]:

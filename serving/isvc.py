@@ -71,7 +71,7 @@ class Provenance:
 
 def build_inference_service(
     name: str,
-    model_uri: str,
+    model_uri: str | None,
     framework: str,
     *,
     transformer_uri: str | None = None,
@@ -79,6 +79,7 @@ def build_inference_service(
     namespace: str | None = None,
     provenance: Provenance | None = None,
     kserve_version: str | None = None,
+    multi_model: bool = False,
 ) -> dict[str, Any]:
     """Return the camelCase InferenceService manifest for a model (and optional transformer).
 
@@ -88,7 +89,8 @@ def build_inference_service(
 
     Args:
         name: The InferenceService name (DNS-1123 label).
-        model_uri: Storage URI of the model directory (stock KServe layout).
+        model_uri: Storage URI of the model directory (stock KServe layout); None with
+            ``multi_model``.
         framework: ``"sklearn"``, ``"xgboost"`` or ``"lightgbm"``.
         transformer_uri: Storage URI of a Transformer artifact directory, if any.
         serve_config: A ServeConfig, or a dict / JSON string of one.
@@ -96,6 +98,9 @@ def build_inference_service(
         provenance: MLMD ids, version and snapshot URIs to record on the object.
         kserve_version: The cluster's KServe release (``"0.15"`` ... ``"master"``); default
             ``$KFP_SERVE_KSERVE_VERSION``, else the rules of every supported release.
+        multi_model: The parent of a multi-model endpoint: the predictor names the model
+            format and runtime but no ``storageUri``; TrainedModels bring the models
+            (``serving/trained_model.py``).
 
     Raises:
         ServeConfigError: An invalid name, URI, framework or config, or one KServe's admission
@@ -110,7 +115,19 @@ def build_inference_service(
         raise ServeConfigError(
             f"framework: {framework!r} is not supported; use one of {list(FRAMEWORKS)}"
         )
-    check_storage_uri(model_uri, "model_uri")
+    if multi_model:
+        if model_uri is not None:
+            raise ServeConfigError(
+                "model_uri: a multi-model endpoint has no model of its own; its models are "
+                "TrainedModels (pass model_uri=None)"
+            )
+        if cfg.predictor.get("containers") is not None:
+            raise ServeConfigError(
+                "predictor.containers: a multi-model endpoint runs the framework's runtime; "
+                "custom predictor containers cannot host TrainedModels here"
+            )
+    else:
+        check_storage_uri(model_uri, "model_uri")
     if transformer_uri is not None:
         check_storage_uri(transformer_uri, "transformer_uri")
     protocol = cfg.protocol_version or DEFAULT_PROTOCOL
@@ -202,7 +219,9 @@ def check_storage_uri(uri: str, field: str) -> str:
     return uri
 
 
-def _predictor(cfg: ServeConfig, model_uri: str, framework: str, protocol: str) -> dict[str, Any]:
+def _predictor(
+    cfg: ServeConfig, model_uri: str | None, framework: str, protocol: str
+) -> dict[str, Any]:
     resolved = cfg.resolve(PREDICTOR)
     component = resolved.spec
     if resolved.containers is not None:  # a custom predictor: the user's containers as given
@@ -217,9 +236,10 @@ def _predictor(cfg: ServeConfig, model_uri: str, framework: str, protocol: str) 
         "modelFormat": {"name": framework},
         # Explicit, so that sklearn + v2 is not routed to MLServer by auto-selection.
         "runtime": runtime,
-        "storageUri": model_uri,
-        "protocolVersion": protocol,
     }
+    if model_uri is not None:  # None: a multi-model parent, whose models are TrainedModels
+        model["storageUri"] = model_uri
+    model["protocolVersion"] = protocol
     if cfg.runtime_version:
         model["runtimeVersion"] = cfg.runtime_version
     overrides = dict(resolved.container)

@@ -27,6 +27,50 @@ REASON_STARTING = "Starting"
 
 
 @dataclass
+class TrainedModelStatus:
+    """The state of one model hosted by a multi-model endpoint (a KServe TrainedModel).
+
+    Attributes:
+        name: The model's name on the endpoint (its ``/v1/models/{name}`` path).
+        parent: The multi-model endpoint (InferenceService) hosting it.
+        ready: True once it is loaded and answers.
+        reason: Why it is not ready (``MemoryResourceUnavailable``, ``LoadFailed``, ...).
+        message: The details, e.g. the numbers of a memory refusal or a load error.
+        storage_uri: Where it was loaded from (``spec.model.storageUri``).
+        framework: Its model format.
+        memory: The memory it declared (``spec.model.memory``, a quantity).
+        url: Its predict URL (``status.url``), None until it is ready.
+        namespace: Kubernetes namespace (None locally).
+        labels: Its labels: kfp-serve's model id, name and version among them.
+    """
+
+    name: str
+    parent: str
+    ready: bool
+    reason: str | None = None
+    message: str | None = None
+    storage_uri: str = ""
+    framework: str = ""
+    memory: str = ""
+    url: str | None = None
+    namespace: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def version(self) -> str | None:
+        """The model version it serves (from kfp-serve's label), None if unknown."""
+        from kfp_serve.serving.constants import LABEL_MODEL_VERSION
+
+        return self.labels.get(LABEL_MODEL_VERSION)
+
+
+#: Values of TrainedModelStatus.reason.
+REASON_MEMORY_UNAVAILABLE = "MemoryResourceUnavailable"
+REASON_LOAD_FAILED = "LoadFailed"
+REASON_FRAMEWORK_MISMATCH = "FrameworkNotSupported"
+
+
+@dataclass
 class EndpointStatus:
     """The state of one served InferenceService, as a backend sees it."""
 
@@ -42,6 +86,8 @@ class EndpointStatus:
     components: dict[str, str] = field(default_factory=dict)
     #: Extra HTTP headers a client must send (a Host header through an ingress).
     headers: dict[str, str] = field(default_factory=dict)
+    #: The models a multi-model endpoint hosts ([] for a single-model endpoint).
+    models: list[TrainedModelStatus] = field(default_factory=list)
 
 
 class ServingBackend(Protocol):
@@ -58,6 +104,42 @@ class ServingBackend(Protocol):
     def list(self, namespace: str | None = None) -> list[EndpointStatus]: ...
 
     def delete(self, name: str, namespace: str | None = None) -> None: ...
+
+
+class MultiModelBackend(ServingBackend, Protocol):
+    """A backend that also hosts many models behind one endpoint (KServe TrainedModels).
+
+    The parent InferenceService (``trained_model.parent_inference_service``) is applied with
+    ``apply``; each model is then loaded into its running server without a restart.
+    """
+
+    def apply_trained_model(
+        self, manifest: dict[str, Any], *, wait: bool = True, timeout: float = 300.0
+    ) -> TrainedModelStatus:
+        """Load (or reload) the model ``manifest`` describes into its parent.
+
+        With ``wait``, a model that does not become ready raises ServingError (its reason and
+        message in the text); the parent's other models keep serving either way.
+        """
+        ...
+
+    def delete_trained_model(self, name: str, namespace: str | None = None) -> None:
+        """Unload model ``name`` and forget it (ServingError if there is none)."""
+        ...
+
+    def list_trained_models(
+        self, parent: str, namespace: str | None = None
+    ) -> list[TrainedModelStatus]:
+        """The models endpoint ``parent`` hosts (or failed to load), by name."""
+        ...
+
+
+def supports_multi_model(backend: ServingBackend) -> bool:
+    """True if ``backend`` can host TrainedModels (it has the MultiModelBackend methods)."""
+    return all(
+        callable(getattr(backend, m, None))
+        for m in ("apply_trained_model", "delete_trained_model", "list_trained_models")
+    )
 
 
 def default_backend_name() -> str:
