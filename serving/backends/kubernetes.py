@@ -27,6 +27,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import urlsplit
 
@@ -63,6 +64,28 @@ VERSION = "v1beta1"
 PLURAL = "inferenceservices"
 KIND = "InferenceService"
 API_VERSION = f"{GROUP}/{VERSION}"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One KServe resource type the backend writes: where it lives in the API, how it is named."""
+
+    group: str
+    version: str
+    plural: str
+    kind: str
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}"
+
+    def path(self, namespace: str) -> tuple[str, str, str, str]:
+        """(group, version, namespace, plural): the leading arguments of CustomObjectsApi."""
+        return self.group, self.version, namespace, self.plural
+
+
+INFERENCE_SERVICE = Kind(GROUP, VERSION, PLURAL, KIND)
+TRAINED_MODEL = Kind(GROUP, "v1alpha1", "trainedmodels", "TrainedModel")
 
 #: Where the cluster's ingress gateway is reachable from here ("host:port" or a URL).
 INGRESS_ENV = "KFP_SERVE_INGRESS"
@@ -243,9 +266,9 @@ _HINTS = {
         "the service account lacks an RBAC permission: apply serving/rbac.yaml in the namespace "
         "(check with `kubectl auth can-i {verb} {resource} -n {namespace}`)"
     ),
-    404: "is KServe installed (`kubectl get crd inferenceservices.serving.kserve.io`)?",
-    422: "the manifest does not match the InferenceService CRD installed on the cluster",
-    400: "the manifest does not match the InferenceService CRD installed on the cluster",
+    404: "is KServe installed (`kubectl get crd {crd}`)?",
+    422: "the manifest does not match the {kind} CRD installed on the cluster",
+    400: "the manifest does not match the {kind} CRD installed on the cluster",
 }
 
 # How the API server words a validating webhook's refusal (it reuses 403/400, not RBAC's meaning).
@@ -384,12 +407,16 @@ class KubernetesBackend:
             time.sleep(pause)
             delay = min(delay * 2, 2.0)
 
-    def _refused(self, e: Any, verb: str, name: str, namespace: str) -> ServingError:
+    def _refused(
+        self, e: Any, verb: str, name: str, namespace: str, kind: Kind = INFERENCE_SERVICE
+    ) -> ServingError:
         reason, message = _api_message(e)
-        hint = (_WEBHOOK_HINT if message.startswith(_WEBHOOK_DENIAL) else _HINTS.get(
-            e.status, "")).format(verb=verb, resource=f"{PLURAL}.{GROUP}", namespace=namespace)
+        webhook = message.startswith(_WEBHOOK_DENIAL)
+        hint = (_WEBHOOK_HINT if webhook else _HINTS.get(e.status, "")).format(
+            verb=verb, resource=f"{kind.plural}.{kind.group}", namespace=namespace,
+            kind=kind.kind, crd=f"{kind.plural}.{kind.group}")
         return ServingError(
-            f"the Kubernetes API server refused to {verb} InferenceService {name!r} in namespace "
+            f"the Kubernetes API server refused to {verb} {kind.kind} {name!r} in namespace "
             f"{namespace!r}: {e.status} {reason}: {message}" + (f" — {hint}" if hint else "")
         )
 
@@ -483,16 +510,26 @@ class KubernetesBackend:
         return ApiException
 
     def _apply_object(
-        self, body: dict[str, Any], name: str, namespace: str, deadline: float
+        self,
+        body: dict[str, Any],
+        name: str,
+        namespace: str,
+        deadline: float,
+        kind: Kind = INFERENCE_SERVICE,
+        check: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
-        """get, then create or merge-patch; retried on conflicts; returns the stored object."""
+        """get, then create or merge-patch; retried on conflicts; returns the stored object.
+
+        ``check`` sees the stored object before it is patched (and may refuse to touch it).
+        """
         custom, _ = self._clients()
         api_exception = self._api_exception()
-        where = (GROUP, VERSION, namespace, PLURAL)
+        where = kind.path(namespace)
+        what = f"{kind.kind} {name!r}"
         for _ in range(_APPLY_ATTEMPTS):
             try:
                 current = self._call(
-                    f"reading InferenceService {name!r}",
+                    f"reading {what}",
                     custom.get_namespaced_custom_object,
                     *where,
                     name,
@@ -500,10 +537,10 @@ class KubernetesBackend:
                 )
             except api_exception as e:
                 if e.status != 404:
-                    raise self._refused(e, "get", name, namespace) from e
+                    raise self._refused(e, "get", name, namespace, kind) from e
                 try:
                     obj = self._call(
-                        f"creating InferenceService {name!r}",
+                        f"creating {what}",
                         custom.create_namespaced_custom_object,
                         *where,
                         body,
@@ -513,19 +550,21 @@ class KubernetesBackend:
                 except api_exception as e2:
                     if e2.status == 409:
                         continue  # created meanwhile (or by our own timed-out attempt): patch it
-                    raise self._refused(e2, "create", name, namespace) from e2
-                self._say(f"created InferenceService {name!r} in namespace {namespace!r}")
+                    raise self._refused(e2, "create", name, namespace, kind) from e2
+                self._say(f"created {what} in namespace {namespace!r}")
                 return obj
+            if check is not None:
+                check(current)
             patch = apply_patch(current, body)
             if patch is None:
                 self._say(
-                    f"InferenceService {name!r} is unchanged (generation "
+                    f"{what} is unchanged (generation "
                     f"{current['metadata'].get('generation')})"
                 )
                 return current
             try:
                 obj = self._call(
-                    f"updating InferenceService {name!r}",
+                    f"updating {what}",
                     custom.patch_namespaced_custom_object,
                     *where,
                     name,
@@ -536,21 +575,26 @@ class KubernetesBackend:
             except api_exception as e:
                 if e.status == 409:
                     continue  # written by someone else since our get: recompute from fresh state
-                raise self._refused(e, "patch", name, namespace) from e
+                raise self._refused(e, "patch", name, namespace, kind) from e
             self._say(
-                f"updated InferenceService {name!r} in namespace {namespace!r} "
+                f"updated {what} in namespace {namespace!r} "
                 f"(generation {obj['metadata'].get('generation')})"
             )
             return obj
         raise ServingError(
-            f"InferenceService {name!r} in namespace {namespace!r} kept changing while it was "
+            f"{what} in namespace {namespace!r} kept changing while it was "
             f"being applied ({_APPLY_ATTEMPTS} conflicts): is another client writing it?"
         )
 
     def _watch_events(
-        self, name: str, namespace: str, resource_version: str | None, deadline: float
+        self,
+        name: str,
+        namespace: str,
+        resource_version: str | None,
+        deadline: float,
+        kind: Kind = INFERENCE_SERVICE,
     ) -> Iterator[dict[str, Any]]:
-        """Events of one InferenceService until the watch ends (server timeout or deadline)."""
+        """Events of one object until the watch ends (server timeout or deadline)."""
         from kubernetes import watch
 
         custom, _ = self._clients()
@@ -567,7 +611,7 @@ class KubernetesBackend:
         w = watch.Watch()
         try:
             yield from w.stream(
-                custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, **kwargs
+                custom.list_namespaced_custom_object, *kind.path(namespace), **kwargs
             )
         finally:
             w.stop()
@@ -581,14 +625,24 @@ class KubernetesBackend:
         started: float,
         deadline: float,
         timeout: float,
+        kind: Kind = INFERENCE_SERVICE,
+        judge: Callable[[dict[str, Any], int], tuple[str, str]] = readiness,
+        fail: Callable[..., Exception] | None = None,
+        gone: str = "",
     ) -> dict[str, Any]:
+        """Watch the object until ``judge`` says ready (returned) or failed (``fail`` raised).
+
+        ``gone`` is said when it is deleted meanwhile (why that may happen).
+        """
         import urllib3
 
         api_exception = self._api_exception()
         custom, _ = self._clients()
+        fail = fail or self._not_ready
+        what = f"{kind.kind} {name!r} in namespace {namespace!r}"
         latest = obj
         rv = obj["metadata"].get("resourceVersion")
-        state, summary = readiness(latest, generation)
+        state, summary = judge(latest, generation)
         shown: list[Any] = ["", 0.0]  # last summary printed, and when
 
         def show(force: bool = False) -> None:
@@ -604,19 +658,18 @@ class KubernetesBackend:
             if state == "ready":
                 return latest
             if state == "failed":
-                raise self._not_ready(latest, generation, timeout, timed_out=False)
+                raise fail(latest, generation, timeout, timed_out=False)
             if deadline - now <= 0:
-                raise self._not_ready(latest, generation, timeout, timed_out=True)
+                raise fail(latest, generation, timeout, timed_out=True)
             try:
-                for event in self._watch_events(name, namespace, rv, deadline):
+                for event in self._watch_events(name, namespace, rv, deadline, kind):
                     if event["type"] == "DELETED":
                         raise ServingError(
-                            f"InferenceService {name!r} in namespace {namespace!r} was deleted "
-                            "while waiting for it to become Ready"
+                            f"{what} was deleted while waiting for it to become Ready" + gone
                         )
                     latest = event["raw_object"]
                     rv = latest["metadata"].get("resourceVersion") or rv
-                    state, summary = readiness(latest, generation)
+                    state, summary = judge(latest, generation)
                     if state != "pending":
                         break
                     show()
@@ -624,42 +677,39 @@ class KubernetesBackend:
                 continue  # the watch ended (server timeout): resume from the last version seen
             except api_exception as e:
                 if e.status in (403, 401):
-                    raise self._refused(e, "watch", name, namespace) from e
+                    raise self._refused(e, "watch", name, namespace, kind) from e
                 # 410 Gone (history compacted) and server errors: re-read, then watch again.
                 problem = f"watch interrupted ({e.status} {_api_message(e)[0]})"
             except (urllib3.exceptions.HTTPError, OSError) as e:
                 if time.monotonic() >= deadline:
                     continue  # the read timeout was the deadline: report the timeout above
                 problem = f"watch interrupted ({type(e).__name__})"
-            self._say(f"{name}: {problem}; re-reading the InferenceService")
+            self._say(f"{name}: {problem}; re-reading the {kind.kind}")
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 2.0)
             if time.monotonic() >= deadline:
                 continue
             try:
                 latest = self._call(
-                    f"reading InferenceService {name!r}",
+                    f"reading {kind.kind} {name!r}",
                     custom.get_namespaced_custom_object,
-                    GROUP,
-                    VERSION,
-                    namespace,
-                    PLURAL,
+                    *kind.path(namespace),
                     name,
                     deadline=deadline,
                 )
             except api_exception as e:
                 if e.status == 404:
                     raise ServingError(
-                        f"InferenceService {name!r} in namespace {namespace!r} disappeared while "
-                        "waiting for it to become Ready (deleted by someone else?)"
+                        f"{what} disappeared while waiting for it to become Ready"
+                        + (gone or " (deleted by someone else?)")
                     ) from e
-                raise self._refused(e, "get", name, namespace) from e
+                raise self._refused(e, "get", name, namespace, kind) from e
             except ServingError:
                 if time.monotonic() < deadline:
                     raise
                 continue  # deadline reached while retrying: report the readiness timeout
             rv = latest["metadata"].get("resourceVersion")
-            state, summary = readiness(latest, generation)
+            state, summary = judge(latest, generation)
 
     def _not_ready(
         self, obj: dict[str, Any], generation: int, timeout: float, *, timed_out: bool
