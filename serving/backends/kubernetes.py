@@ -39,7 +39,7 @@ from kfp_serve.artifacts.kube import (
     use_in_cluster,
 )
 from kfp_serve.artifacts.names import validate_name
-from kfp_serve.serving.backends.base import KUBERNETES, EndpointStatus
+from kfp_serve.serving.backends.base import KUBERNETES, EndpointStatus, TrainedModelStatus
 from kfp_serve.serving.backends.traffic import (
     PROMOTE,
     ROLLBACK,
@@ -51,6 +51,15 @@ from kfp_serve.serving.backends.traffic import (
     settled,
     traffic_patch,
 )
+from kfp_serve.serving.backends.trained_models import (
+    KSERVE_MEMORY_REASON,
+    check_parent,
+    check_same_parent,
+    memory_refusal,
+    parent_of,
+    tm_readiness,
+    tm_status,
+)
 from kfp_serve.serving.constants import (
     ANNOTATION_MODEL_SNAPSHOT,
     ANNOTATION_TRANSFORMER_SNAPSHOT,
@@ -58,6 +67,7 @@ from kfp_serve.serving.constants import (
     KSERVE_VERSION_ENV,
 )
 from kfp_serve.serving.errors import ServingError
+from kfp_serve.serving.trained_model import is_multi_model
 
 GROUP = "serving.kserve.io"
 VERSION = "v1beta1"
@@ -136,6 +146,20 @@ class InferenceServiceNotReadyError(ServingError):
         self.message = message
         self.conditions = conditions
         self.url = url
+        self.timed_out = timed_out
+
+
+class TrainedModelNotReadyError(ServingError):
+    """A TrainedModel was refused (no memory left, a single-model parent) or not Ready in time.
+
+    Attributes:
+        status: what the backend saw last (``status.reason``, ``status.message``).
+        timed_out: True when the deadline passed, False for a refusal.
+    """
+
+    def __init__(self, text: str, *, status: TrainedModelStatus, timed_out: bool) -> None:
+        super().__init__(text)
+        self.status = status
         self.timed_out = timed_out
 
 
@@ -453,19 +477,23 @@ class KubernetesBackend:
         )
         return status
 
-    def _prepare(self, manifest: dict[str, Any]) -> dict[str, Any]:
+    def _prepare(
+        self, manifest: dict[str, Any], kind: Kind = INFERENCE_SERVICE
+    ) -> dict[str, Any]:
         if not isinstance(manifest, dict):
-            raise ServingError(f"an InferenceService manifest must be a dict, got {manifest!r}")
+            raise ServingError(f"a {kind.kind} manifest must be a dict, got {manifest!r}")
         body = copy.deepcopy(manifest)
-        if body.get("kind", KIND) != KIND or body.get("apiVersion", API_VERSION) != API_VERSION:
+        if body.get("kind", kind.kind) != kind.kind or body.get(
+            "apiVersion", kind.api_version
+        ) != kind.api_version:
             raise ServingError(
-                f"the Kubernetes backend applies {API_VERSION} {KIND} manifests, got "
-                f"{body.get('apiVersion')!r} {body.get('kind')!r}"
+                f"the Kubernetes backend applies {kind.api_version} {kind.kind} manifests here, "
+                f"got {body.get('apiVersion')!r} {body.get('kind')!r}"
             )
-        body["apiVersion"], body["kind"] = API_VERSION, KIND
+        body["apiVersion"], body["kind"] = kind.api_version, kind.kind
         meta = body.setdefault("metadata", {})
         if not meta.get("name"):
-            raise ServingError("the InferenceService manifest has no metadata.name")
+            raise ServingError(f"the {kind.kind} manifest has no metadata.name")
         meta["namespace"] = meta.get("namespace") or self.namespace
         # Refused here, before any API call, like everywhere else a name enters kfp-serve.
         validate_name(meta["name"], "metadata.name")
@@ -874,58 +902,79 @@ class KubernetesBackend:
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
 
+    def _read(
+        self, kind: Kind, name: str, namespace: str, deadline: float
+    ) -> dict[str, Any] | None:
+        """One object, None if it does not exist (other refusals raise ServingError)."""
+        custom, _ = self._clients()
+        try:
+            return self._call(
+                f"reading {kind.kind} {name!r}",
+                custom.get_namespaced_custom_object,
+                *kind.path(namespace),
+                name,
+                deadline=deadline,
+            )
+        except self._api_exception() as e:
+            if e.status == 404:
+                return None
+            raise self._refused(e, "get", name, namespace, kind) from e
+
+    def _list(self, kind: Kind, namespace: str, deadline: float) -> list[dict[str, Any]]:
+        """Every object of ``kind`` in ``namespace``, sorted by name."""
+        custom, _ = self._clients()
+        try:
+            result = self._call(
+                f"listing {kind.plural}",
+                custom.list_namespaced_custom_object,
+                *kind.path(namespace),
+                deadline=deadline,
+            )
+        except self._api_exception() as e:
+            raise self._refused(e, "list", "*", namespace, kind) from e
+        return sorted(result.get("items", []), key=lambda o: o["metadata"]["name"])
+
     def get(self, name: str, namespace: str | None = None) -> EndpointStatus:
-        """The current status of one InferenceService.
+        """The current status of one InferenceService (with its models, if it hosts several).
 
         Raises:
             ServingError: it does not exist, or the API refused the read.
         """
         validate_name(name, "name")
         namespace = validate_name(namespace or self.namespace, "namespace")
-        custom, _ = self._clients()
         deadline = time.monotonic() + self.request_timeout * 2
-        try:
-            obj = self._call(
-                f"reading InferenceService {name!r}",
-                custom.get_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                name,
-                deadline=deadline,
+        obj = self._read(INFERENCE_SERVICE, name, namespace, deadline)
+        if obj is None:
+            raise ServingError(
+                f"no InferenceService {name!r} in namespace {namespace!r} "
+                f"(list them with `kubectl get inferenceservices -n {namespace}`)"
             )
-        except self._api_exception() as e:
-            if e.status == 404:
-                raise ServingError(
-                    f"no InferenceService {name!r} in namespace {namespace!r} "
-                    f"(list them with `kubectl get inferenceservices -n {namespace}`)"
-                ) from e
-            raise self._refused(e, "get", name, namespace) from e
-        return self._endpoint_status(obj)
+        status = self._endpoint_status(obj)
+        if is_multi_model(obj):
+            status.models = self.list_trained_models(name, namespace)
+        return status
 
     def list(self, namespace: str | None = None) -> list[EndpointStatus]:
         """Every InferenceService in ``namespace``, sorted by name."""
         namespace = validate_name(namespace or self.namespace, "namespace")
-        custom, _ = self._clients()
         deadline = time.monotonic() + self.request_timeout * 2
-        try:
-            result = self._call(
-                "listing InferenceServices",
-                custom.list_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                deadline=deadline,
-            )
-        except self._api_exception() as e:
-            raise self._refused(e, "list", "*", namespace) from e
-        items = sorted(result.get("items", []), key=lambda o: o["metadata"]["name"])
-        return [self._endpoint_status(o) for o in items]
+        items = self._list(INFERENCE_SERVICE, namespace, deadline)
+        statuses = [self._endpoint_status(o) for o in items]
+        if any(is_multi_model(o) for o in items):
+            models = [tm_status(o) for o in self._list(TRAINED_MODEL, namespace, deadline)]
+            for status, obj in zip(statuses, items, strict=True):
+                if is_multi_model(obj):
+                    status.models = [m for m in models if m.parent == status.name]
+        return statuses
 
-    def delete(self, name: str, namespace: str | None = None) -> None:
+    def delete(
+        self, name: str, namespace: str | None = None, *, timeout: float = 120.0
+    ) -> None:
         """Delete the InferenceService (KServe removes its pods and routes).
+
+        The TrainedModels it hosts go first, and are awaited: KServe's controller only removes
+        a TrainedModel's finalizer while its parent exists, so deleting the parent first would
+        leave them Terminating for good.
 
         Raises:
             ServingError: it does not exist, or the API refused the delete.
@@ -933,25 +982,193 @@ class KubernetesBackend:
         validate_name(name, "name")
         namespace = validate_name(namespace or self.namespace, "namespace")
         custom, _ = self._clients()
-        deadline = time.monotonic() + self.request_timeout * 2
+        deadline = time.monotonic() + timeout
+        hosted = [o["metadata"]["name"] for o in self._list(TRAINED_MODEL, namespace, deadline)
+                  if parent_of(o) == name]
+        for model in hosted:
+            self._delete_object(TRAINED_MODEL, model, namespace, deadline, missing_ok=True)
+        for model in hosted:
+            self._wait_gone(TRAINED_MODEL, model, namespace, deadline)
+        self._delete_object(INFERENCE_SERVICE, name, namespace, deadline)
+
+    def _delete_object(
+        self, kind: Kind, name: str, namespace: str, deadline: float, *, missing_ok: bool = False
+    ) -> None:
+        custom, _ = self._clients()
         try:
             self._call(
-                f"deleting InferenceService {name!r}",
+                f"deleting {kind.kind} {name!r}",
                 custom.delete_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
+                *kind.path(namespace),
                 name,
                 deadline=deadline,
             )
         except self._api_exception() as e:
             if e.status == 404:
+                if missing_ok:
+                    return
                 raise ServingError(
-                    f"no InferenceService {name!r} in namespace {namespace!r} to delete"
+                    f"no {kind.kind} {name!r} in namespace {namespace!r} to delete"
                 ) from e
-            raise self._refused(e, "delete", name, namespace) from e
-        self._say(f"deleted InferenceService {name!r} in namespace {namespace!r}")
+            raise self._refused(e, "delete", name, namespace, kind) from e
+        self._say(f"deleted {kind.kind} {name!r} in namespace {namespace!r}")
+
+    def _wait_gone(self, kind: Kind, name: str, namespace: str, deadline: float) -> None:
+        """Wait (with a watch) until a deleted object is gone: its finalizers have run."""
+        import urllib3
+
+        api_exception = self._api_exception()
+        while True:
+            # One read may outlast the deadline: the answer says what is left to report.
+            obj = self._read(kind, name, namespace, max(deadline, time.monotonic() + 1.0))
+            if obj is None:
+                return
+            if time.monotonic() >= deadline:
+                raise ServingError(self._stuck(kind, obj))
+            try:
+                rv = obj["metadata"].get("resourceVersion")
+                for event in self._watch_events(name, namespace, rv, deadline, kind):
+                    if event["type"] == "DELETED":
+                        return
+            except api_exception as e:
+                if e.status in (401, 403):
+                    raise self._refused(e, "watch", name, namespace, kind) from e
+                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+            except (urllib3.exceptions.HTTPError, OSError):
+                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
+    def _stuck(self, kind: Kind, obj: dict[str, Any]) -> str:
+        meta = obj["metadata"]
+        name, namespace = meta["name"], meta["namespace"]
+        text = (
+            f"{kind.kind} {name!r} in namespace {namespace!r} is still Terminating (finalizers: "
+            f"{meta.get('finalizers') or 'none'})"
+        )
+        parent = parent_of(obj) if kind is TRAINED_MODEL else ""
+        deadline = time.monotonic() + self.request_timeout
+        if parent and self._read(INFERENCE_SERVICE, parent, namespace, deadline) is None:
+            text += (
+                f": its parent InferenceService {parent!r} is gone, and KServe's controller only "
+                "removes the finalizer while the parent exists. Remove it by hand: kubectl patch "
+                f"trainedmodel {name} -n {namespace} --type=merge "
+                "-p '{\"metadata\":{\"finalizers\":null}}'"
+            )
+        else:
+            text += (
+                "; is KServe's controller running? (kubectl logs -n kserve "
+                "deploy/kserve-controller-manager)"
+            )
+        return text
+
+    # -- multi-model endpoints (KServe TrainedModels; readings in serving/backends/
+    # trained_models.py) ----------------------------------------------------------------------
+    def apply_trained_model(
+        self, manifest: dict[str, Any], *, wait: bool = True, timeout: float = 300.0
+    ) -> TrainedModelStatus:
+        """Create or update a TrainedModel and (by default) wait until KServe says it is Ready.
+
+        Its parent must exist and be a multi-model InferenceService of the same framework:
+        checked first, since KServe's controller deletes a TrainedModel whose parent is missing
+        and would never load one of another framework. Applied like an InferenceService (get,
+        then create or merge-patch, ``fieldValidation=Strict``); a name the namespace already
+        uses for another parent's model is refused rather than moved.
+
+        Raises:
+            ServingError: the API server or KServe's webhook refused it (its message included),
+                the parent cannot host it, or the name is taken by another endpoint's model.
+            TrainedModelNotReadyError: the parent's memory has no room for it (the numbers are
+                in the message), the parent is single-model, or not Ready within ``timeout``.
+        """
+        started = time.monotonic()
+        deadline = started + timeout
+        body = self._prepare(manifest, TRAINED_MODEL)
+        name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
+        parent_name = parent_of(body)
+        if not parent_name:
+            raise ServingError(
+                f"TrainedModel {name!r}: spec.inferenceService is empty; name the multi-model "
+                "endpoint that hosts it"
+            )
+        parent = self._read(INFERENCE_SERVICE, parent_name, namespace, deadline)
+        if parent is None:
+            raise ServingError(
+                f"TrainedModel {name!r}: its parent InferenceService {parent_name!r} does not "
+                f"exist in namespace {namespace!r} (KServe's controller would delete the "
+                f"TrainedModel): create the endpoint first with serve_many({parent_name!r}, ...)"
+            )
+        check_parent(body, parent)
+        obj = self._apply_object(
+            body, name, namespace, deadline, TRAINED_MODEL,
+            check=lambda current: check_same_parent(body, current),
+        )
+        if not wait:
+            return tm_status(obj)
+        obj = self._wait_ready(
+            name, namespace, obj, obj["metadata"].get("generation", 1), started, deadline,
+            timeout, kind=TRAINED_MODEL, judge=tm_readiness, fail=self._tm_not_ready,
+            gone=f" (KServe's controller deletes a TrainedModel whose parent {parent_name!r} "
+            "is missing: was the endpoint deleted?)",
+        )
+        status = tm_status(obj)
+        self._say(
+            f"TrainedModel {name!r} is Ready on {parent_name!r} after "
+            f"{time.monotonic() - started:.1f}s" + (f": {status.url}" if status.url else "")
+        )
+        return status
+
+    def _tm_not_ready(
+        self, obj: dict[str, Any], generation: int, timeout: float, *, timed_out: bool
+    ) -> TrainedModelNotReadyError:
+        status = tm_status(obj)
+        namespace, parent_name = status.namespace or self.namespace, status.parent
+        ready = next((c for c in (obj.get("status") or {}).get("conditions") or []
+                      if c.get("type") == "Ready"), {})
+        if ready.get("reason") == KSERVE_MEMORY_REASON:
+            deadline = time.monotonic() + self.request_timeout
+            parent = self._read(INFERENCE_SERVICE, parent_name, namespace, deadline) or {
+                "metadata": {"name": parent_name}, "spec": {}}
+            siblings = [o for o in self._list(TRAINED_MODEL, namespace, deadline)
+                        if parent_of(o) == parent_name]
+            status.message = memory_refusal(obj, parent, siblings)
+            head = f"{status.reason}: {status.message}"
+        elif timed_out:
+            head = (f"TrainedModel {status.name!r} in namespace {namespace!r} did not become "
+                    f"Ready within {timeout:.0f}s: {status.message}")
+        else:
+            head = (f"TrainedModel {status.name!r} in namespace {namespace!r} was refused: "
+                    f"{status.message}")
+        lines = [
+            head,
+            "  what to check next:",
+            f"    kubectl describe trainedmodel {status.name} -n {namespace}",
+            f"    kubectl get inferenceservice {parent_name} -n {namespace}",
+        ]
+        return TrainedModelNotReadyError("\n".join(lines), status=status, timed_out=timed_out)
+
+    def delete_trained_model(
+        self, name: str, namespace: str | None = None, *, timeout: float = 60.0
+    ) -> None:
+        """Delete a TrainedModel and wait until it is gone (the server has dropped the model).
+
+        Raises:
+            ServingError: there is none of that name, the API refused, or it stayed Terminating
+                (the message says why and how to clear it).
+        """
+        validate_name(name, "model name")
+        namespace = validate_name(namespace or self.namespace, "namespace")
+        deadline = time.monotonic() + timeout
+        self._delete_object(TRAINED_MODEL, name, namespace, deadline)
+        self._wait_gone(TRAINED_MODEL, name, namespace, deadline)
+
+    def list_trained_models(
+        self, parent: str, namespace: str | None = None
+    ) -> list[TrainedModelStatus]:
+        """The TrainedModels naming ``parent`` (loaded or refused), sorted by name."""
+        validate_name(parent, "parent endpoint name")
+        namespace = validate_name(namespace or self.namespace, "namespace")
+        deadline = time.monotonic() + self.request_timeout * 2
+        return [tm_status(o) for o in self._list(TRAINED_MODEL, namespace, deadline)
+                if parent_of(o) == parent]
 
     # -- canary traffic (KServe semantics; the plans are in serving/backends/traffic.py) -------
     def set_traffic(
