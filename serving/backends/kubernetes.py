@@ -39,6 +39,7 @@ from kfp_serve.artifacts.kube import (
     use_in_cluster,
 )
 from kfp_serve.artifacts.names import validate_name
+from kfp_serve.serving import admission
 from kfp_serve.serving.backends.base import KUBERNETES, EndpointStatus, TrainedModelStatus
 from kfp_serve.serving.backends.traffic import (
     PROMOTE,
@@ -297,11 +298,17 @@ _HINTS = {
 
 # How the API server words a validating webhook's refusal (it reuses 403/400, not RBAC's meaning).
 _WEBHOOK_DENIAL = "admission webhook "
-_WEBHOOK_HINT = (
-    "KServe's validating webhook refused the manifest: change the field it names (serve(..., "
-    f"dry_run=True) checks the same rules; set {KSERVE_VERSION_ENV} to the cluster's KServe "
-    "release to check that release's rules)"
-)
+_WEBHOOK_HINTS = {
+    KIND: (
+        "KServe's validating webhook refused the manifest: change the field it names (serve(..., "
+        f"dry_run=True) checks the same rules; set {KSERVE_VERSION_ENV} to the cluster's KServe "
+        "release to check that release's rules)"
+    ),
+    TRAINED_MODEL.kind: (
+        "KServe's validating webhook refused the TrainedModel: change the field it names "
+        "(kfp_serve.serving.admission.admit_trained_model checks the same rules)"
+    ),
+}
 
 
 class KubernetesBackend:
@@ -436,7 +443,7 @@ class KubernetesBackend:
     ) -> ServingError:
         reason, message = _api_message(e)
         webhook = message.startswith(_WEBHOOK_DENIAL)
-        hint = (_WEBHOOK_HINT if webhook else _HINTS.get(e.status, "")).format(
+        hint = (_WEBHOOK_HINTS[kind.kind] if webhook else _HINTS.get(e.status, "")).format(
             verb=verb, resource=f"{kind.plural}.{kind.group}", namespace=namespace,
             kind=kind.kind, crd=f"{kind.plural}.{kind.group}")
         return ServingError(
@@ -1074,6 +1081,8 @@ class KubernetesBackend:
         uses for another parent's model is refused rather than moved.
 
         Raises:
+            ServeConfigError: KServe's webhook would refuse it (checked here first, with the
+                fix: a storage URI KServe's agent cannot fetch, a changed memory).
             ServingError: the API server or KServe's webhook refused it (its message included),
                 the parent cannot host it, or the name is taken by another endpoint's model.
             TrainedModelNotReadyError: the parent's memory has no room for it (the numbers are
@@ -1089,6 +1098,12 @@ class KubernetesBackend:
                 f"TrainedModel {name!r}: spec.inferenceService is empty; name the multi-model "
                 "endpoint that hosts it"
             )
+        versions = admission.target_versions()
+        admission.admit_trained_model(body, versions=versions)  # what the webhook would refuse
+
+        def check(current: dict[str, Any]) -> None:
+            check_same_parent(body, current)
+            admission.admit_trained_model(body, old=current, versions=versions)
         parent = self._read(INFERENCE_SERVICE, parent_name, namespace, deadline)
         if parent is None:
             raise ServingError(
@@ -1097,10 +1112,7 @@ class KubernetesBackend:
                 f"TrainedModel): create the endpoint first with serve_many({parent_name!r}, ...)"
             )
         check_parent(body, parent)
-        obj = self._apply_object(
-            body, name, namespace, deadline, TRAINED_MODEL,
-            check=lambda current: check_same_parent(body, current),
-        )
+        obj = self._apply_object(body, name, namespace, deadline, TRAINED_MODEL, check=check)
         if not wait:
             return tm_status(obj)
         obj = self._wait_ready(

@@ -6,9 +6,10 @@ import time
 
 import pytest
 
+from kfp_serve.serving import admission
 from kfp_serve.serving.backends.base import REASON_MEMORY_UNAVAILABLE
 from kfp_serve.serving.backends.kubernetes import TrainedModelNotReadyError
-from kfp_serve.serving.errors import ServingError
+from kfp_serve.serving.errors import ServeConfigError, ServingError
 from kfp_serve.serving.trained_model import parent_inference_service, trained_model_manifest
 from tests.kserve_schema import SKIP_REASON, reference_available
 from tests.kube_double import ISVC, TRAINED_MODEL
@@ -89,14 +90,36 @@ def test_memory_past_the_limit_is_refused_with_the_numbers(fleet):
     assert not models["south"].ready and models["south"].reason == REASON_MEMORY_UNAVAILABLE
 
 
-def test_changing_a_models_memory_is_the_webhooks_refusal(fleet):
+def test_what_the_webhook_refuses_is_refused_before_it_is_sent(kube_double, fleet):
     fleet.apply_trained_model(_model("north", memory="256Mi"), timeout=10)
-    with pytest.raises(ServingError) as info:
+    with pytest.raises(ServeConfigError) as info:
         fleet.apply_trained_model(_model("north", memory="128Mi"), timeout=10)
     text = str(info.value)
-    assert "403 Forbidden" in text
-    assert 'admission webhook "trainedmodel.kserve-webhook-server.validator"' in text
-    assert "tm-memory-immutable" in text and "spec.model.memory" in text
+    assert "spec.model.memory: was changed from '256Mi' to '128Mi'" in text
+    assert "admission rule 'tm-memory-immutable'" in text and "remove the model" in text
+    with pytest.raises(ServeConfigError) as info:
+        fleet.apply_trained_model(_model("south", storage_uri="pvc://models/south"), timeout=10)
+    assert "tm-storage-uri" in str(info.value) and "KFP_SERVE_SNAPSHOT_STORE=s3://" in str(
+        info.value)
+    assert not kube_double.calls_matching(verb="patch", resource="trainedmodels")
+    assert not kube_double.calls_matching(name="south")
+
+
+def test_a_webhook_denial_is_surfaced_with_its_message(kube_double, fleet):
+    bad = trained_model_manifest("north", "fleet", storage_uri="pvc://models/north",
+                                 framework="sklearn", memory="64Mi")
+    violation = admission.evaluate(bad, kind=admission.TM_KIND)[0]
+    code, reason, message = admission.denial(admission.TM_KIND, violation)
+    # A cluster whose webhook refuses what the client-side rules let through.
+    kube_double.faults.add(verb="create", resource="trainedmodels", status=code, reason=reason,
+                           message=message)
+    with pytest.raises(ServingError) as info:
+        fleet.apply_trained_model(_model("north"), timeout=10)
+    text = str(info.value)
+    assert "refused to create TrainedModel 'north'" in text
+    assert 'admission webhook "trainedmodel.kserve-webhook-server.validator" denied' in text
+    assert "KServe's validating webhook refused the TrainedModel" in text
+    assert "RBAC" not in text
 
 
 def test_the_parent_is_checked_before_anything_is_written(kube_double, backend):
