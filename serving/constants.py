@@ -55,3 +55,10 @@ LABEL_TM_PARENT = "inferenceservice"
 LABEL_TM_ALLOCATED = "serving.kserve.io/trainedmodel-allocated"
 #: A custom-container predictor is multi-model only when its first container sets this "true".
 MULTI_MODEL_SERVER_ENV = "MULTI_MODEL_SERVER"
+
+#: Why a model of a multi-model endpoint is not serving (TrainedModelStatus.reason, and the
+#: ``reason`` of the model repository index): more memory than the server has left, a load
+#: that failed (bad or tampered snapshot), a model of another framework than the server's.
+REASON_MEMORY_UNAVAILABLE = "MemoryResourceUnavailable"
+REASON_LOAD_FAILED = "LoadFailed"
+REASON_FRAMEWORK_MISMATCH = "FrameworkNotSupported"

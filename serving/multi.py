@@ -128,7 +128,6 @@ def add_model(
         ServingError: The endpoint is not a multi-model endpoint, or refused the model.
     """
     name, namespace, chosen = _target(endpoint, backend, namespace)
-    record, alias = _resolve(model_ref)
     parent = chosen.get(name, namespace)
     from kfp_serve.serving.trained_model import is_multi_model, parent_framework
 
@@ -137,6 +136,7 @@ def add_model(
             f"endpoint {name!r} serves one model; create a multi-model endpoint with "
             f"serve_many({name!r}, [...]) (or `kfp-serve serve --multi {name} MODEL...`)"
         )
+    record, alias = _resolve(model_ref)
     framework = parent_framework(parent.manifest)
     if record.framework != framework:
         raise ServingError(

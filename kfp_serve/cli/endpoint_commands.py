@@ -55,7 +55,18 @@ def with_proba(config: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def serve(
-    model_id: Annotated[int, typer.Argument(help="MLMD id of the Model artifact.")],
+    model_ids: Annotated[
+        list[str], typer.Argument(metavar="MODEL...", help="MLMD id of the Model artifact, or "
+                                  "name[:version|@alias]; several with --multi.")
+    ],
+    multi: Annotated[
+        str | None, typer.Option("--multi", metavar="NAME", help="Serve every MODEL behind one "
+                                 "multi-model endpoint NAME (same framework).")
+    ] = None,
+    memory: Annotated[
+        str | None, typer.Option(help="With --multi: memory each model declares (default 64Mi), "
+                                 "counted against the endpoint's limits.memory.")
+    ] = None,
     transformer_id: Annotated[
         int | None, typer.Option("--transformer", help="MLMD id of a Transformer artifact.")
     ] = None,
@@ -77,13 +88,25 @@ def serve(
 ) -> None:
     """Serve a model (and transformer) from ML Metadata as an InferenceService."""
     from kfp_serve import serving
+    from kfp_serve.cli.multi_commands import model_ref, serve_multi
 
     serve_config = parse_json_arg(config, "--config") if config else None
     if proba:
         serve_config = with_proba(serve_config)
+    if multi is not None:
+        if transformer_id is not None or name is not None or dry_run:
+            raise CliError("--multi serves models alone under NAME: no --transformer, --name or "
+                           "--dry-run", "`kfp-serve serve --multi NAME MODEL...`")
+        serve_multi(check_name(multi), model_ids, serve_config=serve_config, memory=memory,
+                    namespace=namespace, timeout=timeout)
+        return
+    if len(model_ids) != 1:
+        raise CliError(f"serve takes one MODEL, got {len(model_ids)}",
+                       "serve several behind one endpoint with `kfp-serve serve --multi NAME "
+                       "MODEL...`")
     result = serving.serve(
-        model_id, transformer_id, serve_config=serve_config, name=name, namespace=namespace,
-        dry_run=dry_run, timeout=timeout,
+        model_ref(model_ids[0]), transformer_id, serve_config=serve_config, name=name,
+        namespace=namespace, dry_run=dry_run, timeout=timeout,
     )
     if dry_run:
         dump(result, Output.json if output is Output.json else Output.yaml)
@@ -99,12 +122,16 @@ def predict(
                            "endpoint must be served with `kfp-serve serve --proba`).")
     ] = False,
     namespace: NamespaceOpt = None,
+    model: Annotated[
+        str | None, typer.Option(help="The hosted model to ask, on a multi-model endpoint.")
+    ] = None,
 ) -> None:
     """Send rows to an endpoint and print its answer."""
     from kfp_serve.serving.endpoint import Endpoint
 
     rows = parse_json_arg(data, "--data")
-    dump(Endpoint(check_name(name), namespace).predict(rows, proba=proba), Output.json)
+    endpoint = Endpoint(check_name(name), namespace)
+    dump(endpoint.predict(rows, proba=proba, model=model), Output.json)
 
 
 def explain(

@@ -79,5 +79,8 @@ def lineage(
 
 def register(app: typer.Typer) -> None:
     """Add this group's commands to ``app``."""
-    app.command("models")(fails_cleanly(models))
+    from kfp_serve.cli import multi_commands
+
+    # ``models``: the listing above, plus load/unload for multi-model endpoints.
+    multi_commands.register(app)
     app.command("lineage")(fails_cleanly(lineage))

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from kfp_serve.artifacts.environment import running_in_pod
 from kfp_serve.registry import Implementations
+from kfp_serve.serving import constants
 from kfp_serve.serving.errors import ServingError
 
 BACKEND_ENV = "KFP_SERVE_BACKEND"
@@ -59,15 +60,13 @@ class TrainedModelStatus:
     @property
     def version(self) -> str | None:
         """The model version it serves (from kfp-serve's label), None if unknown."""
-        from kfp_serve.serving.constants import LABEL_MODEL_VERSION
-
-        return self.labels.get(LABEL_MODEL_VERSION)
+        return self.labels.get(constants.LABEL_MODEL_VERSION)
 
 
-#: Values of TrainedModelStatus.reason.
-REASON_MEMORY_UNAVAILABLE = "MemoryResourceUnavailable"
-REASON_LOAD_FAILED = "LoadFailed"
-REASON_FRAMEWORK_MISMATCH = "FrameworkNotSupported"
+#: Values of TrainedModelStatus.reason (named in constants.py: the model server reports them).
+REASON_MEMORY_UNAVAILABLE = constants.REASON_MEMORY_UNAVAILABLE
+REASON_LOAD_FAILED = constants.REASON_LOAD_FAILED
+REASON_FRAMEWORK_MISMATCH = constants.REASON_FRAMEWORK_MISMATCH
 
 
 @dataclass

@@ -250,11 +250,15 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m kfp_serve.serving.runtime.predictor``.
 
     Returns:
-        Process exit code (2 when the model cannot be loaded).
+        Process exit code (2 when the model cannot be loaded). With ``--multi_model`` it starts
+        with no model and loads them through the model repository extension
+        (:mod:`kfp_serve.serving.runtime.repository`).
     """
     args = parse_args("predictor", argv)
     configure_logging(args.log_level)
     report_ignored_flags(args)
+    if args.multi_model:
+        return _serve_repository(args)
     model = PredictorModel(args.model_name, args.model_dir, runtime=args.serving_runtime)
     try:
         model.load()
@@ -262,6 +266,31 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot serve model %r: %s", args.model_name, e)
         return 2
     return run_server(args, model)
+
+
+def _serve_repository(args: Any) -> int:
+    """A multi-model server: no model at start; the repository extension loads them."""
+    from kfp_serve.serving.runtime.repository import ModelRepository
+    from kfp_serve.serving.trained_model import memory_bytes
+
+    try:
+        limit = memory_bytes(args.memory_limit) if args.memory_limit else None
+    except ValueError as e:
+        log.error("--memory_limit: %s", e)
+        return 2
+    repository = ModelRepository(
+        framework=args.model_format,
+        memory_limit=limit,
+        model_dir=args.model_dir,
+        runtime=args.serving_runtime,
+        metrics=args.enable_metrics,
+    )
+    log.info(
+        "multi-model server for %s models, memory limit %s",
+        args.model_format or "any",
+        args.memory_limit or "none",
+    )
+    return run_server(args, None, repository=repository)
 
 
 if __name__ == "__main__":

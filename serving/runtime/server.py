@@ -169,6 +169,24 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
             help="Answer exactly as this ServingRuntime does (the manifest's runtime; default "
             f"${RUNTIME_ENV} or {RUNTIMES[0]}, whose answers are the richest).",
         )
+        p.add_argument(
+            "--multi_model",
+            type=_strtobool,
+            default=False,
+            help="Start with no model and load models through the v2 model repository "
+            "extension (a multi-model parent: no storageUri).",
+        )
+        p.add_argument(
+            "--model_format",
+            default=None,
+            help="Multi-model: the framework every loaded model must be (sklearn, xgboost).",
+        )
+        p.add_argument(
+            "--memory_limit",
+            default=None,
+            help="Multi-model: the server's memory (a quantity such as 1Gi); loads past it, "
+            "counting each model's declared memory, are refused.",
+        )
     if kind == "transformer":
         p.add_argument(
             "--predictor_host",
@@ -240,7 +258,9 @@ _HEADER_LENGTH = b"inference-header-content-length"
 _REQUEST_ID = b"x-request-id"
 #: Extensions of the Open Inference Protocol this server implements (``GET /v2``).
 EXTENSIONS = ["binary_tensor_data"]
-POST_ROUTES = frozenset({"v1", "v2", "explain"})
+#: The v2 model repository extension (multi-model servers only).
+REPOSITORY_ROUTES = frozenset({"repo_index", "repo_load", "repo_unload"})
+POST_ROUTES = frozenset({"v1", "v2", "explain"}) | REPOSITORY_ROUTES
 
 
 def _route(method: str, path: str) -> tuple[str, str | None, str | None]:
@@ -269,6 +289,16 @@ def _route(method: str, path: str) -> tuple[str, str | None, str | None]:
             return "v2_metadata", parts[0], version
         if len(parts) == 2 and parts[1] == "ready":
             return "v2_ready", parts[0], version
+        return "", None, None
+    if path.startswith("/v2/repository/"):
+        rest = path[15:]
+        if rest == "index":
+            return "repo_index", None, None
+        parts = rest.split("/")
+        if len(parts) == 3 and parts[0] == "models" and parts[1] and parts[2] == "load":
+            return "repo_load", parts[1], None
+        if len(parts) == 3 and parts[0] == "models" and parts[1] and parts[2] == "unload":
+            return "repo_unload", parts[1], None
         return "", None, None
     static = {
         "/": "live",
@@ -307,6 +337,9 @@ class RuntimeApp:
         metrics: Count requests and serve ``GET /metrics``.
         payload_logger: Send requests/answers as CloudEvents (see
             :mod:`kfp_serve.serving.runtime.payload_log`).
+        repository: A multi-model server's :class:`~kfp_serve.serving.runtime.repository.
+            ModelRepository` (its ``models`` are ``models``): turns on the model repository
+            extension routes.
     """
 
     def __init__(
@@ -317,12 +350,19 @@ class RuntimeApp:
         on_shutdown: Callable[[], Awaitable[None]] | None = None,
         metrics: bool = True,
         payload_logger: Any = None,
+        repository: Any = None,
     ) -> None:
         import orjson
 
         from kfp_serve.serving.runtime._kserve import InferenceVerb, InvalidInput, ModelNotReady
 
         self.models = models
+        self.repository = repository
+        self.extensions = list(EXTENSIONS)
+        if repository is not None:
+            from kfp_serve.serving.runtime.repository import EXTENSION
+
+            self.extensions.append(EXTENSION)
         self.max_body = max_body_bytes()
         self._on_startup = on_startup
         self._on_shutdown = on_shutdown
@@ -430,6 +470,9 @@ class RuntimeApp:
             return
         if (kind in POST_ROUTES) != (method == "POST"):
             await self._error(send, 405, f"method {method} not allowed on {scope['path']}")
+            return
+        if kind in REPOSITORY_ROUTES:
+            await self._repository_route(kind, name, receive, send)
             return
         if name is None:
             await self._server_route(kind, send)
@@ -599,7 +642,11 @@ class RuntimeApp:
         elif kind == "v1_models":
             await self._send(send, 200, {"models": sorted(self.models)})
         elif kind == "v2_server":
-            info = {"name": "kfp-serve", "version": server_version(), "extensions": EXTENSIONS}
+            info = {
+                "name": "kfp-serve",
+                "version": server_version(),
+                "extensions": self.extensions,
+            }
             await self._send(send, 200, info)
         elif kind == "metrics":
             if self._count is None:
@@ -608,6 +655,45 @@ class RuntimeApp:
             await self._send_bytes(
                 send, 200, self._exposition(), [(b"content-type", self._metrics_type)]
             )
+
+    async def _repository_route(
+        self, kind: str, name: str | None, receive: Callable, send: Callable
+    ) -> None:
+        """``POST /v2/repository/index`` and ``/v2/repository/models/NAME/load|unload``."""
+        if self.repository is None:
+            await self._error(
+                send,
+                404,
+                "this server hosts one model; the model repository extension is served by "
+                "multi-model servers (a parent InferenceService without storageUri)",
+            )
+            return
+        from kfp_serve.serving.runtime.codec import RequestError, parse_json
+        from kfp_serve.serving.runtime.repository import LoadRefused
+
+        raw = await self._read_body(receive)
+        if raw is None:
+            await self._error(send, 413, f"request body larger than {self.max_body} bytes")
+            return
+        try:
+            body = parse_json(raw) if raw.strip() else {}
+        except RequestError as e:
+            await self._error(send, e.status, str(e))
+            return
+        if not isinstance(body, dict):
+            await self._error(send, 400, "the request body must be a JSON object")
+            return
+        try:
+            if kind == "repo_index":
+                answer: Any = self.repository.index(ready_only=bool(body.get("ready")))
+            elif kind == "repo_load":
+                answer = await self.repository.load(name, body.get("parameters"))
+            else:
+                answer = self.repository.unload(name)
+        except LoadRefused as e:
+            await self._send(send, e.status, {"error": str(e), "reason": e.reason})
+            return
+        await self._send(send, 200, answer)
 
     async def _model_route(self, kind: str, name: str, model: Any, send: Callable) -> None:
         if kind == "v2_metadata":
@@ -629,14 +715,20 @@ def run_server(
     *,
     on_startup: Callable[[], Awaitable[None]] | None = None,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
+    repository: Any = None,
 ) -> int:
     """Serve one loaded model as the flags say: metrics, batcher, payload logger, gRPC, workers.
+
+    With ``repository`` (and ``model`` None) it serves the repository's models instead, loaded
+    and unloaded while it runs (a multi-model server).
 
     Returns:
         Process exit code.
     """
     from kfp_serve.serving.errors import ServingError
 
+    if repository is not None:
+        return _run_multi(args, repository)
     if args.enable_metrics:
         from kfp_serve.serving.runtime import metrics
 
@@ -724,6 +816,42 @@ def run_server(
         timeout_keep_alive=args.timeout_keep_alive,
         event_loop=args.event_loop,
         workers=args.workers,
+    )
+    return 0
+
+
+def _run_multi(args: argparse.Namespace, repository: Any) -> int:
+    """A multi-model server: the repository's models over REST (and gRPC), in one process."""
+    if args.enable_batcher or args.max_batchsize or args.max_latency:
+        log.warning("batcher: a multi-model server runs requests one by one")
+    if args.log_url:
+        log.warning("payload logging is not offered by a multi-model server; --log_url ignored")
+    if args.workers > 1:
+        # Each worker would hold its own repository: a load would reach one of them only.
+        log.warning("a multi-model server runs one worker; --workers=%d ignored", args.workers)
+    grpc_server: Any = None
+    if args.enable_grpc or args.grpc_port:
+        from kfp_serve.serving.runtime.grpc_server import GRPC_DEFAULT_PORT, GrpcServer
+
+        grpc_server = GrpcServer(
+            repository.models,
+            host=args.http_host,
+            port=args.grpc_port or GRPC_DEFAULT_PORT,
+            max_message_bytes=args.grpc_max_message_bytes or max_body_bytes(),
+        )
+    app = RuntimeApp(
+        repository.models,
+        on_startup=grpc_server.start if grpc_server is not None else None,
+        on_shutdown=grpc_server.stop if grpc_server is not None else None,
+        metrics=args.enable_metrics,
+        repository=repository,
+    )
+    serve(
+        app,
+        args.http_host,
+        args.http_port,
+        timeout_keep_alive=args.timeout_keep_alive,
+        event_loop=args.event_loop,
     )
     return 0
 

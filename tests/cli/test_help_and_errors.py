@@ -136,9 +136,9 @@ def test_console_script_error_has_no_traceback():
 
 
 def test_usage_errors_exit_nonzero_without_traceback(cli):
-    outcome = run_script("serve", "not-a-number", timeout=60)
+    outcome = run_script("serve", "1", "--timeout", "soon", timeout=60)
     assert outcome.exit_code == 2
-    assert_clean_error(outcome, "model_id", "kfp-serve serve --help")
+    assert_clean_error(outcome, "--timeout", "kfp-serve serve --help")
 
 
 def test_debug_shows_the_traceback():

@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,8 +32,9 @@ from kfp_serve.serving.backends.base import (
     REASON_PROCESS_EXITED,
     REASON_STARTING,
     EndpointStatus,
+    TrainedModelStatus,
 )
-from kfp_serve.serving.backends.local import registry, rollout, supervisor
+from kfp_serve.serving.backends.local import registry, rollout, supervisor, trained_models
 from kfp_serve.serving.backends.local.plan import Plan, plan_manifest, split_traffic
 from kfp_serve.serving.backends.local.registry import (
     EndpointRecord,
@@ -136,10 +138,11 @@ class LocalBackend:
         new: RevisionRecord | None = None
         try:
             # Plan: the verified directory each server loads (a tampered snapshot stops here).
+            # A multi-model server starts empty; its TrainedModels are verified as they load.
             dirs = {
-                PREDICTOR: resolve_storage(
-                    plan.predictor.storage_uri, field="spec.predictor storageUri"
-                )
+                PREDICTOR: _models_dir(plan.name)
+                if plan.multi_model
+                else resolve_storage(plan.predictor.storage_uri, field="spec.predictor storageUri")
             }
             if plan.transformer is not None:
                 dirs[TRANSFORMER] = resolve_storage(
@@ -165,6 +168,9 @@ class LocalBackend:
                 grace=self.stop_grace,
                 progress=progress,
             )
+            if record is not None and plan.multi_model and record.trained_models:
+                # The new server starts empty: it gets the endpoint's models before traffic.
+                _reload_models(record, new, timeout)
             if router is not None:
                 rollout.await_router_up(plan.name, router, router_proc, self.stop_grace)
             # Switch traffic.
@@ -206,6 +212,96 @@ class LocalBackend:
             + (f" ({traffic[str(number)]}% of traffic)" if len(traffic) > 1 else "")
         )
         return status
+
+    # -- multi-model endpoints (TrainedModels) --------------------------------------------------
+
+    def apply_trained_model(
+        self, manifest: dict[str, Any], *, wait: bool = True, timeout: float = 300.0
+    ) -> TrainedModelStatus:
+        """Load the model of a TrainedModel manifest into its running parent endpoint.
+
+        The parent's server verifies the snapshot and loads it without a restart; the other
+        models keep answering. The outcome is recorded, so a refused model (too little memory,
+        a tampered snapshot, another framework) is listed with its reason.
+
+        Raises:
+            ServingError: No such multi-model parent, another endpoint hosts that name, or
+                (with ``wait``) the server refused the model: the reason and numbers in the text.
+        """
+        name, parent = trained_models.read_manifest(manifest)
+        with registry.locked(parent):
+            record = trained_models.check_parent(
+                registry.read_record(parent), parent, f"TrainedModel {name!r}"
+            )
+            other = trained_models.owner(
+                [r for n in registry.list_names() if n != parent
+                 for r in [registry.read_record(n)] if r is not None],
+                name,
+            )
+            if other is not None:
+                raise ServingError(
+                    f"TrainedModel {name!r}: endpoint {other.name!r} hosts a model of that name "
+                    "already (names are unique, as in a Kubernetes namespace); remove it there "
+                    f"first (`kfp-serve models unload {other.name} {name}`)"
+                )
+            outcome = trained_models.load(record, copy.deepcopy(manifest), timeout=timeout)
+            previous = record.trained_models.get(name)
+            if outcome.ready or previous is None or not previous.ready:
+                record.trained_models[name] = outcome
+            else:
+                # A refused reload: the loaded version keeps serving, the refusal is noted.
+                previous.reason, previous.message = outcome.reason, outcome.message
+                previous.updated = outcome.updated
+            record.updated = rollout.now()
+            registry.write_record(record)
+        (status,) = [
+            s for s in trained_models.statuses(record, probe=False) if s.name == name
+        ]
+        if not outcome.ready:
+            status.ready, status.reason, status.message = False, outcome.reason, outcome.message
+            if wait:
+                raise ServingError(
+                    f"endpoint {parent!r} refused model {name!r} ({outcome.reason}): "
+                    f"{outcome.message}. Its other models keep serving"
+                )
+        return status
+
+    def delete_trained_model(self, name: str, namespace: str | None = None) -> None:
+        """Unload model ``name`` from the endpoint that hosts it and forget it.
+
+        Raises:
+            ServingError: No local endpoint hosts a model of that name.
+        """
+        validate_name(name, "model name")
+        records = [r for n in registry.list_names() for r in [registry.read_record(n)] if r]
+        found = trained_models.owner(records, name)
+        if found is None:
+            raise ServingError(
+                f"no local endpoint hosts a model named {name!r}; `kfp-serve describe "
+                "ENDPOINT` lists an endpoint's models"
+            )
+        with registry.locked(found.name):
+            record = registry.read_record(found.name)
+            if record is None or name not in record.trained_models:
+                return  # removed meanwhile by someone else
+            trained_models.unload(record, name)
+            del record.trained_models[name]
+            record.updated = rollout.now()
+            registry.write_record(record)
+
+    def list_trained_models(
+        self, parent: str, namespace: str | None = None
+    ) -> list[TrainedModelStatus]:
+        """The models endpoint ``parent`` hosts (or was refused), checked against its server.
+
+        Raises:
+            ServingError: There is no such multi-model endpoint.
+        """
+        record = trained_models.check_parent(
+            registry.read_record(validate_name(parent, "endpoint name")), parent,
+            f"models of {parent!r}",
+        )
+        return trained_models.statuses(record, probe=True, timeout=self.probe_timeout)
 
     # -- get / list / delete ------------------------------------------------------------------
 
@@ -312,6 +408,10 @@ class LocalBackend:
             manifest=copy.deepcopy(latest.manifest),
             components=components,
         )
+        if record.trained_models:
+            status.models = trained_models.statuses(
+                record, probe=probe, timeout=self.probe_timeout
+            )
         checks: list[tuple[str, RevisionRecord | None, ProcessRecord]] = [
             ("router", None, record.router)
         ]
@@ -372,6 +472,28 @@ def _with_router(
     if router is not None:
         record.router = router
     return record
+
+
+def _models_dir(name: str) -> Path:
+    """Where a multi-model server looks for a model loaded without a storage URI (KServe's
+    agent puts TrainedModels in the server's model directory, one folder per model)."""
+    path = registry.endpoint_dir(name) / "models"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _reload_models(record: EndpointRecord, revision: RevisionRecord, timeout: float) -> None:
+    """Load the endpoint's models into a new revision of its parent; a refusal is recorded."""
+    for name, tm in sorted(record.trained_models.items()):
+        if not tm.ready:
+            continue
+        outcome = trained_models.load(record, tm.manifest, timeout=timeout, revisions=[revision])
+        if not outcome.ready:
+            logger.warning(
+                "endpoint %r: revision %s refused model %r: %s",
+                record.name, revision.revision, name, outcome.message,
+            )
+        record.trained_models[name] = outcome
 
 
 def _searched() -> str:

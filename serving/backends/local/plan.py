@@ -59,6 +59,8 @@ class Plan:
     canary_percent: int | None
     spec_hash: str
     model_ids: dict[str, str]
+    #: A multi-model parent (no storageUri): its server starts empty and loads TrainedModels.
+    multi_model: bool = False
 
 
 def plan_manifest(manifest: dict[str, Any]) -> Plan:
@@ -81,8 +83,11 @@ def plan_manifest(manifest: dict[str, Any]) -> Plan:
     if model is None:
         # The older per-framework form (spec.predictor.sklearn / .xgboost) runs the same way.
         model = next((predictor[k] for k in ("sklearn", "xgboost") if k in predictor), None)
-    if isinstance(model, dict) and model.get("storageUri"):
-        storage_uri = str(model["storageUri"])
+    multi_model = isinstance(model, dict) and not model.get("storageUri") and bool(
+        model.get("modelFormat")
+    )
+    if isinstance(model, dict) and (model.get("storageUri") or multi_model):
+        storage_uri = str(model.get("storageUri") or "")
         protocol = str(model.get("protocolVersion") or "v1")
         env = _plain_env(model.get("env"), name, "predictor")
     else:
@@ -105,6 +110,11 @@ def plan_manifest(manifest: dict[str, Any]) -> Plan:
 
     transformer_plan = None
     transformer = spec.get("transformer")
+    if transformer and multi_model:
+        raise ServingError(
+            f"InferenceService {name!r}: a multi-model endpoint (no storageUri) has no "
+            "transformer locally; put the preprocessing in each model's pipeline"
+        )
     if transformer:
         containers = transformer.get("containers") or []
         if not containers:
@@ -155,6 +165,7 @@ def plan_manifest(manifest: dict[str, Any]) -> Plan:
         canary_percent=canary,
         spec_hash=_spec_hash(manifest),
         model_ids=model_ids,
+        multi_model=multi_model,
     )
 
 

@@ -142,6 +142,34 @@ class RevisionRecord:
 
 
 @dataclass
+class TrainedModelRecord:
+    """One model a multi-model endpoint hosts (or was asked to host): its TrainedModel
+    manifest, and whether the server loaded it (with the reason when it did not)."""
+
+    name: str
+    manifest: dict[str, Any]
+    ready: bool
+    updated: str
+    reason: str | None = None
+    message: str | None = None
+    #: The version the server reported when it loaded the model.
+    version: str | None = None
+
+    @property
+    def model(self) -> dict[str, Any]:
+        """``spec.model`` of the manifest: framework, storageUri, memory."""
+        return (self.manifest.get("spec") or {}).get("model") or {}
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return dict((self.manifest.get("metadata") or {}).get("labels") or {})
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainedModelRecord:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass
 class EndpointRecord:
     """Everything ``endpoint.json`` holds about one local endpoint."""
 
@@ -156,6 +184,8 @@ class EndpointRecord:
     #: knows when the switch has taken effect.
     generation: int = 1
     format: int = REGISTRY_FORMAT
+    #: A multi-model endpoint's models, by name (empty for a single-model endpoint).
+    trained_models: dict[str, TrainedModelRecord] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -203,6 +233,7 @@ class EndpointRecord:
             "manifest": latest.manifest,
             "router": asdict(self.router),
             "revisions": [r.to_dict() for r in self.revisions],
+            "trained_models": {n: asdict(m) for n, m in sorted(self.trained_models.items())},
         }
 
     @classmethod
@@ -216,6 +247,10 @@ class EndpointRecord:
             traffic={str(k): int(v) for k, v in data["traffic"].items()},
             generation=int(data.get("generation", 1)),
             format=int(data.get("format", REGISTRY_FORMAT)),
+            trained_models={
+                str(n): TrainedModelRecord.from_dict(m)
+                for n, m in (data.get("trained_models") or {}).items()
+            },
         )
 
 
