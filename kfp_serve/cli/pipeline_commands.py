@@ -118,7 +118,21 @@ def bump_versions(pipeline: Any, params: dict[str, Any]) -> dict[str, Any]:
         latest = find_artifact(values[name_param], kind=kind, missing_ok=True)
         if latest is not None:
             bumped[version_param] = next_patch(latest.version)
+    if values.get("slices") and "model_version" in values:
+        # A multi-model pipeline: its models share model_version; go past the newest of them.
+        from kfp_serve.components.ops import parse_slices
+
+        found = [find_artifact(s.model, kind="model", missing_ok=True)
+                 for s in parse_slices(values["slices"])]
+        versions = [next_patch(f.version) for f in found if f is not None]
+        if versions:
+            bumped["model_version"] = max(versions, key=_version_order)
     return bumped
+
+
+def _version_order(version: str) -> list[int]:
+    """``"1.0.10"`` sorts after ``"1.0.9"``: numeric parts compared as numbers."""
+    return [int(part) if part.isdigit() else -1 for part in version.split(".")]
 
 
 def run_command(
