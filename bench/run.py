@@ -27,6 +27,7 @@ MODULES = [
     "bench.serving",
     "bench.dataplane",
     "bench.warm_start",
+    "bench.multi_model",
     "bench.end_to_end",
     "bench.containers",
 ]

@@ -174,6 +174,18 @@ class Endpoint:
                     return args[i + 1]
         return self.name
 
+    def _single_model(self) -> str:
+        """The model name of a single-model endpoint; a multi-model one needs ``model=``."""
+        from kfp_serve.serving.trained_model import is_multi_model
+
+        if is_multi_model(self._status.manifest):
+            hosted = sorted(m.name for m in self._status.models)
+            raise ServingError(
+                f"endpoint {self.name!r} hosts several models: pass model= one of "
+                f"{hosted or '(none loaded yet)'}"
+            )
+        return self.model_name
+
     # -- requests -----------------------------------------------------------------------------
 
     def predict(
@@ -211,7 +223,7 @@ class Endpoint:
                 "on the predictor) to get predict_proba answers"
             )
         protocol = protocol or self.protocol
-        name = model or self.model_name
+        name = model or self._single_model()
         if protocol == "v2":
             return self._post(f"/v2/models/{name}/infer", v2_request(x), "predict")
         if protocol == "v1":

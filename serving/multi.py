@@ -46,6 +46,10 @@ def serve_many(
 ) -> Endpoint:
     """Serve several models of one framework behind one endpoint.
 
+    Declarative and idempotent: serving the same name again loads what changed (a new version
+    under a name replaces the old one in place), unloads the models no longer named, and
+    leaves the rest serving untouched.
+
     Args:
         name: The endpoint (parent InferenceService) name.
         model_refs: Models to host: MLMD ids, ``Model`` objects, ArtifactRecords, or references
@@ -55,7 +59,8 @@ def serve_many(
         memory: Memory each model declares: one quantity for all, or ``{model name: quantity}``
             (default ``DEFAULT_MODEL_MEMORY``).
         backend: ``"local"``, ``"docker"`` or ``"kubernetes"`` (default from the environment).
-        wait: Wait until the endpoint and every model are ready.
+        wait: Wait until every model is ready (the endpoint itself is always awaited: models
+            are loaded into its running server).
         namespace: Kubernetes namespace (cluster backend).
         timeout: Seconds each step may take to become ready.
 
@@ -82,7 +87,13 @@ def serve_many(
 
     parent = parent_inference_service(name, framework, serve_config=cfg, namespace=namespace)
     chosen = _multi_backend(backend)
-    chosen.apply(parent, wait=wait, timeout=timeout)
+    # The parent is always awaited: its server must answer before models can be loaded in.
+    chosen.apply(parent, wait=True, timeout=timeout)
+    # Declarative, like apply: models the endpoint hosts but ``model_refs`` no longer names go.
+    wanted = {record.name for record, _ in resolved}
+    for hosted in chosen.list_trained_models(name, namespace):
+        if hosted.name not in wanted:
+            chosen.delete_trained_model(hosted.name, namespace)
     failures = []
     for record, alias in resolved:
         try:

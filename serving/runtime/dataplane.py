@@ -70,13 +70,12 @@ def component_settings(component: dict[str, Any], role: str, name: str) -> dict[
     if isinstance(model, dict):
         if model.get("runtime"):
             settings["serving_runtime"] = str(model["runtime"])
-        if role == "predictor" and not model.get("storageUri"):
+        model_format = (model.get("modelFormat") or {}).get("name")
+        if role == "predictor" and model_format and not model.get("storageUri"):
             # A multi-model parent: its server starts empty and TrainedModels are loaded
             # into it, their declared memory counted against the container's limit.
             settings["multi_model"] = True
-            model_format = (model.get("modelFormat") or {}).get("name")
-            if model_format:
-                settings["model_format"] = str(model_format)
+            settings["model_format"] = str(model_format)
             limit = ((model.get("resources") or {}).get("limits") or {}).get("memory")
             if limit is not None:
                 settings["memory_limit"] = str(limit)

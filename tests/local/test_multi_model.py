@@ -305,3 +305,99 @@ def test_a_single_model_endpoint_has_no_repository_and_takes_no_models(
     assert refused.status_code == 404 and "multi-model" in refused.json()["error"]
     with pytest.raises(ServingError, match="serves one model"):
         add_model(Endpoint("solo"), 1)
+
+
+def test_the_readme_snippet_runs_as_written(iris_xy, tmp_path, monkeypatch) -> None:
+    import re
+
+    from kfp_serve import artifacts
+
+    X, y = iris_xy
+    monkeypatch.setenv("KFP_SERVE_HOME", str(tmp_path))
+    for i, (name, version) in enumerate(
+        [("east", "1.0.0"), ("west", "1.0.0"), ("south", "1.0.0"), ("north", "1.2.0")]
+    ):
+        _submit(name, _estimator(i, X, y), version)
+    artifacts.set_alias("west", "champion", "1.0.0")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    code = re.search(r"## Many models behind one endpoint\n.*?```python\n(.*?)```", readme,
+                     re.S).group(1)
+    scope: dict = {}
+    try:
+        exec(compile(code, "README.md", "exec"), scope)
+        assert [(m.name, m.version, m.memory) for m in hosted_models("regions")] == [
+            ("east", "1.0.0", "64Mi"), ("north", "1.2.0", "128Mi"), ("south", "1.0.0", "64Mi")]
+    finally:
+        LocalBackend(progress=False, stop_grace=2.0).delete_all()
+
+
+def test_serve_many_again_is_declarative_and_leaves_unchanged_models_alone(
+    iris_xy, cleanup
+) -> None:
+    X, y = iris_xy
+    cleanup.append("again")
+    ests = {f"again-m{i}": _estimator(i, X, y) for i in range(3)}
+    ids = {n: _submit(n, e) for n, e in ests.items()}
+    from kfp_serve.serving.backends.local.registry import read_record
+
+    ep = serve_many("again", [ids["again-m0"], ids["again-m1"]])
+    before = {m.name: m for m in hosted_models(ep)}
+    server_log = Path(read_record("again").latest.predictor.log)
+    newer = _estimator(7, X, y)
+    ep = serve_many("again", ["again-m0", ids["again-m2"], _submit("again-m1", newer, "2.0.0")])
+    after = {m.name: m for m in hosted_models(ep)}
+    assert sorted(after) == ["again-m0", "again-m1", "again-m2"]
+    assert after["again-m1"].version == "2.0.0"
+    # The unchanged model was not loaded again (the server logs every load).
+    assert server_log.read_text().count("loaded model 'again-m0'") == 1
+    assert server_log.read_text().count("loaded model 'again-m1'") == 2
+    assert ep.predict(ROWS, model="again-m1")["predictions"] == newer.predict(
+        np.array(ROWS)).tolist()
+    ep = serve_many("again", ["again-m0"])
+    assert [m.name for m in hosted_models(ep)] == ["again-m0"]
+    assert before["again-m0"].url == hosted_models(ep)[0].url
+    assert ep.predict(ROWS, model="again-m0")["predictions"] == ests["again-m0"].predict(
+        np.array(ROWS)).tolist()
+
+
+def test_asking_a_multi_model_endpoint_without_a_model_says_which_to_name(
+    iris_xy, cleanup
+) -> None:
+    X, y = iris_xy
+    cleanup.append("which")
+    ep = serve_many("which", [_submit("which-a", _estimator(0, X, y))])
+    with pytest.raises(ServingError, match=r"hosts several models: pass model= one of \['which-a'"):
+        ep.predict(ROWS)
+
+
+class _StagingBackend(LocalBackend):
+    """The local backend handing models over through the server's model directory, as the
+    Docker backend does for servers that see only their mounted directory."""
+
+    stage_trained_models = True
+
+
+def test_models_staged_into_the_model_directory_load_verified_and_leave_with_unload(
+    iris_xy, cleanup
+) -> None:
+    from kfp_serve import artifacts
+    from kfp_serve.serving.backends.local.trained_models import models_dir
+
+    X, y = iris_xy
+    cleanup.append("staged")
+    est = _estimator(0, X, y)
+    backend = _StagingBackend(progress=False, stop_grace=2.0)
+    ep = serve_many("staged", [_submit("staged-a", est)], backend=backend)
+    assert (models_dir("staged") / "staged-a" / "model.joblib").is_file()
+    assert hosted_models(ep)[0].ready
+    assert ep.predict(ROWS, model="staged-a")["predictions"] == est.predict(
+        np.array(ROWS)).tolist()
+    bad = _submit("staged-bad", _estimator(1, X, y))
+    _tamper(artifacts.snapshot_artifact(bad).uri)
+    with pytest.raises(ServingError, match="LoadFailed"):
+        add_model(ep, bad)
+    assert not (models_dir("staged") / "staged-bad").exists()
+    assert ep.predict(ROWS, model="staged-a")["predictions"] == est.predict(
+        np.array(ROWS)).tolist()
+    remove_model(ep, "staged-a")
+    assert not (models_dir("staged") / "staged-a").exists()

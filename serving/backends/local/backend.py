@@ -19,7 +19,6 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -62,6 +61,9 @@ class LocalBackend:
     """
 
     name = LOCAL
+    #: Hand TrainedModels to the server through its model directory instead of by storage URI
+    #: (see :func:`.trained_models.load`): for servers that see only that directory.
+    stage_trained_models = False
 
     def __init__(
         self,
@@ -140,7 +142,7 @@ class LocalBackend:
             # Plan: the verified directory each server loads (a tampered snapshot stops here).
             # A multi-model server starts empty; its TrainedModels are verified as they load.
             dirs = {
-                PREDICTOR: _models_dir(plan.name)
+                PREDICTOR: trained_models.models_dir(plan.name)
                 if plan.multi_model
                 else resolve_storage(plan.predictor.storage_uri, field="spec.predictor storageUri")
             }
@@ -170,7 +172,7 @@ class LocalBackend:
             )
             if record is not None and plan.multi_model and record.trained_models:
                 # The new server starts empty: it gets the endpoint's models before traffic.
-                _reload_models(record, new, timeout)
+                _reload_models(record, new, timeout, self.stage_trained_models)
             if router is not None:
                 rollout.await_router_up(plan.name, router, router_proc, self.stop_grace)
             # Switch traffic.
@@ -244,8 +246,17 @@ class LocalBackend:
                     "already (names are unique, as in a Kubernetes namespace); remove it there "
                     f"first (`kfp-serve models unload {other.name} {name}`)"
                 )
-            outcome = trained_models.load(record, copy.deepcopy(manifest), timeout=timeout)
             previous = record.trained_models.get(name)
+            if previous is not None and previous.ready and previous.manifest == manifest:
+                # Applying the same TrainedModel again changes nothing, if it still serves.
+                (same,) = [
+                    s for s in trained_models.statuses(record, probe=True) if s.name == name
+                ]
+                if same.ready:
+                    return same
+            outcome = trained_models.load(
+                record, copy.deepcopy(manifest), timeout=timeout, stage=self.stage_trained_models
+            )
             if outcome.ready or previous is None or not previous.ready:
                 record.trained_models[name] = outcome
             else:
@@ -285,6 +296,7 @@ class LocalBackend:
             if record is None or name not in record.trained_models:
                 return  # removed meanwhile by someone else
             trained_models.unload(record, name)
+            trained_models.unstage(record.name, name)
             del record.trained_models[name]
             record.updated = rollout.now()
             registry.write_record(record)
@@ -474,20 +486,16 @@ def _with_router(
     return record
 
 
-def _models_dir(name: str) -> Path:
-    """Where a multi-model server looks for a model loaded without a storage URI (KServe's
-    agent puts TrainedModels in the server's model directory, one folder per model)."""
-    path = registry.endpoint_dir(name) / "models"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _reload_models(record: EndpointRecord, revision: RevisionRecord, timeout: float) -> None:
+def _reload_models(
+    record: EndpointRecord, revision: RevisionRecord, timeout: float, stage: bool
+) -> None:
     """Load the endpoint's models into a new revision of its parent; a refusal is recorded."""
     for name, tm in sorted(record.trained_models.items()):
         if not tm.ready:
             continue
-        outcome = trained_models.load(record, tm.manifest, timeout=timeout, revisions=[revision])
+        outcome = trained_models.load(
+            record, tm.manifest, timeout=timeout, revisions=[revision], stage=stage
+        )
         if not outcome.ready:
             logger.warning(
                 "endpoint %r: revision %s refused model %r: %s",

@@ -14,6 +14,10 @@ endpoint records (the Docker backend too) hosts TrainedModels the same way.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,6 +33,8 @@ from kfp_serve.serving.backends.local.registry import (
 from kfp_serve.serving.errors import ServingError
 from kfp_serve.serving.trained_model import API_VERSION, KIND, is_multi_model, model_url
 
+#: The folder of an endpoint's directory that a multi-model server loads staged models from.
+MODELS_DIR = "models"
 #: Reason of a model the registry names but the running server does not hold (restarted).
 REASON_NOT_LOADED = "NotLoaded"
 #: Reason of a model whose server does not answer.
@@ -83,9 +89,17 @@ def load(
     *,
     timeout: float,
     revisions: list[RevisionRecord] | None = None,
+    stage: bool = False,
 ) -> TrainedModelRecord:
     """Load the model of ``manifest`` into each revision of ``record`` that gets traffic (or
-    into ``revisions``); the outcome, success or refusal, as the record to keep."""
+    into ``revisions``); the outcome, success or refusal, as the record to keep.
+
+    Args:
+        stage: Put the verified model directory into the endpoint's model directory
+            (:func:`models_dir`, one folder per model, as KServe's agent does) and have the
+            server load it from there, instead of handing the server the storage URI: for
+            servers that see only their model directory (containers).
+    """
     from kfp_serve.serving.backends.local.rollout import now
 
     name = manifest["metadata"]["name"]
@@ -97,6 +111,14 @@ def load(
     }
     result = TrainedModelRecord(name=name, manifest=manifest, ready=True, updated=now())
     targets = revisions if revisions is not None else record.active
+    if stage:
+        try:
+            _stage(record.name, name, model["storageUri"])
+        except ServingError as e:
+            result.ready, result.reason = False, constants.REASON_LOAD_FAILED
+            result.message = str(e)
+            return result
+        del parameters["storage_uri"]
     with httpx.Client(timeout=timeout, trust_env=False) as client:
         for rev in targets:
             url = f"{rev.predictor.url}/v2/repository/models/{name}/load"
@@ -199,6 +221,45 @@ def index(revision: RevisionRecord, *, timeout: float = 1.0) -> dict[str, dict[s
     if response.status_code != 200:
         return None
     return {e["name"]: e for e in _json(response, default=[]) if isinstance(e, dict)}
+
+
+def models_dir(endpoint: str) -> Path:
+    """A multi-model endpoint's model directory, the server's ``--model_dir``: a model loaded
+    without a storage URI is read from its folder here (created if missing)."""
+    from kfp_serve.serving.backends.local import registry
+
+    path = registry.endpoint_dir(endpoint) / MODELS_DIR
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _stage(endpoint: str, name: str, storage_uri: str) -> None:
+    """Copy the verified model directory to ``models_dir(endpoint)/name``, replacing what was
+    there only once the copy is complete (a reload never sees half a directory)."""
+    from kfp_serve.serving.backends.local.storage import resolve_storage
+
+    source = resolve_storage(storage_uri, field=f"TrainedModel {name!r} storageUri")
+    root = models_dir(endpoint)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+    try:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        target = root / name
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{name}-old-", dir=root))
+            os.replace(target, old / name)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except OSError as e:
+        raise ServingError(f"cannot stage model {name!r} for endpoint {endpoint!r}: {e}") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def unstage(endpoint: str, name: str) -> None:
+    """Remove a staged model's folder (nothing if it was not staged)."""
+    shutil.rmtree(models_dir(endpoint) / name, ignore_errors=True)
 
 
 def owner(records: list[EndpointRecord], name: str) -> EndpointRecord | None:
