@@ -105,6 +105,32 @@ def parse_slices(value: str | list[Any] | None) -> list[DataSlice]:
     return out
 
 
+def check_trained_model_store(snapshot_store: str) -> None:
+    """On a cluster, hosted models are KServe TrainedModels, which load from s3://, gs:// or
+    http(s):// only: refuse another snapshot store before any model is trained and recorded.
+
+    Run by the validate step of a multi-model pipeline (where it runs decides the backend),
+    not when a pipeline is defined: compiling must not depend on the compiling machine.
+
+    Raises:
+        ServeConfigError: Serving on Kubernetes from a store TrainedModels cannot load.
+    """
+    from kfp_serve.artifacts.snapshots import STORE_ENV, default_root
+    from kfp_serve.serving.admission import TM_STORAGE_PREFIXES
+    from kfp_serve.serving.backends.base import KUBERNETES, default_backend_name
+    from kfp_serve.serving.errors import ServeConfigError
+
+    if default_backend_name() != KUBERNETES:
+        return  # a local endpoint loads file:// snapshots too
+    root = snapshot_store or default_root()
+    if not root.startswith(TM_STORAGE_PREFIXES):
+        raise ServeConfigError(
+            f"snapshot_store: {root!r} cannot feed a multi-model endpoint on a cluster: KServe "
+            f"loads TrainedModels from {', '.join(TM_STORAGE_PREFIXES)} only; pass "
+            f"snapshot_store=s3://bucket/prefix (or set {STORE_ENV})"
+        )
+
+
 def _check_int(value: Any) -> int | None:
     if isinstance(value, float) and value.is_integer():
         value = int(value)  # a JSON number KFP handed over as a float

@@ -34,12 +34,14 @@ def validate(
         snapshot_store: Snapshot store root URI (file://, s3://, pvc://); empty for the default.
         tags: Extra string tags as a JSON object, e.g. {"stage": "dev"}.
         slices: A multi-model pipeline's models, each {"model": name, "slice": i, "slices": n}
-            (rows dealt into n slices, one model per slice); empty for one model.
+            (rows dealt into n slices, one model per slice); empty for one model. On a
+            cluster the snapshot store must then be one KServe's TrainedModels load from
+            (s3://, gs://, https://).
 
     Returns:
         checked_serve_config: The checked ServeConfig as a JSON object, for the serve step.
     """
-    from kfp_serve.components.ops import validate_run
+    from kfp_serve.components.ops import check_trained_model_store, validate_run
 
     checked = validate_run(
         names={"model_name": model_name, "transformer_name": transformer_name,
@@ -48,4 +50,6 @@ def validate(
                   **({"transformer_version": transformer_version} if transformer_name else {})},
         serve_config=serve_config, snapshot_store=snapshot_store, tags=tags, slices=slices,
     )
+    if slices:
+        check_trained_model_store(snapshot_store)
     return (checked,)

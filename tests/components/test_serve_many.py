@@ -46,6 +46,22 @@ def test_validate_checks_the_slices_before_anything_runs():
                             slices=_slices(("a", 0, 2), ("b", 1, 2))) == "{}"
 
 
+def test_on_a_cluster_validate_wants_a_store_trained_models_can_load(monkeypatch):
+    from kfp_serve.components import get_component
+    from kfp_serve.serving.errors import ServeConfigError
+
+    validate = get_component("validate").python_func
+    slices = _slices(("a", 0, 1))
+    monkeypatch.setenv("KFP_SERVE_BACKEND", "kubernetes")
+    monkeypatch.delenv("KFP_SERVE_SNAPSHOT_STORE", raising=False)
+    with pytest.raises(ServeConfigError, match="snapshot_store: 'file://.*s3://, gs://"):
+        validate(model_version="1.0.0", slices=slices)
+    validate(model_version="1.0.0", slices=slices, snapshot_store="s3://models/snapshots")
+    validate(model_version="1.0.0")  # one model: an InferenceService loads pvc:// too
+    monkeypatch.setenv("KFP_SERVE_BACKEND", "local")  # locally file:// is fine
+    validate(model_version="1.0.0", slices=slices)
+
+
 def test_serve_many_needs_ids():
     with pytest.raises(InputError, match="at least one MLMD model id"):
         ops.serve_many([], name="regions")
