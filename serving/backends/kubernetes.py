@@ -10,7 +10,10 @@ when its watch times out). What it does differently:
   5xx, 429 and connection problems are retried with backoff inside the caller's deadline;
 - readiness is awaited with a watch (no polling interval) for the *new* generation: a Ready=True
   left over from the previous generation does not end the wait; watches that end are resumed;
-- ``pvc://`` snapshots named in the manifest's annotations are hydrated into PVCs first.
+- ``pvc://`` snapshots named in the manifest's annotations are hydrated into PVCs first;
+- a multi-model endpoint is a parent InferenceService plus one KServe TrainedModel per hosted
+  model, applied and awaited the same way (``apply_trained_model``; how their status reads is
+  in ``trained_models.py``), removed with a wait for KServe's finalizer.
 
 The ``kubernetes`` package is imported lazily: ``serving`` must stay cheap to import.
 """

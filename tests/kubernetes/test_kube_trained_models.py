@@ -200,3 +200,14 @@ def test_a_model_kserve_never_reconciles_times_out(kube_double, fleet):
     assert info.value.timed_out
     assert "did not become Ready within 1s" in str(info.value)
     assert "kubectl describe trainedmodel north -n default" in str(info.value)
+
+
+def test_cut_watches_and_server_errors_do_not_end_the_wait(kube_double, fleet):
+    kube_double.watch_cap = 0.2  # the API server ends every watch after 0.2 s: resumed
+    kube_double.trained_models.program(delay=0.8)
+    kube_double.faults.add(verb="create", resource="trainedmodels", status=503, times=2)
+    status = fleet.apply_trained_model(_model("north"), timeout=20)
+    assert status.ready
+    creates = kube_double.calls_matching(verb="create", resource="trainedmodels")
+    assert [c.code for c in creates] == [503, 503, 201]
+    assert len(kube_double.calls_matching(verb="watch", resource="trainedmodels")) >= 2
