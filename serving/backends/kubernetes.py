@@ -294,7 +294,7 @@ _HINTS = {
         "the service account lacks an RBAC permission: apply serving/rbac.yaml in the namespace "
         "(check with `kubectl auth can-i {verb} {resource} -n {namespace}`)"
     ),
-    404: "is KServe installed (`kubectl get crd {crd}`)?",
+    404: "is KServe installed (`kubectl get crd {resource}`)?",
     422: "the manifest does not match the {kind} CRD installed on the cluster",
     400: "the manifest does not match the {kind} CRD installed on the cluster",
 }
@@ -448,7 +448,7 @@ class KubernetesBackend:
         webhook = message.startswith(_WEBHOOK_DENIAL)
         hint = (_WEBHOOK_HINTS[kind.kind] if webhook else _HINTS.get(e.status, "")).format(
             verb=verb, resource=f"{kind.plural}.{kind.group}", namespace=namespace,
-            kind=kind.kind, crd=f"{kind.plural}.{kind.group}")
+            kind=kind.kind)
         return ServingError(
             f"the Kubernetes API server refused to {verb} {kind.kind} {name!r} in namespace "
             f"{namespace!r}: {e.status} {reason}: {message}" + (f" — {hint}" if hint else "")
