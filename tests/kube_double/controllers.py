@@ -478,7 +478,9 @@ class TrainedModelController:
       path), once the conditions hold;
     - being deleted: the finalizer is removed (the model leaves the parent's model config).
 
-    KServe writes no ``observedGeneration`` for TrainedModels, and neither does the double.
+    KServe writes no ``observedGeneration`` for TrainedModels, and neither does the double; nor
+    a ``FrameworkSupported`` condition (KFServing once did): KServe does not compare the model's
+    framework with the server's (kfp-serve checks that before it applies a TrainedModel).
     Where KServe requeues a TrainedModel whose parent is not ready (with backoff), the double
     reconciles again when the parent or a sibling changes.
     """
