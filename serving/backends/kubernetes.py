@@ -860,9 +860,11 @@ class KubernetesBackend:
             headers=headers,
         )
 
-    def _probe(self, status: EndpointStatus, deadline: float) -> None:
+    def _probe(self, status: EndpointStatus, deadline: float, model: str | None = None) -> None:
         """After Ready, wait until the endpoint answers (kserve/kserve#1658: 404 right after).
 
+        ``model``: the hosted model to ask, on a multi-model endpoint (default: the endpoint's
+        own, whose name it has; a multi-model parent has none to ask until models arrive).
         Only when reachable from here (in a pod, or through a configured ingress), bounded by
         ``probe_timeout``; a probe that never succeeds is reported, not raised: Ready is what
         the cluster says, and the caller's smoke test retries on its own.
@@ -871,6 +873,9 @@ class KubernetesBackend:
             return
         if not (running_in_pod() or status.headers):
             return
+        if model is None and is_multi_model(status.manifest):
+            return
+        model = model or status.name
         spec = status.manifest.get("spec") or {}
         predictor = spec.get("predictor") or {}
         protocol = next(
@@ -882,9 +887,9 @@ class KubernetesBackend:
             "v1",
         )
         if protocol == "v2" and "transformer" not in spec:
-            path = f"/v2/models/{status.name}/ready"
+            path = f"/v2/models/{model}/ready"
         else:
-            path = f"/v1/models/{status.name}"
+            path = f"/v1/models/{model}"
         probe_deadline = min(deadline, time.monotonic() + self.probe_timeout)
         delay, last = 0.05, ""
         while True:
@@ -1125,6 +1130,11 @@ class KubernetesBackend:
             "is missing: was the endpoint deleted?)",
         )
         status = tm_status(obj)
+        # Ready says the parent can host it; KServe's agent loads it afterwards: ask for it.
+        parent = self._read(INFERENCE_SERVICE, parent_name, namespace, deadline) or parent
+        served = self._endpoint_status(parent)
+        self._probe(served, deadline, model=name)
+        status.message = served.message
         self._say(
             f"TrainedModel {name!r} is Ready on {parent_name!r} after "
             f"{time.monotonic() - started:.1f}s" + (f": {status.url}" if status.url else "")

@@ -211,3 +211,16 @@ def test_cut_watches_and_server_errors_do_not_end_the_wait(kube_double, fleet):
     creates = kube_double.calls_matching(verb="create", resource="trainedmodels")
     assert [c.code for c in creates] == [503, 503, 201]
     assert len(kube_double.calls_matching(verb="watch", resource="trainedmodels")) >= 2
+
+
+def test_through_an_ingress_the_loaded_model_is_asked_for(kube_double, backend, monkeypatch):
+    """Ready says the parent can host the model; KServe's agent loads it afterwards, so the
+    model's own route answers 404 for a while: apply waits for it (the parent has none)."""
+    monkeypatch.setenv("KFP_SERVE_INGRESS", f"127.0.0.1:{kube_double.port}")
+    kube_double.kserve.program(delay=0.05, not_found_after_ready=2)
+    backend.apply(_parent(), timeout=10)
+    assert kube_double.kserve.data_plane_requests == []  # a parent alone has no model to ask
+    status = backend.apply_trained_model(_model("north"), timeout=10)
+    assert status.ready and status.message is None
+    assert kube_double.kserve.data_plane_requests == [
+        ("fleet.default.example.com", "/v1/models/north", code) for code in (404, 404, 200)]
