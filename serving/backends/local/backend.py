@@ -288,8 +288,8 @@ class LocalBackend:
         found = trained_models.owner(records, name)
         if found is None:
             raise ServingError(
-                f"no local endpoint hosts a model named {name!r}; `kfp-serve describe "
-                "ENDPOINT` lists an endpoint's models"
+                f"no local endpoint hosts a model named {name!r}; "
+                "kfp_serve.serving.multi.hosted_models(ENDPOINT) lists an endpoint's models"
             )
         with registry.locked(found.name):
             record = registry.read_record(found.name)
