@@ -61,6 +61,7 @@ from kfp_serve.serving.backends.trained_models import (
     check_same_parent,
     memory_refusal,
     parent_of,
+    same_memory,
     tm_readiness,
     tm_status,
 )
@@ -555,10 +556,12 @@ class KubernetesBackend:
         deadline: float,
         kind: Kind = INFERENCE_SERVICE,
         check: Callable[[dict[str, Any]], None] | None = None,
+        replace: Callable[[dict[str, Any]], bool] | None = None,
     ) -> dict[str, Any]:
         """get, then create or merge-patch; retried on conflicts; returns the stored object.
 
-        ``check`` sees the stored object before it is patched (and may refuse to touch it).
+        ``check`` sees the stored object before it is patched (and may refuse to touch it);
+        when ``replace`` says so, the stored object is deleted (and awaited) and created anew.
         """
         custom, _ = self._clients()
         api_exception = self._api_exception()
@@ -593,6 +596,10 @@ class KubernetesBackend:
                 return obj
             if check is not None:
                 check(current)
+            if replace is not None and replace(current):
+                self._delete_object(kind, name, namespace, deadline, missing_ok=True)
+                self._wait_gone(kind, name, namespace, deadline)
+                continue  # created on the next round
             patch = apply_patch(current, body)
             if patch is None:
                 self._say(
@@ -1086,11 +1093,13 @@ class KubernetesBackend:
         checked first, since KServe's controller deletes a TrainedModel whose parent is missing
         and would never load one of another framework. Applied like an InferenceService (get,
         then create or merge-patch, ``fieldValidation=Strict``); a name the namespace already
-        uses for another parent's model is refused rather than moved.
+        uses for another parent's model is refused rather than moved. KServe refuses to change
+        a TrainedModel's memory: one that declares other memory now is replaced (that model
+        alone stops answering meanwhile).
 
         Raises:
             ServeConfigError: KServe's webhook would refuse it (checked here first, with the
-                fix: a storage URI KServe's agent cannot fetch, a changed memory).
+                fix: a storage URI KServe's agent cannot fetch).
             ServingError: the API server or KServe's webhook refused it (its message included),
                 the parent cannot host it, or the name is taken by another endpoint's model.
             TrainedModelNotReadyError: the parent's memory has no room for it (the numbers are
@@ -1111,7 +1120,8 @@ class KubernetesBackend:
 
         def check(current: dict[str, Any]) -> None:
             check_same_parent(body, current)
-            admission.admit_trained_model(body, old=current, versions=versions)
+            if same_memory(body, current):  # else it is replaced, not updated
+                admission.admit_trained_model(body, old=current, versions=versions)
         parent = self._read(INFERENCE_SERVICE, parent_name, namespace, deadline)
         if parent is None:
             raise ServingError(
@@ -1120,7 +1130,8 @@ class KubernetesBackend:
                 f"TrainedModel): create the endpoint first with serve_many({parent_name!r}, ...)"
             )
         check_parent(body, parent)
-        obj = self._apply_object(body, name, namespace, deadline, TRAINED_MODEL, check=check)
+        obj = self._apply_object(body, name, namespace, deadline, TRAINED_MODEL, check=check,
+                                 replace=lambda current: self._memory_changed(body, current))
         if not wait:
             return tm_status(obj)
         obj = self._wait_ready(
@@ -1140,6 +1151,18 @@ class KubernetesBackend:
             f"{time.monotonic() - started:.1f}s" + (f": {status.url}" if status.url else "")
         )
         return status
+
+    def _memory_changed(self, body: dict[str, Any], current: dict[str, Any]) -> bool:
+        """Whether the stored TrainedModel declares other memory: KServe's webhook refuses to
+        change it (the allocation was counted with it), so it must be replaced."""
+        if same_memory(body, current):
+            return False
+        self._say(
+            f"TrainedModel {body['metadata']['name']!r} now declares "
+            f"{body['spec']['model']['memory']} instead of {current['spec']['model']['memory']}: "
+            "KServe keeps a TrainedModel's memory, so it is replaced (deleted, then created)"
+        )
+        return True
 
     def _tm_not_ready(
         self, obj: dict[str, Any], generation: int, timeout: float, *, timed_out: bool

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kfp_serve.serving import constants
+from kfp_serve.serving import admission, constants
 from kfp_serve.serving.backends.base import (
     REASON_FRAMEWORK_MISMATCH,
     REASON_MEMORY_UNAVAILABLE,
@@ -148,6 +148,14 @@ def check_same_parent(tm: dict[str, Any], current: dict[str, Any]) -> None:
             f"endpoint {wanted!r} cannot host a model of that name there: remove it from "
             f"{hosted_by!r} first (remove_model), or use another namespace"
         )
+
+
+def same_memory(tm: dict[str, Any], current: dict[str, Any]) -> bool:
+    """Whether two TrainedModels declare the same memory (``"0.5Gi"`` is ``"512Mi"``)."""
+    def declared(obj: dict[str, Any]) -> Any:
+        return ((obj.get("spec") or {}).get("model") or {}).get("memory")
+
+    return admission.quantity(declared(tm)) == admission.quantity(declared(current))
 
 
 def memory_refusal(tm: dict[str, Any], parent: dict[str, Any],

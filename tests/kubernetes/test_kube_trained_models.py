@@ -91,18 +91,27 @@ def test_memory_past_the_limit_is_refused_with_the_numbers(fleet):
 
 
 def test_what_the_webhook_refuses_is_refused_before_it_is_sent(kube_double, fleet):
-    fleet.apply_trained_model(_model("north", memory="256Mi"), timeout=10)
-    with pytest.raises(ServeConfigError) as info:
-        fleet.apply_trained_model(_model("north", memory="128Mi"), timeout=10)
-    text = str(info.value)
-    assert "spec.model.memory: was changed from '256Mi' to '128Mi'" in text
-    assert "admission rule 'tm-memory-immutable'" in text and "remove the model" in text
+    fleet.apply(_parent("other"), timeout=10)
     with pytest.raises(ServeConfigError) as info:
         fleet.apply_trained_model(_model("south", storage_uri="pvc://models/south"), timeout=10)
     assert "tm-storage-uri" in str(info.value) and "KFP_SERVE_SNAPSHOT_STORE=s3://" in str(
         info.value)
-    assert not kube_double.calls_matching(verb="patch", resource="trainedmodels")
     assert not kube_double.calls_matching(name="south")
+
+
+def test_other_memory_replaces_the_trained_model(kube_double, fleet, progress):
+    """KServe's webhook refuses a memory change; the model is deleted and created anew."""
+    fleet.apply_trained_model(_model("north", memory="256Mi"), timeout=10)
+    before = kube_double.get(TRAINED_MODEL, "north")["metadata"]["uid"]
+    status = fleet.apply_trained_model(_model("north", memory="128Mi"), timeout=10)
+    assert status.ready and status.memory == "128Mi"
+    after = kube_double.get(TRAINED_MODEL, "north")["metadata"]
+    assert after["uid"] != before and after["generation"] == 1
+    assert not kube_double.calls_matching(verb="patch", resource="trainedmodels")
+    assert "now declares 128Mi instead of 256Mi" in progress.getvalue()
+    # The same quantity written another way is no change at all.
+    fleet.apply_trained_model(_model("north", memory="0.125Gi"), timeout=10)
+    assert kube_double.get(TRAINED_MODEL, "north")["metadata"]["uid"] == after["uid"]
 
 
 def test_a_webhook_denial_is_surfaced_with_its_message(kube_double, fleet):
