@@ -28,6 +28,7 @@ from tests.kube_double.store import (
 __all__ = [
     "ISVC",
     "PVC",
+    "TRAINED_MODEL",
     "VOLUME_SNAPSHOT",
     "ApiError",
     "Fault",
@@ -37,7 +38,6 @@ __all__ = [
     "RecordedCall",
     "Resource",
     "SnapshotBehavior",
-    "TRAINED_MODEL",
     "TrainedModelBehavior",
     "merge_patch",
 ]
