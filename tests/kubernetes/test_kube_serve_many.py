@@ -103,3 +103,15 @@ def test_a_local_snapshot_store_is_refused_before_anything_is_sent(kube_double, 
     assert "admission rule 'tm-storage-uri'" in text
     assert "KFP_SERVE_SNAPSHOT_STORE=s3://" in text
     assert not kube_double.calls_matching(verb="create", resource="trainedmodels")
+
+
+def test_a_hosted_model_is_asked_through_the_ingress(kube_double, backend, s3_store,
+                                                      monkeypatch):
+    from kfp_serve.serving.multi import serve_many
+
+    monkeypatch.setenv("KFP_SERVE_INGRESS", f"127.0.0.1:{kube_double.port}")
+    endpoint = serve_many("fleet", [_submit("south", 2)], CONFIG, backend=backend)
+    answer = endpoint.predict([[5.1, 3.5, 1.4, 0.2]], model="south")
+    assert answer == {"predictions": [0]}  # the double's data plane answers zeros
+    host, path, code = kube_double.kserve.data_plane_requests[-1]
+    assert (host, path, code) == ("fleet.default.example.com", "/v1/models/south:predict", 200)
