@@ -117,6 +117,8 @@ def train_model(
     test_size: float = 0.2,
     random_state: int = 42,
     n_samples: int = 10,
+    data_slice: int = 0,
+    data_slices: int = 1,
 ) -> TrainResult:
     """Fit a classifier (and optional preprocessing transformer) and save it in KServe layout.
 
@@ -137,6 +139,10 @@ def train_model(
         test_size: Fraction of rows held out for metrics and smoke samples (0 < x < 1).
         random_state: Seed for the split and the estimator, so runs are reproducible.
         n_samples: How many held-out rows to write as smoke-test requests (at least 1).
+        data_slice: Which slice of the data to train on, 0 to ``data_slices - 1``: one model
+            per slice (per region, per customer) from one dataset.
+        data_slices: How many slices the rows are dealt into (round robin, so every slice
+            sees every class of a dataset sorted by label); 1 trains on all of it.
 
     Returns:
         A :class:`TrainResult`.
@@ -163,9 +169,17 @@ def train_model(
         raise ArtifactError(f"test_size must be between 0 and 1 (exclusive), got {test_size!r}")
     if n_samples < 1:
         raise ArtifactError(f"n_samples must be at least 1, got {n_samples!r}")
+    if data_slices < 1 or not 0 <= data_slice < data_slices:
+        raise ArtifactError(
+            f"data_slice must be between 0 and data_slices - 1 ({data_slices - 1}), and "
+            f"data_slices at least 1; got data_slice={data_slice!r}, data_slices={data_slices!r}"
+        )
     params = _parse_hyperparameters(hyperparameters)
 
     x, y, feature_names, source = _load_dataset(dataset_path, dataset_name, target_column)
+    if data_slices > 1:
+        x, y = x[data_slice::data_slices], y[data_slice::data_slices]
+        source = f"{source} (slice {data_slice + 1} of {data_slices})"
     # Stratify when every class has at least two rows, so small test splits still see each class.
     _, counts = np.unique(y, return_counts=True)
     stratify = y if counts.min() >= 2 else None

@@ -1,5 +1,5 @@
 """kfp-serve's KFP v2 components: validate → train → submit → snapshot → serve →
-smoke_predict.
+smoke_predict, and serve_many → smoke_predict_many for many models behind one endpoint.
 
 ``from kfp_serve.components import train`` gives the KFP component. Components load on first use, so
 ``import kfp_serve.components`` costs next to nothing (kfp itself takes about half a second to
@@ -29,7 +29,9 @@ _MODULES = {
     "submit_transformer": "kfp_serve.components.defs.submit",
     "snapshot": "kfp_serve.components.defs.snapshot",
     "serve": "kfp_serve.components.defs.serve",
+    "serve_many": "kfp_serve.components.defs.serve_many",
     "smoke_predict": "kfp_serve.components.defs.smoke_predict",
+    "smoke_predict_many": "kfp_serve.components.defs.smoke_predict_many",
 }
 COMPONENT_NAMES: tuple[str, ...] = tuple(_MODULES)
 

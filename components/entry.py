@@ -17,7 +17,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kfp_serve.components.palette import OUTPUT_FLAG_PREFIX, is_artifact_type, v1_type
+from kfp_serve.components.palette import (
+    OUTPUT_FLAG_PREFIX,
+    is_artifact_type,
+    is_list_type,
+    v1_type,
+)
 
 _TRUE = {"true", "1", "yes", "y"}
 _FALSE = {"false", "0", "no", "n"}
@@ -39,6 +44,14 @@ def parse_value(text: str, type_name: str, name: str) -> Any:
         if lowered in _TRUE | _FALSE:
             return lowered in _TRUE
         raise SystemExit(f"--{name}: expected true or false, got {text!r}")
+    if is_list_type(type_name):
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = None
+        if not isinstance(value, list):
+            raise SystemExit(f"--{name}: expected a JSON array such as [1, 2], got {text!r}")
+        return value
     return text
 
 

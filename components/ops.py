@@ -39,6 +39,104 @@ class ServedEndpoint:
     manifest: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class ServedModels:
+    """What the ``serve_many`` component reports: the endpoint and the models it hosts."""
+
+    url: str
+    name: str
+    models: list[str]
+    manifest: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DataSlice:
+    """One model of a multi-model pipeline: its name and the slice of the rows it learns."""
+
+    model: str
+    slice: int
+    slices: int
+
+
+def parse_slices(value: str | list[Any] | None) -> list[DataSlice]:
+    """The ``slices`` of a multi-model pipeline: ``[{"model": NAME, "slice": I, "slices": N}]``.
+
+    Together they must deal the rows out exactly once (slices 0..N-1 of one N) under distinct
+    model names.
+
+    Raises:
+        InputError: Not such a list; the message names the entry and what is wrong.
+    """
+    from kfp_serve.artifacts.names import validate_name
+
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else []
+        except json.JSONDecodeError as e:
+            raise InputError(f"slices must be a JSON list, got {value!r}: {e}") from e
+    if not isinstance(value, list) or not value:
+        raise InputError(
+            'slices must be a non-empty list like [{"model": "east", "slice": 0, "slices": 2}, '
+            f'{{"model": "west", "slice": 1, "slices": 2}}], got {value!r}'
+        )
+    out = []
+    for i, entry in enumerate(value):
+        if not isinstance(entry, dict) or set(entry) != {"model", "slice", "slices"}:
+            raise InputError(
+                f"slices[{i}] must have exactly the keys model, slice and slices, got {entry!r}"
+            )
+        validate_name(entry["model"], f"slices[{i}].model")
+        index, count = _check_int(entry["slice"]), _check_int(entry["slices"])
+        if index is None or count is None or count < 1 or not 0 <= index < count:
+            raise InputError(
+                f"slices[{i}]: slice must be a whole number from 0 to slices - 1, got slice="
+                f"{entry['slice']!r}, slices={entry['slices']!r}"
+            )
+        out.append(DataSlice(entry["model"], index, count))
+    names = [s.model for s in out]
+    if len(set(names)) != len(names):
+        raise InputError(f"slices: each model needs its own name, got {names}")
+    counts = {s.slices for s in out}
+    if len(counts) != 1 or sorted(s.slice for s in out) != list(range(out[0].slices)):
+        raise InputError(
+            "slices: the entries must cover slice 0 to slices - 1 once each, with one value of "
+            f"slices for all, got {[(s.slice, s.slices) for s in out]}"
+        )
+    return out
+
+
+def check_trained_model_store(snapshot_store: str) -> None:
+    """On a cluster, hosted models are KServe TrainedModels, which load from s3://, gs:// or
+    http(s):// only: refuse another snapshot store before any model is trained and recorded.
+
+    Run by the validate step of a multi-model pipeline (where it runs decides the backend),
+    not when a pipeline is defined: compiling must not depend on the compiling machine.
+
+    Raises:
+        ServeConfigError: Serving on Kubernetes from a store TrainedModels cannot load.
+    """
+    from kfp_serve.artifacts.snapshots import STORE_ENV, default_root
+    from kfp_serve.serving.admission import TM_STORAGE_PREFIXES
+    from kfp_serve.serving.backends.base import KUBERNETES, default_backend_name
+    from kfp_serve.serving.errors import ServeConfigError
+
+    if default_backend_name() != KUBERNETES:
+        return  # a local endpoint loads file:// snapshots too
+    root = snapshot_store or default_root()
+    if not root.startswith(TM_STORAGE_PREFIXES):
+        raise ServeConfigError(
+            f"snapshot_store: {root!r} cannot feed a multi-model endpoint on a cluster: KServe "
+            f"loads TrainedModels from {', '.join(TM_STORAGE_PREFIXES)} only; pass "
+            f"snapshot_store=s3://bucket/prefix (or set {STORE_ENV})"
+        )
+
+
+def _check_int(value: Any) -> int | None:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # a JSON number KFP handed over as a float
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def parse_json_object(text: str | dict[str, Any] | None, what: str) -> dict[str, Any]:
     """A JSON object parameter ("" or None meaning empty), with an error that names it.
 
@@ -173,6 +271,7 @@ def validate_run(
     serve_config: str | dict[str, Any] | None = None,
     snapshot_store: str = "",
     tags: str | dict[str, Any] | None = None,
+    slices: str | list[Any] | None = None,
 ) -> str:
     """Check a pipeline run's inputs before any step records or serves anything.
 
@@ -186,6 +285,8 @@ def validate_run(
         serve_config: The ServeConfig as a JSON object string or dict.
         snapshot_store: Snapshot store root URI; "" for the default.
         tags: Tags as a JSON object string or dict.
+        slices: A multi-model pipeline's models and data slices (see :func:`parse_slices`);
+            None or [] for a single-model pipeline.
 
     Returns:
         The ServeConfig as given, as a JSON object string.
@@ -208,6 +309,8 @@ def validate_run(
     config = parse_json_object(serve_config, "serve_config")
     ServeConfig.coerce(config)
     parse_json_object(tags, "tags")
+    if slices:
+        parse_slices(slices)
     if snapshot_store:
         scheme, sep, _ = snapshot_store.partition("://")
         if sep:
@@ -276,6 +379,92 @@ def serve(
     )
     status = endpoint.status
     return ServedEndpoint(url=str(status.url or ""), name=endpoint.name, manifest=status.manifest)
+
+
+def serve_many(
+    model_ids: list[Any],
+    *,
+    name: str,
+    namespace: str = "",
+    serve_config: str | dict[str, Any] | None = None,
+    memory: str = "",
+    wait: bool = True,
+    timeout: float = 300.0,
+) -> ServedModels:
+    """Serve models by MLMD id behind one multi-model endpoint; URL, name, models, manifests.
+
+    Args:
+        model_ids: MLMD ids of the Model artifacts (one framework; distinct names).
+        name: The endpoint name.
+        namespace: Kubernetes namespace; "" for the default.
+        serve_config: The endpoint's ServeConfig (its limits.memory is the server's limit).
+        memory: Memory each model declares: one quantity ("64Mi"), a JSON object of model name
+            to quantity, or "" for the default.
+        wait: Wait until the endpoint and every model are ready.
+        timeout: Seconds each step may take.
+    """
+    from kfp_serve.serving.multi import hosted_models
+    from kfp_serve.serving.multi import serve_many as serve_models
+
+    ids = [_check_id(v, f"model_ids[{i}]") for i, v in enumerate(model_ids or [])]
+    if not ids:
+        raise InputError("model_ids must list at least one MLMD model id")
+    per_model: str | dict[str, Any] | None = None
+    if memory.strip().startswith("{"):
+        per_model = {str(k): str(v) for k, v in parse_json_object(memory, "memory").items()}
+    elif memory.strip():
+        per_model = memory.strip()
+    endpoint = serve_models(
+        name, ids, serve_config or None, memory=per_model, namespace=namespace or None,
+        wait=wait, timeout=timeout,
+    )
+    status = endpoint.status
+    models = hosted_models(endpoint)
+    manifest = {
+        "endpoint": status.manifest,
+        "models": [
+            {"name": m.name, "version": m.version, "memory": m.memory, "ready": m.ready,
+             "storage_uri": m.storage_uri, "url": m.url, "reason": m.reason}
+            for m in models
+        ],
+    }
+    return ServedModels(url=str(status.url or ""), name=endpoint.name,
+                        models=[m.name for m in models], manifest=manifest)
+
+
+def smoke_many(
+    endpoint_name: str,
+    model_ids: list[Any],
+    samples_paths: list[str],
+    *,
+    namespace: str = "",
+    tolerance: float = 1e-6,
+    deadline: float = 120.0,
+) -> list[tuple[str, Any]]:
+    """Smoke-test each hosted model of a multi-model endpoint with its own held-out samples.
+
+    ``model_ids[i]`` was trained with ``samples_paths[i]`` (the same loop iteration); each is
+    asked at its own name on the endpoint.
+
+    Returns:
+        (model name, ``SmokeResult``) per model, in the order given.
+    """
+    from kfp_serve import artifacts
+    from kfp_serve.serving.smoke import smoke_endpoint
+
+    if len(model_ids) != len(samples_paths):
+        raise InputError(
+            f"model_ids and samples must pair up: got {len(model_ids)} ids and "
+            f"{len(samples_paths)} samples files"
+        )
+    results = []
+    for i, (model_id, path) in enumerate(zip(model_ids, samples_paths, strict=True)):
+        record = artifacts.get_artifact(_check_id(model_id, f"model_ids[{i}]"))
+        results.append((record.name, smoke_endpoint(
+            endpoint_name, path, namespace=namespace or None, tolerance=tolerance,
+            deadline_s=deadline, model=record.name,
+        )))
+    return results
 
 
 def _check_id(value: Any, what: str) -> int:

@@ -31,14 +31,35 @@ def is_artifact_type(type_name: str) -> bool:
     return type_name.startswith("system.")
 
 
+def is_list_type(type_name: str) -> bool:
+    """True for list parameters (``List``, ``typing.List[int]``): JSON arrays on the wire."""
+    return type_name == "List" or type_name.startswith(("List[", "typing.List"))
+
+
 def v1_type(type_name: str) -> str:
     """The v1 type name of a v2 input/output type (``system.Model@0.0.1`` -> ``Model``)."""
     if is_artifact_type(type_name):
         return type_name.split("@", 1)[0].split(".", 1)[1]
+    if is_list_type(type_name):
+        return "JsonArray"
     try:
         return PARAMETER_TYPES[type_name]
     except KeyError:
         raise ValueError(f"no palette type for component type {type_name!r}") from None
+
+
+def in_palette(component: PythonComponent) -> bool:
+    """Whether the v1 format can describe the component: it has no input taking a list of
+    artifacts (``dsl.Collected`` from a loop), which a visual editor cannot wire either."""
+    return not any(getattr(i, "is_artifact_list", False)
+                   for i in component.component_spec.inputs.values())
+
+
+def palette_names() -> list[str]:
+    """The components that get a palette file, in pipeline order."""
+    from kfp_serve.components import all_components
+
+    return [name for name, c in all_components().items() if in_palette(c)]
 
 
 def display_name(component_name: str) -> str:

@@ -53,7 +53,7 @@ def build_components(component_dir: Path, palette_dir: Path) -> list[Path]:
 
     from kfp_serve.components import all_components
     from kfp_serve.components.defs._base import component_image
-    from kfp_serve.components.palette import palette_yaml
+    from kfp_serve.components.palette import in_palette, palette_yaml
 
     component_dir.mkdir(parents=True, exist_ok=True)
     palette_dir.mkdir(parents=True, exist_ok=True)
@@ -62,6 +62,8 @@ def build_components(component_dir: Path, palette_dir: Path) -> list[Path]:
         path = component_dir / f"{name}.yaml"
         compiler.Compiler().compile(component, str(path))
         written.append(path)
+        if not in_palette(component):
+            continue
         palette = palette_dir / f"{name}.yaml"
         palette.write_text(palette_yaml(name, component, component_image()))
         written.append(palette)

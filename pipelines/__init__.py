@@ -7,15 +7,21 @@
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kfp_serve.pipelines import sklearn_transformer, xgboost
+from kfp_serve.pipelines import sklearn_multi, sklearn_transformer, xgboost
 from kfp_serve.pipelines.cluster import ClusterOptions
 
-_MODULES = {sklearn_transformer.NAME: sklearn_transformer, xgboost.NAME: xgboost}
+_MODULES = {
+    sklearn_transformer.NAME: sklearn_transformer,
+    xgboost.NAME: xgboost,
+    sklearn_multi.NAME: sklearn_multi,
+}
 
 #: CLI name -> pipeline function.
 PIPELINES: dict[str, Callable[..., Any]] = {name: m.pipeline for name, m in _MODULES.items()}
@@ -39,7 +45,36 @@ def compile_pipeline(
     from kfp import compiler
 
     compiler.Compiler().compile(get_pipeline(name, options), str(path))
+    _stable_header(Path(path))
     return Path(path)
+
+
+_HEADER_DEFAULT = re.compile(r"^(#\s+\w+: (?:list|dict) \[Default: )(.*)(\])$")
+
+
+def _stable_header(path: Path) -> None:
+    """Sort the keys of list/dict defaults in the compiled file's header comment.
+
+    KFP prints them from a protobuf Struct, whose key order changes from one process to the
+    next: unsorted, the same pipeline would compile to a different file every time.
+    """
+    lines = path.read_text().splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if not line.startswith("#"):
+            break
+        match = _HEADER_DEFAULT.match(line.rstrip("\n"))
+        if match:
+            value = _sorted_keys(ast.literal_eval(match.group(2)))
+            lines[i] = f"{match.group(1)}{value!r}{match.group(3)}\n"
+    path.write_text("".join(lines))
+
+
+def _sorted_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _sorted_keys(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted_keys(v) for v in value]
+    return value
 
 
 def compile_pipelines(

@@ -24,6 +24,7 @@ def run_inputs(params: dict[str, Any]) -> dict[str, Any]:
         "serve_config": params.get("serve_config"),
         "snapshot_store": params.get("snapshot_store") or "",
         "tags": params.get("tags"),
+        "slices": params.get("slices"),
     }
 
 

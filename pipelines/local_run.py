@@ -153,9 +153,13 @@ def _coerce(value: Any, kind: str) -> Any:
 
 
 def task_display_names(pipeline: Any) -> dict[str, str]:
-    """Compiled task name (``snapshot-2``) -> display name (``snapshot-transformer``)."""
-    tasks = pipeline.pipeline_spec.root.dag.tasks
-    return {name: (task.task_info.name or name) for name, task in tasks.items()}
+    """Compiled task name (``snapshot-2``) -> display name (``snapshot-transformer``), also of
+    the tasks inside a loop (each loop body is a DAG of its own)."""
+    spec = pipeline.pipeline_spec
+    dags = [spec.root.dag] + [c.dag for c in spec.components.values() if c.HasField("dag")]
+    return {
+        name: (task.task_info.name or name) for dag in dags for name, task in dag.tasks.items()
+    }
 
 
 def run_local(
@@ -171,7 +175,8 @@ def run_local(
 
     Returns:
         ``pipeline``, ``endpoint_url``, ``endpoint_name``, ``model_id``, ``transformer_id``
-        (None without a transformer), ``smoke_verdict``, ``blessed``, ``wall_seconds``,
+        (None without a transformer), ``models`` (a multi-model pipeline's hosted models, else
+        None), ``smoke_verdict``, ``blessed``, ``wall_seconds``,
         ``step_seconds`` (display name -> seconds, in run order), ``pipeline_root`` and
         ``log_file`` (the full kfp.local output).
 
@@ -227,6 +232,8 @@ def run_local(
         "endpoint_name": outputs.get("endpoint_name"),
         "model_id": _int(outputs.get("model_id")),
         "transformer_id": _int(transformer_id) if transformer_id is not None else None,
+        # The hosted models of a multi-model pipeline (None for one model).
+        "models": list(outputs["models"]) if outputs.get("models") is not None else None,
         "smoke_verdict": verdict,
         "blessed": verdict == "blessed",
         "wall_seconds": round(time.monotonic() - started, 2),

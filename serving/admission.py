@@ -25,7 +25,9 @@ reconciles (``isvc.check_storage_uri``; master also accepts ``oci+native://`` an
 ``oci+fetch://``), and the multi-node (``workerSpec``) rules, which kfp-serve never emits.
 
 Unless told which release the cluster runs (``KFP_SERVE_KSERVE_VERSION``), the builder applies
-every supported release's rules: a manifest it accepts is admitted by all of them.
+every supported release's rules: a manifest it accepts is admitted by all of them. The
+Kubernetes backend checks each TrainedModel the same way (``admit_trained_model``) before it
+sends it: the local backend hosts models KServe's agent could not fetch (``file://``).
 """
 
 from __future__ import annotations
@@ -570,10 +572,10 @@ def _tm_storage_uri(obj: dict[str, Any], old: Old, version: str) -> Iterable[Fin
 def _tm_memory(obj: dict[str, Any], old: Old, version: str) -> Iterable[Finding]:
     if old is None:
         return
-    new = quantity(((obj.get("spec") or {}).get("model") or {}).get("memory"))
-    before = quantity(((old.get("spec") or {}).get("model") or {}).get("memory"))
-    if new != before:
-        yield "spec.model.memory", "was changed"
+    new_text = ((obj.get("spec") or {}).get("model") or {}).get("memory")
+    old_text = ((old.get("spec") or {}).get("model") or {}).get("memory")
+    if quantity(new_text) != quantity(old_text):
+        yield "spec.model.memory", f"was changed from {old_text!r} to {new_text!r}"
 
 
 RULES: tuple[Rule, ...] = (
@@ -717,3 +719,43 @@ def denial(kind: str, violation: Violation) -> tuple[int, str, str]:
         # The API server's own wording, webhook name in double quotes (Go's %q).
         f'admission webhook "{WEBHOOKS[kind]}" denied the request: {violation.message()}',
     )
+
+
+#: How to fix what each TrainedModel rule refuses (KServe's messages say only what is wrong).
+_TM_FIXES = {
+    "tm-name": "name the model with letters, digits, '_' and '-' only",
+    "tm-storage-uri": (
+        "on a cluster, KServe's model agent fetches TrainedModels from s3://, gs://, https:// or "
+        "http:// only (not pvc:// or file://): snapshot the models to an S3 store "
+        "(KFP_SERVE_SNAPSHOT_STORE=s3://bucket/prefix) before serving them behind one endpoint"
+    ),
+    "tm-memory-immutable": (
+        "a hosted model keeps the memory it was added with: add the new version with the same "
+        "memory, or remove the model and add it again with the new memory"
+    ),
+}
+
+
+def admit_trained_model(
+    manifest: dict[str, Any],
+    *,
+    old: dict[str, Any] | None = None,
+    versions: Iterable[str] | None = None,
+) -> None:
+    """Refuse a TrainedModel KServe's webhook would refuse, before it is sent.
+
+    Args:
+        manifest: The TrainedModel (camelCase).
+        old: The stored TrainedModel, for an update.
+        versions: The KServe releases to check against (default: ``target_versions()``).
+
+    Raises:
+        ServeConfigError: The first rule broken: field, problem, the rule quoted, the fix.
+    """
+    chosen = tuple(versions or target_versions())
+    for violation in refusals(evaluate(manifest, kind=TM_KIND, old=old, versions=chosen)):
+        name = (manifest.get("metadata") or {}).get("name", "?")
+        raise ServeConfigError(
+            f"TrainedModel {name!r}: {violation.message()}; "
+            f"{_TM_FIXES.get(violation.rule.id, 'change the field it names')}"
+        )

@@ -56,6 +56,13 @@ READY_PATH = "/v2/health/ready"
 #: Status path of a local endpoint's router (its generation and in-flight requests).
 ROUTER_STATUS_PATH = "/kfp-serve/router"
 
+#: KServe's controller labels every TrainedModel with its parent InferenceService's name, and
+#: with this one once the parent's memory has room for it (only those count as loaded).
+LABEL_TM_PARENT = "inferenceservice"
+LABEL_TM_ALLOCATED = "serving.kserve.io/trainedmodel-allocated"
+#: A custom-container predictor is multi-model only when its first container sets this "true".
+MULTI_MODEL_SERVER_ENV = "MULTI_MODEL_SERVER"
+
 #: Why a model of a multi-model endpoint is not serving (TrainedModelStatus.reason, and the
 #: ``reason`` of the model repository index): more memory than the server has left, a load
 #: that failed (bad or tampered snapshot), a model of another framework than the server's.

@@ -43,7 +43,8 @@ def serve_many(
     wait: bool = True,
     namespace: str | None = None,
     timeout: float = 300.0,
-) -> Endpoint:
+    dry_run: bool = False,
+) -> Endpoint | list[dict[str, Any]]:
     """Serve several models of one framework behind one endpoint.
 
     Declarative and idempotent: serving the same name again loads what changed (a new version
@@ -63,9 +64,14 @@ def serve_many(
             are loaded into its running server).
         namespace: Kubernetes namespace (cluster backend).
         timeout: Seconds each step may take to become ready.
+        dry_run: Return the manifests exactly as they would be applied (the parent, then one
+            TrainedModel per model; models are snapshotted, like ``serve(dry_run=True)``);
+            apply nothing. For the Kubernetes backend the TrainedModels are checked against
+            KServe's webhook rules, as the cluster would.
 
     Returns:
-        An ``Endpoint``; ``endpoint.predict(rows, model="name")`` asks one hosted model.
+        An ``Endpoint``; ``endpoint.predict(rows, model="name")`` asks one hosted model. With
+        ``dry_run``, the list of manifests.
 
     Raises:
         ServeConfigError: A bad name or config; models of different frameworks; two models
@@ -86,6 +92,8 @@ def serve_many(
     from kfp_serve.serving.trained_model import parent_inference_service
 
     parent = parent_inference_service(name, framework, serve_config=cfg, namespace=namespace)
+    if dry_run:
+        return [parent, *_dry_run_models(name, namespace, resolved, memory, backend)]
     chosen = _multi_backend(backend)
     # The parent is always awaited: its server must answer before models can be loaded in.
     chosen.apply(parent, wait=True, timeout=timeout)
@@ -271,11 +279,45 @@ def _load(
 ) -> TrainedModelStatus:
     """Snapshot (if needed), build the TrainedModel, apply it, record the deployment."""
     from kfp_serve.artifacts import record_deployment
+
+    manifest = _trained_model(parent, namespace, record, alias, memory)
+    status = chosen.apply_trained_model(manifest, wait=wait, timeout=timeout)
+    record_deployment(parent, namespace or status.namespace, record.id, None, status.url)
+    return status
+
+
+def _dry_run_models(
+    parent: str,
+    namespace: str | None,
+    resolved: list[tuple[ArtifactRecord, str | None]],
+    memory: str | Mapping[str, str] | None,
+    backend: Any,
+) -> list[dict[str, Any]]:
+    """The TrainedModels ``serve_many`` would apply; on Kubernetes, admitted like the cluster's
+    webhook would (a local endpoint also loads ``file://`` snapshots, which KServe does not)."""
+    from kfp_serve.serving import admission
+    from kfp_serve.serving.backends.base import KUBERNETES, default_backend_name
+
+    target = getattr(backend, "name", backend) or default_backend_name()
+    manifests = []
+    for record, alias in resolved:
+        memory_of = _memory_for(memory, record.name)
+        manifest = _trained_model(parent, namespace, record, alias, memory_of)
+        if target == KUBERNETES:
+            admission.admit_trained_model(manifest)
+        manifests.append(manifest)
+    return manifests
+
+
+def _trained_model(
+    parent: str, namespace: str | None, record: ArtifactRecord, alias: str | None, memory: str
+) -> dict[str, Any]:
+    """The TrainedModel of ``record`` on ``parent`` (snapshotting it first if it has none)."""
     from kfp_serve.serving.deploy import ensure_snapshot, storage_uri
     from kfp_serve.serving.trained_model import trained_model_manifest
 
     snapshot = ensure_snapshot(record)
-    manifest = trained_model_manifest(
+    return trained_model_manifest(
         record.name,
         parent,
         storage_uri=storage_uri(snapshot),
@@ -291,6 +333,3 @@ def _load(
             )
         ),
     )
-    status = chosen.apply_trained_model(manifest, wait=wait, timeout=timeout)
-    record_deployment(parent, namespace or status.namespace, record.id, None, status.url)
-    return status

@@ -292,6 +292,7 @@ def smoke_endpoint(
     tolerance: float = 1e-6,
     deadline_s: float = 120.0,
     retry_interval_s: float = 0.5,
+    model: str | None = None,
 ) -> SmokeResult:
     """Smoke-test the served endpoint ``endpoint_name`` with a samples file from training.
 
@@ -299,6 +300,8 @@ def smoke_endpoint(
         endpoint_name: The InferenceService name.
         samples_path: The JSON samples file (see ``kfp_serve.artifacts.training``).
         namespace: The endpoint's namespace on a cluster; None for the default.
+        model: The hosted model to test, on a multi-model endpoint (``serve_many``); the
+            result names it as ``endpoint/model``.
         tolerance: Tolerance for numeric predictions.
         deadline_s: Overall deadline in seconds.
         retry_interval_s: Pause between retries.
@@ -307,23 +310,28 @@ def smoke_endpoint(
         A :class:`SmokeResult`.
     """
     from kfp_serve.artifacts.training import read_samples
-    from kfp_serve.serving.endpoint import Endpoint
+    from kfp_serve.serving.endpoint import Endpoint, response_predictions
     from kfp_serve.serving.errors import ServingError
 
     samples = read_samples(samples_path)
+    label = f"{endpoint_name}/{model}" if model else endpoint_name
     try:
         client = Endpoint(endpoint_name, namespace=namespace)
     except ServingError as e:
         # No such endpoint (or no URL yet): a verdict, so a "not blessed" run can record it.
         return SmokeResult(
             verdict=ERROR, message=f"cannot reach endpoint {endpoint_name!r}: {_describe(e)}",
-            endpoint=endpoint_name, n_expected=len(samples["instances"]),
+            endpoint=label, n_expected=len(samples["instances"]),
             output=samples["output"], tolerance=tolerance,
         )
     manifest = client.status.manifest or {}
     expected, output, alternatives = runtime_expectation(manifest, samples)
+
+    def predict(x: Any) -> list[Any]:
+        return response_predictions(client.predict(x, model=model))
+
     return check_predictions(
-        client.predictions,
+        predict,
         samples["instances"],
         expected,
         expected_values=alternatives,
@@ -331,7 +339,7 @@ def smoke_endpoint(
         tolerance=tolerance,
         deadline_s=deadline_s,
         retry_interval_s=retry_interval_s,
-        endpoint=endpoint_name,
+        endpoint=label,
     )
 
 

@@ -26,6 +26,8 @@ def train(
     test_size: float = 0.2,
     random_state: int = 42,
     n_samples: int = 10,
+    data_slice: int = 0,
+    data_slices: int = 1,
 ) -> NamedTuple("TrainOutputs", [("has_transformer", bool), ("accuracy", float)]):
     """Train a scikit-learn or XGBoost classifier and save it in KServe's model layout.
 
@@ -58,6 +60,9 @@ def train(
         test_size: Fraction of rows held out for evaluation (between 0 and 1).
         random_state: Seed for the split and the estimator, for reproducible runs.
         n_samples: Number of held-out rows written as smoke-test requests.
+        data_slice: Which slice of the rows to train on, from 0 to data_slices - 1 (one model
+            per slice of one dataset).
+        data_slices: How many slices the rows are dealt into, round robin; 1 for all rows.
 
     Returns:
         has_transformer: True when a transformer was fitted and saved.
@@ -71,7 +76,8 @@ def train(
         dataset_name=dataset_name,
         target_column=target_column, framework=framework, estimator=estimator,
         preprocessing=preprocessing, hyperparameters=hyperparameters, test_size=test_size,
-        random_state=random_state, n_samples=n_samples,
+        random_state=random_state, n_samples=n_samples, data_slice=data_slice,
+        data_slices=data_slices,
     )
     for key, value in result.metrics.items():
         metrics.log_metric(key, value)

@@ -96,11 +96,11 @@ def serve(
     if proba:
         serve_config = with_proba(serve_config)
     if multi is not None:
-        if transformer is not None or name is not None or dry_run:
-            raise CliError("--multi serves models alone under NAME: no --transformer, --name or "
-                           "--dry-run", "`kfp-serve serve --multi NAME MODEL...`")
+        if transformer is not None or name is not None:
+            raise CliError("--multi serves models alone under NAME: no --transformer or --name",
+                           "`kfp-serve serve --multi NAME MODEL...`")
         serve_multi(check_name(multi), model_ids, serve_config=serve_config, memory=memory,
-                    namespace=namespace, timeout=timeout)
+                    namespace=namespace, timeout=timeout, dry_run=dry_run, output=output)
         return
     if len(model_ids) != 1:
         raise CliError(f"serve takes one MODEL, got {len(model_ids)}",

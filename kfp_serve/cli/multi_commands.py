@@ -14,7 +14,7 @@ from typer._click import Context
 from typer.core import TyperCommand, TyperGroup
 
 from kfp_serve.cli.errors import CliError, fails_cleanly
-from kfp_serve.cli.ui import NamespaceOpt, Output, OutputOpt, model_ref, render, say
+from kfp_serve.cli.ui import NamespaceOpt, Output, OutputOpt, dump, model_ref, render, say
 
 #: The subcommand that runs when ``models`` is given anything else (the artifact listing).
 LIST = "list"
@@ -28,8 +28,14 @@ def serve_multi(
     memory: str | None,
     namespace: str | None,
     timeout: float,
+    dry_run: bool = False,
+    output: Output = Output.yaml,
 ) -> None:
-    """``kfp-serve serve --multi NAME MODEL...``: one endpoint hosting every MODEL."""
+    """``kfp-serve serve --multi NAME MODEL...``: one endpoint hosting every MODEL.
+
+    With ``dry_run``, the manifests (the parent, then one TrainedModel per model) as one
+    ``kind: List`` that ``kubectl apply -f`` takes.
+    """
     from kfp_serve.serving.multi import serve_many
 
     if not models:
@@ -37,8 +43,12 @@ def serve_multi(
                        "`kfp-serve serve --multi regions east west` (ids or name[:version|@alias])")
     endpoint = serve_many(
         name, [model_ref(m) for m in models], serve_config, memory=memory, namespace=namespace,
-        timeout=timeout,
+        timeout=timeout, dry_run=dry_run,
     )
+    if dry_run:
+        dump({"apiVersion": "v1", "kind": "List", "items": endpoint},
+             Output.json if output is Output.json else Output.yaml)
+        return
     say(f"endpoint {endpoint.name!r} is ready at {endpoint.url} hosting "
         f"{', '.join(m.name for m in endpoint.status.models)}")
 

@@ -181,7 +181,7 @@ def print_run_summary(result: dict[str, Any]) -> None:
     table.add_column(overflow="fold")
     for key, value in result.items():
         if key not in ("step_seconds", "metrics"):
-            table.add_row(key, str(value))
+            table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
     for metric, value in result.get("metrics", {}).items():
         table.add_row(f"metric {metric}", value)
     for step, seconds in result.get("step_seconds", {}).items():

@@ -10,7 +10,10 @@ when its watch times out). What it does differently:
   5xx, 429 and connection problems are retried with backoff inside the caller's deadline;
 - readiness is awaited with a watch (no polling interval) for the *new* generation: a Ready=True
   left over from the previous generation does not end the wait; watches that end are resumed;
-- ``pvc://`` snapshots named in the manifest's annotations are hydrated into PVCs first.
+- ``pvc://`` snapshots named in the manifest's annotations are hydrated into PVCs first;
+- a multi-model endpoint is a parent InferenceService plus one KServe TrainedModel per hosted
+  model, applied and awaited the same way (``apply_trained_model``; how their status reads is
+  in ``trained_models.py``), removed with a wait for KServe's finalizer.
 
 The ``kubernetes`` package is imported lazily: ``serving`` must stay cheap to import.
 """
@@ -27,6 +30,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import urlsplit
 
@@ -38,7 +42,8 @@ from kfp_serve.artifacts.kube import (
     use_in_cluster,
 )
 from kfp_serve.artifacts.names import validate_name
-from kfp_serve.serving.backends.base import KUBERNETES, EndpointStatus
+from kfp_serve.serving import admission
+from kfp_serve.serving.backends.base import KUBERNETES, EndpointStatus, TrainedModelStatus
 from kfp_serve.serving.backends.traffic import (
     PROMOTE,
     ROLLBACK,
@@ -50,6 +55,16 @@ from kfp_serve.serving.backends.traffic import (
     settled,
     traffic_patch,
 )
+from kfp_serve.serving.backends.trained_models import (
+    KSERVE_MEMORY_REASON,
+    check_parent,
+    check_same_parent,
+    memory_refusal,
+    parent_of,
+    same_memory,
+    tm_readiness,
+    tm_status,
+)
 from kfp_serve.serving.constants import (
     ANNOTATION_MODEL_SNAPSHOT,
     ANNOTATION_TRANSFORMER_SNAPSHOT,
@@ -57,12 +72,35 @@ from kfp_serve.serving.constants import (
     KSERVE_VERSION_ENV,
 )
 from kfp_serve.serving.errors import ServingError
+from kfp_serve.serving.trained_model import is_multi_model
 
 GROUP = "serving.kserve.io"
 VERSION = "v1beta1"
 PLURAL = "inferenceservices"
 KIND = "InferenceService"
 API_VERSION = f"{GROUP}/{VERSION}"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One KServe resource type the backend writes: where it lives in the API, how it is named."""
+
+    group: str
+    version: str
+    plural: str
+    kind: str
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}"
+
+    def path(self, namespace: str) -> tuple[str, str, str, str]:
+        """(group, version, namespace, plural): the leading arguments of CustomObjectsApi."""
+        return self.group, self.version, namespace, self.plural
+
+
+INFERENCE_SERVICE = Kind(GROUP, VERSION, PLURAL, KIND)
+TRAINED_MODEL = Kind(GROUP, "v1alpha1", "trainedmodels", "TrainedModel")
 
 #: Where the cluster's ingress gateway is reachable from here ("host:port" or a URL).
 INGRESS_ENV = "KFP_SERVE_INGRESS"
@@ -113,6 +151,20 @@ class InferenceServiceNotReadyError(ServingError):
         self.message = message
         self.conditions = conditions
         self.url = url
+        self.timed_out = timed_out
+
+
+class TrainedModelNotReadyError(ServingError):
+    """A TrainedModel was refused (no memory left, a single-model parent) or not Ready in time.
+
+    Attributes:
+        status: what the backend saw last (``status.reason``, ``status.message``).
+        timed_out: True when the deadline passed, False for a refusal.
+    """
+
+    def __init__(self, text: str, *, status: TrainedModelStatus, timed_out: bool) -> None:
+        super().__init__(text)
+        self.status = status
         self.timed_out = timed_out
 
 
@@ -243,18 +295,24 @@ _HINTS = {
         "the service account lacks an RBAC permission: apply serving/rbac.yaml in the namespace "
         "(check with `kubectl auth can-i {verb} {resource} -n {namespace}`)"
     ),
-    404: "is KServe installed (`kubectl get crd inferenceservices.serving.kserve.io`)?",
-    422: "the manifest does not match the InferenceService CRD installed on the cluster",
-    400: "the manifest does not match the InferenceService CRD installed on the cluster",
+    404: "is KServe installed (`kubectl get crd {resource}`)?",
+    422: "the manifest does not match the {kind} CRD installed on the cluster",
+    400: "the manifest does not match the {kind} CRD installed on the cluster",
 }
 
 # How the API server words a validating webhook's refusal (it reuses 403/400, not RBAC's meaning).
 _WEBHOOK_DENIAL = "admission webhook "
-_WEBHOOK_HINT = (
-    "KServe's validating webhook refused the manifest: change the field it names (serve(..., "
-    f"dry_run=True) checks the same rules; set {KSERVE_VERSION_ENV} to the cluster's KServe "
-    "release to check that release's rules)"
-)
+_WEBHOOK_HINTS = {
+    KIND: (
+        "KServe's validating webhook refused the manifest: change the field it names (serve(..., "
+        f"dry_run=True) checks the same rules; set {KSERVE_VERSION_ENV} to the cluster's KServe "
+        "release to check that release's rules)"
+    ),
+    TRAINED_MODEL.kind: (
+        "KServe's validating webhook refused the TrainedModel: change the field it names "
+        "(kfp_serve.serving.admission.admit_trained_model checks the same rules)"
+    ),
+}
 
 
 class KubernetesBackend:
@@ -384,12 +442,16 @@ class KubernetesBackend:
             time.sleep(pause)
             delay = min(delay * 2, 2.0)
 
-    def _refused(self, e: Any, verb: str, name: str, namespace: str) -> ServingError:
+    def _refused(
+        self, e: Any, verb: str, name: str, namespace: str, kind: Kind = INFERENCE_SERVICE
+    ) -> ServingError:
         reason, message = _api_message(e)
-        hint = (_WEBHOOK_HINT if message.startswith(_WEBHOOK_DENIAL) else _HINTS.get(
-            e.status, "")).format(verb=verb, resource=f"{PLURAL}.{GROUP}", namespace=namespace)
+        webhook = message.startswith(_WEBHOOK_DENIAL)
+        hint = (_WEBHOOK_HINTS[kind.kind] if webhook else _HINTS.get(e.status, "")).format(
+            verb=verb, resource=f"{kind.plural}.{kind.group}", namespace=namespace,
+            kind=kind.kind)
         return ServingError(
-            f"the Kubernetes API server refused to {verb} InferenceService {name!r} in namespace "
+            f"the Kubernetes API server refused to {verb} {kind.kind} {name!r} in namespace "
             f"{namespace!r}: {e.status} {reason}: {message}" + (f" — {hint}" if hint else "")
         )
 
@@ -426,19 +488,23 @@ class KubernetesBackend:
         )
         return status
 
-    def _prepare(self, manifest: dict[str, Any]) -> dict[str, Any]:
+    def _prepare(
+        self, manifest: dict[str, Any], kind: Kind = INFERENCE_SERVICE
+    ) -> dict[str, Any]:
         if not isinstance(manifest, dict):
-            raise ServingError(f"an InferenceService manifest must be a dict, got {manifest!r}")
+            raise ServingError(f"a {kind.kind} manifest must be a dict, got {manifest!r}")
         body = copy.deepcopy(manifest)
-        if body.get("kind", KIND) != KIND or body.get("apiVersion", API_VERSION) != API_VERSION:
+        if body.get("kind", kind.kind) != kind.kind or body.get(
+            "apiVersion", kind.api_version
+        ) != kind.api_version:
             raise ServingError(
-                f"the Kubernetes backend applies {API_VERSION} {KIND} manifests, got "
-                f"{body.get('apiVersion')!r} {body.get('kind')!r}"
+                f"the Kubernetes backend applies {kind.api_version} {kind.kind} manifests here, "
+                f"got {body.get('apiVersion')!r} {body.get('kind')!r}"
             )
-        body["apiVersion"], body["kind"] = API_VERSION, KIND
+        body["apiVersion"], body["kind"] = kind.api_version, kind.kind
         meta = body.setdefault("metadata", {})
         if not meta.get("name"):
-            raise ServingError("the InferenceService manifest has no metadata.name")
+            raise ServingError(f"the {kind.kind} manifest has no metadata.name")
         meta["namespace"] = meta.get("namespace") or self.namespace
         # Refused here, before any API call, like everywhere else a name enters kfp-serve.
         validate_name(meta["name"], "metadata.name")
@@ -483,16 +549,28 @@ class KubernetesBackend:
         return ApiException
 
     def _apply_object(
-        self, body: dict[str, Any], name: str, namespace: str, deadline: float
+        self,
+        body: dict[str, Any],
+        name: str,
+        namespace: str,
+        deadline: float,
+        kind: Kind = INFERENCE_SERVICE,
+        check: Callable[[dict[str, Any]], None] | None = None,
+        replace: Callable[[dict[str, Any]], bool] | None = None,
     ) -> dict[str, Any]:
-        """get, then create or merge-patch; retried on conflicts; returns the stored object."""
+        """get, then create or merge-patch; retried on conflicts; returns the stored object.
+
+        ``check`` sees the stored object before it is patched (and may refuse to touch it);
+        when ``replace`` says so, the stored object is deleted (and awaited) and created anew.
+        """
         custom, _ = self._clients()
         api_exception = self._api_exception()
-        where = (GROUP, VERSION, namespace, PLURAL)
+        where = kind.path(namespace)
+        what = f"{kind.kind} {name!r}"
         for _ in range(_APPLY_ATTEMPTS):
             try:
                 current = self._call(
-                    f"reading InferenceService {name!r}",
+                    f"reading {what}",
                     custom.get_namespaced_custom_object,
                     *where,
                     name,
@@ -500,10 +578,10 @@ class KubernetesBackend:
                 )
             except api_exception as e:
                 if e.status != 404:
-                    raise self._refused(e, "get", name, namespace) from e
+                    raise self._refused(e, "get", name, namespace, kind) from e
                 try:
                     obj = self._call(
-                        f"creating InferenceService {name!r}",
+                        f"creating {what}",
                         custom.create_namespaced_custom_object,
                         *where,
                         body,
@@ -513,19 +591,25 @@ class KubernetesBackend:
                 except api_exception as e2:
                     if e2.status == 409:
                         continue  # created meanwhile (or by our own timed-out attempt): patch it
-                    raise self._refused(e2, "create", name, namespace) from e2
-                self._say(f"created InferenceService {name!r} in namespace {namespace!r}")
+                    raise self._refused(e2, "create", name, namespace, kind) from e2
+                self._say(f"created {what} in namespace {namespace!r}")
                 return obj
+            if check is not None:
+                check(current)
+            if replace is not None and replace(current):
+                self._delete_object(kind, name, namespace, deadline, missing_ok=True)
+                self._wait_gone(kind, name, namespace, deadline)
+                continue  # created on the next round
             patch = apply_patch(current, body)
             if patch is None:
                 self._say(
-                    f"InferenceService {name!r} is unchanged (generation "
+                    f"{what} is unchanged (generation "
                     f"{current['metadata'].get('generation')})"
                 )
                 return current
             try:
                 obj = self._call(
-                    f"updating InferenceService {name!r}",
+                    f"updating {what}",
                     custom.patch_namespaced_custom_object,
                     *where,
                     name,
@@ -536,21 +620,26 @@ class KubernetesBackend:
             except api_exception as e:
                 if e.status == 409:
                     continue  # written by someone else since our get: recompute from fresh state
-                raise self._refused(e, "patch", name, namespace) from e
+                raise self._refused(e, "patch", name, namespace, kind) from e
             self._say(
-                f"updated InferenceService {name!r} in namespace {namespace!r} "
+                f"updated {what} in namespace {namespace!r} "
                 f"(generation {obj['metadata'].get('generation')})"
             )
             return obj
         raise ServingError(
-            f"InferenceService {name!r} in namespace {namespace!r} kept changing while it was "
+            f"{what} in namespace {namespace!r} kept changing while it was "
             f"being applied ({_APPLY_ATTEMPTS} conflicts): is another client writing it?"
         )
 
     def _watch_events(
-        self, name: str, namespace: str, resource_version: str | None, deadline: float
+        self,
+        name: str,
+        namespace: str,
+        resource_version: str | None,
+        deadline: float,
+        kind: Kind = INFERENCE_SERVICE,
     ) -> Iterator[dict[str, Any]]:
-        """Events of one InferenceService until the watch ends (server timeout or deadline)."""
+        """Events of one object until the watch ends (server timeout or deadline)."""
         from kubernetes import watch
 
         custom, _ = self._clients()
@@ -567,7 +656,7 @@ class KubernetesBackend:
         w = watch.Watch()
         try:
             yield from w.stream(
-                custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, **kwargs
+                custom.list_namespaced_custom_object, *kind.path(namespace), **kwargs
             )
         finally:
             w.stop()
@@ -581,14 +670,24 @@ class KubernetesBackend:
         started: float,
         deadline: float,
         timeout: float,
+        kind: Kind = INFERENCE_SERVICE,
+        judge: Callable[[dict[str, Any], int], tuple[str, str]] = readiness,
+        fail: Callable[..., Exception] | None = None,
+        gone: str = "",
     ) -> dict[str, Any]:
+        """Watch the object until ``judge`` says ready (returned) or failed (``fail`` raised).
+
+        ``gone`` is said when it is deleted meanwhile (why that may happen).
+        """
         import urllib3
 
         api_exception = self._api_exception()
         custom, _ = self._clients()
+        fail = fail or self._not_ready
+        what = f"{kind.kind} {name!r} in namespace {namespace!r}"
         latest = obj
         rv = obj["metadata"].get("resourceVersion")
-        state, summary = readiness(latest, generation)
+        state, summary = judge(latest, generation)
         shown: list[Any] = ["", 0.0]  # last summary printed, and when
 
         def show(force: bool = False) -> None:
@@ -604,19 +703,18 @@ class KubernetesBackend:
             if state == "ready":
                 return latest
             if state == "failed":
-                raise self._not_ready(latest, generation, timeout, timed_out=False)
+                raise fail(latest, generation, timeout, timed_out=False)
             if deadline - now <= 0:
-                raise self._not_ready(latest, generation, timeout, timed_out=True)
+                raise fail(latest, generation, timeout, timed_out=True)
             try:
-                for event in self._watch_events(name, namespace, rv, deadline):
+                for event in self._watch_events(name, namespace, rv, deadline, kind):
                     if event["type"] == "DELETED":
                         raise ServingError(
-                            f"InferenceService {name!r} in namespace {namespace!r} was deleted "
-                            "while waiting for it to become Ready"
+                            f"{what} was deleted while waiting for it to become Ready" + gone
                         )
                     latest = event["raw_object"]
                     rv = latest["metadata"].get("resourceVersion") or rv
-                    state, summary = readiness(latest, generation)
+                    state, summary = judge(latest, generation)
                     if state != "pending":
                         break
                     show()
@@ -624,42 +722,39 @@ class KubernetesBackend:
                 continue  # the watch ended (server timeout): resume from the last version seen
             except api_exception as e:
                 if e.status in (403, 401):
-                    raise self._refused(e, "watch", name, namespace) from e
+                    raise self._refused(e, "watch", name, namespace, kind) from e
                 # 410 Gone (history compacted) and server errors: re-read, then watch again.
                 problem = f"watch interrupted ({e.status} {_api_message(e)[0]})"
             except (urllib3.exceptions.HTTPError, OSError) as e:
                 if time.monotonic() >= deadline:
                     continue  # the read timeout was the deadline: report the timeout above
                 problem = f"watch interrupted ({type(e).__name__})"
-            self._say(f"{name}: {problem}; re-reading the InferenceService")
+            self._say(f"{name}: {problem}; re-reading the {kind.kind}")
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 2.0)
             if time.monotonic() >= deadline:
                 continue
             try:
                 latest = self._call(
-                    f"reading InferenceService {name!r}",
+                    f"reading {kind.kind} {name!r}",
                     custom.get_namespaced_custom_object,
-                    GROUP,
-                    VERSION,
-                    namespace,
-                    PLURAL,
+                    *kind.path(namespace),
                     name,
                     deadline=deadline,
                 )
             except api_exception as e:
                 if e.status == 404:
                     raise ServingError(
-                        f"InferenceService {name!r} in namespace {namespace!r} disappeared while "
-                        "waiting for it to become Ready (deleted by someone else?)"
+                        f"{what} disappeared while waiting for it to become Ready"
+                        + (gone or " (deleted by someone else?)")
                     ) from e
-                raise self._refused(e, "get", name, namespace) from e
+                raise self._refused(e, "get", name, namespace, kind) from e
             except ServingError:
                 if time.monotonic() < deadline:
                     raise
                 continue  # deadline reached while retrying: report the readiness timeout
             rv = latest["metadata"].get("resourceVersion")
-            state, summary = readiness(latest, generation)
+            state, summary = judge(latest, generation)
 
     def _not_ready(
         self, obj: dict[str, Any], generation: int, timeout: float, *, timed_out: bool
@@ -772,9 +867,11 @@ class KubernetesBackend:
             headers=headers,
         )
 
-    def _probe(self, status: EndpointStatus, deadline: float) -> None:
+    def _probe(self, status: EndpointStatus, deadline: float, model: str | None = None) -> None:
         """After Ready, wait until the endpoint answers (kserve/kserve#1658: 404 right after).
 
+        ``model``: the hosted model to ask, on a multi-model endpoint (default: the endpoint's
+        own, whose name it has; a multi-model parent has none to ask until models arrive).
         Only when reachable from here (in a pod, or through a configured ingress), bounded by
         ``probe_timeout``; a probe that never succeeds is reported, not raised: Ready is what
         the cluster says, and the caller's smoke test retries on its own.
@@ -783,6 +880,9 @@ class KubernetesBackend:
             return
         if not (running_in_pod() or status.headers):
             return
+        if model is None and is_multi_model(status.manifest):
+            return
+        model = model or status.name
         spec = status.manifest.get("spec") or {}
         predictor = spec.get("predictor") or {}
         protocol = next(
@@ -794,9 +894,9 @@ class KubernetesBackend:
             "v1",
         )
         if protocol == "v2" and "transformer" not in spec:
-            path = f"/v2/models/{status.name}/ready"
+            path = f"/v2/models/{model}/ready"
         else:
-            path = f"/v1/models/{status.name}"
+            path = f"/v1/models/{model}"
         probe_deadline = min(deadline, time.monotonic() + self.probe_timeout)
         delay, last = 0.05, ""
         while True:
@@ -824,58 +924,79 @@ class KubernetesBackend:
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
 
+    def _read(
+        self, kind: Kind, name: str, namespace: str, deadline: float
+    ) -> dict[str, Any] | None:
+        """One object, None if it does not exist (other refusals raise ServingError)."""
+        custom, _ = self._clients()
+        try:
+            return self._call(
+                f"reading {kind.kind} {name!r}",
+                custom.get_namespaced_custom_object,
+                *kind.path(namespace),
+                name,
+                deadline=deadline,
+            )
+        except self._api_exception() as e:
+            if e.status == 404:
+                return None
+            raise self._refused(e, "get", name, namespace, kind) from e
+
+    def _list(self, kind: Kind, namespace: str, deadline: float) -> list[dict[str, Any]]:
+        """Every object of ``kind`` in ``namespace``, sorted by name."""
+        custom, _ = self._clients()
+        try:
+            result = self._call(
+                f"listing {kind.plural}",
+                custom.list_namespaced_custom_object,
+                *kind.path(namespace),
+                deadline=deadline,
+            )
+        except self._api_exception() as e:
+            raise self._refused(e, "list", "*", namespace, kind) from e
+        return sorted(result.get("items", []), key=lambda o: o["metadata"]["name"])
+
     def get(self, name: str, namespace: str | None = None) -> EndpointStatus:
-        """The current status of one InferenceService.
+        """The current status of one InferenceService (with its models, if it hosts several).
 
         Raises:
             ServingError: it does not exist, or the API refused the read.
         """
         validate_name(name, "name")
         namespace = validate_name(namespace or self.namespace, "namespace")
-        custom, _ = self._clients()
         deadline = time.monotonic() + self.request_timeout * 2
-        try:
-            obj = self._call(
-                f"reading InferenceService {name!r}",
-                custom.get_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                name,
-                deadline=deadline,
+        obj = self._read(INFERENCE_SERVICE, name, namespace, deadline)
+        if obj is None:
+            raise ServingError(
+                f"no InferenceService {name!r} in namespace {namespace!r} "
+                f"(list them with `kubectl get inferenceservices -n {namespace}`)"
             )
-        except self._api_exception() as e:
-            if e.status == 404:
-                raise ServingError(
-                    f"no InferenceService {name!r} in namespace {namespace!r} "
-                    f"(list them with `kubectl get inferenceservices -n {namespace}`)"
-                ) from e
-            raise self._refused(e, "get", name, namespace) from e
-        return self._endpoint_status(obj)
+        status = self._endpoint_status(obj)
+        if is_multi_model(obj):
+            status.models = self.list_trained_models(name, namespace)
+        return status
 
     def list(self, namespace: str | None = None) -> list[EndpointStatus]:
         """Every InferenceService in ``namespace``, sorted by name."""
         namespace = validate_name(namespace or self.namespace, "namespace")
-        custom, _ = self._clients()
         deadline = time.monotonic() + self.request_timeout * 2
-        try:
-            result = self._call(
-                "listing InferenceServices",
-                custom.list_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                deadline=deadline,
-            )
-        except self._api_exception() as e:
-            raise self._refused(e, "list", "*", namespace) from e
-        items = sorted(result.get("items", []), key=lambda o: o["metadata"]["name"])
-        return [self._endpoint_status(o) for o in items]
+        items = self._list(INFERENCE_SERVICE, namespace, deadline)
+        statuses = [self._endpoint_status(o) for o in items]
+        if any(is_multi_model(o) for o in items):
+            models = [tm_status(o) for o in self._list(TRAINED_MODEL, namespace, deadline)]
+            for status, obj in zip(statuses, items, strict=True):
+                if is_multi_model(obj):
+                    status.models = [m for m in models if m.parent == status.name]
+        return statuses
 
-    def delete(self, name: str, namespace: str | None = None) -> None:
+    def delete(
+        self, name: str, namespace: str | None = None, *, timeout: float = 120.0
+    ) -> None:
         """Delete the InferenceService (KServe removes its pods and routes).
+
+        The TrainedModels it hosts go first, and are awaited: KServe's controller only removes
+        a TrainedModel's finalizer while its parent exists, so deleting the parent first would
+        leave them Terminating for good.
 
         Raises:
             ServingError: it does not exist, or the API refused the delete.
@@ -883,25 +1004,219 @@ class KubernetesBackend:
         validate_name(name, "name")
         namespace = validate_name(namespace or self.namespace, "namespace")
         custom, _ = self._clients()
-        deadline = time.monotonic() + self.request_timeout * 2
+        deadline = time.monotonic() + timeout
+        hosted = [o["metadata"]["name"] for o in self._list(TRAINED_MODEL, namespace, deadline)
+                  if parent_of(o) == name]
+        for model in hosted:
+            self._delete_object(TRAINED_MODEL, model, namespace, deadline, missing_ok=True)
+        for model in hosted:
+            self._wait_gone(TRAINED_MODEL, model, namespace, deadline)
+        self._delete_object(INFERENCE_SERVICE, name, namespace, deadline)
+
+    def _delete_object(
+        self, kind: Kind, name: str, namespace: str, deadline: float, *, missing_ok: bool = False
+    ) -> None:
+        custom, _ = self._clients()
         try:
             self._call(
-                f"deleting InferenceService {name!r}",
+                f"deleting {kind.kind} {name!r}",
                 custom.delete_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
+                *kind.path(namespace),
                 name,
                 deadline=deadline,
             )
         except self._api_exception() as e:
             if e.status == 404:
+                if missing_ok:
+                    return
                 raise ServingError(
-                    f"no InferenceService {name!r} in namespace {namespace!r} to delete"
+                    f"no {kind.kind} {name!r} in namespace {namespace!r} to delete"
                 ) from e
-            raise self._refused(e, "delete", name, namespace) from e
-        self._say(f"deleted InferenceService {name!r} in namespace {namespace!r}")
+            raise self._refused(e, "delete", name, namespace, kind) from e
+        self._say(f"deleted {kind.kind} {name!r} in namespace {namespace!r}")
+
+    def _wait_gone(self, kind: Kind, name: str, namespace: str, deadline: float) -> None:
+        """Wait (with a watch) until a deleted object is gone: its finalizers have run."""
+        import urllib3
+
+        api_exception = self._api_exception()
+        while True:
+            # One read may outlast the deadline: the answer says what is left to report.
+            obj = self._read(kind, name, namespace, max(deadline, time.monotonic() + 1.0))
+            if obj is None:
+                return
+            if time.monotonic() >= deadline:
+                raise ServingError(self._stuck(kind, obj))
+            try:
+                rv = obj["metadata"].get("resourceVersion")
+                for event in self._watch_events(name, namespace, rv, deadline, kind):
+                    if event["type"] == "DELETED":
+                        return
+            except api_exception as e:
+                if e.status in (401, 403):
+                    raise self._refused(e, "watch", name, namespace, kind) from e
+                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+            except (urllib3.exceptions.HTTPError, OSError):
+                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
+    def _stuck(self, kind: Kind, obj: dict[str, Any]) -> str:
+        meta = obj["metadata"]
+        name, namespace = meta["name"], meta["namespace"]
+        text = (
+            f"{kind.kind} {name!r} in namespace {namespace!r} is still Terminating (finalizers: "
+            f"{meta.get('finalizers') or 'none'})"
+        )
+        parent = parent_of(obj) if kind is TRAINED_MODEL else ""
+        deadline = time.monotonic() + self.request_timeout
+        if parent and self._read(INFERENCE_SERVICE, parent, namespace, deadline) is None:
+            text += (
+                f": its parent InferenceService {parent!r} is gone, and KServe's controller only "
+                "removes the finalizer while the parent exists. Remove it by hand: kubectl patch "
+                f"trainedmodel {name} -n {namespace} --type=merge "
+                "-p '{\"metadata\":{\"finalizers\":null}}'"
+            )
+        else:
+            text += (
+                "; is KServe's controller running? (kubectl logs -n kserve "
+                "deploy/kserve-controller-manager)"
+            )
+        return text
+
+    # -- multi-model endpoints (KServe TrainedModels; readings in serving/backends/
+    # trained_models.py) ----------------------------------------------------------------------
+    def apply_trained_model(
+        self, manifest: dict[str, Any], *, wait: bool = True, timeout: float = 300.0
+    ) -> TrainedModelStatus:
+        """Create or update a TrainedModel and (by default) wait until KServe says it is Ready.
+
+        Its parent must exist and be a multi-model InferenceService of the same framework:
+        checked first, since KServe's controller deletes a TrainedModel whose parent is missing
+        and would never load one of another framework. Applied like an InferenceService (get,
+        then create or merge-patch, ``fieldValidation=Strict``); a name the namespace already
+        uses for another parent's model is refused rather than moved. KServe refuses to change
+        a TrainedModel's memory: one that declares other memory now is replaced (that model
+        alone stops answering meanwhile).
+
+        Raises:
+            ServeConfigError: KServe's webhook would refuse it (checked here first, with the
+                fix: a storage URI KServe's agent cannot fetch).
+            ServingError: the API server or KServe's webhook refused it (its message included),
+                the parent cannot host it, or the name is taken by another endpoint's model.
+            TrainedModelNotReadyError: the parent's memory has no room for it (the numbers are
+                in the message), the parent is single-model, or not Ready within ``timeout``.
+        """
+        started = time.monotonic()
+        deadline = started + timeout
+        body = self._prepare(manifest, TRAINED_MODEL)
+        name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
+        parent_name = parent_of(body)
+        if not parent_name:
+            raise ServingError(
+                f"TrainedModel {name!r}: spec.inferenceService is empty; name the multi-model "
+                "endpoint that hosts it"
+            )
+        versions = admission.target_versions()
+        admission.admit_trained_model(body, versions=versions)  # what the webhook would refuse
+
+        def check(current: dict[str, Any]) -> None:
+            check_same_parent(body, current)
+            if same_memory(body, current):  # else it is replaced, not updated
+                admission.admit_trained_model(body, old=current, versions=versions)
+        parent = self._read(INFERENCE_SERVICE, parent_name, namespace, deadline)
+        if parent is None:
+            raise ServingError(
+                f"TrainedModel {name!r}: its parent InferenceService {parent_name!r} does not "
+                f"exist in namespace {namespace!r} (KServe's controller would delete the "
+                f"TrainedModel): create the endpoint first with serve_many({parent_name!r}, ...)"
+            )
+        check_parent(body, parent)
+        obj = self._apply_object(body, name, namespace, deadline, TRAINED_MODEL, check=check,
+                                 replace=lambda current: self._memory_changed(body, current))
+        if not wait:
+            return tm_status(obj)
+        obj = self._wait_ready(
+            name, namespace, obj, obj["metadata"].get("generation", 1), started, deadline,
+            timeout, kind=TRAINED_MODEL, judge=tm_readiness, fail=self._tm_not_ready,
+            gone=f" (KServe's controller deletes a TrainedModel whose parent {parent_name!r} "
+            "is missing: was the endpoint deleted?)",
+        )
+        status = tm_status(obj)
+        # Ready says the parent can host it; KServe's agent loads it afterwards: ask for it.
+        parent = self._read(INFERENCE_SERVICE, parent_name, namespace, deadline) or parent
+        served = self._endpoint_status(parent)
+        self._probe(served, deadline, model=name)
+        status.message = served.message
+        self._say(
+            f"TrainedModel {name!r} is Ready on {parent_name!r} after "
+            f"{time.monotonic() - started:.1f}s" + (f": {status.url}" if status.url else "")
+        )
+        return status
+
+    def _memory_changed(self, body: dict[str, Any], current: dict[str, Any]) -> bool:
+        """Whether the stored TrainedModel declares other memory: KServe's webhook refuses to
+        change it (the allocation was counted with it), so it must be replaced."""
+        if same_memory(body, current):
+            return False
+        self._say(
+            f"TrainedModel {body['metadata']['name']!r} now declares "
+            f"{body['spec']['model']['memory']} instead of {current['spec']['model']['memory']}: "
+            "KServe keeps a TrainedModel's memory, so it is replaced (deleted, then created)"
+        )
+        return True
+
+    def _tm_not_ready(
+        self, obj: dict[str, Any], generation: int, timeout: float, *, timed_out: bool
+    ) -> TrainedModelNotReadyError:
+        status = tm_status(obj)
+        namespace, parent_name = status.namespace or self.namespace, status.parent
+        ready = next((c for c in (obj.get("status") or {}).get("conditions") or []
+                      if c.get("type") == "Ready"), {})
+        if ready.get("reason") == KSERVE_MEMORY_REASON:
+            deadline = time.monotonic() + self.request_timeout
+            parent = self._read(INFERENCE_SERVICE, parent_name, namespace, deadline) or {
+                "metadata": {"name": parent_name}, "spec": {}}
+            siblings = [o for o in self._list(TRAINED_MODEL, namespace, deadline)
+                        if parent_of(o) == parent_name]
+            status.message = memory_refusal(obj, parent, siblings)
+            head = f"{status.reason}: {status.message}"
+        elif timed_out:
+            head = (f"TrainedModel {status.name!r} in namespace {namespace!r} did not become "
+                    f"Ready within {timeout:.0f}s: {status.message}")
+        else:
+            head = (f"TrainedModel {status.name!r} in namespace {namespace!r} was refused: "
+                    f"{status.message}")
+        lines = [
+            head,
+            "  what to check next:",
+            f"    kubectl describe trainedmodel {status.name} -n {namespace}",
+            f"    kubectl get inferenceservice {parent_name} -n {namespace}",
+        ]
+        return TrainedModelNotReadyError("\n".join(lines), status=status, timed_out=timed_out)
+
+    def delete_trained_model(
+        self, name: str, namespace: str | None = None, *, timeout: float = 60.0
+    ) -> None:
+        """Delete a TrainedModel and wait until it is gone (the server has dropped the model).
+
+        Raises:
+            ServingError: there is none of that name, the API refused, or it stayed Terminating
+                (the message says why and how to clear it).
+        """
+        validate_name(name, "model name")
+        namespace = validate_name(namespace or self.namespace, "namespace")
+        deadline = time.monotonic() + timeout
+        self._delete_object(TRAINED_MODEL, name, namespace, deadline)
+        self._wait_gone(TRAINED_MODEL, name, namespace, deadline)
+
+    def list_trained_models(
+        self, parent: str, namespace: str | None = None
+    ) -> list[TrainedModelStatus]:
+        """The TrainedModels naming ``parent`` (loaded or refused), sorted by name."""
+        validate_name(parent, "parent endpoint name")
+        namespace = validate_name(namespace or self.namespace, "namespace")
+        deadline = time.monotonic() + self.request_timeout * 2
+        return [tm_status(o) for o in self._list(TRAINED_MODEL, namespace, deadline)
+                if parent_of(o) == parent]
 
     # -- canary traffic (KServe semantics; the plans are in serving/backends/traffic.py) -------
     def set_traffic(

@@ -13,6 +13,7 @@ def test_compile_writes_loadable_components_palette_and_pipelines(cli, tmp_path)
     from kfp import components
 
     from kfp_serve.components import all_components
+    from kfp_serve.components.palette import palette_names
     from kfp_serve.pipelines import PIPELINES
 
     out = tmp_path / "compiled"
@@ -23,7 +24,8 @@ def test_compile_writes_loadable_components_palette_and_pipelines(cli, tmp_path)
     component_files = {p.stem: p for p in (out / "components").glob("*.yaml")}
     palette_files = {p.stem: p for p in (out / "components" / "palette").glob("*.yaml")}
     pipeline_files = sorted((out / "pipelines").glob("*.yaml"))
-    assert set(component_files) == names and set(palette_files) == names
+    # Every component, and a palette file for each that the palette format can describe.
+    assert set(component_files) == names and set(palette_files) == set(palette_names())
     assert len(pipeline_files) == len(PIPELINES)
     runtime = out / "runtimes" / "kfp-serve.yaml"
     assert written == {str(p) for p in [*component_files.values(), *palette_files.values(),
@@ -42,7 +44,7 @@ def test_compile_writes_loadable_components_palette_and_pipelines(cli, tmp_path)
         spec = yaml.safe_load(path.read_text())
         assert spec["root"]["dag"]["tasks"], path
         display_names.add(spec["pipelineInfo"]["name"])
-    assert display_names == {"kfp-serve-sklearn-transformer", "kfp-serve-xgboost"}
+    assert display_names == {f"kfp-serve-{name}" for name in PIPELINES}
 
 
 def test_compile_against_an_image_names_it_everywhere(tmp_path, monkeypatch):

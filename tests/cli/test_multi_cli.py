@@ -83,5 +83,5 @@ def test_models_still_lists_recorded_artifacts(cli, regional):
 
 def test_multi_usage_errors_name_the_fix(cli, regional):
     assert_clean_error(cli("serve", "1", "2"), "serve takes one MODEL", "--multi NAME")
-    assert_clean_error(cli("serve", "--multi", NAME, "1", "--dry-run"), "--multi")
+    assert_clean_error(cli("serve", "--multi", NAME, "1", "--name", "x"), "--multi")
     assert_clean_error(cli("serve", "--multi", "Bad_Name", "1"), "Bad_Name")

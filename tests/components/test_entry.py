@@ -59,7 +59,8 @@ def test_unknown_component_names_the_choices():
 
 @pytest.mark.parametrize(("text", "kind", "value"), [
     ("3", "Integer", 3), ("0.5", "Float", 0.5), ("True", "Boolean", True),
-    ("false", "Boolean", False), ("{}", "String", "{}"),
+    ("false", "Boolean", False), ("{}", "String", "{}"), ("[1, 2]", "List[Integer]", [1, 2]),
+    ('[{"model": "a"}]', "List", [{"model": "a"}]),
 ])
 def test_parse_value(text, kind, value):
     assert parse_value(text, kind, "x") == value
@@ -68,6 +69,11 @@ def test_parse_value(text, kind, value):
 def test_bad_number_names_the_flag():
     with pytest.raises(SystemExit, match="--n_samples: expected integer"):
         parse_value("ten", "Integer", "n_samples")
+
+
+def test_a_list_flag_must_be_a_json_array():
+    with pytest.raises(SystemExit, match=r"--model_ids: expected a JSON array such as \[1, 2\]"):
+        parse_value("1,2", "List[Integer]", "model_ids")
 
 
 def test_format_value():

@@ -74,6 +74,9 @@ def test_csv_dataset_with_string_labels(tmp_path):
         pytest.param({"hyperparameters": '{"nope": 1}'}, "nope", id="unknown-hyperparameter"),
         pytest.param({"test_size": 1.5}, "test_size", id="test-size"),
         pytest.param({"n_samples": 0}, "n_samples", id="n-samples"),
+        pytest.param({"data_slice": 3, "data_slices": 3}, "data_slice must be between 0 and",
+                     id="slice-past-the-end"),
+        pytest.param({"data_slices": 0}, "data_slices at least 1", id="no-slices"),
     ],
 )
 def test_bad_arguments_name_the_problem(tmp_path, kwargs, message):
@@ -204,3 +207,19 @@ def test_an_s3_dataset_without_credentials_names_the_variables(tmp_path, monkeyp
     message = str(caught.value)
     assert "no S3 credentials" in message
     assert "AWS_ACCESS_KEY_ID" in message and "AWS_ENDPOINT_URL" in message
+
+
+def test_slices_deal_the_rows_out_round_robin(tmp_path):
+    """Each slice learns a third of the rows, every class among them (iris is sorted by label)."""
+    whole = train_model(model_dir=tmp_path / "all", samples_path=tmp_path / "all.json",
+                        preprocessing="none")
+    parts = [
+        train_model(model_dir=tmp_path / f"m{i}", samples_path=tmp_path / f"s{i}.json",
+                    preprocessing="none", data_slice=i, data_slices=3)
+        for i in range(3)
+    ]
+    assert sum(p.n_train + p.n_test for p in parts) == whole.n_train + whole.n_test == 150
+    assert [p.dataset for p in parts] == [f"iris (slice {i} of 3)" for i in (1, 2, 3)]
+    assert all(p.class_names == whole.class_names and len(p.class_names) == 3 for p in parts)
+    files = [(tmp_path / f"m{i}" / "model.joblib").read_bytes() for i in range(3)]
+    assert len(set(files)) == 3  # three different models

@@ -2,18 +2,33 @@
 
     with KubeDouble() as double:
         double.kserve.program("iris", delay=0.2)          # or outcome="fail", reason=..., ...
+        double.trained_models.program(delay=0.1)          # the TrainedModel controller
         double.faults.add(verb="patch", status=403)
         kubeconfig = double.write_kubeconfig(tmp_path / "kubeconfig", namespace="team-a")
 """
 
-from tests.kube_double.controllers import IsvcBehavior, RecordedCall, SnapshotBehavior
+from tests.kube_double.controllers import (
+    IsvcBehavior,
+    RecordedCall,
+    SnapshotBehavior,
+    TrainedModelBehavior,
+)
 from tests.kube_double.faults import Fault, FaultPlan
 from tests.kube_double.server import KubeDouble
-from tests.kube_double.store import ISVC, PVC, VOLUME_SNAPSHOT, ApiError, Resource, merge_patch
+from tests.kube_double.store import (
+    ISVC,
+    PVC,
+    TRAINED_MODEL,
+    VOLUME_SNAPSHOT,
+    ApiError,
+    Resource,
+    merge_patch,
+)
 
 __all__ = [
     "ISVC",
     "PVC",
+    "TRAINED_MODEL",
     "VOLUME_SNAPSHOT",
     "ApiError",
     "Fault",
@@ -23,5 +38,6 @@ __all__ = [
     "RecordedCall",
     "Resource",
     "SnapshotBehavior",
+    "TrainedModelBehavior",
     "merge_patch",
 ]

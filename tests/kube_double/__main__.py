@@ -20,11 +20,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kubeconfig", type=Path, help="where to write the kubeconfig")
     parser.add_argument("--namespace", default="default", help="the context's namespace")
     parser.add_argument("--ready-delay", type=float, default=0.05,
-                        help="seconds before the fake KServe controller sets Ready")
+                        help="seconds before the fake KServe controllers (InferenceService, "
+                        "TrainedModel) set Ready")
     parser.add_argument("--no-validate", action="store_true", help="skip CRD schema validation")
     args = parser.parse_args(argv)
     double = KubeDouble(validate=not args.no_validate).start()
     double.kserve.program(delay=args.ready_delay)
+    double.trained_models.program(delay=args.ready_delay)
     path = args.kubeconfig or Path(tempfile.mkdtemp(prefix="kube-double-")) / "kubeconfig"
     double.write_kubeconfig(path, namespace=args.namespace)
     print(f"kube double at {double.url} (validation {'on' if double.validate else 'off'})")

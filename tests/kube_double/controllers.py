@@ -1,4 +1,5 @@
-"""Fake controllers of the API double: KServe (InferenceService status), CSI snapshots, PVCs.
+"""Fake controllers of the API double: KServe (InferenceService and TrainedModel status), CSI
+snapshots, PVCs.
 
 Each reacts to store events the way its real counterpart would, after a delay the test chooses.
 """
@@ -15,7 +16,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tests.kube_double.store import ISVC, PVC, VOLUME_SNAPSHOT, ApiError, Event, Store, now_rfc3339
+from kfp_serve.serving import admission, constants
+from tests.kube_double.store import (
+    ISVC,
+    PVC,
+    TRAINED_MODEL,
+    VOLUME_SNAPSHOT,
+    ApiError,
+    Event,
+    Store,
+    now_rfc3339,
+)
 
 
 class Scheduler:
@@ -365,6 +376,239 @@ class KServeController:
         if path.startswith("/v2/models/") and path.endswith("/infer"):
             return 200, {"model_name": name, "outputs": []}
         return 200, {"name": name, "ready": True}
+
+
+@dataclass
+class TrainedModelBehavior:
+    """How the fake KServe controller treats TrainedModels.
+
+    Attributes:
+        outcome: "reconcile" (what KServe's TrainedModel controller does) or "never" (no
+            status at all: for timeouts).
+        delay: seconds from a change (of the TrainedModel, its parent or a sibling) to the
+            reconcile.
+        default_memory_limit: the predictor's memory limit when the parent sets none. KServe's
+            defaulting webhook fills it from the ``inferenceservice-config`` ConfigMap (2Gi as
+            shipped); the double does not mutate stored objects, so it assumes it here.
+    """
+
+    outcome: str = "reconcile"
+    delay: float = 0.02
+    default_memory_limit: str = "2Gi"
+
+
+#: KServe's finalizer on every TrainedModel (it removes the model from the parent's config).
+TM_FINALIZER = "trainedmodel.finalizer"
+#: The conditions whose conjunction is Ready (KServe's living condition set), and their
+#: failure reasons and messages as KServe's controller writes them.
+TM_CONDITIONS = {
+    "InferenceServiceReady": (
+        "InferenceServiceNotReady",
+        "Inference Service needs to be ready before Trained Model can be ready",
+    ),
+    "IsMMSPredictor": (
+        "IsNotMMSPredictor",
+        "Inference Service predictor is not configured for multi-model serving",
+    ),
+    "MemoryResourceAvailable": (
+        "MemoryResourceNotAvailable",
+        "Inference Service does not have enough memory resources for Trained Model",
+    ),
+}
+
+
+def _mark(conditions: list[dict[str, Any]], type_: str, status: str,
+          reason: str | None = None, message: str | None = None) -> None:
+    """Set one condition the way knative's condition sets do: lastTransitionTime only moves
+    when the condition changes, and the list stays sorted by type."""
+    new = _cond(type_, status, reason, message)
+    for i, old in enumerate(conditions):
+        if old["type"] == type_:
+            same = {k: v for k, v in old.items() if k != "lastTransitionTime"}
+            if same == {k: v for k, v in new.items() if k != "lastTransitionTime"}:
+                return
+            conditions[i] = new
+            break
+    else:
+        conditions.append(new)
+    conditions.sort(key=lambda c: c["type"])
+
+
+def _predictor_implementation(isvc: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """(key, spec) of the predictor's implementation: a framework/model spec or containers[0]."""
+    predictor = (isvc.get("spec") or {}).get("predictor") or {}
+    containers = predictor.get("containers") or []
+    if containers:
+        return "containers", containers[0]
+    for key in admission.PREDICTOR_FRAMEWORKS:
+        if isinstance(predictor.get(key), dict):
+            return key, predictor[key]
+    return None
+
+
+def is_multi_model(isvc: dict[str, Any]) -> bool:
+    """KServe's IsMMSPredictor: a custom container that sets MULTI_MODEL_SERVER=true, or a
+    model/framework spec with no storageUri (nor storage) that is not Hugging Face."""
+    found = _predictor_implementation(isvc)
+    if found is None:
+        return False
+    key, impl = found
+    if key == "containers":
+        return any(e.get("name") == constants.MULTI_MODEL_SERVER_ENV and e.get("value") == "true"
+                   for e in impl.get("env") or [])
+    if key == "huggingface" or (impl.get("modelFormat") or {}).get("name") == "huggingface":
+        return False
+    return not impl.get("storageUri") and not impl.get("storage")
+
+
+class TrainedModelController:
+    """Plays KServe's TrainedModel controller (``pkg/controller/v1alpha1/trainedmodel``).
+
+    On every change of a TrainedModel, of its parent InferenceService or of a sibling:
+
+    - no parent: the TrainedModel is deleted (with its finalizer already on, it then stays
+      Terminating: KServe checks the parent before it handles deletion, so TrainedModels must be
+      deleted before their parent);
+    - labels ``inferenceservice=<parent>`` and the finalizer are added;
+    - conditions InferenceServiceReady, IsMMSPredictor and MemoryResourceAvailable, and Ready
+      when all three are True. Memory counts every TrainedModel of the parent already allocated
+      (label ``serving.kserve.io/trainedmodel-allocated``) plus this one, against the predictor
+      container's memory limit; one that fits gets the allocated label;
+    - status.url/address: the parent's, with ``/v1/models/<name>:predict`` (or the v2 infer
+      path), once the conditions hold;
+    - being deleted: the finalizer is removed (the model leaves the parent's model config).
+
+    KServe writes no ``observedGeneration`` for TrainedModels, and neither does the double; nor
+    a ``FrameworkSupported`` condition (KFServing once did): KServe does not compare the model's
+    framework with the server's (kfp-serve checks that before it applies a TrainedModel).
+    Where KServe requeues a TrainedModel whose parent is not ready (with backoff), the double
+    reconciles again when the parent or a sibling changes.
+    """
+
+    def __init__(self, store: Store, scheduler: Scheduler) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.behavior = TrainedModelBehavior()
+        self._pending: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+        store.listeners.append(self._on_event)
+
+    def program(self, **changes: Any) -> TrainedModelBehavior:
+        self.behavior = replace(self.behavior, **changes)
+        return self.behavior
+
+    def _on_event(self, event: Event) -> None:
+        meta = event.obj["metadata"]
+        namespace = meta.get("namespace", "")
+        if event.resource is TRAINED_MODEL:
+            if event.type != "DELETED":
+                self._schedule((namespace, meta["name"]))
+            parent = (event.obj.get("spec") or {}).get("inferenceService")
+            self._siblings(namespace, parent, but=meta["name"])
+        elif event.resource is ISVC:
+            self._siblings(namespace, meta["name"])
+
+    def _siblings(self, namespace: str, parent: str | None, but: str | None = None) -> None:
+        items, _ = self.store.list(TRAINED_MODEL, namespace)
+        for tm in items:
+            if (tm.get("spec") or {}).get("inferenceService") == parent and (
+                    tm["metadata"]["name"] != but):
+                self._schedule((namespace, tm["metadata"]["name"]))
+
+    def _schedule(self, key: tuple[str, str]) -> None:
+        behavior = self.behavior
+        if behavior.outcome == "never":
+            return
+        with self._lock:
+            if key in self._pending:
+                return
+            self._pending.add(key)
+        self.scheduler.after(behavior.delay, lambda: self._reconcile(key, behavior))
+
+    def _reconcile(self, key: tuple[str, str], behavior: TrainedModelBehavior) -> None:
+        with self._lock:
+            self._pending.discard(key)
+        namespace, name = key
+        try:
+            tm = self.store.get(TRAINED_MODEL, namespace, name)
+        except ApiError:
+            return
+        parent_name = tm["spec"].get("inferenceService", "")
+        try:
+            isvc = self.store.get(ISVC, namespace, parent_name)
+        except ApiError:
+            self.store.delete(TRAINED_MODEL, namespace, name)
+            return
+        meta = tm["metadata"]
+        if "deletionTimestamp" in meta:
+            meta["finalizers"] = [f for f in meta.get("finalizers") or [] if f != TM_FINALIZER]
+            self.store.update(TRAINED_MODEL, namespace, name, tm, check_rv=False)
+            return
+        labels = meta.setdefault("labels", {})
+        labels[constants.LABEL_TM_PARENT] = parent_name
+        if TM_FINALIZER not in (meta.get("finalizers") or []):
+            meta["finalizers"] = [*(meta.get("finalizers") or []), TM_FINALIZER]
+        status = copy.deepcopy(tm.get("status") or {})
+        conditions = status.setdefault("conditions", [])
+        holds = {
+            "InferenceServiceReady": _is_ready(isvc),
+            "IsMMSPredictor": is_multi_model(isvc),
+            "MemoryResourceAvailable": self._memory_fits(tm, isvc, behavior),
+        }
+        for type_, ok in holds.items():
+            # Each False dependent marks Ready False with its reason (the last one wins);
+            # Ready turns True only when every dependent is.
+            if ok:
+                _mark(conditions, type_, "True")
+            else:
+                reason, message = TM_CONDITIONS[type_]
+                _mark(conditions, type_, "False", reason, message)
+                _mark(conditions, "Ready", "False", reason, message)
+        if holds["MemoryResourceAvailable"]:
+            labels[constants.LABEL_TM_ALLOCATED] = parent_name
+        if all(holds.values()):
+            _mark(conditions, "Ready", "True")
+            status.update(self._urls(name, isvc))
+        stored = self.store.update(TRAINED_MODEL, namespace, name, tm, check_rv=False)
+        self.store.update(TRAINED_MODEL, namespace, name, {**stored, "status": status},
+                          subresource="status", check_rv=False)
+
+    def _memory_fits(self, tm: dict[str, Any], isvc: dict[str, Any],
+                     behavior: TrainedModelBehavior) -> bool:
+        found = _predictor_implementation(isvc)
+        if found is None:
+            return False
+        limit = (((found[1].get("resources") or {}).get("limits") or {}).get("memory")
+                 or behavior.default_memory_limit)
+        parent, namespace = isvc["metadata"]["name"], isvc["metadata"]["namespace"]
+        items, _ = self.store.list(TRAINED_MODEL, namespace)
+        allocated = [
+            o for o in items
+            if (o["metadata"].get("labels") or {}).get(constants.LABEL_TM_PARENT) == parent
+            and (o["metadata"].get("labels") or {}).get(constants.LABEL_TM_ALLOCATED) == parent
+        ]
+        if constants.LABEL_TM_ALLOCATED not in (tm["metadata"].get("labels") or {}):
+            allocated.append(tm)
+        total = sum(admission.quantity(o["spec"]["model"].get("memory")) or 0 for o in allocated)
+        return (admission.quantity(limit) or 0) >= total
+
+    @staticmethod
+    def _urls(name: str, isvc: dict[str, Any]) -> dict[str, Any]:
+        found = _predictor_implementation(isvc)
+        protocol = (found[1].get("protocolVersion") if found else None) or "v1"
+        path = f"/v2/models/{name}/infer" if protocol == "v2" else f"/v1/models/{name}:predict"
+        status = isvc.get("status") or {}
+        out: dict[str, Any] = {}
+        if status.get("url"):
+            out["url"] = status["url"] + path
+        if (status.get("address") or {}).get("url"):
+            out["address"] = {"url": status["address"]["url"] + path}
+        return out
+
+
+def _is_ready(obj: dict[str, Any]) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (obj.get("status") or {}).get("conditions") or [])
 
 
 @dataclass

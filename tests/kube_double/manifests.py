@@ -26,3 +26,33 @@ def isvc_manifest(name: str = "iris", storage_uri: str = "gs://kfp-serve-test/ir
             }
         },
     }
+
+
+def multi_isvc_manifest(name: str = "fleet", memory_limit: str | None = "1Gi",
+                        **metadata: Any) -> dict[str, Any]:
+    """A multi-model parent InferenceService: an sklearn predictor without a storageUri."""
+    manifest = isvc_manifest(name, **metadata)
+    model = manifest["spec"]["predictor"]["model"]
+    del model["storageUri"]
+    if memory_limit:
+        model["resources"] = {"limits": {"memory": memory_limit}}
+    return manifest
+
+
+def tm_manifest(name: str = "north", parent: str = "fleet", memory: str = "256Mi",
+                storage_uri: str | None = None, framework: str = "sklearn",
+                **metadata: Any) -> dict[str, Any]:
+    """A minimal valid TrainedModel for ``parent``."""
+    return {
+        "apiVersion": "serving.kserve.io/v1alpha1",
+        "kind": "TrainedModel",
+        "metadata": {"name": name, **metadata},
+        "spec": {
+            "inferenceService": parent,
+            "model": {
+                "storageUri": storage_uri or f"gs://kfp-serve-test/{name}",
+                "framework": framework,
+                "memory": memory,
+            },
+        },
+    }

@@ -4,11 +4,11 @@ Real HTTP (threaded, HTTP/1.1 keep-alive, chunked watch streams), state per
 group/version/namespace/plural, ``resourceVersion``/``generation``/``uid``/``creationTimestamp``,
 Status objects for 400/403/404/409/422/5xx, merge patch, replace with conflict check, watch with
 ``resourceVersion`` and ``timeoutSeconds``. Fake controllers play KServe, the CSI snapshotter and
-PVC binding; the KServe InferenceService CRD schemas from ``../shared/reference`` validate every
-InferenceService strictly, then KServe's validating webhook rules (``kfp_serve.serving.admission``)
-admit or deny it as the webhook would (403 Forbidden, "admission webhook ... denied the
-request"). Requests whose Host header names an InferenceService URL go to a fake data plane (the
-"ingress").
+PVC binding; the KServe InferenceService and TrainedModel CRD schemas from ``../shared/reference``
+validate every such object strictly, then KServe's validating webhook rules
+(``kfp_serve.serving.admission``) admit or deny it as the webhook would (403 Forbidden,
+"admission webhook ... denied the request"). Requests whose Host header names an InferenceService
+URL go to a fake data plane (the "ingress").
 """
 
 from __future__ import annotations
@@ -31,12 +31,14 @@ from tests.kube_double.controllers import (
     RecordedCall,
     Scheduler,
     SnapshotController,
+    TrainedModelController,
 )
 from tests.kube_double.faults import FaultPlan
 from tests.kube_double.store import (
     ISVC,
     PVC,
     RESOURCES,
+    TRAINED_MODEL,
     VOLUME_SNAPSHOT,
     ApiError,
     Resource,
@@ -50,6 +52,8 @@ _DNS1123_SUBDOMAIN = re.compile(
 )
 _QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 _BY_PATH = {(r.group, r.version, r.plural): r for r in RESOURCES}
+#: The KServe kinds validated strictly against the reference CRDs.
+CRD_RESOURCES = (ISVC, TRAINED_MODEL)
 _REASONS = {
     400: "BadRequest",
     401: "Unauthorized",
@@ -137,6 +141,7 @@ class KubeDouble:
     Attributes:
         store: all objects and the event log.
         kserve: the fake KServe controller (``kserve.program(name, outcome=..., delay=...)``).
+        trained_models: the fake KServe TrainedModel controller (``trained_models.program(...)``).
         snapshots: the fake CSI snapshotter (``snapshots.behavior``).
         faults: programmable faults (``faults.add(verb="patch", status=403)``).
         calls: every API request seen, in order (``RecordedCall``).
@@ -144,8 +149,8 @@ class KubeDouble:
             watches at a random min-request-timeout): clients must resume.
         rbac_rules: if set (a Role's ``rules``), requests they do not allow get 403.
         validate: validate InferenceServices strictly against the reference CRDs.
-        kserve_version: the KServe release whose webhook rules admit InferenceServices (and
-            TrainedModels, once the double serves them); None: every supported release's rules.
+        kserve_version: the KServe release whose webhook rules admit InferenceServices and
+            TrainedModels; None: every supported release's rules.
         admission: run the webhook rules at all (off: a cluster without KServe's webhook).
     """
 
@@ -160,6 +165,7 @@ class KubeDouble:
         self.store = Store()
         self._scheduler = Scheduler()
         self.kserve = KServeController(self.store, self._scheduler)
+        self.trained_models = TrainedModelController(self.store, self._scheduler)
         self.snapshots = SnapshotController(self.store, self._scheduler)
         self.faults = FaultPlan()
         self.calls: list[RecordedCall] = []
@@ -307,7 +313,8 @@ def _crd_of(error: str, version: str | None) -> bool:
 def _warm_validators() -> None:
     from tests.kserve_schema import validate_strict
 
-    validate_strict({"apiVersion": ISVC.api_version, "kind": ISVC.kind}, ISVC.kind)
+    for resource in CRD_RESOURCES:
+        validate_strict({"apiVersion": resource.api_version, "kind": resource.kind}, resource.kind)
 
 
 def _discovery_resources(group: str, version: str) -> dict[str, Any]:
@@ -547,14 +554,14 @@ class _Handler(BaseHTTPRequestHandler):
                 f"expected API version ({resource.api_version})",
             )
         errors = validate_metadata(resource, obj) + validate_core(resource, obj)
-        if resource is ISVC and self.double.validate:
+        if resource in CRD_RESOURCES and self.double.validate:
             from tests.kserve_schema import validate_strict
 
             candidate = copy.deepcopy(obj)
             candidate.setdefault("apiVersion", resource.api_version)
             candidate.setdefault("kind", resource.kind)
             strict_errors = [
-                e for e in validate_strict(candidate, "InferenceService")
+                e for e in validate_strict(candidate, resource.kind)
                 if _crd_of(e, self.double.kserve_version)
             ]
             if query.get("fieldValidation") == "Strict":

@@ -37,10 +37,11 @@ class Resource:
 
 
 ISVC = Resource("serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService")
+TRAINED_MODEL = Resource("serving.kserve.io", "v1alpha1", "trainedmodels", "TrainedModel")
 PVC = Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
 VOLUME_SNAPSHOT = Resource("snapshot.storage.k8s.io", "v1", "volumesnapshots", "VolumeSnapshot")
 POD = Resource("", "v1", "pods", "Pod")
-RESOURCES: tuple[Resource, ...] = (ISVC, PVC, VOLUME_SNAPSHOT, POD)
+RESOURCES: tuple[Resource, ...] = (ISVC, TRAINED_MODEL, PVC, VOLUME_SNAPSHOT, POD)
 
 
 def now_rfc3339() -> str:
@@ -241,25 +242,43 @@ class Store:
                         obj.pop("status", None)
                 if _spec_part(obj) != _spec_part(old):
                     meta["generation"] = old["metadata"].get("generation", 1) + 1
+                if "deletionTimestamp" in old["metadata"]:
+                    meta["deletionTimestamp"] = old["metadata"]["deletionTimestamp"]
             self._decorate(resource, obj)
             if obj == old:
                 # A no-op write changes nothing, not even resourceVersion (as a server does).
                 return copy.deepcopy(old)
             obj["metadata"]["resourceVersion"] = self._bump()
-            self.objects[resource][(namespace, name)] = obj
-            event = self._emit("MODIFIED", resource, obj)
+            if "deletionTimestamp" in obj["metadata"] and not obj["metadata"].get("finalizers"):
+                # The last finalizer of an object being deleted is gone: now it is deleted.
+                del self.objects[resource][(namespace, name)]
+                event = self._emit("DELETED", resource, obj)
+            else:
+                self.objects[resource][(namespace, name)] = obj
+                event = self._emit("MODIFIED", resource, obj)
             result = copy.deepcopy(obj)
         self._notify(event)
         return result
 
     def delete(self, resource: Resource, namespace: str, name: str) -> dict[str, Any]:
+        """Delete an object; one with finalizers only gets a deletionTimestamp (MODIFIED) and
+        goes when its controller has removed them (see update)."""
         with self.cond:
-            obj = self.objects[resource].pop((namespace, name), None)
+            obj = self.objects[resource].get((namespace, name))
             if obj is None:
                 raise self.not_found(resource, name)
-            obj["metadata"]["resourceVersion"] = self._bump()
-            obj["metadata"]["deletionTimestamp"] = now_rfc3339()
-            event = self._emit("DELETED", resource, obj)
+            meta = obj["metadata"]
+            if meta.get("finalizers"):
+                if "deletionTimestamp" in meta:
+                    return copy.deepcopy(obj)  # already being deleted: nothing changes
+                meta["deletionTimestamp"] = now_rfc3339()
+                meta["resourceVersion"] = self._bump()
+                event = self._emit("MODIFIED", resource, obj)
+            else:
+                del self.objects[resource][(namespace, name)]
+                meta["resourceVersion"] = self._bump()
+                meta["deletionTimestamp"] = now_rfc3339()
+                event = self._emit("DELETED", resource, obj)
             result = copy.deepcopy(obj)
         self._notify(event)
         return result

@@ -12,7 +12,7 @@ from kfp_serve.artifacts.snapshots import pvc as pvc_mod
 from kfp_serve.kale_steps import steps as kale_step_helpers
 from kfp_serve.serving.backends import kubernetes as kb
 from tests.kube_double import PVC
-from tests.kube_double.manifests import isvc_manifest
+from tests.kube_double.manifests import isvc_manifest, multi_isvc_manifest, tm_manifest
 from tests.kube_double.store import POD
 
 RBAC = Path(__file__).resolve().parents[2] / "serving" / "rbac.yaml"
@@ -54,6 +54,14 @@ def test_role_covers_exactly_the_calls_made(kube_double, kubeconfig, tmp_path, m
     backend.list()
     backend.get("iris")
     backend.delete("iris")
+    # A multi-model endpoint: parent, a model applied then updated, listed, removed, all deleted.
+    backend.apply(multi_isvc_manifest(), timeout=10)
+    backend.apply_trained_model(tm_manifest("north"), timeout=10)
+    backend.apply_trained_model(tm_manifest("north", storage_uri="gs://b/north-2"), timeout=10)
+    backend.apply_trained_model(tm_manifest("south"), timeout=10)
+    assert [m.name for m in backend.get("fleet").models] == ["north", "south"]
+    backend.delete_trained_model("south")
+    backend.delete("fleet")
     kube_double.seed(POD, {"metadata": {"name": "step", "labels": {"pipeline/runid": "r1"}}})
     labels = kale_step_helpers._read_pod_labels("step", "default", kube_double.api_client())
     assert labels["pipeline/runid"] == "r1"

@@ -5,7 +5,7 @@ checked where it can be reached: the builder (``serve``'s manifest), the CLI (``
 --dry-run`` as a subprocess), and the Kubernetes API double, which answers as KServe's webhook does
 (403 Forbidden, "admission webhook ... denied the request: ..."). Rows the builder cannot produce
 (spec.canary, updates, fields kfp-serve builds itself) run on the double only; TrainedModel rows
-run on the rule functions (the double does not serve TrainedModels yet).
+run on the rule functions, on the double, and on the Kubernetes backend's own check.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from kfp_serve.serving.errors import ServingError
 from kfp_serve.serving.isvc import IgnoredByKServeWarning
 from tests.cli.conftest import run_script
 from tests.kube_double.server import KubeDouble
-from tests.kube_double.store import ISVC, merge_patch
+from tests.kube_double.store import ISVC, TRAINED_MODEL, merge_patch
 
 MODEL_URI = "s3://models/iris/1"
 OTHER_URI = "s3://models/iris/2"
@@ -547,6 +547,50 @@ def test_trained_model_rules(rule: str):
     assert (code, reason) == (403, "Forbidden")
     assert message.startswith(f'admission webhook "{admission.WEBHOOKS["TrainedModel"]}" denied')
     assert admission.evaluate(trained_model(good), kind=admission.TM_KIND, old=old_obj) == []
+
+
+TM_PATH = ("serving.kserve.io", "v1alpha1", NS, "trainedmodels")
+
+
+@pytest.fixture
+def no_tm_controller(double: KubeDouble) -> Iterator[None]:
+    """The webhook alone: no controller deleting parentless TrainedModels meanwhile."""
+    double.trained_models.program(outcome="never")
+    yield
+    double.trained_models.program(outcome="reconcile")
+    for (namespace, name) in list(double.store.objects[TRAINED_MODEL]):
+        double.store.delete(TRAINED_MODEL, namespace, name)
+
+
+@pytest.mark.parametrize("rule", sorted(TM_ROWS))
+def test_api_double_denies_trained_models_like_the_webhook(rule: str, api, no_tm_controller):
+    bad, good, old = TM_ROWS[rule]
+
+    def write(body: dict[str, Any]) -> dict[str, Any]:
+        if old is None:
+            return api.create_namespaced_custom_object(*TM_PATH, body)
+        return api.replace_namespaced_custom_object(*TM_PATH, body["metadata"]["name"], body)
+
+    if old is not None:
+        api.create_namespaced_custom_object(*TM_PATH, trained_model(old))
+    with pytest.raises(ApiException) as denied:
+        write(trained_model(bad))
+    status = json.loads(denied.value.body)
+    assert denied.value.status == 403 and f"admission rule {rule!r}" in status["message"]
+    assert status["message"].startswith(
+        f'admission webhook "{admission.WEBHOOKS["TrainedModel"]}" denied the request: ')
+    if rule == "tm-name":
+        good = {"metadata": {"name": "iris-v1"}}  # "Iris_v1" is no object name (DNS-1123) at all
+    assert write(trained_model(good))["metadata"]["name"]
+
+
+@pytest.mark.parametrize("rule", sorted(TM_ROWS))
+def test_admit_trained_model_refuses_what_the_webhook_refuses(rule: str):
+    bad, good, old = TM_ROWS[rule]
+    old_obj = trained_model(old) if old is not None else None
+    with pytest.raises(ServeConfigError, match=f"admission rule {rule!r}"):
+        admission.admit_trained_model(trained_model(bad), old=old_obj)
+    admission.admit_trained_model(trained_model(good), old=old_obj)
 
 
 def test_rules_are_pure():
