@@ -1,4 +1,5 @@
-"""Serving: ServeConfig, the InferenceService builder, serve() and Endpoint.
+"""Serving: ServeConfig, the InferenceService builder, serve(), Endpoint and delivery
+(rollout, set_traffic, promote, rollback).
 
 Attributes load on first use so that ``import kfp_serve.serving`` stays cheap for KFP components.
 """
@@ -13,6 +14,12 @@ _EXPORTS = {
     "KnativeSchedulingWarning": "kfp_serve.serving.isvc",
     "serve": "kfp_serve.serving.deploy",
     "Endpoint": "kfp_serve.serving.endpoint",
+    "rollout": "kfp_serve.serving.delivery",
+    "set_traffic": "kfp_serve.serving.delivery",
+    "promote": "kfp_serve.serving.delivery",
+    "rollback": "kfp_serve.serving.delivery",
+    "rollout_state": "kfp_serve.serving.delivery",
+    "RolloutState": "kfp_serve.serving.backends.traffic",
     "ServeConfigError": "kfp_serve.serving.errors",
     "ServingError": "kfp_serve.serving.errors",
 }

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from kfp_serve.artifacts.environment import running_in_pod
 from kfp_serve.registry import Implementations
+from kfp_serve.serving.backends.traffic import RolloutState
 from kfp_serve.serving.errors import ServingError
 
 BACKEND_ENV = "KFP_SERVE_BACKEND"
@@ -58,6 +59,26 @@ class ServingBackend(Protocol):
     def list(self, namespace: str | None = None) -> list[EndpointStatus]: ...
 
     def delete(self, name: str, namespace: str | None = None) -> None: ...
+
+
+@runtime_checkable
+class TrafficBackend(ServingBackend, Protocol):
+    """A backend that moves traffic between revisions with KServe's canary semantics
+    (see :mod:`.traffic`)."""
+
+    def set_traffic(
+        self, name: str, percent: int, namespace: str | None = None, *, timeout: float = ...
+    ) -> RolloutState: ...
+
+    def promote(
+        self, name: str, namespace: str | None = None, *, timeout: float = ...
+    ) -> RolloutState: ...
+
+    def rollback(
+        self, name: str, namespace: str | None = None, *, timeout: float = ...
+    ) -> RolloutState: ...
+
+    def rollout_state(self, name: str, namespace: str | None = None) -> RolloutState: ...
 
 
 def default_backend_name() -> str:

@@ -116,12 +116,21 @@ def traffic_patch(obj: dict[str, Any], percent: object) -> dict[str, Any]:
     Raises:
         ServingError: ``percent`` is not an int in 0..100.
     """
+    return _patch(obj, check_percent(percent))
+
+
+def check_percent(percent: object) -> int:
+    """``percent`` if it is an int in 0..100.
+
+    Raises:
+        ServingError: it is not (the message says what 0 and 100 mean).
+    """
     if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100:
         raise ServingError(
             f"traffic percent must be an int from 0 to 100, got {percent!r} (0 is a rollback, "
             "100 sends everything to the latest revision; promote removes the canary)"
         )
-    return _patch(obj, percent)
+    return percent
 
 
 def promote_patch(obj: dict[str, Any]) -> dict[str, Any]:

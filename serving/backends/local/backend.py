@@ -32,7 +32,7 @@ from kfp_serve.serving.backends.base import (
     REASON_STARTING,
     EndpointStatus,
 )
-from kfp_serve.serving.backends.local import registry, rollout, supervisor
+from kfp_serve.serving.backends.local import canary, registry, rollout, supervisor
 from kfp_serve.serving.backends.local.plan import Plan, plan_manifest, split_traffic
 from kfp_serve.serving.backends.local.registry import (
     EndpointRecord,
@@ -40,6 +40,7 @@ from kfp_serve.serving.backends.local.registry import (
     RevisionRecord,
 )
 from kfp_serve.serving.backends.local.storage import resolve_storage
+from kfp_serve.serving.backends.traffic import PROMOTE, ROLLBACK, TRAFFIC, RolloutState
 from kfp_serve.serving.constants import PREDICTOR, STORAGE_URI_ENV, TRANSFORMER
 from kfp_serve.serving.errors import ServingError
 
@@ -47,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 #: Reason reported for an endpoint directory whose record cannot be read.
 REASON_REGISTRY_UNREADABLE = "RegistryUnreadable"
+#: Event action of a new revision (the traffic actions are named in ..traffic).
+SERVE = "serve"
 
 
 class LocalBackend:
@@ -100,8 +103,17 @@ class LocalBackend:
                 traffic = split_traffic(
                     stable.revision if stable else None, record.latest.revision, plan.canary_percent
                 )
-                if traffic != record.traffic:
-                    rollout.retire(record, rollout.commit(record, traffic), self.stop_grace)
+                # The applied spec is what the endpoint runs now, canary field included.
+                changed = record.latest.manifest != plan.manifest
+                record.latest.manifest = plan.manifest
+                if traffic != record.traffic or changed:
+                    event = {
+                        "action": TRAFFIC,
+                        "revision": record.latest.revision,
+                        "message": f"applied again: {_split_text(record, traffic)}",
+                    }
+                    removed = rollout.commit(record, traffic, event=event)
+                    rollout.retire(record, removed, self.stop_grace)
                 return self._status(record, probe=True)
             return self._roll_out(
                 plan, record, wait=wait or record is not None, deadline=deadline, timeout=timeout
@@ -180,7 +192,19 @@ class LocalBackend:
             traffic = split_traffic(
                 stable.revision if stable else None, new.revision, plan.canary_percent
             )
-            removed = rollout.commit(record, traffic, new=new)
+            replaced = (
+                f"{canary.model_label(stable)} → {canary.model_label(new)}: "
+                if stable is not None
+                else ""
+            )
+            event = {
+                "action": SERVE,
+                "revision": new.revision,
+                "model": canary.model_label(new),
+                "message": f"revision {new.revision} started; {replaced}"
+                + _split_text(record, traffic, new),
+            }
+            removed = rollout.commit(record, traffic, new=new, event=event)
         except BaseException as e:
             progress.done()
             # Nothing of this attempt may outlive it: the registry does not name it yet.
@@ -206,6 +230,78 @@ class LocalBackend:
             + (f" ({traffic[str(number)]}% of traffic)" if len(traffic) > 1 else "")
         )
         return status
+
+    # -- traffic ------------------------------------------------------------------------------
+
+    def set_traffic(
+        self, name: str, percent: int, namespace: str | None = None, *, timeout: float = 120.0
+    ) -> RolloutState:
+        """Send ``percent`` % to the latest revision, the rest to the stable one.
+
+        At 100 the latest revision takes all traffic and the stable one stops; at 0 the
+        stable one takes all of it (a rollback) and the latest one keeps running idle.
+
+        Raises:
+            ServingError: bad percent, no such endpoint, or the revision that should take
+                traffic no longer runs.
+        """
+        return self._move_traffic(name, TRAFFIC, percent, timeout)
+
+    def promote(
+        self, name: str, namespace: str | None = None, *, timeout: float = 120.0
+    ) -> RolloutState:
+        """Let the latest revision take all traffic (the canary field is removed); the stable
+        revision finishes its requests and stops.
+
+        Raises:
+            ServingError: there is no canary, or the latest revision no longer runs.
+        """
+        return self._move_traffic(name, PROMOTE, None, timeout)
+
+    def rollback(
+        self, name: str, namespace: str | None = None, *, timeout: float = 120.0
+    ) -> RolloutState:
+        """Send all traffic back to the stable revision (canary 0), also when the latest
+        revision no longer runs; the latest one keeps running with no traffic.
+
+        Raises:
+            ServingError: there is no previous revision to go back to.
+        """
+        return self._move_traffic(name, ROLLBACK, None, timeout)
+
+    def rollout_state(self, name: str, namespace: str | None = None) -> RolloutState:
+        """The predictor's revisions and traffic split now (KServe's names and fields)."""
+        return canary.rollout_state(self._record(name), _alive)
+
+    def _move_traffic(
+        self, name: str, action: str, percent: int | None, timeout: float
+    ) -> RolloutState:
+        with registry.locked(validate_name(name, "endpoint name")):
+            record = self._record(name)
+            if not record.router.alive():
+                raise ServingError(
+                    f"the router of local endpoint {name!r} has exited (see "
+                    f"{record.router.log!r}): serve the model again to restart it"
+                )
+            move = canary.plan_move(record, action, _alive, percent)
+            record.latest.manifest = canary.with_canary(record.latest.manifest, move.canary_percent)
+            event = {"action": action, "revision": record.latest.revision, "message": move.message}
+            removed = rollout.commit(record, move.traffic, event=event)
+            # Returns once the router routes by the new split (and has drained what it left).
+            rollout.await_drained(record, removed, timeout=min(timeout, rollout.DRAIN_TIMEOUT))
+            rollout.retire(record, removed, self.stop_grace)
+            if self.progress:
+                rollout.Progress(True).done(f"endpoint {name!r}: {move.message}")
+            return canary.rollout_state(record, _alive)
+
+    def _record(self, name: str) -> EndpointRecord:
+        record = registry.read_record(validate_name(name, "endpoint name"))
+        if record is None:
+            raise ServingError(
+                f"there is no local endpoint named {name!r} in {_searched()}: run "
+                "`kfp-serve endpoints` to list them, or serve the model first"
+            )
+        return record
 
     # -- get / list / delete ------------------------------------------------------------------
 
@@ -340,6 +436,21 @@ class LocalBackend:
                         )
                         return status
         return status
+
+
+def _alive(rev: RevisionRecord) -> bool:
+    return all(p.alive() for p in rev.processes)
+
+
+def _split_text(
+    record: EndpointRecord, traffic: dict[str, int], new: RevisionRecord | None = None
+) -> str:
+    """``iris 2.0.0 20 %, iris 1.0.0 80 %``: who gets which share of ``traffic``."""
+    revisions = {str(r.revision): r for r in [*record.revisions, *([new] if new else [])]}
+    parts = [
+        f"{canary.model_label(revisions[k])} {v} %" for k, v in traffic.items() if k in revisions
+    ]
+    return ", ".join(reversed(parts))
 
 
 def _only_traffic_changes(record: EndpointRecord, plan: Plan) -> bool:

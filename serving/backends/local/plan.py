@@ -139,6 +139,8 @@ def plan_manifest(manifest: dict[str, Any]) -> Plan:
             ("model", constants.LABEL_MODEL_ID),
             ("transformer", constants.LABEL_TRANSFORMER_ID),
             ("model_version", constants.LABEL_MODEL_VERSION),
+            ("model_name", constants.LABEL_MODEL_NAME),
+            ("model_alias", constants.LABEL_MODEL_ALIAS),
         )
         if label in labels
     }

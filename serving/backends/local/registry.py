@@ -32,6 +32,10 @@ REGISTRY_FORMAT = 1
 REGISTRY_FILE = "endpoint.json"
 LOGS_DIR = "logs"
 ENDPOINTS_DIR = "endpoints"
+#: Rollout events an endpoint record keeps (the oldest are dropped first).
+MAX_EVENTS = 50
+#: Rolled-out revisions a record remembers: the stable one and the one before it.
+MAX_ROLLED_OUT = 2
 
 
 def endpoints_root() -> Path:
@@ -156,6 +160,11 @@ class EndpointRecord:
     #: knows when the switch has taken effect.
     generation: int = 1
     format: int = REGISTRY_FORMAT
+    #: Revisions that took all traffic, oldest first (KServe's previous and latest rolled-out
+    #: revision); the last one is the stable revision a canary is compared with.
+    rolled_out: list[int] = field(default_factory=list)
+    #: What happened to the endpoint, oldest first: ``{"time", "action", "message", ...}``.
+    events: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -174,8 +183,16 @@ class EndpointRecord:
         """The revisions that receive requests, each with its percentage of them."""
         return [(r, self.traffic[str(r.revision)]) for r in self.active]
 
-    def revision(self, number: int) -> RevisionRecord | None:
+    def revision(self, number: int | None) -> RevisionRecord | None:
         return next((r for r in self.revisions if r.revision == number), None)
+
+    def add_event(self, event: dict[str, Any]) -> None:
+        self.events = [*self.events, event][-MAX_EVENTS:]
+
+    def mark_rolled_out(self, number: int) -> None:
+        """Revision ``number`` took all traffic: it is the stable revision from now on."""
+        if not self.rolled_out or self.rolled_out[-1] != number:
+            self.rolled_out = [*self.rolled_out, number][-MAX_ROLLED_OUT:]
 
     def to_dict(self) -> dict[str, Any]:
         latest = self.latest
@@ -203,6 +220,8 @@ class EndpointRecord:
             "manifest": latest.manifest,
             "router": asdict(self.router),
             "revisions": [r.to_dict() for r in self.revisions],
+            "rolled_out": self.rolled_out,
+            "events": self.events,
         }
 
     @classmethod
@@ -216,7 +235,15 @@ class EndpointRecord:
             traffic={str(k): int(v) for k, v in data["traffic"].items()},
             generation=int(data.get("generation", 1)),
             format=int(data.get("format", REGISTRY_FORMAT)),
+            rolled_out=[int(n) for n in data.get("rolled_out") or []],
+            events=list(data.get("events") or []),
         )
+
+
+def revision_name(endpoint: str, number: int) -> str:
+    """KServe's name for revision ``number`` of an endpoint's predictor (``iris-predictor-00002``),
+    so a local RolloutState reads like a cluster's."""
+    return f"{endpoint}-predictor-{number:05d}"
 
 
 def read_record(name: str) -> EndpointRecord | None:

@@ -20,7 +20,7 @@ import httpx
 
 from kfp_serve.retry import retrying, wait_until
 from kfp_serve.serving import constants
-from kfp_serve.serving.backends.local import registry, supervisor
+from kfp_serve.serving.backends.local import canary, registry, supervisor
 from kfp_serve.serving.backends.local.plan import Plan
 from kfp_serve.serving.backends.local.registry import (
     LOGS_DIR,
@@ -326,20 +326,19 @@ def await_router_up(
 
 
 def stable_revision(record: EndpointRecord) -> RevisionRecord | None:
-    """The rolled-out revision a canary is compared with: the active one that is not latest
-    (or the latest, when it is the only one)."""
-    if not record.revisions:
-        return None
-    others = [r for r in record.active if r.revision != record.latest.revision]
-    if others:
-        return max(others, key=lambda r: record.traffic.get(str(r.revision), 0))
-    return record.latest if record.latest in record.active else None
+    """The rolled-out revision a canary is compared with (see :func:`.canary.stable`)."""
+    return canary.stable(record)
 
 
 def commit(
-    record: EndpointRecord, traffic: dict[str, int], *, new: RevisionRecord | None = None
+    record: EndpointRecord,
+    traffic: dict[str, int],
+    *,
+    new: RevisionRecord | None = None,
+    event: dict[str, Any] | None = None,
 ) -> list[RevisionRecord]:
-    """Write ``traffic`` (and ``new``) to the registry; the router follows on its next request.
+    """Write ``traffic`` (and ``new``, and ``event``) to the registry; the router follows on its
+    next request. A revision that takes all traffic becomes the stable (rolled-out) one.
 
     Returns:
         The revisions that no longer get traffic. They stay in the record until they are
@@ -350,14 +349,21 @@ def commit(
     record.traffic = traffic
     record.generation += 1
     record.updated = now()
+    whole = [int(k) for k, v in traffic.items() if v == 100]
+    if whole:
+        record.mark_rolled_out(whole[0])
+    if event is not None:
+        record.add_event({"time": record.updated, **event, "traffic": dict(traffic)})
     registry.write_record(record)
     return [r for r in record.revisions if str(r.revision) not in traffic]
 
 
-def await_drained(record: EndpointRecord, removed: list[RevisionRecord]) -> None:
+def await_drained(
+    record: EndpointRecord, removed: list[RevisionRecord], *, timeout: float = DRAIN_TIMEOUT
+) -> None:
     """Wait until the router routes by ``record`` and has finished its requests to ``removed``.
 
-    A router that does not confirm within DRAIN_TIMEOUT is logged, not fatal: the new revision
+    A router that does not confirm within ``timeout`` is logged, not fatal: the new revision
     serves either way.
     """
     gone = {r.entry.address for r in removed}
@@ -376,12 +382,12 @@ def await_drained(record: EndpointRecord, removed: list[RevisionRecord]) -> None
         return info.get("generation", 0) >= record.generation and not busy
 
     try:
-        wait_until(drained, deadline=DRAIN_TIMEOUT, interval=0.01, describe="drain")
+        wait_until(drained, deadline=timeout, interval=0.01, describe="drain")
     except TimeoutError:
         logger.warning(
             "endpoint %r: the router did not confirm the switch within %.0f s",
             record.name,
-            DRAIN_TIMEOUT,
+            timeout,
         )
 
 
