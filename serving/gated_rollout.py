@@ -395,7 +395,7 @@ def _champion_record(
     """The champion's MLMD record: ``champion`` if given, else ``<model>@<alias>``, else the
     model the endpoint serves now; None when there is none."""
     from kfp_serve.artifacts import MetadataError, get_artifact, list_aliases
-    from kfp_serve.serving.backends.base import get_backend
+    from kfp_serve.serving.backends.base import LOCAL, get_backend
     from kfp_serve.serving.constants import LABEL_MODEL_ID
     from kfp_serve.serving.deploy import resolve_model
 
@@ -407,7 +407,16 @@ def _champion_record(
         status = get_backend(backend).get(name)
     except ServingError:
         return None
-    model_id = ((status.manifest.get("metadata") or {}).get("labels") or {}).get(LABEL_MODEL_ID)
+    manifest = status.manifest
+    if backend == LOCAL:
+        # The record's summary manifest is the latest revision's, which after a rolled-back
+        # canary is not the one serving: read the stable revision's.
+        from kfp_serve.serving.backends.local import registry, rollout
+
+        record = registry.read_record(name)
+        stable = rollout.stable_revision(record) if record is not None else None
+        manifest = stable.manifest if stable is not None else {}
+    model_id = ((manifest.get("metadata") or {}).get("labels") or {}).get(LABEL_MODEL_ID)
     if not status.ready or not model_id:
         return None
     try:
@@ -555,7 +564,7 @@ def _restore_stable(name: str, namespace: str | None, backend: str) -> None:
 
     try:
         state = delivery.rollout_state(name, namespace, backend=backend)
-        if state.canary_percent is None and not state.canary_in_progress:
+        if not state.canary_in_progress or not state.percent(state.latest_created):
             return  # the canary never took traffic (its start was interrupted)
         logger.warning("gated rollout of %r interrupted mid-canary: rolling back", name)
         delivery.rollback(name, namespace, backend=backend)
