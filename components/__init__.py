@@ -1,5 +1,5 @@
 """kfp-serve's KFP v2 components: validate → train → submit → snapshot → serve →
-smoke_predict.
+smoke_predict, and rollout (a gated canary in place of serve).
 
 ``from kfp_serve.components import train`` gives the KFP component. Components load on first use, so
 ``import kfp_serve.components`` costs next to nothing (kfp itself takes about half a second to
@@ -30,6 +30,7 @@ _MODULES = {
     "snapshot": "kfp_serve.components.defs.snapshot",
     "serve": "kfp_serve.components.defs.serve",
     "smoke_predict": "kfp_serve.components.defs.smoke_predict",
+    "rollout": "kfp_serve.components.defs.rollout",
 }
 COMPONENT_NAMES: tuple[str, ...] = tuple(_MODULES)
 

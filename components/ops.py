@@ -260,3 +260,52 @@ def _copy_tree(src: Path, dest: Path) -> None:
         raise ArtifactError(f"saved artifact directory {str(src)!r} does not exist")
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copytree(src, dest, dirs_exist_ok=True)
+
+
+def rollout(
+    model_id: int,
+    endpoint_name: str,
+    gate: str,
+    *,
+    dataset_path: str = "",
+    dataset_name: str = "iris",
+    target_column: str = "target",
+    test_size: float = 0.2,
+    random_state: int = 42,
+    champion: str = "",
+    serve_config: str | dict[str, Any] | None = None,
+    namespace: str = "",
+    replay: bool = False,
+    timeout: float = 300.0,
+) -> Any:
+    """Gated rollout of model ``model_id`` on ``endpoint_name`` (see
+    ``kfp_serve.serving.gated_rollout``), held out as the train step held out.
+
+    Args:
+        model_id: MLMD id of the candidate Model artifact.
+        endpoint_name: The endpoint to roll it out on.
+        gate: The gate as YAML/JSON text (offline thresholds, canary, live window, alias).
+        dataset_path, dataset_name, target_column, test_size, random_state: The train step's
+            data arguments: the offline gate evaluates on the same held-out rows.
+        champion: A model reference to compare with; "" for the alias, else what serves.
+        serve_config: The candidate's ServeConfig (JSON object string or dict).
+        namespace: Kubernetes namespace; "" for the default.
+        replay: Send the held-out rows to the endpoint during the live window (a run without
+            clients); False waits for real traffic.
+        timeout: Seconds the candidate gets to become Ready.
+
+    Returns:
+        The ``RolloutReport``.
+    """
+    from kfp_serve.artifacts.training import split_dataset
+    from kfp_serve.serving.gated_rollout import gated_rollout, load_gate
+
+    policy = load_gate(gate)  # a bad gate fails before the data is even read
+    split = split_dataset(dataset_path or None, dataset_name, target_column, test_size,
+                          random_state)
+    return gated_rollout(
+        endpoint_name, _check_id(model_id, "model_id"), policy, split.x_test, split.y_test,
+        champion=champion or None, serve_config=parse_json_object(serve_config, "serve_config"),
+        namespace=namespace or None, timeout=timeout,
+        replay=split.x_test.tolist() if replay else None,
+    )

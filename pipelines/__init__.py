@@ -12,10 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kfp_serve.pipelines import sklearn_transformer, xgboost
+from kfp_serve.pipelines import sklearn_rollout, sklearn_transformer, xgboost
 from kfp_serve.pipelines.cluster import ClusterOptions
 
-_MODULES = {sklearn_transformer.NAME: sklearn_transformer, xgboost.NAME: xgboost}
+_MODULES = {
+    sklearn_transformer.NAME: sklearn_transformer,
+    xgboost.NAME: xgboost,
+    sklearn_rollout.NAME: sklearn_rollout,
+}
 
 #: CLI name -> pipeline function.
 PIPELINES: dict[str, Callable[..., Any]] = {name: m.pipeline for name, m in _MODULES.items()}

@@ -362,6 +362,43 @@ def watch_window(
         time.sleep(interval)
 
 
+class Replay:
+    """Sends ``rows`` to an endpoint one per request, round and round, from a thread: the live
+    traffic of a demo or a pipeline run where no client calls the endpoint."""
+
+    def __init__(self, name: str, rows: Sequence[Any], *, namespace: str | None = None,
+                 backend: str | None = None) -> None:
+        if not len(rows):
+            raise GateError("replay needs at least one row to send")
+        self.name, self.rows = name, [list(map(float, r)) for r in rows]
+        self.namespace, self.backend = namespace, backend
+        self.sent = self.failed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"replay-{name}", daemon=True)
+
+    def _run(self) -> None:
+        from kfp_serve.serving.endpoint import Endpoint
+
+        with Endpoint(self.name, self.namespace, backend=self.backend) as endpoint:
+            i = 0
+            while not self._stop.is_set():
+                try:
+                    endpoint.predict([self.rows[i % len(self.rows)]])
+                except ServingError:
+                    self.failed += 1
+                    self._stop.wait(0.05)
+                self.sent += 1
+                i += 1
+
+    def __enter__(self) -> Replay:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
 # -- interruption -------------------------------------------------------------------------------
 
 
@@ -449,6 +486,7 @@ def gated_rollout(
     timeout: float = 300.0,
     progress: bool = True,
     source: LiveSource | None = None,
+    replay: Sequence[Any] | None = None,
 ) -> RolloutReport:
     """Take ``candidate`` to production on endpoint ``name`` only if it passes both gates.
 
@@ -465,6 +503,8 @@ def gated_rollout(
         timeout: Seconds the candidate's servers get to become Ready.
         progress: Print the live window's progress on stderr.
         source: Where the live window is read (default: ``live_source``).
+        replay: Rows to send to the endpoint during the live window (``Replay``), for a demo
+            or a pipeline run without clients; None waits for real traffic.
 
     Returns:
         The report; ``report.promoted`` says whether the candidate serves all traffic now.
@@ -528,7 +568,9 @@ def gated_rollout(
                              namespace=namespace, timeout=timeout, backend=backend)
             started = time.monotonic()
             source.start()
-            live, status = watch_window(source, policy.live, progress=show)
+            with Replay(name, replay, namespace=namespace, backend=backend) if replay is not None \
+                    else contextlib.nullcontext():
+                live, status = watch_window(source, policy.live, progress=show)
             report.live, report.window = live, status.get("window")
             if live.passed:
                 delivery.promote(name, namespace, backend=backend)

@@ -133,3 +133,38 @@ def test_cluster_options_add_secret_env_and_pvc_mount(tmp_path):
     for config in executors.values():
         assert config["secretAsEnv"][0]["secretName"] == "s3-creds"
         assert config["pvcMount"][0]["constant"] == "models-pvc"
+
+
+def test_sklearn_rollout_pipeline_serves_promotes_and_rejects(kfp_home):
+    """First run: nothing serves yet, the model takes the endpoint and the alias. A better
+    candidate (C=5) passes the offline gate and the canary on replayed held-out traffic and is
+    promoted; a much worse one (C=0.001) is rejected offline and never served."""
+    from kfp_serve import artifacts
+    from kfp_serve.serving.backends.local import registry
+
+    name = "rollout-e2e"
+    first = run_local("sklearn-rollout", {"endpoint_name": name}, progress=False)
+    assert first["decision"] == "served" and first["promoted"] is True
+    assert set(first["step_seconds"]) == {"validate", "train", "submit-model",
+                                          "snapshot-model", "rollout"}
+    model = "sklearn-rollout-model"
+    assert artifacts.list_aliases(model) == {"champion": "1.0.0"}
+
+    better = run_local("sklearn-rollout", {"endpoint_name": name, "model_version": "1.1.0",
+                                           "hyperparameters": '{"C": 5}'}, progress=False)
+    assert better["decision"] == "promoted", better["log_file"]
+    assert artifacts.list_aliases(model) == {"champion": "1.1.0"}
+    record = registry.read_record(name)
+    assert record.traffic == {str(record.latest.revision): 100}
+    labels = record.latest.manifest["metadata"]["labels"]
+    assert labels["kfp-serve.kubeflow.org/model-version"] == "1.1.0"
+    # The step's verdict report: every check with its threshold and measured value.
+    reports = sorted(kfp_home.rglob("report"), key=lambda p: p.stat().st_mtime)
+    text = reports[-1].read_text()
+    assert "**promoted**" in text and "| agreement |" in text and "| accuracy.change |" in text
+
+    worse = run_local("sklearn-rollout", {"endpoint_name": name, "model_version": "1.2.0",
+                                          "hyperparameters": '{"C": 0.001}'}, progress=False)
+    assert worse["decision"] == "rejected offline" and worse["promoted"] is False
+    assert artifacts.list_aliases(model) == {"champion": "1.1.0"}
+    assert registry.read_record(name).latest.revision == record.latest.revision
