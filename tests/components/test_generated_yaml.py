@@ -92,8 +92,9 @@ def _palette(name):
 
 def test_pipeline_of_palette_components_compiles(tmp_path):
     validate, train, submit_model, submit_transformer, snapshot, serve, smoke = (
-        _palette(n) for n in NAMES
+        _palette(n) for n in NAMES[:7]
     )
+    rollout = _palette("rollout")
 
     @dsl.pipeline(name="palette-only")
     def palette_only(endpoint: str = "iris"):
@@ -110,11 +111,13 @@ def test_pipeline_of_palette_components_compiles(tmp_path):
                        transformer_id=scaler.outputs["transformer_id"], name=endpoint)
         served.after(snap_model, snap_scaler)
         smoke(samples=trained.outputs["samples"], endpoint_name=served.outputs["endpoint_name"])
+        rollout(model_id=model.outputs["model_id"], endpoint_name="iris-gated",
+                gate='{"offline": {"accuracy": {"min": 0.9}}}').after(snap_model)
 
     out = tmp_path / "palette_only.yaml"
     compiler.Compiler().compile(palette_only, str(out))
     compiled = yaml.safe_load(out.read_text())
-    assert len(compiled["root"]["dag"]["tasks"]) == 8
+    assert len(compiled["root"]["dag"]["tasks"]) == 9
     images = {e["container"]["image"] for e in compiled["deploymentSpec"]["executors"].values()}
     assert len(images) == 1
 
