@@ -104,6 +104,12 @@ EXECUTION_TYPES = {
         "url": _S,
         "model_id": _I,
         "transformer_id": _I,
+        # A deployment is an interval (artifacts/deployments.py): its share of the endpoint's
+        # traffic, from the execution's create time to end_time ("" while it serves).
+        "traffic_percent": _I,
+        "revision": _S,
+        "end_time": _S,
+        "end_reason": _S,
     },
     ALIAS_CHANGE_EXECUTION: {
         "model": _S,

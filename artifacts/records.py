@@ -1,4 +1,5 @@
-"""Reading and writing kfp-serve artifacts in MLMD: records, lookup, lineage, deployments.
+"""Reading and writing kfp-serve artifacts in MLMD: records, lookup, lineage (deployment
+intervals are written by ``kfp_serve.artifacts.deployments``).
 
 An artifact's MLMD name is ``<name>@<version>`` (unique per type), so a lookup by name and
 version is one indexed query and the database itself refuses a duplicate. Every write happens
@@ -408,48 +409,6 @@ def snapshot_artifact(
     return snap
 
 
-def record_deployment(
-    name: str,
-    namespace: str | None,
-    model_id: int,
-    transformer_id: int | None = None,
-    url: str | None = None,
-    *,
-    store: MetadataStore | None = None,
-) -> int:
-    """Record that endpoint ``name`` serves ``model_id`` (and ``transformer_id``).
-
-    Returns:
-        The id of the Deploy execution, which has INPUT events on the served artifacts.
-    """
-    store = _store(store)
-    pb = store.pb
-    run = current_run()
-    with store.write():
-        ids = [model_id] + ([transformer_id] if transformer_id is not None else [])
-        served = []
-        for i in ids:
-            a = _artifact(store, i)
-            to_record(store, a)
-            served.append(a)
-        execution = pb.Execution(type_id=store.type_id(DEPLOY_EXECUTION))
-        execution.last_known_state = pb.Execution.COMPLETE
-        props = {
-            "step": "serve",
-            "run_id": run.run_id,
-            "endpoint": name,
-            "namespace": namespace or "",
-            "url": url or "",
-            "model_id": model_id,
-            "transformer_id": transformer_id if transformer_id is not None else 0,
-        }
-        for k, v in props.items():
-            set_value(execution.properties[k], v)
-        pairs = [(a, pb.Event(type=pb.Event.INPUT)) for a in served]
-        execution_id, _, _ = store.put_execution(execution, pairs, store.run_contexts(run))
-        return execution_id
-
-
 def _summary(store: MetadataStore, a: Any) -> dict[str, Any]:
     if a.type in _TYPE_KINDS:
         r = to_record(store, a)
@@ -464,7 +423,9 @@ def lineage(artifact_id: int, *, store: MetadataStore | None = None) -> dict[str
         A dict with ``artifact`` (the record as a dict), ``produced_by`` (execution id, type,
         step, time, or None), ``run`` and ``experiment`` (names, or None), ``inputs`` (artifacts
         the producing execution read), ``snapshots`` (uri, digest, size, time) and
-        ``deployments`` (execution id, endpoint, namespace, url, model/transformer ids, time).
+        ``deployments``: one interval per Deploy execution (execution id, endpoint, namespace,
+        url, model/transformer ids, ``traffic_percent``, ``start_time``, ``end_time`` and
+        ``end_reason`` (None while ``serving``); see ``kfp_serve.artifacts.deployments``).
     """
     store = _store(store)
     with store.read():
@@ -529,6 +490,8 @@ def lineage(artifact_id: int, *, store: MetadataStore | None = None) -> dict[str
                     )
             elif x.type == DEPLOY_EXECUTION:
                 p = x.properties
+                # An interval recorded before shares were (no traffic_percent) served all.
+                end = get_value(p, "end_time") or None
                 out["deployments"].append(
                     {
                         "execution_id": x.id,
@@ -538,6 +501,14 @@ def lineage(artifact_id: int, *, store: MetadataStore | None = None) -> dict[str
                         "model_id": get_value(p, "model_id"),
                         "transformer_id": get_value(p, "transformer_id") or None,
                         "create_time": when,
+                        "traffic_percent": get_value(p, "traffic_percent", 100)
+                        if "traffic_percent" in p
+                        else 100,
+                        "revision": get_value(p, "revision") or None,
+                        "start_time": when,
+                        "end_time": end,
+                        "end_reason": get_value(p, "end_reason") or None,
+                        "serving": end is None,
                     }
                 )
     return out
@@ -552,7 +523,6 @@ __all__ = [
     "lineage",
     "link_snapshot",
     "list_artifacts",
-    "record_deployment",
     "record_submission",
     "snapshot_artifact",
 ]

@@ -298,15 +298,16 @@ def smoke_predict(
 
 
 def stop(name: str, namespace: str | None = None) -> None:
-    """Stop and remove an endpoint (local model servers, or the InferenceService).
+    """Stop and remove an endpoint (local model servers, or the InferenceService); its
+    lineage in ML Metadata records that it stopped serving.
 
     Args:
         name: Endpoint name.
         namespace: Kubernetes namespace, if not the default.
     """
-    from kfp_serve.serving.backends.base import get_backend
+    from kfp_serve.serving.delivery import stop as stop_endpoint
 
-    get_backend().delete(name, namespace)
+    stop_endpoint(name, namespace)
 
 
 def link_run(read_pod_labels: Callable[[str, str], Mapping[str, str]] | None = None) -> str | None:

@@ -45,9 +45,32 @@ def lineage_rows(graph: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     for snap in graph.get("snapshots", []):
         rows.append(("snapshot", snap["uri"], str(snap["id"]), str(snap.get("digest") or "")))
     for dep in graph.get("deployments", []):
-        where = dep["endpoint"] + (f" ({dep['namespace']})" if dep.get("namespace") else "")
-        rows.append(("served by", where, str(dep["execution_id"]), dep.get("url") or ""))
+        rows.append(("served by", served_by(dep), str(dep["execution_id"]), dep.get("url") or ""))
     return rows
+
+
+def served_by(dep: dict[str, Any]) -> str:
+    """``iris 20 % from 2026-01-02 10:00:00 to now`` (or ``to <time> (stopped)``)."""
+    where = dep["endpoint"] + (f" ({dep['namespace']})" if dep.get("namespace") else "")
+    start = _when(dep.get("start_time") or dep.get("create_time"))
+    if dep.get("end_time"):
+        end = f"{_when(dep['end_time'])}" + (f" ({dep['end_reason']})" if dep.get("end_reason")
+                                             else "")
+    else:
+        end = "now"
+    return f"{where} {dep.get('traffic_percent', 100)} % from {start} to {end}"
+
+
+def _when(iso: str | None) -> str:
+    """An ISO time as ``2026-01-02 10:00:00`` (UTC, seconds)."""
+    if not iso:
+        return "?"
+    from datetime import UTC, datetime
+
+    try:
+        return datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return iso
 
 
 def box_label(row: tuple[str, str, str, str]) -> str:

@@ -7,20 +7,33 @@ local outside a pod) and has KServe's semantics on every backend::
     set_traffic("iris", 50)                    # half and half
     promote("iris")                            # 2.0.0 takes all traffic, the old one stops
     rollback("iris")                           # or: the stable revision takes all again
+
+Every change is recorded in ML Metadata as deployment intervals (which model served what share
+from when to when: ``kfp_serve.artifacts.deployments``); ``stop`` ends them.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
+from kfp_serve.artifacts import deployments
 from kfp_serve.serving.backends.traffic import CANARY_FIELD, RolloutState, check_percent
 from kfp_serve.serving.config import ServeConfig
 from kfp_serve.serving.constants import PREDICTOR
 from kfp_serve.serving.errors import ServingError
 
 if TYPE_CHECKING:
-    from kfp_serve.serving.backends.base import TrafficBackend
+    from kfp_serve.artifacts import ArtifactRecord
+    from kfp_serve.serving.backends.base import (
+        EndpointStatus,
+        RevisionStatus,
+        ServingBackend,
+        TrafficBackend,
+    )
     from kfp_serve.serving.endpoint import Endpoint
+
+logger = logging.getLogger(__name__)
 
 #: Default seconds a traffic move gets to take effect.
 TRAFFIC_TIMEOUT = 120.0
@@ -71,6 +84,22 @@ def rollout(
     )
 
 
+def stop(name: str, namespace: str | None = None, *, backend: str | None = None) -> None:
+    """Stop endpoint ``name`` (its processes, or its InferenceService); lineage no longer
+    claims it serves.
+
+    Raises:
+        ServingError: there is no such endpoint.
+    """
+    from kfp_serve.artifacts.deployments import end_deployments
+    from kfp_serve.serving.backends.base import get_backend
+
+    chosen = get_backend(backend)
+    status = _status_or_none(chosen, name, namespace)
+    chosen.delete(name, namespace)
+    _recorded(end_deployments, name, (status.namespace if status else None) or namespace)
+
+
 def set_traffic(
     name: str,
     percent: int,
@@ -81,7 +110,10 @@ def set_traffic(
 ) -> RolloutState:
     """Send ``percent`` % of endpoint ``name``'s requests to its latest revision, the rest to
     the stable one (0 is a rollback, 100 makes the latest revision the stable one)."""
-    return _traffic_backend(backend).set_traffic(name, percent, namespace, timeout=timeout)
+    chosen = _traffic_backend(backend)
+    state = chosen.set_traffic(name, percent, namespace, timeout=timeout)
+    _record_move(chosen, name, namespace, deployments.TRAFFIC_CHANGED)
+    return state
 
 
 def promote(
@@ -96,7 +128,10 @@ def promote(
     Raises:
         ServingError: the endpoint has no canary (the message says what serves).
     """
-    return _traffic_backend(backend).promote(name, namespace, timeout=timeout)
+    chosen = _traffic_backend(backend)
+    state = chosen.promote(name, namespace, timeout=timeout)
+    _record_move(chosen, name, namespace, deployments.PROMOTED)
+    return state
 
 
 def rollback(
@@ -111,7 +146,10 @@ def rollback(
     Raises:
         ServingError: there is no previous revision to roll back to.
     """
-    return _traffic_backend(backend).rollback(name, namespace, timeout=timeout)
+    chosen = _traffic_backend(backend)
+    state = chosen.rollback(name, namespace, timeout=timeout)
+    _record_move(chosen, name, namespace, deployments.ROLLED_BACK)
+    return state
 
 
 def rollout_state(
@@ -133,4 +171,86 @@ def _traffic_backend(name: str | None) -> TrafficBackend:
     return chosen
 
 
-__all__ = ["promote", "rollback", "rollout", "rollout_state", "set_traffic"]
+# -- what serves: before a change, and in MLMD after it ----------------------------------------
+
+
+def serving_before(
+    backend: ServingBackend, name: str, namespace: str | None
+) -> list[RevisionStatus]:
+    """The revisions endpoint ``name`` has now ([] when there is no such endpoint yet)."""
+    from kfp_serve.serving.describe import revisions
+
+    status = _status_or_none(backend, name, namespace)
+    return revisions(status) if status is not None else []
+
+
+def replaced(name: str, before: list[RevisionStatus], model: ArtifactRecord) -> str | None:
+    """``iris: 1.0.0 → 2.0.0`` when serving ``model`` on ``name`` replaces (or canaries next
+    to) another model; None for a first serve or the same model again."""
+    if not before:
+        return None
+    old = max(before, key=lambda r: (r.percent, r.latest))
+    if old.model.get("id") == str(model.id):
+        return None
+    old_name, old_version = old.model.get("name"), old.model.get("version")
+    if not old_version:
+        was = f"model {old.model['id']}" if old.model.get("id") else f"revision {old.name}"
+    elif old_name and old_name != model.name:
+        was = f"{old_name} {old_version}"
+    else:
+        was = old_version
+    now = model.version if was == old_version else f"{model.name} {model.version}"
+    return f"{name}: {was} → {now}"
+
+
+def record_shares(
+    status: EndpointStatus,
+    namespace: str | None,
+    reason: str,
+    *,
+    latest: tuple[int, int | None] | None = None,
+) -> None:
+    """Record in MLMD which model serves which share of ``status``'s endpoint now.
+
+    Args:
+        latest: (model id, transformer id) of the latest revision, when the caller knows
+            them better than the manifest's labels (serve() just resolved them).
+    """
+    from kfp_serve.artifacts.deployments import Share, record_traffic
+    from kfp_serve.serving.describe import revisions
+
+    shares = []
+    for rev in revisions(status):
+        model_id = int(rev.model["id"]) if rev.model.get("id", "").isdigit() else None
+        transformer_id = int(rev.transformer_id) if (rev.transformer_id or "").isdigit() else None
+        if rev.latest and latest is not None:
+            model_id, transformer_id = latest
+        shares.append(Share(model_id, rev.percent, transformer_id, rev.name))
+    record_traffic(status.name, namespace, shares, status.url, reason=reason)
+
+
+def _record_move(backend: ServingBackend, name: str, namespace: str | None, reason: str) -> None:
+    status = backend.get(name, namespace)
+    _recorded(record_shares, status, namespace or status.namespace, reason)
+
+
+def _recorded(write: Any, *args: Any) -> None:
+    """Traffic has moved already: a lineage write that fails is reported, not raised."""
+    from kfp_serve.artifacts.errors import MetadataError
+
+    try:
+        write(*args)
+    except MetadataError as e:
+        logger.warning("lineage in ML Metadata not updated: %s", e)
+
+
+def _status_or_none(
+    backend: ServingBackend, name: str, namespace: str | None
+) -> EndpointStatus | None:
+    try:
+        return backend.get(name, namespace)
+    except ServingError:
+        return None
+
+
+__all__ = ["promote", "rollback", "rollout", "rollout_state", "set_traffic", "stop"]

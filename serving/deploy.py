@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import sys
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlparse
 
@@ -88,20 +89,23 @@ def serve(
     if dry_run:
         return manifest
 
-    from kfp_serve.artifacts import record_deployment
+    from kfp_serve.artifacts.deployments import REPLACED
     from kfp_serve.serving.backends.base import get_backend
+    from kfp_serve.serving.delivery import record_shares, replaced, serving_before
     from kfp_serve.serving.endpoint import Endpoint
 
     chosen = get_backend(backend)
+    before = serving_before(chosen, name, namespace)
     status = chosen.apply(manifest, wait=wait, timeout=timeout)
+    if change := replaced(name, before, model_rec):
+        print(change, file=sys.stderr)
     # The namespace the backend applied to (a cluster's default comes from the kubeconfig or
     # the pod), so the record says where the endpoint really is.
-    record_deployment(
-        name,
+    record_shares(
+        status,
         namespace or status.namespace,
-        model_rec.id,
-        transformer_rec.id if transformer_rec else None,
-        status.url,
+        REPLACED,
+        latest=(model_rec.id, transformer_rec.id if transformer_rec else None),
     )
     return Endpoint(name, namespace, backend=chosen.name)
 

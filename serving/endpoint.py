@@ -248,6 +248,15 @@ class Endpoint:
         except _NotFound:
             return self._request("GET", f"/v1/models/{self.model_name}", None, "metadata")
 
+    def describe(self) -> dict[str, Any]:
+        """What the endpoint serves now (asked again): URLs, backend, every revision with its
+        model name/version/id/alias, transformer, traffic percent, ready state and start time,
+        the applied ServeConfig and recent rollout events (see ``kfp_serve.serving.describe``).
+        """
+        from kfp_serve.serving.describe import describe
+
+        return describe(self.refresh())
+
     def close(self) -> None:
         """Close the HTTP connections."""
         if self._client is not None:

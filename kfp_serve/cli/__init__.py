@@ -1,10 +1,10 @@
 """The ``kfp-serve`` command line: run, compile and upload pipelines; serve, query and stop
-endpoints; browse models and lineage in ML Metadata.
+endpoints; canary, promote and roll back; browse models and lineage in ML Metadata.
 
 One module per command group (``pipeline_commands``, ``endpoint_commands``,
-``metadata_commands``); every command is a thin shell over a library function. Heavy modules
-(kfp, kserve, sklearn) are imported inside the commands that need them, so ``kfp-serve --help``
-answers at once.
+``delivery_commands``, ``metadata_commands``); every command is a thin shell over a library
+function. Heavy modules (kfp, kserve, sklearn) are imported inside the commands that need them,
+so ``kfp-serve --help`` answers at once.
 """
 
 from __future__ import annotations
@@ -18,7 +18,12 @@ import typer
 from typer._click import exceptions as click_errors
 from typer.core import TyperGroup
 
-from kfp_serve.cli import endpoint_commands, metadata_commands, pipeline_commands
+from kfp_serve.cli import (
+    delivery_commands,
+    endpoint_commands,
+    metadata_commands,
+    pipeline_commands,
+)
 from kfp_serve.cli.errors import DEBUG, CliError, did_you_mean, fails_cleanly, report
 from kfp_serve.cli.ui import out
 
@@ -94,6 +99,7 @@ def main_options(
 
 pipeline_commands.register(app)
 endpoint_commands.register(app)
+delivery_commands.register(app)
 metadata_commands.register(app)
 
 

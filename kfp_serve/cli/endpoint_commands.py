@@ -55,9 +55,11 @@ def with_proba(config: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def serve(
-    model_id: Annotated[int, typer.Argument(help="MLMD id of the Model artifact.")],
-    transformer_id: Annotated[
-        int | None, typer.Option("--transformer", help="MLMD id of a Transformer artifact.")
+    model: Annotated[str, typer.Argument(help="Model: MLMD id, NAME (latest version), "
+                                         "NAME:VERSION or NAME@ALIAS.")],
+    transformer: Annotated[
+        str | None, typer.Option("--transformer", help="Transformer: MLMD id, NAME or "
+                                 "NAME:VERSION.")
     ] = None,
     name: Annotated[str | None, typer.Option(help="Endpoint name (default: model name).")] = None,
     config: Annotated[
@@ -77,13 +79,15 @@ def serve(
 ) -> None:
     """Serve a model (and transformer) from ML Metadata as an InferenceService."""
     from kfp_serve import serving
+    from kfp_serve.cli.delivery_commands import model_arg
 
     serve_config = parse_json_arg(config, "--config") if config else None
     if proba:
         serve_config = with_proba(serve_config)
     result = serving.serve(
-        model_id, transformer_id, serve_config=serve_config, name=name, namespace=namespace,
-        dry_run=dry_run, timeout=timeout,
+        model_arg(model), model_arg(transformer) if transformer else None,
+        serve_config=serve_config, name=name, namespace=namespace, dry_run=dry_run,
+        timeout=timeout,
     )
     if dry_run:
         dump(result, Output.json if output is Output.json else Output.yaml)
@@ -120,16 +124,19 @@ def explain(
 
 
 def endpoint_rows(namespace: str | None) -> list[dict[str, Any]]:
-    from kfp_serve.serving import constants
     from kfp_serve.serving.backends.base import get_backend
+    from kfp_serve.serving.describe import revisions, traffic_summary
 
     rows = []
     for status in get_backend().list(namespace):
-        labels = status.manifest.get("metadata", {}).get("labels", {})
+        revs = revisions(status)
+        # The ids of what answers requests now: after a rollback, not the idle canary's.
+        serving = [r for r in revs if r.percent > 0] or revs[:1]
         rows.append({
             "name": status.name, "url": status.url or "", "health": health(status),
-            "model id": labels.get(constants.LABEL_MODEL_ID, ""),
-            "transformer id": labels.get(constants.LABEL_TRANSFORMER_ID, ""),
+            "traffic": traffic_summary(revs),
+            "model id": ", ".join(r.model.get("id", "?") for r in serving),
+            "transformer id": ", ".join(r.transformer_id for r in serving if r.transformer_id),
             "reason": status.message or "",
         })
     return rows
@@ -145,7 +152,7 @@ def health(status: Any) -> str:
 
 
 def endpoints(namespace: NamespaceOpt = None, output: OutputOpt = Output.table) -> None:
-    """List endpoints with their URL, served model ids and health."""
+    """List endpoints with their URL, traffic per model version, served model ids and health."""
 
     rows = endpoint_rows(namespace)
     if output is Output.table and not rows:
@@ -176,9 +183,11 @@ def stop(
     names = [s.name for s in backend.list(namespace)] if all_ else [check_name(name or "")]
     if not names:
         say("no endpoints: nothing to stop")
+    from kfp_serve.serving.delivery import stop as stop_endpoint
+
     for each in names:
         try:
-            backend.delete(each, namespace)
+            stop_endpoint(each, namespace, backend=backend.name)
         except ServingError as e:
             if ignore_missing and not _exists(backend, each, namespace):
                 say(f"no endpoint {each!r}: nothing to stop")

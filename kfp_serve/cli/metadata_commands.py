@@ -1,4 +1,4 @@
-"""``models`` and ``lineage``: what ML Metadata recorded."""
+"""``models`` (and ``models alias``) and ``lineage``: what ML Metadata recorded."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from kfp_serve.cli.errors import CliError, did_you_mean, fails_cleanly
 from kfp_serve.cli.ui import Output, OutputOpt, dump, new_table, render, say, show
@@ -77,7 +78,51 @@ def lineage(
         say(f"wrote {png}")
 
 
+def models_alias(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    alias: Annotated[str, typer.Argument(help="Alias, e.g. champion.")],
+    version: Annotated[str, typer.Argument(help="The version it points at from now on.")],
+    reason: Annotated[str, typer.Option(help="Why, kept in the alias history.")] = "",
+) -> None:
+    """Point NAME@ALIAS at VERSION (kept in ML Metadata with who, when and the version before)."""
+    from kfp_serve import artifacts
+
+    change = artifacts.set_alias(name, alias, version, reason=reason)
+    moved = f" (was {change.previous_version})" if change.previous_version else ""
+    say(f"{name}@{alias} -> {version}{moved}")
+
+
+class ListingGroup(TyperGroup):
+    """A listing command that has sub-commands too: ``models [NAME] [--kind K]`` lists,
+    ``models alias NAME ALIAS VERSION`` runs the sub-command (a first argument that names a
+    sub-command is one; any other is the listing's argument)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] in self.commands:
+            super().parse_args(ctx, [])  # the listing's own parameters keep their defaults
+            ctx._protected_args, ctx.args = args[:1], args[1:]
+            return ctx.args
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: Any) -> Any:
+        if not ctx._protected_args:
+            return super().invoke(ctx)  # the listing itself
+        args = [*ctx._protected_args, *ctx.args]
+        ctx._protected_args, ctx.args = [], []
+        with ctx:
+            name, command, rest = self.resolve_command(ctx, args)
+            ctx.invoked_subcommand = name
+            with command.make_context(name, rest, parent=ctx) as sub:
+                return sub.command.invoke(sub)
+
+
 def register(app: typer.Typer) -> None:
     """Add this group's commands to ``app``."""
-    app.command("models")(fails_cleanly(models))
+    models_app = typer.Typer(
+        cls=ListingGroup, invoke_without_command=True, no_args_is_help=False,
+        context_settings={"allow_interspersed_args": True},
+    )
+    models_app.callback()(fails_cleanly(models))
+    models_app.command("alias")(fails_cleanly(models_alias))
+    app.add_typer(models_app, name="models")
     app.command("lineage")(fails_cleanly(lineage))

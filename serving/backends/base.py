@@ -28,6 +28,25 @@ REASON_STARTING = "Starting"
 
 
 @dataclass
+class RevisionStatus:
+    """One revision of an endpoint: the model it serves and its share of requests."""
+
+    name: str
+    percent: int
+    ready: bool
+    #: Newest revision (the canary while one is in progress).
+    latest: bool = False
+    #: The stable (latest rolled-out) revision.
+    stable: bool = False
+    created: str | None = None
+    #: ``id``, ``name``, ``version`` and ``alias`` of the served model (those that are known).
+    model: dict[str, str] = field(default_factory=dict)
+    transformer_id: str | None = None
+    #: role -> URL of this revision's servers, where the backend knows them.
+    urls: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class EndpointStatus:
     """The state of one served InferenceService, as a backend sees it."""
 
@@ -43,6 +62,11 @@ class EndpointStatus:
     components: dict[str, str] = field(default_factory=dict)
     #: Extra HTTP headers a client must send (a Host header through an ingress).
     headers: dict[str, str] = field(default_factory=dict)
+    #: Every revision with its traffic share, latest first; empty when the backend reports
+    #: them only in the manifest's KServe status (see ``kfp_serve.serving.describe``).
+    revisions: list[RevisionStatus] = field(default_factory=list)
+    #: Recent rollout events, oldest first (``time``, ``action``, ``message``, ...).
+    events: list[dict[str, Any]] = field(default_factory=list)
 
 
 class ServingBackend(Protocol):

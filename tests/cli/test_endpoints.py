@@ -80,8 +80,9 @@ def test_endpoints_lists_url_model_id_and_health(cli, served):
     cells = _table_row(cli("endpoints").stdout, NAME)
     assert cells[1] == Endpoint(NAME).url
     assert cells[2] == "ready"
-    assert cells[3] == str(model_id)
-    assert cells[4] == "-"  # no transformer
+    assert cells[3] == "cli-iris 1.0.0 (100 %)"
+    assert cells[4] == str(model_id)
+    assert cells[5] == "-"  # no transformer
 
 
 def test_predict_inline_and_from_file_match_in_process(cli, served, iris_model, tmp_path):
@@ -148,7 +149,8 @@ def test_lineage_table_and_png(cli, served, tmp_path):
     assert _table_row(outcome.stdout, "artifact")[1:3] == ["model cli-iris 1.0.0", str(model_id)]
     assert _table_row(outcome.stdout, "snapshot")[1].startswith("file://")
     served_by = _table_row(outcome.stdout, "served by")
-    assert served_by[1] == NAME and served_by[3].startswith("http://127.0.0.1:")
+    assert served_by[1].startswith(f"{NAME} 100 % from ") and served_by[1].endswith(" to now")
+    assert served_by[3].startswith("http://127.0.0.1:")
     assert f"wrote {png}" in outcome.stdout
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"

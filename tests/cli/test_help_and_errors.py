@@ -136,9 +136,17 @@ def test_console_script_error_has_no_traceback():
 
 
 def test_usage_errors_exit_nonzero_without_traceback(cli):
-    outcome = run_script("serve", "not-a-number", timeout=60)
+    outcome = run_script("serve", "iris", "--timeout", "soon", timeout=60)
     assert outcome.exit_code == 2
-    assert_clean_error(outcome, "model_id", "kfp-serve serve --help")
+    assert_clean_error(outcome, "timeout", "kfp-serve serve --help")
+
+
+def test_serving_an_unknown_model_reference_names_the_known_ones(cli, iris_model):
+    outcome = cli("serve", "no-such-model@champion", "--dry-run")
+    assert outcome.exit_code == 1
+    assert_clean_error(outcome, "no-such-model")
+    outcome = cli("serve", "cli-iris@champion", "--dry-run")
+    assert_clean_error(outcome, "model 'cli-iris' has no alias 'champion'")
 
 
 def test_debug_shows_the_traceback():

@@ -31,6 +31,7 @@ from kfp_serve.serving.backends.base import (
     REASON_PROCESS_EXITED,
     REASON_STARTING,
     EndpointStatus,
+    RevisionStatus,
 )
 from kfp_serve.serving.backends.local import canary, registry, rollout, supervisor
 from kfp_serve.serving.backends.local.plan import Plan, plan_manifest, split_traffic
@@ -110,7 +111,7 @@ class LocalBackend:
                     event = {
                         "action": TRAFFIC,
                         "revision": record.latest.revision,
-                        "message": f"applied again: {_split_text(record, traffic)}",
+                        "message": f"applied again; traffic {_split_text(record, traffic)}",
                     }
                     removed = rollout.commit(record, traffic, event=event)
                     rollout.retire(record, removed, self.stop_grace)
@@ -192,16 +193,14 @@ class LocalBackend:
             traffic = split_traffic(
                 stable.revision if stable else None, new.revision, plan.canary_percent
             )
-            replaced = (
-                f"{canary.model_label(stable)} → {canary.model_label(new)}: "
-                if stable is not None
-                else ""
-            )
+            models = canary.model_label(new)
+            if stable is not None:
+                models = f"{canary.model_label(stable)} → {models}"
             event = {
                 "action": SERVE,
                 "revision": new.revision,
                 "model": canary.model_label(new),
-                "message": f"revision {new.revision} started; {replaced}"
+                "message": f"revision {new.revision} started ({models}); traffic "
                 + _split_text(record, traffic, new),
             }
             removed = rollout.commit(record, traffic, new=new, event=event)
@@ -407,6 +406,8 @@ class LocalBackend:
             namespace=None,
             manifest=copy.deepcopy(latest.manifest),
             components=components,
+            revisions=_revisions(record),
+            events=copy.deepcopy(record.events),
         )
         checks: list[tuple[str, RevisionRecord | None, ProcessRecord]] = [
             ("router", None, record.router)
@@ -436,6 +437,38 @@ class LocalBackend:
                         )
                         return status
         return status
+
+
+def _revisions(record: EndpointRecord) -> list[RevisionStatus]:
+    """Every revision of ``record``, latest first, as the backend-neutral status reports it."""
+    base = canary.stable(record)
+    result = []
+    for rev in sorted(record.revisions, key=lambda r: r.revision, reverse=True):
+        ids = rev.model_ids
+        model = {
+            key: ids[source]
+            for key, source in (
+                ("id", "model"),
+                ("name", "model_name"),
+                ("version", "model_version"),
+                ("alias", "model_alias"),
+            )
+            if ids.get(source)
+        }
+        result.append(
+            RevisionStatus(
+                name=registry.revision_name(record.name, rev.revision),
+                percent=record.traffic.get(str(rev.revision), 0),
+                ready=_alive(rev),
+                latest=rev.revision == record.latest.revision,
+                stable=base is not None and rev.revision == base.revision,
+                created=rev.created,
+                model=model,
+                transformer_id=ids.get("transformer"),
+                urls={p.role: p.url for p in rev.processes},
+            )
+        )
+    return result
 
 
 def _alive(rev: RevisionRecord) -> bool:

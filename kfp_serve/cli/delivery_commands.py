@@ -1,0 +1,160 @@
+"""``describe``, ``rollout``, ``traffic``, ``promote`` and ``rollback``: what an endpoint serves
+and moving its traffic between revisions (KServe's canary semantics on every backend)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from kfp_serve.cli.errors import fails_cleanly
+from kfp_serve.cli.ui import NamespaceOpt, Output, OutputOpt, dump, render, say
+
+TimeoutOpt = Annotated[float, typer.Option(help="Seconds traffic gets to move.")]
+
+
+def model_arg(value: str) -> int | str:
+    """An MLMD id as an int; anything else is a reference (name, name:version, name@alias)."""
+    return int(value) if value.isdigit() else value
+
+
+def describe(
+    name: Annotated[str, typer.Argument(help="Endpoint name.")],
+    namespace: NamespaceOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """What an endpoint serves: URLs, revisions with model, traffic and state, config, events."""
+    from kfp_serve.cli.endpoint_commands import check_name
+    from kfp_serve.serving.backends.base import get_backend
+    from kfp_serve.serving.describe import describe as describe_status
+
+    info = describe_status(get_backend().get(check_name(name), namespace))
+    if output is not Output.table:
+        dump(info, output)
+        return
+    show_description(info)
+
+
+def show_description(info: dict[str, Any]) -> None:
+    """The description as a person reads it: a header, the revisions, config and events."""
+    where = f"{info['backend']}" + (f", namespace {info['namespace']}" if info["namespace"] else "")
+    state = "ready" if info["ready"] else f"not ready ({info['reason'] or '?'})"
+    say(f"endpoint {info['name']} ({where}): {state}")
+    if info["message"]:
+        say(f"  {info['message']}")
+    say(f"url: {info['url'] or '-'}")
+    for role, url in info["urls"].items():
+        say(f"  {role}: {url}")
+    say(f"traffic: {info['traffic']}")
+    render([revision_row(r) for r in info["revisions"]], Output.table, title="revisions")
+    say("serve config:")
+    if info["serve_config"]:
+        import yaml
+
+        text = yaml.safe_dump(info["serve_config"], sort_keys=False, default_flow_style=False)
+        for line in text.splitlines():
+            say(f"  {line}")
+    else:
+        say("  (none recorded)")
+    if info["events"]:
+        rows = [{"time": e.get("time", ""), "action": e.get("action", ""),
+                 "what": e.get("message", "")} for e in info["events"]]
+        render(rows, Output.table, title="recent events")
+
+
+def revision_row(rev: dict[str, Any]) -> dict[str, Any]:
+    model = rev.get("model") or {}
+    role = "latest" if rev["latest"] else ""
+    if rev["stable"]:
+        role = f"{role}, stable" if role else "stable"
+    return {
+        "revision": rev["name"], "role": role, "model": model.get("name", ""),
+        "version": model.get("version", ""), "model id": model.get("id", ""),
+        "alias": model.get("alias", ""), "transformer id": rev.get("transformer_id") or "",
+        "traffic": f"{rev['percent']} %", "ready": "yes" if rev["ready"] else "no",
+        "started": rev.get("created") or "",
+    }
+
+
+def rollout(
+    name: Annotated[str, typer.Argument(help="Endpoint name.")],
+    model: Annotated[str, typer.Argument(help="Model: MLMD id, NAME (latest), NAME:VERSION or "
+                                         "NAME@ALIAS.")],
+    canary: Annotated[int, typer.Option(help="Percent of requests for the new revision "
+                                        "(the stable one keeps the rest).", min=0, max=100)],
+    transformer: Annotated[
+        str | None, typer.Option("--transformer", help="Transformer: id, NAME or NAME:VERSION.")
+    ] = None,
+    config: Annotated[
+        str | None, typer.Option("--config", help="ServeConfig as JSON or @file.json.")
+    ] = None,
+    namespace: NamespaceOpt = None,
+    timeout: Annotated[float, typer.Option(help="Seconds the new revision gets to be Ready.")]
+    = 300.0,
+) -> None:
+    """Serve a candidate model on an endpoint as a canary with a share of its requests."""
+    from kfp_serve.cli.endpoint_commands import check_name, parse_json_arg
+    from kfp_serve.serving import delivery
+
+    serve_config = parse_json_arg(config, "--config") if config else None
+    endpoint = delivery.rollout(
+        check_name(name), model_arg(model), canary,
+        transformer=model_arg(transformer) if transformer else None,
+        serve_config=serve_config, namespace=namespace, timeout=timeout,
+    )
+    say(f"endpoint {endpoint.name!r} at {endpoint.url}: {traffic_of(endpoint.name, namespace)}")
+
+
+def traffic(
+    name: Annotated[str, typer.Argument(help="Endpoint name.")],
+    percent: Annotated[int, typer.Argument(help="Percent for the latest revision (0-100).",
+                                           min=0, max=100)],
+    namespace: NamespaceOpt = None,
+    timeout: TimeoutOpt = 120.0,
+) -> None:
+    """Send PERCENT of an endpoint's requests to its latest revision, the rest to the stable."""
+    from kfp_serve.cli.endpoint_commands import check_name
+    from kfp_serve.serving import delivery
+
+    delivery.set_traffic(check_name(name), percent, namespace, timeout=timeout)
+    say(f"{name}: {traffic_of(name, namespace)}")
+
+
+def promote(
+    name: Annotated[str, typer.Argument(help="Endpoint name.")],
+    namespace: NamespaceOpt = None,
+    timeout: TimeoutOpt = 120.0,
+) -> None:
+    """Let an endpoint's canary (its latest revision) take all traffic."""
+    from kfp_serve.cli.endpoint_commands import check_name
+    from kfp_serve.serving import delivery
+
+    delivery.promote(check_name(name), namespace, timeout=timeout)
+    say(f"promoted {name}: {traffic_of(name, namespace)}")
+
+
+def rollback(
+    name: Annotated[str, typer.Argument(help="Endpoint name.")],
+    namespace: NamespaceOpt = None,
+    timeout: TimeoutOpt = 120.0,
+) -> None:
+    """Send all of an endpoint's traffic back to its stable revision."""
+    from kfp_serve.cli.endpoint_commands import check_name
+    from kfp_serve.serving import delivery
+
+    delivery.rollback(check_name(name), namespace, timeout=timeout)
+    say(f"rolled back {name}: {traffic_of(name, namespace)}")
+
+
+def traffic_of(name: str, namespace: str | None) -> str:
+    """``iris 2.0.0 (20 %) / 1.0.0 (80 %)`` for endpoint ``name`` now."""
+    from kfp_serve.serving.backends.base import get_backend
+    from kfp_serve.serving.describe import revisions, traffic_summary
+
+    return traffic_summary(revisions(get_backend().get(name, namespace)))
+
+
+def register(app: typer.Typer) -> None:
+    """Add this group's commands to ``app``."""
+    for command in (describe, rollout, traffic, promote, rollback):
+        app.command(command.__name__)(fails_cleanly(command))

@@ -1,0 +1,100 @@
+"""rollout / set_traffic / promote / rollback / stop from Python, on real local endpoints with
+models in a real MLMD store: where requests go, what describe() says, what lineage records."""
+
+from __future__ import annotations
+
+import pytest
+
+from kfp_serve import artifacts
+from kfp_serve.serving import delivery, serve
+from kfp_serve.serving.endpoint import Endpoint
+from kfp_serve.serving.errors import ServingError
+
+ROW = [[5.1, 3.5, 1.4, 0.2]]
+NAME = "iris-delivery"
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("KFP_SERVE_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def versions(home):
+    """iris 1.0.0 and 2.0.0; 2.0.0 answers classes 10..12, so its answers are told apart."""
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = load_iris(return_X_y=True)
+    old = artifacts.Model(
+        model=LogisticRegression(max_iter=500).fit(X, y), name="iris", version="1.0.0"
+    ).submit_artifact()
+    new = artifacts.Model(
+        model=LogisticRegression(max_iter=500).fit(X, y + 10), name="iris", version="2.0.0"
+    ).submit_artifact()
+    return old, new
+
+
+def new_answers(ep: Endpoint, n: int) -> int:
+    return sum(1 for _ in range(n) if ep.predictions(ROW)[0] >= 10)
+
+
+def intervals(model_id: int) -> list[tuple[int, bool, str | None]]:
+    """(percent, serving, end reason) of each deployment interval of ``model_id``, oldest first."""
+    deps = sorted(artifacts.lineage(model_id)["deployments"], key=lambda d: d["execution_id"])
+    return [(d["traffic_percent"], d["serving"], d["end_reason"]) for d in deps]
+
+
+def test_canary_rollback_promote_stop(versions, capsys):
+    old, new = versions
+    ep = serve("iris:1.0.0", name=NAME, timeout=120)
+    try:
+        assert "→" not in capsys.readouterr().err
+        canary = delivery.rollout(NAME, "iris:2.0.0", canary=20, timeout=120)
+        assert f"{NAME}: 1.0.0 → 2.0.0" in capsys.readouterr().err
+        # Binomial(200, 0.2): mean 40, sd 5.7; 15..65 is +-4.4 sd.
+        assert 15 <= new_answers(canary, 200) <= 65
+
+        info = ep.describe()
+        assert info["traffic"] == "iris 2.0.0 (20 %) / 1.0.0 (80 %)"
+        latest, stable = info["revisions"]
+        assert latest["model"] == {"id": str(new), "name": "iris", "version": "2.0.0"}
+        assert (latest["percent"], latest["latest"], latest["ready"]) == (20, True, True)
+        assert (stable["model"]["version"], stable["percent"], stable["stable"]) == (
+            "1.0.0", 80, True
+        )
+        assert latest["created"] and latest["urls"]["predictor"].startswith("http://127.0.0.1:")
+        assert info["serve_config"]["predictor"]["canaryTrafficPercent"] == 20
+        assert info["events"][-1]["action"] == "serve"
+        assert "(iris 1.0.0 → iris 2.0.0)" in info["events"][-1]["message"]
+        assert intervals(old) == [(100, False, "replaced"), (80, True, None)]
+        assert intervals(new) == [(20, True, None)]
+
+        delivery.rollback(NAME)
+        assert new_answers(ep, 40) == 0
+        assert ep.describe()["traffic"] == "iris 2.0.0 (0 %) / 1.0.0 (100 %)"
+        assert intervals(new) == [(20, False, "rolled back")]
+        assert intervals(old)[-1] == (100, True, None)
+
+        state = delivery.promote(NAME)
+        assert state.traffic == {f"{NAME}-predictor-00002": 100}
+        assert new_answers(ep, 40) == 40
+        assert ep.describe()["traffic"] == "iris 2.0.0 (100 %)"
+        assert intervals(old)[-1] == (100, False, "promoted")
+        assert intervals(new)[-1] == (100, True, None)
+        with pytest.raises(ServingError, match="no canary to promote"):
+            delivery.promote(NAME)
+    finally:
+        ep.close()
+        delivery.stop(NAME)
+    assert intervals(new)[-1] == (100, False, "stopped")
+    assert not any(serving for _, serving, _ in intervals(old))
+
+
+def test_bad_canary_percent_is_refused_before_anything_is_served(versions):
+    with pytest.raises(ServingError, match="int from 0 to 100, got 150"):
+        delivery.rollout(NAME, "iris:2.0.0", canary=150)
+    with pytest.raises(ServingError, match="no local endpoint named"):
+        delivery.rollback("nothing-here")
+    assert artifacts.lineage(versions[1])["deployments"] == []
