@@ -263,9 +263,9 @@ def _copy_tree(src: Path, dest: Path) -> None:
 
 
 def rollout(
-    model_id: int,
+    model: int | str,
     endpoint_name: str,
-    gate: str,
+    gate: Any,
     *,
     dataset_path: str = "",
     dataset_name: str = "iris",
@@ -278,13 +278,14 @@ def rollout(
     replay: bool = False,
     timeout: float = 300.0,
 ) -> Any:
-    """Gated rollout of model ``model_id`` on ``endpoint_name`` (see
+    """Gated rollout of ``model`` on ``endpoint_name`` (see
     ``kfp_serve.serving.gated_rollout``), held out as the train step held out.
 
     Args:
-        model_id: MLMD id of the candidate Model artifact.
+        model: The candidate: an MLMD id or a reference ("iris:2.0.0").
         endpoint_name: The endpoint to roll it out on.
-        gate: The gate as YAML/JSON text (offline thresholds, canary, live window, alias).
+        gate: The gate as YAML/JSON text or a file path (offline thresholds, canary, live
+            window, alias), or a ``GatePolicy``.
         dataset_path, dataset_name, target_column, test_size, random_state: The train step's
             data arguments: the offline gate evaluates on the same held-out rows.
         champion: A model reference to compare with; "" for the alias, else what serves.
@@ -298,13 +299,14 @@ def rollout(
         The ``RolloutReport``.
     """
     from kfp_serve.artifacts.training import split_dataset
-    from kfp_serve.serving.gated_rollout import gated_rollout, load_gate
+    from kfp_serve.serving.gated_rollout import GatePolicy, gated_rollout, load_gate
 
-    policy = load_gate(gate)  # a bad gate fails before the data is even read
+    policy = gate if isinstance(gate, GatePolicy) else load_gate(gate)  # before the data is read
     split = split_dataset(dataset_path or None, dataset_name, target_column, test_size,
                           random_state)
+    candidate = model if isinstance(model, str) else _check_id(model, "model_id")
     return gated_rollout(
-        endpoint_name, _check_id(model_id, "model_id"), policy, split.x_test, split.y_test,
+        endpoint_name, candidate, policy, split.x_test, split.y_test,
         champion=champion or None, serve_config=parse_json_object(serve_config, "serve_config"),
         namespace=namespace or None, timeout=timeout,
         replay=split.x_test.tolist() if replay else None,
