@@ -274,7 +274,8 @@ class LocalMirrorSource:
         self.name = name
         self.session_id: str | None = None
 
-    def _status(self) -> dict[str, Any]:
+    def status(self) -> dict[str, Any]:
+        """The router's ``mirror`` status now."""
         import httpx
 
         from kfp_serve.serving.backends.local import registry
@@ -299,7 +300,7 @@ class LocalMirrorSource:
         )
         self.session_id = session.id
         wait_until(
-            lambda: (s := self._status())["session"] == session.id and s["active"],
+            lambda: (s := self.status())["session"] == session.id and s["active"],
             deadline=MIRROR_START_TIMEOUT, interval=0.05,
             describe=f"the router of {self.name!r} starting the mirror session",
         )
@@ -307,7 +308,7 @@ class LocalMirrorSource:
     def window(self) -> tuple[LiveWindow, dict[str, Any]]:
         from kfp_serve.serving.backends.local import mirror
 
-        status = self._status()
+        status = self.status()
         if status.get("session") != self.session_id:
             raise ServingError(f"the mirror session of endpoint {self.name!r} was replaced")
         return mirror.live_window(status), status
