@@ -407,28 +407,52 @@ class RolloutInterrupted(KeyboardInterrupt):
     """The process was asked to stop (SIGTERM) during a gated rollout."""
 
 
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM raises ``RolloutInterrupted`` in the main thread, so ``finally`` blocks run."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+class _Interrupts:
+    """While active, SIGTERM raises ``RolloutInterrupted`` in the main thread (so ``finally``
+    blocks run, as for Ctrl-C); inside ``shielded()`` a SIGTERM is only remembered, so the
+    stable revision's restoration is not itself interrupted, and is raised once it is done."""
 
-    def stop(signum: int, frame: Any) -> None:
+    def __init__(self) -> None:
+        self.shielding = False
+        self.pending: int | None = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.shielding:
+            logger.warning("signal %s while restoring the stable revision: finishing first",
+                           signum)
+            self.pending = signum
+            return
         raise RolloutInterrupted(f"signal {signum}")
 
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    @contextlib.contextmanager
+    def active(self) -> Iterator[_Interrupts]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signals are delivered to the main thread only
+            return
+        previous = signal.signal(signal.SIGTERM, self._handle)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    @contextlib.contextmanager
+    def shielded(self) -> Iterator[None]:
+        self.shielding = True
+        try:
+            yield
+        finally:
+            self.shielding = False
+        if self.pending is not None:
+            # The process was told to stop: it does now (an error in flight becomes the
+            # context of this one).
+            raise RolloutInterrupted(f"signal {self.pending}")
 
 
 # -- the driver ---------------------------------------------------------------------------------
 
 
 def _champion_record(
-    name: str, candidate: Any, champion: Any, alias: str, backend: str
+    name: str, namespace: str | None, candidate: Any, champion: Any, alias: str, backend: str
 ) -> Any | None:
     """The champion's MLMD record: ``champion`` if given, else ``<model>@<alias>``, else the
     model the endpoint serves now; None when there is none."""
@@ -442,7 +466,7 @@ def _champion_record(
     if alias in list_aliases(candidate.name):
         return resolve_model(f"{candidate.name}@{alias}")[0]
     try:
-        status = get_backend(backend).get(name)
+        status = get_backend(backend).get(name, namespace)
     except ServingError:
         return None
     manifest = status.manifest
@@ -524,7 +548,7 @@ def gated_rollout(
     show = _stderr if progress else None
     cand_rec, _ = resolve_model(candidate)
     cand_label = f"{cand_rec.name}:{cand_rec.version}"
-    champ_rec = _champion_record(name, cand_rec, champion, policy.alias, backend)
+    champ_rec = _champion_record(name, namespace, cand_rec, champion, policy.alias, backend)
     champ_label = f"{champ_rec.name}:{champ_rec.version}" if champ_rec is not None else None
     if champ_rec is not None and champ_rec.id == cand_rec.id:
         raise GateError(
@@ -561,8 +585,8 @@ def gated_rollout(
     source = source or live_source(name, backend)
     decided = False
     canary_started = False
-    try:
-        with _sigterm_interrupts():
+    with _Interrupts().active() as interrupts:
+        try:
             # Set first: an interruption inside rollout() may come after its traffic switch.
             canary_started = True
             delivery.rollout(name, cand_rec.id, policy.canary, serve_config=serve_config,
@@ -584,11 +608,12 @@ def gated_rollout(
                 decided = True
                 report.decision = ROLLED_BACK
             report.decision_seconds = time.monotonic() - started
-    finally:
-        with contextlib.suppress(Exception):
-            source.stop()
-        if canary_started and not decided:
-            _restore_stable(name, namespace, backend)
+        finally:
+            with interrupts.shielded():
+                with contextlib.suppress(Exception):
+                    source.stop()
+                if canary_started and not decided:
+                    _restore_stable(name, namespace, backend)
     return report
 
 

@@ -189,6 +189,28 @@ def test_a_better_candidate_is_promoted_and_the_alias_moves(
     assert [r.revision for r in record.revisions] == [record.latest.revision]
 
 
+class _FailingSource(gr.LocalMirrorSource):
+    """The real mirror source, whose window read fails once the canary is live."""
+
+    def window(self) -> Any:
+        raise RuntimeError("the metrics backend went away")
+
+
+def test_an_error_mid_canary_rolls_back_and_is_raised(
+    endpoint: str, models: dict[str, int], data: dict[str, Any]
+) -> None:
+    stable = _champion_revision(endpoint)
+    champion_before = list_aliases(MODEL)
+    with pytest.raises(RuntimeError, match="metrics backend went away"):
+        gr.gated_rollout(endpoint, f"{MODEL}:1.2.0",
+                         {**GATE, "offline": {"accuracy": {"min": 0.5}}},
+                         data["x_test"], data["y_test"], progress=False,
+                         source=_FailingSource(endpoint))
+    assert _serving(endpoint) == {stable: 100}
+    assert list_aliases(MODEL) == champion_before
+    assert not mirror.session_path(registry.endpoint_dir(endpoint)).exists()
+
+
 _INTERRUPTED_RUN = """
 import sys
 from sklearn.datasets import load_iris

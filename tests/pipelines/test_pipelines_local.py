@@ -139,7 +139,10 @@ def test_sklearn_rollout_pipeline_serves_promotes_and_rejects(kfp_home):
     """First run: nothing serves yet, the model takes the endpoint and the alias. A better
     candidate (C=5) passes the offline gate and the canary on replayed held-out traffic and is
     promoted; a much worse one (C=0.001) is rejected offline and never served."""
+    import json
+
     from kfp_serve import artifacts
+    from kfp_serve.pipelines import sklearn_rollout
     from kfp_serve.serving.backends.local import registry
 
     name = "rollout-e2e"
@@ -150,17 +153,22 @@ def test_sklearn_rollout_pipeline_serves_promotes_and_rejects(kfp_home):
     model = "sklearn-rollout-model"
     assert artifacts.list_aliases(model) == {"champion": "1.0.0"}
 
+    # The default gate, with a latency bound this shared machine's noise cannot break (the
+    # p99 rule is tested with the gate itself).
+    gate = json.loads(sklearn_rollout.DEFAULT_GATE)
+    gate["live"]["max_p99_ratio"] = 20.0
     better = run_local("sklearn-rollout", {"endpoint_name": name, "model_version": "1.1.0",
-                                           "hyperparameters": '{"C": 5}'}, progress=False)
-    assert better["decision"] == "promoted", better["log_file"]
+                                           "hyperparameters": '{"C": 5}',
+                                           "gate": json.dumps(gate)}, progress=False)
+    # The step's verdict report: every check with its threshold and measured value.
+    reports = sorted(kfp_home.rglob("report"), key=lambda p: p.stat().st_mtime)
+    text = reports[-1].read_text()
+    assert better["decision"] == "promoted", text
     assert artifacts.list_aliases(model) == {"champion": "1.1.0"}
     record = registry.read_record(name)
     assert record.traffic == {str(record.latest.revision): 100}
     labels = record.latest.manifest["metadata"]["labels"]
     assert labels["kfp-serve.kubeflow.org/model-version"] == "1.1.0"
-    # The step's verdict report: every check with its threshold and measured value.
-    reports = sorted(kfp_home.rglob("report"), key=lambda p: p.stat().st_mtime)
-    text = reports[-1].read_text()
     assert "**promoted**" in text and "| agreement |" in text and "| accuracy.change |" in text
 
     worse = run_local("sklearn-rollout", {"endpoint_name": name, "model_version": "1.2.0",
