@@ -311,6 +311,11 @@ class LocalMirrorSource:
         status = self.status()
         if status.get("session") != self.session_id:
             raise ServingError(f"the mirror session of endpoint {self.name!r} was replaced")
+        if status.get("failure"):
+            raise ServingError(
+                f"the router of endpoint {self.name!r} turned its mirror off: "
+                f"{status['failure']} (its log has the traceback)"
+            )
         return mirror.live_window(status), status
 
     def stop(self) -> None:

@@ -220,3 +220,24 @@ def test_the_mirror_queue_is_bounded_and_drops_and_counts_what_does_not_fit(tmp_
     mirror.close_session(tmp_path)
     m.refresh([Stable(), candidate])
     assert not m.active and m.status() == {"session": None, "active": False}
+
+
+def test_an_error_inside_the_mirror_turns_it_off_and_never_reaches_the_request(
+    tmp_path: Any,
+) -> None:
+    def send(upstream: Any, request: bytes, done: Any) -> Any:
+        raise OSError("no more file descriptors")
+
+    m = mirror.Mirror(tmp_path / mirror.MIRROR_FILE, send, clock=lambda: 1.0,
+                      call_later=lambda delay, cb: None)
+    mirror.open_session(tmp_path, stable=1, candidate=2)
+    stable, candidate = type("S", (), {"revision": 1})(), _Upstream()
+    m.refresh([stable, candidate])
+    exchange = type("E", (), {"upstream": stable, "request": b"x", "capture": None,
+                              "status": 200, "started": 0.0})()
+    m.begin(exchange)
+    exchange.capture.append(_answer({"predictions": [0]}))
+    m.answered(exchange)  # the failing send is contained here
+    assert not m.active and "no more file descriptors" in m.status()["failure"]
+    m.refresh([stable, candidate])
+    assert not m.active  # stays off for the rest of the session

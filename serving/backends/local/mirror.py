@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import tempfile
 import time
@@ -39,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from kfp_serve.serving.gate import LiveWindow, p99
+
+logger = logging.getLogger("kfp_serve.router.mirror")
 
 MIRROR_FILE = "mirror.json"
 #: Mirrored requests on the wire at once, and waiting behind them; more are dropped.
@@ -225,6 +228,8 @@ class Mirror:
         self._reset()
 
     def _reset(self) -> None:
+        #: Why the session's mirror was turned off (an error in the mirror itself), if it was.
+        self.failure: str | None = None
         self.live: dict[int, _Stats] = {}
         self.shadow = _Stats()
         self.compared = self.agreed = self.dropped = 0
@@ -249,7 +254,8 @@ class Mirror:
             self.session = session
         session = self.session
         by_rev = {u.revision: u for u in upstreams}
-        if session is None or session.stable not in by_rev or session.candidate not in by_rev:
+        if session is None or self.failure or session.stable not in by_rev \
+                or session.candidate not in by_rev:
             self.active = False
             self._candidate = None
             return
@@ -259,24 +265,41 @@ class Mirror:
 
     # -- hooks of the relay ----------------------------------------------------------------
 
+    # Each hook runs inside the relay of a client's request: whatever goes wrong in the mirror
+    # turns the mirror off (and is logged), it never reaches the client's request.
+
     def begin(self, exchange: Any) -> None:
         """A client request starts: time it; keep the stable answer's bytes to mirror them."""
-        exchange.started = self.clock()
-        if exchange.upstream.revision == self._stable_rev:
-            exchange.capture = []
+        try:
+            exchange.started = self.clock()
+            if exchange.upstream.revision == self._stable_rev:
+                exchange.capture = []
+        except Exception as e:  # noqa: BLE001 - see above
+            self._broken(e)
 
     def answered(self, exchange: Any) -> None:
         """A timed request got its whole answer."""
-        status = exchange.status
-        failed = status >= 500
-        rev = exchange.upstream.revision
-        self._stats(rev).add(None if failed else self.clock() - exchange.started)
-        if exchange.capture is not None and 200 <= status < 300 and self.active:
-            self._offer(exchange.request, b"".join(exchange.capture))
+        try:
+            status = exchange.status
+            rev = exchange.upstream.revision
+            self._stats(rev).add(None if status >= 500 else self.clock() - exchange.started)
+            if exchange.capture is not None and 200 <= status < 300 and self.active:
+                self._offer(exchange.request, b"".join(exchange.capture))
+        except Exception as e:  # noqa: BLE001 - see above
+            self._broken(e)
 
     def failed(self, exchange: Any) -> None:
         """A timed request got no (whole) answer: a failure of its revision."""
-        self._stats(exchange.upstream.revision).add(None)
+        try:
+            self._stats(exchange.upstream.revision).add(None)
+        except Exception as e:  # noqa: BLE001 - see above
+            self._broken(e)
+
+    def _broken(self, error: Exception) -> None:
+        logger.exception("mirror session %s turned off after an error: %s",
+                         self.session.id if self.session else "?", error)
+        self.active = False
+        self.failure = f"{type(error).__name__}: {error}"
 
     def _stats(self, revision: int) -> _Stats:
         stats = self.live.get(revision)
@@ -306,7 +329,10 @@ class Mirror:
                 timer.cancel()
             self.inflight -= 1
             if self.session is session:  # not an answer to a session that has ended
-                self._compare(stable_answer, answer, self.clock() - started)
+                try:
+                    self._compare(stable_answer, answer, self.clock() - started)
+                except Exception as e:  # noqa: BLE001 - see the hooks above
+                    self._broken(e)
             if self.pending and self.active:
                 self._send(*self.pending.popleft())
 
@@ -350,6 +376,7 @@ class Mirror:
         return {
             "session": session.id,
             "active": self.active,
+            "failure": self.failure,
             "stable": session.stable,
             "candidate": session.candidate,
             "elapsed_seconds": self.clock() - self._since,
