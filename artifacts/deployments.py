@@ -19,6 +19,7 @@ from typing import Any
 
 from kfp_serve.artifacts.metadata import MetadataStore, current_run, metadata_store
 from kfp_serve.artifacts.mlmd import DEPLOY_EXECUTION, get_value, set_value
+from kfp_serve.artifacts.names import validate_name
 from kfp_serve.artifacts.records import _artifact, to_record
 
 #: ``end_reason`` values.
@@ -49,14 +50,34 @@ def _now() -> str:
 
 
 def _open_intervals(store: MetadataStore, name: str, namespace: str) -> list[Any]:
-    executions = store.call("get_executions_by_type", DEPLOY_EXECUTION)  # type: ignore[attr-defined]
+    # Safe to embed: endpoint names and namespaces are DNS-1123 labels (validated first).
+    query = f"type = '{DEPLOY_EXECUTION}' AND properties.endpoint.string_value = '{name}'"
+    options = store._list_options(filter_query=query)  # type: ignore[attr-defined]
+    executions = store.call("get_executions", list_options=options)  # type: ignore[attr-defined]
     return [
         x
         for x in executions
-        if get_value(x.properties, "endpoint") == name
-        and (get_value(x.properties, "namespace") or "") == namespace
+        if (get_value(x.properties, "namespace") or "") == namespace
         and not get_value(x.properties, "end_time")
     ]
+
+
+def open_deployments(
+    name: str, namespace: str | None, *, store: MetadataStore | None = None
+) -> list[Share]:
+    """What MLMD says endpoint ``name`` serves now: its open intervals, as shares."""
+    validate_name(name, "endpoint name")
+    namespace = validate_name(namespace, "namespace") if namespace else ""
+    store = store if store is not None else metadata_store()
+    with store.read():
+        found = _open_intervals(store, name, namespace)
+    shares = []
+    for x in found:
+        model_id, transformer_id, percent = _interval_key(x)
+        shares.append(
+            Share(model_id, percent, transformer_id or None, get_value(x.properties, "revision"))
+        )
+    return shares
 
 
 def _key(model_id: int | None, transformer_id: int | None, percent: int) -> tuple:
@@ -88,9 +109,10 @@ def record_traffic(
     Returns:
         The ids of the Deploy executions open afterwards, in the order of ``shares``.
     """
+    validate_name(name, "endpoint name")
+    namespace = validate_name(namespace, "namespace") if namespace else ""
     store = store if store is not None else metadata_store()
     pb = store.pb
-    namespace = namespace or ""
     run = current_run()
     with store.write():
         open_now = _open_intervals(store, name, namespace)
@@ -217,6 +239,7 @@ __all__ = [
     "TRAFFIC_CHANGED",
     "Share",
     "end_deployments",
+    "open_deployments",
     "record_deployment",
     "record_traffic",
 ]

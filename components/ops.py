@@ -214,20 +214,24 @@ def snapshot(
 
 
 def serve(
-    model_id: int,
+    model_id: int = NO_ID,
     transformer_id: int = NO_ID,
     *,
+    model: str = "",
     name: str = "",
     namespace: str = "",
     serve_config: str | dict[str, Any] | None = None,
     wait: bool = True,
     timeout: float = 300.0,
 ) -> ServedEndpoint:
-    """Serve a model (and optional transformer) by MLMD id; returns URL, name and manifest.
+    """Serve a model (and optional transformer) by MLMD id or reference; returns URL, name and
+    manifest.
 
     Args:
-        model_id: MLMD id of the Model artifact.
+        model_id: MLMD id of the Model artifact, or 0 when ``model`` names it.
         transformer_id: MLMD id of the Transformer artifact, or 0 for none.
+        model: A model reference instead of ``model_id``: ``"iris"`` (latest servable
+            version), ``"iris:2.0.0"`` or ``"iris@champion"``.
         name: Endpoint name; "" for the model's name.
         namespace: Kubernetes namespace; "" for the default.
         serve_config: ServeConfig as a JSON object string or dict ("" for none); parsed by
@@ -238,8 +242,13 @@ def serve(
     from kfp_serve.serving.deploy import serve as serve_model
 
     transformer = _check_id(transformer_id, "transformer_id") if transformer_id > NO_ID else None
+    if bool(model) == (model_id != NO_ID):
+        raise InputError(
+            f"give the model as model_id (an MLMD id) or as model (a reference such as "
+            f"'iris@champion'), exactly one of them; got model_id={model_id!r}, model={model!r}"
+        )
     endpoint = serve_model(
-        _check_id(model_id, "model_id"), transformer, serve_config=serve_config or None,
+        model or _check_id(model_id, "model_id"), transformer, serve_config=serve_config or None,
         name=name or None, namespace=namespace or None, wait=wait, timeout=timeout,
     )
     status = endpoint.status

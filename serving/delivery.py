@@ -14,13 +14,13 @@ from when to when: ``kfp_serve.artifacts.deployments``); ``stop`` ends them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any
 
 from kfp_serve.artifacts import deployments
 from kfp_serve.serving.backends.traffic import CANARY_FIELD, RolloutState, check_percent
 from kfp_serve.serving.config import ServeConfig
-from kfp_serve.serving.constants import PREDICTOR
 from kfp_serve.serving.errors import ServingError
 
 if TYPE_CHECKING:
@@ -70,8 +70,7 @@ def rollout(
     from kfp_serve.serving.deploy import serve
 
     cfg = ServeConfig.coerce(serve_config)
-    predictor = {**cfg.predictor, CANARY_FIELD: check_percent(canary)}
-    cfg = ServeConfig.from_dict({**cfg.to_dict(), PREDICTOR: predictor})
+    cfg = dataclasses.replace(cfg, predictor={**cfg.predictor, CANARY_FIELD: check_percent(canary)})
     return serve(  # type: ignore[return-value]  # not a dry run: an Endpoint
         model,
         transformer,
@@ -201,6 +200,33 @@ def replaced(name: str, before: list[RevisionStatus], model: ArtifactRecord) -> 
         was = old_version
     now = model.version if was == old_version else f"{model.name} {model.version}"
     return f"{name}: {was} → {now}"
+
+
+def known_revisions(status: EndpointStatus) -> list[RevisionStatus]:
+    """``status``'s revisions, a revision whose model the backend does not report (a cluster's
+    stable one: the labels describe the spec applied last) named from MLMD's open deployment
+    intervals, when exactly one open interval's model is not named by another revision."""
+    from kfp_serve.serving.describe import revisions
+
+    revs = revisions(status)
+    unnamed = [r for r in revs if not r.model.get("id")]
+    if len(unnamed) != 1:
+        return revs
+    from kfp_serve.artifacts import get_artifact
+    from kfp_serve.artifacts.deployments import open_deployments
+    from kfp_serve.artifacts.errors import MetadataError
+
+    try:
+        open_now = open_deployments(status.name, status.namespace)
+        candidates = {str(s.model_id) for s in open_now} - {r.model.get("id") for r in revs}
+        if len(candidates) != 1:
+            return revs
+        record = get_artifact(int(candidates.pop()))
+    except MetadataError as e:
+        logger.info("endpoint %r: models of its revisions not looked up: %s", status.name, e)
+        return revs
+    model = {"id": str(record.id), "name": record.name, "version": record.version}
+    return [dataclasses.replace(r, model=model) if r is unnamed[0] else r for r in revs]
 
 
 def record_shares(

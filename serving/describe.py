@@ -98,9 +98,16 @@ def serve_config(status: EndpointStatus) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"value": value}
 
 
-def describe(status: EndpointStatus) -> dict[str, Any]:
-    """Everything a person asks about a served endpoint, as plain JSON-ready data."""
-    revs = revisions(status)
+def describe(
+    status: EndpointStatus, revs: list[RevisionStatus] | None = None
+) -> dict[str, Any]:
+    """Everything a person asks about a served endpoint, as plain JSON-ready data.
+
+    Args:
+        revs: Its revisions, when the caller knows more of them than ``status`` says (see
+            ``kfp_serve.serving.delivery.known_revisions``).
+    """
+    revs = revs if revs is not None else revisions(status)
     return {
         "name": status.name,
         "namespace": status.namespace,

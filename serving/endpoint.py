@@ -253,9 +253,11 @@ class Endpoint:
         model name/version/id/alias, transformer, traffic percent, ready state and start time,
         the applied ServeConfig and recent rollout events (see ``kfp_serve.serving.describe``).
         """
+        from kfp_serve.serving.delivery import known_revisions
         from kfp_serve.serving.describe import describe
 
-        return describe(self.refresh())
+        status = self.refresh()
+        return describe(status, known_revisions(status))
 
     def close(self) -> None:
         """Close the HTTP connections."""

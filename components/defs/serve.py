@@ -11,8 +11,9 @@ from kfp_serve.components.defs._base import component
 @component
 def serve(
     manifest: Output[Artifact],
-    model_id: int,
+    model_id: int = 0,
     transformer_id: int = 0,
+    model: str = "",
     name: str = "",
     namespace: str = "",
     serve_config: str = "{}",
@@ -27,8 +28,10 @@ def serve(
 
     Args:
         manifest: The applied InferenceService manifest (JSON).
-        model_id: MLMD id of the Model artifact (a submit_model output).
+        model_id: MLMD id of the Model artifact (a submit_model output); 0 when model names it.
         transformer_id: MLMD id of the Transformer artifact; 0 serves the model alone.
+        model: The model as a reference instead of an id: "iris" (latest servable version),
+            "iris:2.0.0" or "iris@champion"; empty when model_id is given.
         name: Endpoint (InferenceService) name; empty for the model's name.
         namespace: Kubernetes namespace; empty for the pipeline's own namespace.
         serve_config: ServeConfig as a JSON object, e.g. {"limits": {"memory": "2Gi"}}.
@@ -44,8 +47,8 @@ def serve(
     from kfp_serve.components.ops import serve as serve_endpoint
 
     served = serve_endpoint(
-        model_id, transformer_id, name=name, namespace=namespace, serve_config=serve_config,
-        wait=wait, timeout=timeout,
+        model_id, transformer_id, model=model, name=name, namespace=namespace,
+        serve_config=serve_config, wait=wait, timeout=timeout,
     )
     with open(manifest.path, "w") as f:
         json.dump(served.manifest, f, indent=2, sort_keys=True)

@@ -26,9 +26,11 @@ def describe(
     """What an endpoint serves: URLs, revisions with model, traffic and state, config, events."""
     from kfp_serve.cli.endpoint_commands import check_name
     from kfp_serve.serving.backends.base import get_backend
+    from kfp_serve.serving.delivery import known_revisions
     from kfp_serve.serving.describe import describe as describe_status
 
-    info = describe_status(get_backend().get(check_name(name), namespace))
+    status = get_backend().get(check_name(name), namespace)
+    info = describe_status(status, known_revisions(status))
     if output is not Output.table:
         dump(info, output)
         return
@@ -216,9 +218,10 @@ def rollback(
 def traffic_of(name: str, namespace: str | None) -> str:
     """``iris 2.0.0 (20 %) / 1.0.0 (80 %)`` for endpoint ``name`` now."""
     from kfp_serve.serving.backends.base import get_backend
-    from kfp_serve.serving.describe import revisions, traffic_summary
+    from kfp_serve.serving.delivery import known_revisions
+    from kfp_serve.serving.describe import traffic_summary
 
-    return traffic_summary(revisions(get_backend().get(name, namespace)))
+    return traffic_summary(known_revisions(get_backend().get(name, namespace)))
 
 
 def register(app: typer.Typer) -> None:

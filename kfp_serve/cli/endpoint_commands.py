@@ -125,17 +125,18 @@ def explain(
 
 def endpoint_rows(namespace: str | None) -> list[dict[str, Any]]:
     from kfp_serve.serving.backends.base import get_backend
-    from kfp_serve.serving.describe import revisions, traffic_summary
+    from kfp_serve.serving.delivery import known_revisions
+    from kfp_serve.serving.describe import traffic_summary
 
     rows = []
     for status in get_backend().list(namespace):
-        revs = revisions(status)
+        revs = known_revisions(status)
         # The ids of what answers requests now: after a rollback, not the idle canary's.
         serving = [r for r in revs if r.percent > 0] or revs[:1]
         rows.append({
             "name": status.name, "url": status.url or "", "health": health(status),
             "traffic": traffic_summary(revs),
-            "model id": ", ".join(r.model.get("id", "?") for r in serving),
+            "model id": ", ".join(r.model["id"] for r in serving if r.model.get("id")),
             "transformer id": ", ".join(r.transformer_id for r in serving if r.transformer_id),
             "reason": status.message or "",
         })

@@ -57,7 +57,8 @@ def models(
 
 
 def lineage(
-    artifact_id: Annotated[int, typer.Argument(help="MLMD id of an artifact.")],
+    artifact: Annotated[str, typer.Argument(help="MLMD id of an artifact, or a model as NAME, "
+                                            "NAME:VERSION or NAME@ALIAS.")],
     png: Annotated[Path | None, typer.Option(help="Also draw the lineage graph as PNG.")] = None,
     output: OutputOpt = Output.table,
 ) -> None:
@@ -65,6 +66,7 @@ def lineage(
     from kfp_serve import artifacts
     from kfp_serve.lineage_view import draw_lineage, lineage_rows
 
+    artifact_id = int(artifact) if artifact.isdigit() else artifacts.resolve(artifact).artifact_id
     graph = artifacts.lineage(artifact_id)
     if output is not Output.table:
         dump(graph, output)

@@ -89,7 +89,7 @@ def test_alias_canary_rollback_promote(cli, versions):
     events = [e["action"] for e in described["events"]]
     assert events[-4:] == ["serve", "traffic", "rollback", "promote"]
 
-    lineage = cli("lineage", str(old)).stdout
+    lineage = cli("lineage", "cli-rollout@champion").stdout  # 1.0.0, by reference
     assert "cli-canary 80 % from" in lineage and "(promoted)" in lineage
     assert " to now" not in lineage
 
@@ -97,12 +97,11 @@ def test_alias_canary_rollback_promote(cli, versions):
     assert " to now" not in cli("lineage", str(new)).stdout
 
 
-def test_delivery_errors_are_clean(cli, versions, iris_model):
-    model_id, _ = iris_model
+def test_delivery_errors_are_clean(cli, versions):
     outcome = run_script("models", "alias", "cli-rollout", "champion", "9.9.9")
     assert_clean_error(outcome, "has no version '9.9.9'", "2.0.0", "1.0.0")
     assert_clean_error(run_script("promote", "cli-nothing"), "no local endpoint named")
-    ok("serve", str(model_id), "--name", "cli-lonely", "--timeout", "120")
+    ok("serve", "cli-rollout:1.0.0", "--name", "cli-lonely", "--timeout", "120")
     try:
         assert_clean_error(run_script("promote", "cli-lonely"), "no canary to promote")
         assert_clean_error(run_script("rollback", "cli-lonely"),
@@ -110,5 +109,6 @@ def test_delivery_errors_are_clean(cli, versions, iris_model):
         assert_clean_error(run_script("traffic", "cli-lonely", "101"), "percent")
         assert_clean_error(run_script("rollout", "cli-lonely", "cli-rollout@nope", "--canary",
                                       "10"), "has no alias 'nope'", "cli-rollout@champion")
+        ok("stop", "cli-lonely")
     finally:
         stop_quietly("cli-lonely")

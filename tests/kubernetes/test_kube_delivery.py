@@ -43,18 +43,26 @@ def test_canary_on_the_cluster(versions, capsys):
     delivery.rollout("iris", "iris:2.0.0", canary=20, timeout=20)
     assert "iris: 1.0.0 → 2.0.0" in capsys.readouterr().err
 
-    info = describe(get_backend().get("iris"))
+    status = get_backend().get("iris")
     # The cluster labels only the spec applied last: the stable revision is named, not its model.
-    assert info["traffic"] == f"iris 2.0.0 (20 %) / {V1} (80 %)"
-    latest, stable = info["revisions"]
-    assert (latest["name"], latest["model"]["version"], latest["latest"]) == (V2, "2.0.0", True)
+    assert describe(status)["traffic"] == f"iris 2.0.0 (20 %) / {V1} (80 %)"
+    stable = describe(status)["revisions"][1]
     assert (stable["name"], stable["stable"], stable["model"]) == (V1, True, {})
     # MLMD knows it from the interval that was open: 1.0.0 now serves 80 %.
     assert _intervals(old) == [(100, False), (80, True)]
     assert _intervals(new) == [(20, True)]
+    info = describe(status, delivery.known_revisions(status))
+    assert info["traffic"] == "iris 2.0.0 (20 %) / 1.0.0 (80 %)"
+    latest, stable = info["revisions"]
+    assert (latest["name"], latest["model"]["version"], latest["latest"]) == (V2, "2.0.0", True)
+    assert (stable["name"], stable["model"]["id"]) == (V1, str(old))
 
     state = delivery.rollback("iris", timeout=10)
     assert state.traffic == {V2: 0, V1: 100}
+    status = get_backend().get("iris")
+    assert describe(status, delivery.known_revisions(status))["traffic"] == (
+        "iris 2.0.0 (0 %) / 1.0.0 (100 %)"
+    )
     assert _intervals(new) == [(20, False)] and _intervals(old)[-1] == (100, True)
 
     assert delivery.promote("iris", timeout=10).traffic == {V2: 100}

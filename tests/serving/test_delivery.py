@@ -98,3 +98,24 @@ def test_bad_canary_percent_is_refused_before_anything_is_served(versions):
     with pytest.raises(ServingError, match="no local endpoint named"):
         delivery.rollback("nothing-here")
     assert artifacts.lineage(versions[1])["deployments"] == []
+
+
+def test_serve_component_takes_a_model_reference(versions):
+    from kfp_serve.artifacts import set_alias
+    from kfp_serve.components.ops import serve as serve_step
+    from kfp_serve.errors import InputError
+
+    old, _ = versions
+    set_alias("iris", "champion", "1.0.0")
+    served = serve_step(model="iris@champion", name="iris-step", timeout=120)
+    try:
+        labels = served.manifest["metadata"]["labels"]
+        assert labels["kfp-serve.kubeflow.org/model-id"] == str(old)
+        assert labels["kfp-serve.kubeflow.org/model-alias"] == "champion"
+        assert labels["kfp-serve.kubeflow.org/model-version"] == "1.0.0"
+    finally:
+        delivery.stop("iris-step")
+    with pytest.raises(InputError, match="exactly one of them"):
+        serve_step(old, model="iris@champion", name="iris-step")
+    with pytest.raises(InputError, match="exactly one of them"):
+        serve_step(name="iris-step")

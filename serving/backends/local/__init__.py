@@ -5,6 +5,7 @@ One package, one module per concern, in the order a manifest walks through them:
 - :mod:`.plan`: manifest -> what to run (pure; no processes, no files);
 - :mod:`.supervisor`: the one way a process is started detached, checked, signalled and stopped;
 - :mod:`.rollout`: start a revision, wait until it is ready, switch traffic, drain the old one;
+- :mod:`.canary`: KServe's canary rules (traffic N, promote, rollback) over the record (pure);
 - :mod:`.registry`: ``endpoint.json``, the only code that knows its format;
 - :mod:`.router`: the HTTP router in front of every endpoint;
 - :mod:`.backend`: :class:`LocalBackend`, which ties them together.

@@ -8,7 +8,9 @@ step or a notebook cell — and never holds that process's pipes open. Everythin
 
 Applying a name again is a rollout (:mod:`.rollout`): if the new revision fails, the old one
 keeps serving and the error carries the new server's log. ``spec.predictor.canaryTrafficPercent``
-keeps the previous revision and sends that percentage of requests to the new one.
+keeps the previous revision and sends that percentage of requests to the new one; then
+``set_traffic``, ``promote`` and ``rollback`` move traffic with KServe's semantics
+(:mod:`.canary`), without starting a server.
 """
 
 from __future__ import annotations
@@ -294,6 +296,7 @@ class LocalBackend:
             return canary.rollout_state(record, _alive)
 
     def _record(self, name: str) -> EndpointRecord:
+        """The registry record of ``name``; ServingError says where it was looked for."""
         record = registry.read_record(validate_name(name, "endpoint name"))
         if record is None:
             raise ServingError(
@@ -310,13 +313,7 @@ class LocalBackend:
         Raises:
             ServingError: there is no local endpoint called ``name``.
         """
-        record = registry.read_record(validate_name(name, "endpoint name"))
-        if record is None:
-            raise ServingError(
-                f"there is no local endpoint named {name!r} in {_searched()}: run "
-                "`kfp-serve endpoints` to list them, or serve the model first"
-            )
-        return self._status(record, probe=True)
+        return self._status(self._record(name), probe=True)
 
     def list(self, namespace: str | None = None) -> list[EndpointStatus]:
         """The status of every local endpoint, by name (``namespace`` is ignored locally)."""

@@ -44,7 +44,6 @@ Alive = Callable[[RevisionRecord], bool]
 class Move:
     """What a traffic action changes: the new split and the latest revision's canary field."""
 
-    action: str
     traffic: dict[str, int]
     #: ``spec.<component>.canaryTrafficPercent`` of the latest revision afterwards (None: unset).
     canary_percent: int | None
@@ -144,7 +143,6 @@ def plan_move(
                 "take the traffic back; serve its model again"
             )
         return Move(
-            ROLLBACK,
             {str(base.revision): 100, str(latest.revision): 0},
             0,
             f"rolled back: revision {base.revision} ({model_label(base)}) takes all traffic, "
@@ -179,7 +177,7 @@ def plan_move(
             f"revision {latest.revision} ({model_label(latest)}) gets {share} %, revision "
             f"{base.revision} ({model_label(base)}) {100 - share} %"
         )
-    return Move(action, traffic, new_percent, message)
+    return Move(traffic, new_percent, message)
 
 
 def model_label(rev: RevisionRecord) -> str:
@@ -193,9 +191,6 @@ def model_label(rev: RevisionRecord) -> str:
 
 __all__ = [
     "Move",
-    "PROMOTE",
-    "ROLLBACK",
-    "TRAFFIC",
     "canary_percent",
     "model_label",
     "plan_move",
