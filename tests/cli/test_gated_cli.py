@@ -45,30 +45,34 @@ def test_rollout_needs_a_canary_or_a_gate(cli: Any, iris_model: Any) -> None:
 
 
 def test_a_gated_rollout_promotes_a_better_candidate_and_refuses_a_worse_one(
-    cli: Any, gate_file: Path, iris: Any, iris_model: Any
+    cli: Any, gate_file: Path, iris: Any
 ) -> None:
     from sklearn.dummy import DummyClassifier
     from sklearn.linear_model import LogisticRegression
 
     from kfp_serve import artifacts
 
+    # A model of its own: the alias this test moves must not meet the other CLI tests.
     x, y = iris
-    model_id, _ = iris_model
+    model = "cli-gated-iris"
+    model_id = artifacts.Model(model=LogisticRegression(max_iter=1000).fit(x, y), name=model,
+                               version="1.0.0").submit_artifact()
     assert cli("serve", str(model_id), "--name", "cli-gated").exit_code == 0
-    artifacts.Model(model=LogisticRegression(C=5, max_iter=1000).fit(x, y), name="cli-iris",
+    artifacts.Model(model=LogisticRegression(C=5, max_iter=1000).fit(x, y), name=model,
                     version="1.1.0").submit_artifact()
-    outcome = cli("rollout", "cli-gated", "cli-iris:1.1.0", "--gate", str(gate_file),
+    outcome = cli("rollout", "cli-gated", f"{model}:1.1.0", "--gate", str(gate_file),
                   "--replay")
     assert outcome.exit_code == 0, outcome
     # No alias yet: the champion is what the endpoint served.
-    assert "**promoted**" in outcome.stdout and "champion: cli-iris:1.0.0" in outcome.stdout
+    assert "**promoted**" in outcome.stdout and f"champion: {model}:1.0.0" in outcome.stdout
     assert "| agreement |" in outcome.stdout
-    assert artifacts.list_aliases("cli-iris") == {"champion": "1.1.0"}
+    assert artifacts.list_aliases(model) == {"champion": "1.1.0"}
 
-    artifacts.Model(model=DummyClassifier().fit(x, y), name="cli-iris",
+    artifacts.Model(model=DummyClassifier().fit(x, y), name=model,
                     version="1.2.0").submit_artifact()
-    outcome = cli("rollout", "cli-gated", "cli-iris:1.2.0", "--gate", str(gate_file),
+    outcome = cli("rollout", "cli-gated", f"{model}:1.2.0", "--gate", str(gate_file),
                   "--output", "json")
     assert outcome.exit_code == 1
     assert '"decision": "rejected offline"' in outcome.stdout
-    assert artifacts.list_aliases("cli-iris") == {"champion": "1.1.0"}
+    assert artifacts.list_aliases(model) == {"champion": "1.1.0"}
+    assert cli("stop", "cli-gated").exit_code == 0
