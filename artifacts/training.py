@@ -153,7 +153,6 @@ def train_model(
     """
     import numpy as np
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
-    from sklearn.model_selection import train_test_split
 
     _check_choice(framework, FRAMEWORKS, "framework")
     _check_choice(estimator, ESTIMATORS[framework], f"estimator for framework {framework!r}")
@@ -165,8 +164,6 @@ def train_model(
                 f"preprocessing {preprocessing!r} needs a transformer_dir to save the transformer "
                 "in (or pass preprocessing='none')"
             )
-    if not 0.0 < test_size < 1.0:
-        raise ArtifactError(f"test_size must be between 0 and 1 (exclusive), got {test_size!r}")
     if n_samples < 1:
         raise ArtifactError(f"n_samples must be at least 1, got {n_samples!r}")
     if data_slices < 1 or not 0 <= data_slice < data_slices:
@@ -176,19 +173,10 @@ def train_model(
         )
     params = _parse_hyperparameters(hyperparameters)
 
-    x, y, feature_names, source = _load_dataset(dataset_path, dataset_name, target_column)
-    if data_slices > 1:
-        x, y = x[data_slice::data_slices], y[data_slice::data_slices]
-        source = f"{source} (slice {data_slice + 1} of {data_slices})"
-    # Stratify when every class has at least two rows, so small test splits still see each class.
-    _, counts = np.unique(y, return_counts=True)
-    stratify = y if counts.min() >= 2 else None
-    try:
-        x_train, x_test, y_train, y_test = train_test_split(
-            x, y, test_size=test_size, random_state=random_state, stratify=stratify
-        )
-    except ValueError as e:
-        raise ArtifactError(f"cannot split {source!r} with test_size={test_size}: {e}") from e
+    split = split_dataset(dataset_path, dataset_name, target_column, test_size, random_state,
+                          data_slice=data_slice, data_slices=data_slices)
+    x, feature_names, source = split.x, split.feature_names, split.source
+    x_train, x_test, y_train, y_test = split.x_train, split.x_test, split.y_train, split.y_test
 
     start = time.perf_counter()
     transformer = None
@@ -278,6 +266,58 @@ def train_model(
         class_names=[str(c) for c in labels],
         confusion_matrix=matrix.astype(int).tolist(),
     )
+
+
+@dataclass
+class Split:
+    """A dataset and its train/held-out split (what ``train_model`` fits and evaluates on)."""
+
+    x: Any
+    x_train: Any
+    x_test: Any
+    y_train: Any
+    y_test: Any
+    feature_names: list[str] | None
+    source: str
+
+
+def split_dataset(
+    dataset_path: str | os.PathLike[str] | None = None,
+    dataset_name: str = "iris",
+    target_column: str = "target",
+    test_size: float = 0.2,
+    random_state: int = 42,
+    *,
+    data_slice: int = 0,
+    data_slices: int = 1,
+) -> Split:
+    """Load a dataset and split it as ``train_model`` does: the same arguments give the same
+    held-out rows, so a later step (a gated rollout) can evaluate on exactly what training held
+    out. With ``data_slices`` > 1 only slice ``data_slice`` of the rows (dealt round robin) is
+    split.
+
+    Raises:
+        ArtifactError: unknown dataset, missing target column, a split that cannot be made.
+    """
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+
+    if not 0.0 < test_size < 1.0:
+        raise ArtifactError(f"test_size must be between 0 and 1 (exclusive), got {test_size!r}")
+    x, y, feature_names, source = _load_dataset(dataset_path, dataset_name, target_column)
+    if data_slices > 1:
+        x, y = x[data_slice::data_slices], y[data_slice::data_slices]
+        source = f"{source} (slice {data_slice + 1} of {data_slices})"
+    # Stratify when every class has at least two rows, so small test splits still see each class.
+    _, counts = np.unique(y, return_counts=True)
+    stratify = y if counts.min() >= 2 else None
+    try:
+        x_train, x_test, y_train, y_test = train_test_split(
+            x, y, test_size=test_size, random_state=random_state, stratify=stratify
+        )
+    except ValueError as e:
+        raise ArtifactError(f"cannot split {source!r} with test_size={test_size}: {e}") from e
+    return Split(x, x_train, x_test, y_train, y_test, feature_names, source)
 
 
 def _describe(

@@ -23,6 +23,7 @@ MODULES = [
     "bench.import_cost",
     "bench.snapshot_mlmd",
     "bench.delivery",
+    "bench.gated_rollout",
     "bench.readiness",
     "bench.serving",
     "bench.dataplane",

@@ -1,5 +1,6 @@
 """kfp-serve's KFP v2 components: validate → train → submit → snapshot → serve →
-smoke_predict, and serve_many → smoke_predict_many for many models behind one endpoint.
+smoke_predict; serve_many → smoke_predict_many for many models behind one endpoint; and
+rollout (a gated canary in place of serve).
 
 ``from kfp_serve.components import train`` gives the KFP component. Components load on first use, so
 ``import kfp_serve.components`` costs next to nothing (kfp itself takes about half a second to
@@ -32,6 +33,7 @@ _MODULES = {
     "serve_many": "kfp_serve.components.defs.serve_many",
     "smoke_predict": "kfp_serve.components.defs.smoke_predict",
     "smoke_predict_many": "kfp_serve.components.defs.smoke_predict_many",
+    "rollout": "kfp_serve.components.defs.rollout",
 }
 COMPONENT_NAMES: tuple[str, ...] = tuple(_MODULES)
 

@@ -481,3 +481,54 @@ def _copy_tree(src: Path, dest: Path) -> None:
         raise ArtifactError(f"saved artifact directory {str(src)!r} does not exist")
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copytree(src, dest, dirs_exist_ok=True)
+
+
+def rollout(
+    model: int | str,
+    endpoint_name: str,
+    gate: Any,
+    *,
+    dataset_path: str = "",
+    dataset_name: str = "iris",
+    target_column: str = "target",
+    test_size: float = 0.2,
+    random_state: int = 42,
+    champion: str = "",
+    serve_config: str | dict[str, Any] | None = None,
+    namespace: str = "",
+    replay: bool = False,
+    timeout: float = 300.0,
+) -> Any:
+    """Gated rollout of ``model`` on ``endpoint_name`` (see
+    ``kfp_serve.serving.gated_rollout``), held out as the train step held out.
+
+    Args:
+        model: The candidate: an MLMD id or a reference ("iris:2.0.0").
+        endpoint_name: The endpoint to roll it out on.
+        gate: The gate as YAML/JSON text or a file path (offline thresholds, canary, live
+            window, alias), or a ``GatePolicy``.
+        dataset_path, dataset_name, target_column, test_size, random_state: The train step's
+            data arguments: the offline gate evaluates on the same held-out rows.
+        champion: A model reference to compare with; "" for the alias, else what serves.
+        serve_config: The candidate's ServeConfig (JSON object string or dict).
+        namespace: Kubernetes namespace; "" for the default.
+        replay: Send the held-out rows to the endpoint during the live window (a run without
+            clients); False waits for real traffic.
+        timeout: Seconds the candidate gets to become Ready.
+
+    Returns:
+        The ``RolloutReport``.
+    """
+    from kfp_serve.artifacts.training import split_dataset
+    from kfp_serve.serving.gated_rollout import GatePolicy, gated_rollout, load_gate
+
+    policy = gate if isinstance(gate, GatePolicy) else load_gate(gate)  # before the data is read
+    split = split_dataset(dataset_path or None, dataset_name, target_column, test_size,
+                          random_state)
+    candidate = model if isinstance(model, str) else _check_id(model, "model_id")
+    return gated_rollout(
+        endpoint_name, candidate, policy, split.x_test, split.y_test,
+        champion=champion or None, serve_config=parse_json_object(serve_config, "serve_config"),
+        namespace=namespace or None, timeout=timeout,
+        replay=split.x_test.tolist() if replay else None,
+    )

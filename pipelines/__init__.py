@@ -14,13 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kfp_serve.pipelines import sklearn_multi, sklearn_transformer, xgboost
+from kfp_serve.pipelines import sklearn_multi, sklearn_rollout, sklearn_transformer, xgboost
 from kfp_serve.pipelines.cluster import ClusterOptions
 
 _MODULES = {
     sklearn_transformer.NAME: sklearn_transformer,
     xgboost.NAME: xgboost,
     sklearn_multi.NAME: sklearn_multi,
+    sklearn_rollout.NAME: sklearn_rollout,
 }
 
 #: CLI name -> pipeline function.

@@ -37,6 +37,10 @@ def check_params(params: dict[str, Any]) -> None:
     from kfp_serve.components.ops import validate_run
 
     validate_run(**run_inputs(params))
+    if params.get("gate"):
+        from kfp_serve.serving.gated_rollout import load_gate
+
+        load_gate(params["gate"])  # an unknown metric or min > max fails before any step runs
 
 
 def defaults(func: Callable[..., Any]) -> dict[str, Any]:

@@ -26,6 +26,8 @@ RUNS_DIR = "pipeline-runs"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START = re.compile(r"Executing task '([^']+)'")
 _FINISH = re.compile(r"Task '([^']+)' finished with status (\w+)")
+#: Outputs of a pipeline ending in a gated rollout, passed through to the summary.
+ROLLOUT_OUTPUTS = ("decision", "promoted")
 #: Log lines kept per step for an error message.
 _TAIL = 15
 
@@ -176,7 +178,8 @@ def run_local(
     Returns:
         ``pipeline``, ``endpoint_url``, ``endpoint_name``, ``model_id``, ``transformer_id``
         (None without a transformer), ``models`` (a multi-model pipeline's hosted models, else
-        None), ``smoke_verdict``, ``blessed``, ``wall_seconds``,
+        None), ``smoke_verdict``, ``blessed`` (None without a smoke step), ``decision`` and
+        ``promoted`` (a gated rollout's), ``wall_seconds``,
         ``step_seconds`` (display name -> seconds, in run order), ``pipeline_root`` and
         ``log_file`` (the full kfp.local output).
 
@@ -235,7 +238,9 @@ def run_local(
         # The hosted models of a multi-model pipeline (None for one model).
         "models": list(outputs["models"]) if outputs.get("models") is not None else None,
         "smoke_verdict": verdict,
-        "blessed": verdict == "blessed",
+        # A pipeline without a smoke step (sklearn-rollout) neither blessed nor failed it.
+        "blessed": verdict == "blessed" if verdict is not None else None,
+        **{key: outputs[key] for key in ROLLOUT_OUTPUTS if key in outputs},
         "wall_seconds": round(time.monotonic() - started, 2),
         "step_seconds": {k: round(v, 2) for k, v in clock.seconds.items()},
         "pipeline_root": str(root),

@@ -27,6 +27,7 @@ from kfp_serve.serving.backends.base import (
 )
 from kfp_serve.serving.constants import PREDICT_PROBA_ENV, PREDICT_PROBA_PARAM
 from kfp_serve.serving.errors import ServingError
+from kfp_serve.serving.predictions import response_predictions
 from kfp_serve.serving.runtime.fidelity import KFP_SERVE as KFP_SERVE_RUNTIME
 from kfp_serve.serving.runtime.fidelity import XGB_SERVER
 
@@ -518,26 +519,6 @@ def v2_request(x: Any) -> dict[str, Any]:
             }
         ]
     }
-
-
-def response_predictions(response: dict[str, Any]) -> list[Any]:
-    """The predictions of a v1 or v2 response as a plain list, one entry per row."""
-    if "predictions" in response:
-        return list(response["predictions"])
-    outputs = response.get("outputs")
-    if not outputs:
-        raise ServingError(f"the response has neither 'predictions' nor 'outputs': {response!r}")
-    output = outputs[0]
-    data = list(output.get("data", []))
-    shape = [int(n) for n in output.get("shape", [len(data)])]
-    return _reshape(data, shape)
-
-
-def _reshape(data: list[Any], shape: list[int]) -> list[Any]:
-    if len(shape) <= 1:
-        return data
-    step = math.prod(shape[1:])
-    return [_reshape(data[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]
 
 
 __all__ = ["Endpoint", "v1_request", "v2_request", "response_predictions", "v2_datatype"]

@@ -77,8 +77,30 @@ def rollout(
     name: Annotated[str, typer.Argument(help="Endpoint name.")],
     model: Annotated[str, typer.Argument(help="Model: MLMD id, NAME (latest), NAME:VERSION or "
                                          "NAME@ALIAS.")],
-    canary: Annotated[int, typer.Option(help="Percent of requests for the new revision "
-                                        "(the stable one keeps the rest).", min=0, max=100)],
+    canary: Annotated[int | None, typer.Option(
+        help="Percent of requests for the new revision (the stable one keeps the rest); with "
+        "--gate, overrides the gate's canary.", min=0, max=100)] = None,
+    gate: Annotated[str | None, typer.Option(
+        help="Gate file (YAML/JSON): offline thresholds, canary, live window, alias. The "
+        "candidate is promoted (alias moved) or rolled back automatically; exit code 1 when "
+        "it is not promoted.")] = None,
+    dataset: Annotated[str | None, typer.Option(
+        help="With --gate: the training data file (CSV/Parquet); its held-out split is the "
+        "offline gate's data.")] = None,
+    dataset_name: Annotated[str, typer.Option(
+        help="With --gate and no --dataset: the built-in dataset trained on.")] = "iris",
+    target_column: Annotated[str, typer.Option(help="With --dataset: the label column.")]
+    = "target",
+    test_size: Annotated[float, typer.Option(help="With --gate: the training's test_size.")]
+    = 0.2,
+    random_state: Annotated[int, typer.Option(
+        help="With --gate: the training's random_state (the same rows are held out).")] = 42,
+    champion: Annotated[str | None, typer.Option(
+        help="With --gate: the model to compare with (default: the gate's alias, else what "
+        "the endpoint serves).")] = None,
+    replay: Annotated[bool, typer.Option(
+        help="With --gate: send the held-out rows to the endpoint during the live window "
+        "(when no clients call it).")] = False,
     transformer: Annotated[
         str | None, typer.Option("--transformer", help="Transformer: id, NAME or NAME:VERSION.")
     ] = None,
@@ -88,18 +110,63 @@ def rollout(
     namespace: NamespaceOpt = None,
     timeout: Annotated[float, typer.Option(help="Seconds the new revision gets to be Ready.")]
     = 300.0,
+    output: OutputOpt = Output.table,
 ) -> None:
-    """Serve a candidate model on an endpoint as a canary with a share of its requests."""
+    """Serve a candidate model on an endpoint as a canary with a share of its requests; with
+    --gate, a gated rollout that promotes or rolls back by itself."""
     from kfp_serve.cli.endpoint_commands import check_name, parse_json_arg
+    from kfp_serve.errors import InputError
     from kfp_serve.serving import delivery
 
     serve_config = parse_json_arg(config, "--config") if config else None
+    if gate is not None:
+        if transformer:
+            raise InputError("--gate rolls out a model alone: drop --transformer")
+        gated_rollout(name, model_ref(model), gate, canary, dataset, dataset_name, target_column,
+                      test_size, random_state, champion, replay, serve_config, namespace,
+                      timeout, output)
+        return
+    if canary is None:
+        raise InputError("rollout needs --canary N (percent for the new revision) or --gate "
+                         "FILE (a gated rollout)")
     endpoint = delivery.rollout(
         check_name(name), model_ref(model), canary,
         transformer=model_ref(transformer) if transformer else None,
         serve_config=serve_config, namespace=namespace, timeout=timeout,
     )
     say(f"endpoint {endpoint.name!r} at {endpoint.url}: {traffic_of(endpoint.name, namespace)}")
+
+
+def gated_rollout(
+    name: str, model: int | str, gate: str, canary: int | None, dataset: str | None,
+    dataset_name: str, target_column: str, test_size: float, random_state: int,
+    champion: str | None, replay: bool, serve_config: Any, namespace: str | None,
+    timeout: float, output: Output,
+) -> None:
+    """``rollout --gate``: run it, print the verdict report, exit 1 unless promoted."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from kfp_serve.cli.endpoint_commands import check_name
+    from kfp_serve.components.ops import rollout as run_gated
+    from kfp_serve.serving.gated_rollout import load_gate, report_json
+
+    policy = load_gate(Path(gate))  # a bad gate fails before anything else
+    if canary is not None:
+        policy = dataclasses.replace(policy, canary=canary)
+    report = run_gated(
+        model, check_name(name), policy, dataset_path=dataset or "", dataset_name=dataset_name,
+        target_column=target_column, test_size=test_size, random_state=random_state,
+        champion=champion or "", serve_config=serve_config, namespace=namespace or "",
+        replay=replay, timeout=timeout,
+    )
+    if output is Output.table:
+        typer.echo(report.to_markdown())
+    else:
+        dump(json.loads(report_json(report)), output)
+    if not report.promoted:
+        raise typer.Exit(code=1)
 
 
 def traffic(

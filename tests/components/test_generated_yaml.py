@@ -99,6 +99,7 @@ def test_pipeline_of_palette_components_compiles(tmp_path):
         _palette(n) for n in ("validate", "train", "submit_model", "submit_transformer",
                               "snapshot", "serve", "smoke_predict")
     )
+    rollout = _palette("rollout")
 
     @dsl.pipeline(name="palette-only")
     def palette_only(endpoint: str = "iris"):
@@ -115,11 +116,13 @@ def test_pipeline_of_palette_components_compiles(tmp_path):
                        transformer_id=scaler.outputs["transformer_id"], name=endpoint)
         served.after(snap_model, snap_scaler)
         smoke(samples=trained.outputs["samples"], endpoint_name=served.outputs["endpoint_name"])
+        rollout(model_id=model.outputs["model_id"], endpoint_name="iris-gated",
+                gate='{"offline": {"accuracy": {"min": 0.9}}}').after(snap_model)
 
     out = tmp_path / "palette_only.yaml"
     compiler.Compiler().compile(palette_only, str(out))
     compiled = yaml.safe_load(out.read_text())
-    assert len(compiled["root"]["dag"]["tasks"]) == 8
+    assert len(compiled["root"]["dag"]["tasks"]) == 9
     images = {e["container"]["image"] for e in compiled["deploymentSpec"]["executors"].values()}
     assert len(images) == 1
 

@@ -176,3 +176,46 @@ def test_sklearn_multi_pipeline_serves_three_slices_behind_one_endpoint(kfp_home
 def test_display_names_reach_into_loops():
     names = task_display_names(PIPELINES["sklearn-multi"])
     assert {"train", "submit-model", "snapshot-model", "serve-many"} <= set(names.values())
+
+
+def test_sklearn_rollout_pipeline_serves_promotes_and_rejects(kfp_home):
+    """First run: nothing serves yet, the model takes the endpoint and the alias. A better
+    candidate (C=5) passes the offline gate and the canary on replayed held-out traffic and is
+    promoted; a much worse one (C=0.001) is rejected offline and never served."""
+    import json
+
+    from kfp_serve import artifacts
+    from kfp_serve.pipelines import sklearn_rollout
+    from kfp_serve.serving.backends.local import registry
+
+    name = "rollout-e2e"
+    first = run_local("sklearn-rollout", {"endpoint_name": name}, progress=False)
+    assert first["decision"] == "served" and first["promoted"] is True
+    assert set(first["step_seconds"]) == {"validate", "train", "submit-model",
+                                          "snapshot-model", "rollout"}
+    model = "sklearn-rollout-model"
+    assert artifacts.list_aliases(model) == {"champion": "1.0.0"}
+
+    # The default gate, with a latency bound this shared machine's noise cannot break (the
+    # p99 rule is tested with the gate itself).
+    gate = json.loads(sklearn_rollout.DEFAULT_GATE)
+    gate["live"]["max_p99_ratio"] = 20.0
+    better = run_local("sklearn-rollout", {"endpoint_name": name, "model_version": "1.1.0",
+                                           "hyperparameters": '{"C": 5}',
+                                           "gate": json.dumps(gate)}, progress=False)
+    # The step's verdict report: every check with its threshold and measured value.
+    reports = sorted(kfp_home.rglob("report"), key=lambda p: p.stat().st_mtime)
+    text = reports[-1].read_text()
+    assert better["decision"] == "promoted", text
+    assert artifacts.list_aliases(model) == {"champion": "1.1.0"}
+    record = registry.read_record(name)
+    assert record.traffic == {str(record.latest.revision): 100}
+    labels = record.latest.manifest["metadata"]["labels"]
+    assert labels["kfp-serve.kubeflow.org/model-version"] == "1.1.0"
+    assert "**promoted**" in text and "| agreement |" in text and "| accuracy.change |" in text
+
+    worse = run_local("sklearn-rollout", {"endpoint_name": name, "model_version": "1.2.0",
+                                          "hyperparameters": '{"C": 0.001}'}, progress=False)
+    assert worse["decision"] == "rejected offline" and worse["promoted"] is False
+    assert artifacts.list_aliases(model) == {"champion": "1.1.0"}
+    assert registry.read_record(name).latest.revision == record.latest.revision

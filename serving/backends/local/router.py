@@ -51,9 +51,11 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kfp_serve.serving.backends.local.mirror import MIRROR_FILE, Mirror
 from kfp_serve.serving.backends.local.registry import EndpointRecord, read_record_file
 from kfp_serve.serving.constants import LOOPBACK, ROUTER_MODULE, ROUTER_STATUS_PATH
 
@@ -531,6 +533,8 @@ class _ClientConnection(asyncio.Protocol):
         self.state = _RELAYING
         self.deadline = router.loop.time() + upstream.timeout
         self.exchange = _Exchange(self, upstream, self.head + body, self.method == b"HEAD")
+        if router.mirror.active:
+            router.mirror.begin(self.exchange)
         self.exchange.start()
 
     # -- answers ------------------------------------------------------------------------------
@@ -627,6 +631,7 @@ class _Exchange:
     __slots__ = (
         "client", "upstream", "request", "head_only", "conn", "reused", "attempt", "head",
         "relayed", "remaining", "chunks", "to_close", "upstream_keep", "connecting", "done",
+        "status", "started", "capture",
     )
 
     def __init__(
@@ -647,6 +652,10 @@ class _Exchange:
         self.upstream_keep = True
         self.connecting: asyncio.Task[None] | None = None
         self.done = False
+        self.status = 0
+        #: Set by a mirror session: when the request started, and the answer's bytes.
+        self.started = 0.0
+        self.capture: list[bytes] | None = None
         upstream.inflight += 1
         upstream.requests += 1
 
@@ -688,6 +697,8 @@ class _Exchange:
         client = self.client
         if client.state == _CLOSED:
             return
+        if self.capture is not None:
+            self.capture.append(data)
         out = client.transport
         if self.remaining > 0:
             if len(data) < self.remaining:
@@ -747,6 +758,7 @@ class _Exchange:
         hdrs = _framing(head)
         self.head = bytearray()
         self.relayed = True
+        self.status = status
         self.upstream_keep = b"close" not in hdrs.get(b"connection", b"") and line.startswith(
             b"HTTP/1.1"
         )
@@ -800,6 +812,8 @@ class _Exchange:
             else:
                 conn.close()
         self.client.answered(keep=self.upstream_keep and not self.to_close)
+        if self.started:
+            self.client.router.mirror.answered(self)
 
     def upstream_lost(self, exc: Exception | None) -> None:
         """The upstream connection closed while this request was on it."""
@@ -837,6 +851,8 @@ class _Exchange:
             upstream.timeout,
         )
         router.timeouts += 1
+        if self.started:
+            router.mirror.failed(self)
         self.abandon()
         if self.relayed:
             self.client.answered(keep=False)  # half an answer: closing is all that is left
@@ -870,6 +886,8 @@ class _Exchange:
             return
         upstream = self.upstream
         routes = self.client.router.routes
+        if self.started:
+            self.client.router.mirror.failed(self)
         logger.warning(
             "endpoint %r: the %s of revision %s at %s failed: %s: %s (log: %s)",
             routes.endpoint, upstream.role, upstream.revision, upstream.key,
@@ -894,6 +912,38 @@ class _Exchange:
             "revision": upstream.revision,
         }
         self.client.reply(_response(502, payload, close=True), keep=False)
+
+
+class _ShadowClient:
+    """Stands in for the client of a mirrored request: the answer goes to the mirror only."""
+
+    state = _IDLE
+
+    def __init__(self, router: Router, done: Callable[[bytes], None]) -> None:
+        self.router = router
+        self.transport = self  # the exchange writes the answer here
+        self.exchange: _Exchange | None = None
+        self._done: Callable[[bytes], None] | None = done
+        self._parts: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self._parts.append(data)
+
+    def reply(self, data: bytes, keep: bool) -> None:
+        self._parts.append(data)
+        self.answered(keep)
+
+    def answered(self, keep: bool) -> None:
+        done, self._done = self._done, None
+        if done is not None:
+            done(b"".join(self._parts))
+
+    def cancel(self) -> None:
+        """The mirrored request ran past its upstream's timeout: give up on it."""
+        if self._done is not None and self.exchange is not None:
+            self.exchange.abandon()
+            self._parts = []
+            self.answered(keep=False)
 
 
 class Router:
@@ -924,6 +974,18 @@ class Router:
         #: Requests the router answered itself and closed on, by status (junk, slow, too big).
         self.rejected: dict[int, int] = {}
         self.timeouts = 0
+        self.mirror = Mirror(
+            os.path.join(os.path.dirname(routes.registry), MIRROR_FILE),
+            # perf_counter, not the loop's clock: uvloop's ticks in whole milliseconds.
+            self._shadow, time.perf_counter, self.loop.call_later,
+        )
+
+    def _shadow(self, upstream: Upstream, request: bytes, done: Callable[[bytes], None]):  # noqa: ANN202
+        """Relay a mirrored request (see :mod:`.mirror`); returns its cancel function."""
+        shadow = _ShadowClient(self, done)
+        shadow.exchange = _Exchange(shadow, upstream, request, False)  # type: ignore[arg-type]
+        shadow.exchange.start()
+        return shadow.cancel
 
     def connection(self) -> _ClientConnection:
         """The protocol factory of the listening socket."""
@@ -940,6 +1002,7 @@ class Router:
             "connections": len(self.clients),
             "rejected": {str(k): v for k, v in sorted(self.rejected.items())},
             "timeouts": self.timeouts,
+            "mirror": self.mirror.status(),
         }
 
     async def sweep(self, interval: float = SWEEP_INTERVAL) -> None:
@@ -953,6 +1016,7 @@ class Router:
             now = self.loop.time()
             for client in [c for c in self.clients if c.deadline <= now]:
                 client.expire()
+            self.mirror.refresh(self.routes.upstreams)
 
 
 async def _watchdog(routes: Routes, registry: str, interval: float = 2.0) -> None:
