@@ -127,7 +127,8 @@ def endpoint_rows(namespace: str | None) -> list[dict[str, Any]]:
     for status in get_backend().list(namespace):
         labels = status.manifest.get("metadata", {}).get("labels", {})
         rows.append({
-            "name": status.name, "url": status.url or "", "health": health(status),
+            "name": status.name, "url": status.url or "", "grpc": status.grpc_address or "",
+            "health": health(status),
             "model id": labels.get(constants.LABEL_MODEL_ID, ""),
             "transformer id": labels.get(constants.LABEL_TRANSFORMER_ID, ""),
             "reason": status.message or "",
@@ -145,7 +146,7 @@ def health(status: Any) -> str:
 
 
 def endpoints(namespace: NamespaceOpt = None, output: OutputOpt = Output.table) -> None:
-    """List endpoints with their URL, served model ids and health."""
+    """List endpoints with their URL, gRPC address, served model ids and health."""
 
     rows = endpoint_rows(namespace)
     if output is Output.table and not rows:

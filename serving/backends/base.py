@@ -42,6 +42,8 @@ class EndpointStatus:
     components: dict[str, str] = field(default_factory=dict)
     #: Extra HTTP headers a client must send (a Host header through an ingress).
     headers: dict[str, str] = field(default_factory=dict)
+    #: ``host:port`` of the endpoint's OIP gRPC service, None when it serves no gRPC.
+    grpc_address: str | None = None
 
 
 class ServingBackend(Protocol):

@@ -149,9 +149,13 @@ class LocalBackend:
             # Start: the router first and awaited last, so it comes up while the models load.
             router_proc = None
             if record is None or not record.router.alive():
-                port = record.router.port if record is not None else None
+                old = record.router if record is not None else None
                 router, router_proc = rollout.start_router(
-                    self.python, plan.name, port, dict(os.environ)
+                    self.python,
+                    plan.name,
+                    old.port if old else None,
+                    dict(os.environ),
+                    grpc_port=old.grpc_port if old else None,
                 )
             # Start and wait ready.
             new = rollout.start_ready_revision(
@@ -311,6 +315,7 @@ class LocalBackend:
             namespace=None,
             manifest=copy.deepcopy(latest.manifest),
             components=components,
+            grpc_address=record.grpc_address or None,
         )
         checks: list[tuple[str, RevisionRecord | None, ProcessRecord]] = [
             ("router", None, record.router)
