@@ -5,11 +5,16 @@ texts and ``model_name`` label a KServe model server exports), so dashboards and
 for KServe read ours unchanged. kfp-serve adds request counts by route and status, and the
 payload logger's outcomes.
 
-With ``--workers N`` every worker process has its own registry; a scrape reaches one worker.
+With ``--workers N`` the workers share their metrics (:func:`share_across_workers`): every value
+lives in a memory-mapped file of a per-server directory (prometheus_client's multiprocess mode),
+and a scrape, whichever worker answers it, reads all of them.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -94,6 +99,36 @@ def count_request(model_name: str, route: str, status: int) -> None:
     REQUESTS.labels(model_name, route, str(status)).inc()
 
 
+#: The registry a scrape reads: this process's, or every worker's (see share_across_workers).
+_registry: Any = REGISTRY
+
+
+def share_across_workers() -> str:
+    """Put every metric value created from now on in prometheus_client's multiprocess files,
+    so that each worker's scrape answers the sum over all workers.
+
+    Call it once, in the server process, before any labelled child is created (the children
+    hold the values) and before the workers fork: a forked worker notices its new pid and
+    writes its own files. Returns the directory; :func:`remove_shared` deletes it at exit.
+    """
+    global _registry
+    from prometheus_client import CollectorRegistry, values
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    directory = tempfile.mkdtemp(prefix="kfp-serve-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    values.ValueClass = values.MultiProcessValue()
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)
+    _registry = registry
+    return directory
+
+
+def remove_shared(directory: str) -> None:
+    """Delete the files of :func:`share_across_workers` (the server is stopping)."""
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 def exposition() -> bytes:
-    """Every metric of this process in the Prometheus text format."""
-    return generate_latest(REGISTRY)
+    """Every metric of this server (of all its workers) in the Prometheus text format."""
+    return generate_latest(_registry)

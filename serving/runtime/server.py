@@ -637,9 +637,13 @@ def run_server(
     """
     from kfp_serve.serving.errors import ServingError
 
+    parent = os.getpid()
+    shared_metrics = None
     if args.enable_metrics:
         from kfp_serve.serving.runtime import metrics
 
+        if args.workers > 1:
+            shared_metrics = metrics.share_across_workers()
         model.timers = metrics.timers_for(model.name)
     if args.enable_batcher or args.max_batchsize or args.max_latency:
         if not hasattr(model, "batcher"):
@@ -667,7 +671,7 @@ def run_server(
                     batches.inc()
                     batched.inc(n)
 
-            model.batcher = Batcher(model.served.predict, spec, on_batch)
+            model.batcher = Batcher(model.predict_rows, spec, on_batch)
             log.info("batching up to %d rows or %g ms", spec.max_batch_size, spec.max_latency_ms)
     payload_logger = None
     if args.log_url:
@@ -717,14 +721,18 @@ def run_server(
         metrics=args.enable_metrics,
         payload_logger=payload_logger,
     )
-    serve(
-        app,
-        args.http_host,
-        args.http_port,
-        timeout_keep_alive=args.timeout_keep_alive,
-        event_loop=args.event_loop,
-        workers=args.workers,
-    )
+    try:
+        serve(
+            app,
+            args.http_host,
+            args.http_port,
+            timeout_keep_alive=args.timeout_keep_alive,
+            event_loop=args.event_loop,
+            workers=args.workers,
+        )
+    finally:
+        if shared_metrics is not None and os.getpid() == parent:
+            metrics.remove_shared(shared_metrics)
     return 0
 
 
