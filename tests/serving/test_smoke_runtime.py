@@ -28,6 +28,8 @@ def _manifest(runtime: str | None, proba: bool = False) -> dict:
     [
         pytest.param("kserve-xgbserver", False, [0.1, 0.8], True, id="xgbserver-booster-output"),
         pytest.param("kserve-xgbserver", False, [0, 1], False, id="xgbserver-labels-mismatch"),
+        pytest.param("kserve-lgbserver", False, [0.1, 0.8], True, id="lgbserver-booster-output"),
+        pytest.param("kserve-lgbserver", True, [0, 1], False, id="lgbserver-labels-mismatch"),
         pytest.param("kserve-sklearnserver", False, [0, 1], True, id="sklearn-labels"),
         pytest.param("kserve-sklearnserver", False, [[0.9, 0.1], [0.2, 0.8]], False,
                      id="sklearn-probabilities-without-proba-mismatch"),
