@@ -115,6 +115,9 @@ def _grpc_load(port: int, connections: int, duration: float) -> dict[str, float]
 
 
 class _Sink(http.server.BaseHTTPRequestHandler):
+    # Keep-alive, as a real event sink is: HTTP/1.0 would make every event a new connection.
+    protocol_version = "HTTP/1.1"
+
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
         self.rfile.read(int(self.headers.get("content-length", 0)))
         self.send_response(200)

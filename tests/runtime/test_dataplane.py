@@ -509,6 +509,34 @@ def test_payload_logging_cloudevents(dp, sink, iris):
     assert ("v1-id", "org.kubeflow.serving.inference.response") in by
 
 
+def test_payload_events_of_a_burst_all_arrive_once_each(dp, sink, iris):
+    """Concurrent requests: their events go out pipelined, each its own CloudEvent."""
+    from cloudevents.http import from_http
+
+    url = dp["procs"]["logged"].url
+    ids = [f"burst-{i}" for i in range(40)]
+
+    async def go() -> list[int]:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+            rs = await asyncio.gather(*(
+                c.post("/v2/models/model/infer", json=v2_body(iris[0][i : i + 1], id=rid))
+                for i, rid in enumerate(ids)
+            ))
+            return [r.status_code for r in rs]
+
+    assert asyncio.run(go()) == [200] * len(ids)
+
+    def burst_events() -> list[Any]:
+        return [e for e in (from_http(h, b) for h, b in list(sink.events))
+                if str(e["id"]).startswith("burst-")]
+
+    _wait_for(lambda: len(burst_events()) >= 2 * len(ids))
+    time.sleep(0.2)  # nothing more may come: each event exactly once
+    seen = sorted((e["id"], e["type"]) for e in burst_events())
+    assert seen == sorted((rid, kind) for rid in ids for kind in (
+        "org.kubeflow.serving.inference.request", "org.kubeflow.serving.inference.response"))
+
+
 def test_payload_sink_down_never_fails_answers_and_is_counted(dp, iris):
     url = dp["procs"]["sink-down"].url
     for _ in range(3):
