@@ -127,10 +127,10 @@ def endpoint_rows(namespace: str | None) -> list[dict[str, Any]]:
     for status in get_backend().list(namespace):
         labels = status.manifest.get("metadata", {}).get("labels", {})
         rows.append({
-            "name": status.name, "url": status.url or "", "grpc": status.grpc_address or "",
-            "health": health(status),
+            "name": status.name, "url": status.url or "", "health": health(status),
             "model id": labels.get(constants.LABEL_MODEL_ID, ""),
             "transformer id": labels.get(constants.LABEL_TRANSFORMER_ID, ""),
+            "grpc": status.grpc_address or "",
             "reason": status.message or "",
         })
     return rows

@@ -112,6 +112,14 @@ def test_endpoint_reports_its_grpc_address(grpc_endpoint: Any) -> None:
     assert record.latest.predictor.grpc_port  # the server's own port, chosen by the kernel
 
 
+def test_kfp_serve_endpoints_shows_the_grpc_address(grpc_endpoint: Any) -> None:
+    from kfp_serve.cli.endpoint_commands import endpoint_rows
+
+    rows = {row["name"]: row for row in endpoint_rows(None)}
+    assert rows["iris-grpc"]["grpc"] == grpc_endpoint.grpc_address
+    assert rows["iris-grpc"]["url"] == grpc_endpoint.url
+
+
 def test_endpoint_grpc_protocol_equals_in_process(
     endpoint: Any, model_dir: Any, scaled_pair: Any, iris: Any
 ) -> None:
