@@ -4,34 +4,22 @@
 agent post each request and/or answer to ``url`` as a binary-mode CloudEvent: ``ce-type``
 ``org.kubeflow.serving.inference.request`` / ``...response``, ``ce-id`` the inference id (the same
 for a request and its answer), the body as it went over the wire, and the extension attributes
-``inferenceservicename``, ``namespace``, ``component``, ``endpoint``. This module does the same.
+``inferenceservicename``, ``namespace``, ``component``, ``endpoint``. This module does the same
+inside the server.
 
-Like KServe, which posts from its agent sidecar and not from the model server, the events are
-sent by a separate logger process (``python -m kfp_serve.serving.runtime.payload_log``), one
-per server process: two HTTP posts per request would otherwise cost the serving event loop a
-third of a small model's request (measured: 40 us of 75 us per request). The server only
-appends each event to a buffer that goes down the logger's stdin pipe once per event-loop turn
-(:class:`PayloadLogger`); the logger (:class:`EventSender`) sends them, pipelining a backlog on
-one keep-alive connection, and reports the outcomes back on its stdout, where the server counts
-them in ``kfp_serve_payload_log_events``.
-
-Logging never slows or fails an answer: a full pipe or queue drops the event, a sink that is down
-is retried a few times with the project's back-off and then dropped; every outcome is counted. A
-logger that exits is counted as dropping what it held, and serving goes on.
+Logging never slows or fails an answer: events go to a bounded queue drained by one background
+task; a full queue drops the event, a sink that is down is retried a few times with the project's
+back-off and then dropped; every outcome is counted in ``kfp_serve_payload_log_events``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
-import signal
-import struct
-import sys
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -88,20 +76,16 @@ class LoggerSpec:
             raise ServingError(f"logger url {self.url!r} must be an http:// or https:// URL")
 
 
-class EventSender:
-    """Queue and send payload events to the sink (in the logger process).
+class PayloadLogger:
+    """Queue and send payload events for one server.
 
-    Call :meth:`start` inside an event loop, :meth:`put` per event (never blocks), and
-    :meth:`close` at the end (it sends what is queued, bounded by the retries).
-
-    Args:
-        spec: Where and what.
-        on_outcome: Called with ``"sent"``, ``"retried"`` or ``"dropped"`` per event outcome.
+    Call :meth:`start` inside the server's event loop, :meth:`request`/:meth:`response` per
+    inference (they never block), and :meth:`close` at shutdown (it sends what is queued).
     """
 
-    def __init__(self, spec: LoggerSpec, on_outcome: Callable[[str], None]) -> None:
+    def __init__(self, spec: LoggerSpec) -> None:
         self.spec = spec
-        self._outcome = on_outcome
+        self.log_requests, self.log_responses = MODES[spec.mode]
         self._queue: asyncio.Queue[tuple[str, str, bytes, str]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._client: Any = None
@@ -110,8 +94,13 @@ class EventSender:
         """Open the HTTP client and start the sender task."""
         from urllib.parse import urlsplit
 
+        from kfp_serve.serving.runtime import metrics
         from kfp_serve.serving.runtime.upstream import UpstreamClient
 
+        self._events = metrics.PAYLOAD_EVENTS
+        # Children looked up once: a labels() call costs more than the increment.
+        self._sent = metrics.PAYLOAD_EVENTS.labels("sent")
+        self._dropped = metrics.PAYLOAD_EVENTS.labels("dropped")
         self._queue = asyncio.Queue(QUEUE_SIZE)
         parts = urlsplit(self.spec.url)
         self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -135,14 +124,28 @@ class EventSender:
         await self._client.aclose()
         self._task = None
 
-    def put(self, event_type: str, inference_id: str, body: bytes, content_type: str) -> None:
-        """Queue one event; a full queue drops it."""
+    @staticmethod
+    def new_id() -> str:
+        """An inference id for a request that brought none."""
+        return str(uuid.uuid4())
+
+    def request(self, inference_id: str, body: bytes, content_type: str) -> None:
+        """Queue the request event (when the mode logs requests)."""
+        if self.log_requests:
+            self._put(REQUEST_EVENT, inference_id, body, content_type)
+
+    def response(self, inference_id: str, body: bytes, content_type: str) -> None:
+        """Queue the answer event (when the mode logs answers)."""
+        if self.log_responses:
+            self._put(RESPONSE_EVENT, inference_id, body, content_type)
+
+    def _put(self, event_type: str, inference_id: str, body: bytes, content_type: str) -> None:
         if self._queue is None:
             return
         try:
             self._queue.put_nowait((event_type, inference_id, body, content_type))
         except asyncio.QueueFull:
-            self._outcome("dropped")
+            self._dropped.inc()
 
     def _headers(
         self, event_type: str, inference_id: str, content_type: str, when: str | None = None
@@ -208,7 +211,7 @@ class EventSender:
             elif answer.status >= 400:
                 self._drop(event_type, inference_id, ValueError(f"sink answered {answer.status}"))
             else:
-                self._outcome("sent")
+                self._sent.inc()
 
     async def _send(
         self, event_type: str, inference_id: str, body: bytes, content_type: str
@@ -226,7 +229,7 @@ class EventSender:
         except Exception as e:  # noqa: BLE001 - a logging failure must never reach serving
             self._drop(event_type, inference_id, e)
             return
-        self._outcome("sent")
+        self._sent.inc()
 
     async def _post(self, body: bytes, headers: dict[str, str]) -> None:
         r = await self._client.post(self._path, body, headers)
@@ -249,15 +252,15 @@ class EventSender:
                 attempts=ATTEMPTS - 1, on=(UpstreamError, SinkError)
             ):
                 with attempt:
-                    self._outcome("retried")
+                    self._events.labels("retried").inc()
                     await self._post(body, headers)
         except Exception as e:  # noqa: BLE001 - a logging failure must never reach serving
             self._drop(event_type, inference_id, e)
             return
-        self._outcome("sent")
+        self._sent.inc()
 
     def _drop(self, event_type: str, inference_id: str, error: BaseException) -> None:
-        self._outcome("dropped")
+        self._dropped.inc()
         log.warning("payload event %s for %s dropped: %s", event_type, inference_id, error)
 
 
@@ -275,203 +278,3 @@ def _header_value(value: str) -> str:
     from urllib.parse import quote
 
     return quote(value, safe=" !#$&'()*+,/:;=?@[]^_`{|}~-.") if value else value
-
-
-# --------------------------------------------------------------------------------------------
-# The server's side: events down a pipe to the logger process
-
-#: One event on the pipe: kind (0 request, 1 answer), then the lengths of id, content type and
-#: body, then those bytes.
-_RECORD = struct.Struct(">BHHI")
-_KINDS = (REQUEST_EVENT, RESPONSE_EVENT)
-#: Bytes the pipe may hold unsent before events are dropped (about QUEUE_SIZE small events).
-PIPE_LIMIT = 8 * 1024 * 1024
-#: How often the logger reports its outcome counts back (seconds).
-REPORT_INTERVAL_S = 0.2
-#: The outcomes the logger reports, in ``kfp_serve_payload_log_events``.
-OUTCOMES = ("sent", "retried", "dropped")
-
-
-class PayloadLogger:
-    """Hand a server's payload events to its logger process.
-
-    Call :meth:`start` inside the server's event loop, :meth:`request`/:meth:`response` per
-    inference (a buffer append: they never block or fail), and :meth:`close` at shutdown (the
-    logger sends what it holds, bounded by the retries, then exits).
-    """
-
-    def __init__(self, spec: LoggerSpec) -> None:
-        self.spec = spec
-        self.log_requests, self.log_responses = MODES[spec.mode]
-        self._proc: asyncio.subprocess.Process | None = None
-        self._buffer = bytearray()
-        self._flush_scheduled = False
-        self._reader: asyncio.Task[None] | None = None
-        #: Events handed to the logger and not yet reported on (counted dropped if it dies).
-        self._pending = 0
-
-    async def start(self) -> None:
-        """Start the logger process and the task that counts what it reports."""
-        from kfp_serve.serving.runtime import metrics
-
-        self._counters = {o: metrics.PAYLOAD_EVENTS.labels(o) for o in OUTCOMES}
-        self._loop = asyncio.get_running_loop()
-        self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", __name__, json.dumps(asdict(self.spec)),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        )
-        self._reader = asyncio.create_task(self._read_reports(), name="payload-logger-reports")
-
-    def request(self, inference_id: str, body: bytes, content_type: str) -> None:
-        """Hand over the request event (when the mode logs requests)."""
-        if self.log_requests:
-            self._put(0, inference_id, body, content_type)
-
-    def response(self, inference_id: str, body: bytes, content_type: str) -> None:
-        """Hand over the answer event (when the mode logs answers)."""
-        if self.log_responses:
-            self._put(1, inference_id, body, content_type)
-
-    def _put(self, kind: int, inference_id: str, body: bytes, content_type: str) -> None:
-        proc = self._proc
-        if proc is None or proc.stdin is None or proc.returncode is not None:
-            return
-        if proc.stdin.transport.get_write_buffer_size() + len(self._buffer) > PIPE_LIMIT:
-            self._counters["dropped"].inc()  # the logger is behind: never wait for it
-            return
-        ident, ctype = inference_id.encode(), content_type.encode()
-        self._buffer += _RECORD.pack(kind, len(ident), len(ctype), len(body))
-        self._buffer += ident
-        self._buffer += ctype
-        self._buffer += body
-        self._pending += 1
-        if not self._flush_scheduled:
-            # One write per event-loop turn for every event of that turn.
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        proc = self._proc
-        if not self._buffer or proc is None or proc.stdin is None:
-            return
-        data, self._buffer = bytes(self._buffer), bytearray()
-        with contextlib.suppress(ConnectionError, RuntimeError):  # the logger is gone
-            proc.stdin.write(data)
-
-    async def _read_reports(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
-        async for line in self._proc.stdout:
-            try:
-                counts = json.loads(line)
-            except ValueError:
-                continue
-            for outcome, n in counts.items():
-                if outcome in self._counters and n > 0:
-                    self._counters[outcome].inc(n)
-                    if outcome != "retried":
-                        self._pending -= n
-        code = await self._proc.wait()
-        if self._pending > 0:
-            # Whatever it held is lost with it; serving goes on without logging.
-            self._counters["dropped"].inc(self._pending)
-            self._pending = 0
-        if not self._closing:
-            log.error("the payload logger exited (code %s); events are no longer sent", code)
-
-    _closing = False
-
-    async def close(self) -> None:
-        """Let the logger send what it holds (bounded by the retries), then stop it."""
-        proc = self._proc
-        if proc is None:
-            return
-        self._closing = True
-        self._flush()
-        if proc.stdin is not None:
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                proc.stdin.close()
-        try:
-            await asyncio.wait_for(proc.wait(), timeout=ATTEMPTS * SEND_TIMEOUT_S + 5)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-        if self._reader is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self._reader, timeout=5)
-        self._proc = None
-
-
-# --------------------------------------------------------------------------------------------
-# The logger process
-
-
-async def _serve_pipe(spec: LoggerSpec) -> None:
-    """Read events from stdin until it closes, send them, report outcomes on stdout."""
-    loop = asyncio.get_running_loop()
-    counts = dict.fromkeys(OUTCOMES, 0)
-
-    def outcome(name: str) -> None:
-        counts[name] += 1
-
-    def report() -> None:
-        if any(counts.values()):
-            sys.stdout.write(json.dumps(counts) + "\n")
-            sys.stdout.flush()
-            for key in counts:
-                counts[key] = 0
-
-    async def reporter() -> None:
-        while True:
-            await asyncio.sleep(REPORT_INTERVAL_S)
-            report()
-
-    sender = EventSender(spec, outcome)
-    await sender.start()
-    reader = asyncio.StreamReader(limit=PIPE_LIMIT)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    ticker = asyncio.create_task(reporter())
-    try:
-        while True:
-            try:
-                head = await reader.readexactly(_RECORD.size)
-            except asyncio.IncompleteReadError:
-                break  # the server closed the pipe: finish what is queued
-            kind, n_id, n_ct, n_body = _RECORD.unpack(head)
-            data = await reader.readexactly(n_id + n_ct + n_body)
-            sender.put(
-                _KINDS[kind],
-                data[:n_id].decode(errors="replace"),
-                data[n_id + n_ct :],
-                data[n_id : n_id + n_ct].decode(errors="replace"),
-            )
-        await sender.close()
-    finally:
-        ticker.cancel()
-        report()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m kfp_serve.serving.runtime.payload_log SPEC_JSON``: the logger process a
-    server starts (events on stdin, outcome counts on stdout, its log on stderr)."""
-    args = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    spec = LoggerSpec(**json.loads(args[0]))
-    # It shares the server's process group, so stopping the server signals it too: it ends when
-    # its stdin does instead, after sending what it holds (bounded by the retries).
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop ships with kserve's uvicorn
-        asyncio.run(_serve_pipe(spec))
-    else:
-        uvloop.run(_serve_pipe(spec))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
