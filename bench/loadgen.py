@@ -129,7 +129,7 @@ def run_load(
         duration: Seconds of load (wrk takes whole seconds; at least 1).
         cpus: ``taskset`` CPU list for the generator process, e.g. ``"1"``.
         tool: ``"wrk"`` or ``"asyncio"``; default wrk when installed.
-        headers: Extra request headers (wrk only), e.g. the OIP binary extension's.
+        headers: Extra request headers, e.g. the OIP binary extension's.
         expect: The exact answer body every request must get (asyncio client only): any other
             counts as an error.
 
@@ -180,6 +180,7 @@ def run_load(
                 f"--connections={connections}",
                 f"--duration={duration}",
             ]
+            cmd += [f"--header={k}: {v}" for k, v in (headers or {}).items()]
             if expect is not None:
                 expect_file = Path(tmp) / "expect.json"
                 expect_file.write_bytes(expect)
@@ -268,14 +269,23 @@ async def _worker(
 
 
 async def _load(
-    url: str, body: bytes, connections: int, duration: float, expect: bytes | None = None
+    url: str,
+    body: bytes,
+    connections: int,
+    duration: float,
+    expect: bytes | None = None,
+    headers: dict[str, str] | None = None,
 ) -> dict:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     path = parts.path + (f"?{parts.query}" if parts.query else "")
+    fields = {"Host": f"{host}:{port}", "Content-Type": "application/json"}
+    for key, value in (headers or {}).items():  # extra headers override, as with wrk
+        fields = {k: v for k, v in fields.items() if k.lower() != key.lower()}
+        fields[key] = value
+    head = "".join(f"{k}: {v}\r\n" for k, v in fields.items())
     request = (
-        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"POST {path} HTTP/1.1\r\n{head}Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
     latencies: list[float] = []
     errors = [0]
@@ -351,6 +361,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--expect", help="a file with the exact answer body every request must get")
+    parser.add_argument("--header", action="append", default=[], help="NAME: VALUE (repeatable)")
     args = parser.parse_args(argv)
     check_loopback(args.url)
     body = Path(args.body_file).read_bytes()
@@ -361,7 +372,9 @@ def main(argv: list[str] | None = None) -> None:
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    result = runner(_load(args.url, body, args.connections, args.duration, expect))
+    headers = dict(h.split(":", 1) for h in args.header)
+    headers = {k.strip(): v.strip() for k, v in headers.items()}
+    result = runner(_load(args.url, body, args.connections, args.duration, expect, headers))
     print(RESULT_MARKER + json.dumps(result), flush=True)
 
 

@@ -2,7 +2,9 @@
 
 The endpoint is found through the serving backend (the local registry, or the cluster), so the
 same code works on a laptop and in a pipeline pod. The request protocol (KServe v1 or v2) follows
-the served manifest's ``protocolVersion``. Only httpx is needed: no KServe import.
+the served manifest's ``protocolVersion``; ``Endpoint(name, protocol="grpc")`` talks OIP gRPC to
+the endpoint's gRPC address instead. Only httpx is needed for REST: no KServe import (gRPC loads
+grpcio and the protos the kserve package ships, on first use).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from kfp_serve.serving.predictions import response_predictions
 from kfp_serve.serving.runtime.fidelity import KFP_SERVE as KFP_SERVE_RUNTIME
 from kfp_serve.serving.runtime.fidelity import XGB_SERVER
 
+#: What ``protocol=`` accepts.
+PROTOCOLS = ("v1", "v2", "grpc")
 #: Statuses that right after Ready mean "not routed yet" (kserve/kserve#1658), so retrying helps.
 _RETRY_STATUS = {404, 503}
 #: The local router's answer when the server behind it is down.
@@ -76,9 +80,13 @@ class Endpoint:
         retry_window: Seconds during which 404/503, connection failures and an unavailable
             server are retried with backoff before the error is raised. Right after Ready a
             cluster may still answer 404 (kserve/kserve#1658).
+        protocol: ``"v1"``, ``"v2"`` (REST) or ``"grpc"`` (OIP gRPC at the endpoint's gRPC
+            address; answers have the v2 shape). Default: the served manifest's
+            ``protocolVersion``.
 
     Raises:
-        ServingError: the backend knows no endpoint called ``name``.
+        ServingError: the backend knows no endpoint called ``name``, or ``protocol`` is none of
+            the above.
     """
 
     def __init__(
@@ -89,8 +97,16 @@ class Endpoint:
         backend: ServingBackend | str | None = None,
         timeout: float = 30.0,
         retry_window: float = 5.0,
+        protocol: str | None = None,
     ) -> None:
         self.name = validate_name(name, "endpoint name")
+        if protocol not in (None, *PROTOCOLS):
+            raise ServingError(
+                f"protocol={protocol!r} is not supported: use one of "
+                + ", ".join(repr(p) for p in PROTOCOLS)
+            )
+        self._protocol = protocol
+        self._grpc: Any = None
         self.namespace = namespace
         self._backend = (
             backend
@@ -148,7 +164,10 @@ class Endpoint:
 
     @property
     def protocol(self) -> str:
-        """``v1`` or ``v2``, from the served manifest's ``protocolVersion``."""
+        """``v1``, ``v2`` or ``grpc``: as given, else the served manifest's
+        ``protocolVersion``."""
+        if self._protocol is not None:
+            return self._protocol
         predictor = (self._status.manifest.get("spec") or {}).get("predictor") or {}
         model = predictor.get("model") or {}
         return str(model.get("protocolVersion") or predictor.get("protocolVersion") or "v1")
@@ -219,7 +238,7 @@ class Endpoint:
         Args:
             x: The rows. A DataFrame is sent with its column names (the model's feature names
                 when it was trained on a file with named columns), in any column order.
-            protocol: Override the served manifest's protocol (``v1`` or ``v2``).
+            protocol: Override the endpoint's protocol (``v1``, ``v2`` or ``grpc``).
             proba: Ask for class probabilities (``predict_proba``) instead of the server's
                 default answer. The kfp-serve runtime answers this per request; an endpoint
                 on a stock KServe runtime must have been served with probabilities on
@@ -228,7 +247,7 @@ class Endpoint:
 
         Returns:
             The server's JSON answer: ``{"predictions": [...]}`` for v1, ``{"outputs": [...],
-            ...}`` for v2.
+            ...}`` for v2 and gRPC.
 
         Raises:
             ServingError: the endpoint is down, not ready, or refused the request (the message
@@ -254,7 +273,15 @@ class Endpoint:
             if proba:
                 body[PREDICT_PROBA_PARAM] = True
             return self._post(f"/v1/models/{name}:predict", body, "predict")
-        raise ServingError(f"protocol {protocol!r} is not supported: use 'v1' or 'v2'")
+        if protocol == "grpc":
+            request = v2_request(x)
+            if proba:
+                request.setdefault("parameters", {})[PREDICT_PROBA_PARAM] = True
+            return self._grpc_client().infer(name, request)
+        raise ServingError(
+            f"protocol {protocol!r} is not supported: use one of "
+            + ", ".join(repr(p) for p in PROTOCOLS)
+        )
 
     def predictions(self, x: Any, *, protocol: str | None = None) -> list[Any]:
         """Predict ``x`` and return just the predictions, one per row, as a plain list."""
@@ -270,6 +297,8 @@ class Endpoint:
 
     def ready(self) -> bool:
         """True if the model answers Ready now (one quick probe, no retries, no exception)."""
+        if self.protocol == "grpc":
+            return self._grpc_client().ready(self.model_name, min(self.timeout, 2.0))
         assert self._client is not None
         path = (
             f"/v2/models/{self.model_name}/ready"
@@ -284,7 +313,10 @@ class Endpoint:
 
     def metadata(self) -> dict[str, Any]:
         """The model's metadata: v2 ``GET /v2/models/NAME`` (name, versions, inputs, outputs),
-        falling back to v1 ``GET /v1/models/NAME`` where the server has no v2 route."""
+        falling back to v1 ``GET /v1/models/NAME`` where the server has no v2 route (over gRPC:
+        ``ModelMetadata``)."""
+        if self.protocol == "grpc":
+            return self._grpc_client().metadata(self.model_name)
         try:
             return self._request(
                 "GET", f"/v2/models/{self.model_name}", None, "metadata", retry=False
@@ -304,9 +336,12 @@ class Endpoint:
         return describe(status, known_revisions(status))
 
     def close(self) -> None:
-        """Close the HTTP connections."""
+        """Close the HTTP (and gRPC) connections."""
         if self._client is not None:
             self._client.close()
+        if self._grpc is not None:
+            self._grpc.close()
+            self._grpc = None
 
     def __enter__(self) -> Endpoint:
         return self
@@ -318,6 +353,25 @@ class Endpoint:
         return f"Endpoint({self.name!r}, url={self._status.url!r}, protocol={self.protocol!r})"
 
     # -- plumbing -----------------------------------------------------------------------------
+
+    def _grpc_client(self) -> Any:
+        address = self._status.grpc_address
+        if not address:
+            self.refresh()  # a rollout may have turned gRPC on
+            address = self._status.grpc_address
+        if not address:
+            raise ServingError(
+                f"endpoint {self.name!r} serves no gRPC: serve it with `--enable_grpc=true` in "
+                "the predictor's (or transformer's) container args (ServeConfig "
+                "predictor.container.args), or use protocol='v1'/'v2'"
+            )
+        if self._grpc is None or self._grpc.address != address:
+            from kfp_serve.serving.grpc_client import GrpcClient
+
+            if self._grpc is not None:
+                self._grpc.close()
+            self._grpc = GrpcClient(self.name, address, self.timeout, self.retry_window)
+        return self._grpc
 
     def _post(self, path: str, payload: dict[str, Any], what: str) -> dict[str, Any]:
         try:

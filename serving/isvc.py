@@ -265,7 +265,11 @@ GRPC_DEFAULT_PORT = 8081
 
 def _grpc_port(container: dict[str, Any]) -> None:
     """Declare the gRPC port when the container's args turn gRPC on (``--enable_grpc=true`` or
-    ``--grpc_port=N``), named ``h2c`` as KServe expects, unless ports are set already."""
+    ``--grpc_port=N``), named ``h2c`` as KServe expects, unless ports are set already.
+
+    Knative gives a container one port: in serverless mode the ``h2c`` port then receives all
+    of the component's traffic (KServe's gRPC setup); in RawDeployment mode REST stays on 8080.
+    """
     port = None
     for arg in container.get("args") or []:
         flag, _, value = str(arg).partition("=")
@@ -300,6 +304,7 @@ def _transformer(
         "env": [{"name": constants.STORAGE_URI_ENV, "value": transformer_uri}],
     }
     container.update(_override(container, resolved.container))
+    _grpc_port(container)
     component["containers"] = [container]
     return component
 

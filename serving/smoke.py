@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kfp_serve.serving.runtime.fidelity import KFP_SERVE as KFP_SERVE_RUNTIME
-from kfp_serve.serving.runtime.fidelity import SKLEARN_SERVER, XGB_SERVER
+from kfp_serve.serving.runtime.fidelity import LGB_SERVER, SKLEARN_SERVER, XGB_SERVER
 
 BLESSED = "blessed"
 MISMATCH = "mismatch"
@@ -349,11 +349,11 @@ def runtime_expectation(
     """What the runtime named in ``manifest`` answers for the samples: (expected, output kind,
     accepted alternatives).
 
-    ``kserve-xgbserver`` answers the Booster's output (class probabilities; p(positive class)
-    alone for a binary classifier); ``kserve-sklearnserver`` and ``kfp-serve`` answer labels, or
-    probabilities with ``PREDICT_PROBA=true``. Only that answer matches. A manifest naming no
-    known runtime (a custom container), or samples without probabilities, keep the lenient
-    "labels or probabilities" comparison.
+    ``kserve-xgbserver`` and ``kserve-lgbserver`` answer the Booster's output (class
+    probabilities; p(positive class) alone for a binary classifier); ``kserve-sklearnserver``
+    and ``kfp-serve`` answer labels, or probabilities with ``PREDICT_PROBA=true``. Only that
+    answer matches. A manifest naming no known runtime (a custom container), or samples without
+    probabilities, keep the lenient "labels or probabilities" comparison.
     """
     values = samples.get("expected_values")
     model = ((manifest.get("spec") or {}).get("predictor") or {}).get("model") or {}
@@ -364,9 +364,11 @@ def runtime_expectation(
         and str(e.get("value", "")).lower() == "true"
         for e in model.get("env") or []
     )
-    if values is None or runtime not in (XGB_SERVER, SKLEARN_SERVER, KFP_SERVE_RUNTIME):
+    if values is None or runtime not in (
+        XGB_SERVER, LGB_SERVER, SKLEARN_SERVER, KFP_SERVE_RUNTIME
+    ):
         return samples["expected"], samples["output"], values
-    if runtime == XGB_SERVER:
+    if runtime in (XGB_SERVER, LGB_SERVER):
         booster = [v[1] if isinstance(v, list) and len(v) == 2 else v for v in values]
         return booster, OUTPUT_VALUE, None
     if proba:

@@ -165,6 +165,7 @@ def endpoint_rows(namespace: str | None) -> list[dict[str, Any]]:
             "traffic": traffic_summary(revs),
             "model id": ", ".join(r.model["id"] for r in serving if r.model.get("id")),
             "transformer id": ", ".join(r.transformer_id for r in serving if r.transformer_id),
+            "grpc": status.grpc_address or "",
             "reason": status.message or "",
         })
     return rows
@@ -180,7 +181,8 @@ def health(status: Any) -> str:
 
 
 def endpoints(namespace: NamespaceOpt = None, output: OutputOpt = Output.table) -> None:
-    """List endpoints with their URL, traffic per model version, served model ids and health."""
+    """List endpoints with their URL, gRPC address, traffic per model version, served model ids
+    and health."""
 
     rows = endpoint_rows(namespace)
     if output is Output.table and not rows:

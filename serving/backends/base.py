@@ -113,6 +113,8 @@ class EndpointStatus:
     revisions: list[RevisionStatus] = field(default_factory=list)
     #: Recent rollout events, oldest first (``time``, ``action``, ``message``, ...).
     events: list[dict[str, Any]] = field(default_factory=list)
+    #: ``host:port`` of the endpoint's OIP gRPC service, None when it serves no gRPC.
+    grpc_address: str | None = None
 
 
 class ServingBackend(Protocol):

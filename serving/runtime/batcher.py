@@ -5,6 +5,10 @@ Concurrent requests are merged into one model call: the first request of a batch
 wait is over. Each caller gets exactly its own rows of the result back (split by row counts, in
 order). A request with more rows than ``max_batch_size`` runs alone, as KServe's batcher does.
 
+The model call may be a plain function (the predictor's model) or a coroutine function (the
+transformer's call to its predictor): a batch of the latter runs as a task, so new requests
+gather into the next batch while it is on the wire.
+
 Only inputs of the same kind are merged: numpy matrices with numpy matrices, DataFrames with
 DataFrames (a model fitted on named columns); the decoded inputs of one model all have the same
 columns and dtype already.
@@ -13,6 +17,7 @@ columns and dtype already.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +61,10 @@ def check_batcher_values(max_batch_size: Any, max_latency_ms: Any, path: str) ->
             )
 
 
+#: A request waiting in a batch: its rows and its caller's future.
+_Pending = tuple[Any, "asyncio.Future[Any]"]
+
+
 def _rows(X: Any) -> int:
     return int(X.shape[0])
 
@@ -72,8 +81,8 @@ class Batcher:
     """Merge concurrent ``predict`` calls of one model into batches.
 
     Args:
-        predict: The model's predict on a validated input (rows first); its result must have
-            one entry (row) per input row.
+        predict: The model's predict on a validated input (rows first), plain or async; its
+            result must have one entry (row) per input row.
         spec: Batch size and latency bound.
         on_batch: Called with the number of requests of every model call (for metrics).
     """
@@ -85,9 +94,12 @@ class Batcher:
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self._predict = predict
+        self._async = inspect.iscoroutinefunction(predict)
+        #: Batches of an async predict still running (kept so they are not garbage-collected).
+        self._running: set[asyncio.Task[None]] = set()
         self.spec = spec
         self._on_batch = on_batch
-        self._pending: list[tuple[Any, asyncio.Future[Any]]] = []
+        self._pending: list[_Pending] = []
         self._rows = 0
         self._timer: asyncio.TimerHandle | None = None
         #: Model calls made and rows they held (read by tests and benchmarks).
@@ -98,7 +110,8 @@ class Batcher:
         """The model's result for ``X``, computed in a batch with concurrent calls."""
         n = _rows(X)
         if n >= self.spec.max_batch_size:
-            return self._run_alone(X)
+            result = self._run_alone(X)
+            return await result if self._async else result
         if self._pending and type(self._pending[0][0]) is not type(X):
             self._flush()
         loop = asyncio.get_running_loop()
@@ -128,6 +141,11 @@ class Batcher:
         self.calls += 1
         if self._on_batch is not None:
             self._on_batch(len(batch))
+        if self._async:
+            task = asyncio.get_running_loop().create_task(self._run_async(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+            return
         try:
             merged = _concat([x for x, _ in batch])
             result = self._predict(merged)
@@ -136,17 +154,46 @@ class Batcher:
                 try:
                     single = self._predict(x)
                 except Exception as e:  # noqa: BLE001 - handed to that caller
-                    if not future.done():
-                        future.set_exception(e)
+                    _settle(future, error=e)
                     continue
-                if not future.done():
-                    future.set_result(single)
+                _settle(future, single)
             return
+        self._split(batch, merged, result)
+
+    async def _run_async(self, batch: list[_Pending]) -> None:
+        try:
+            merged = _concat([x for x, _ in batch])
+            result = await self._predict(merged)
+        except Exception:  # noqa: BLE001 - one caller's bad rows must not fail the others
+            singles = await asyncio.gather(
+                *(self._predict(x) for x, _ in batch), return_exceptions=True
+            )
+            for (_, future), single in zip(batch, singles, strict=True):
+                if isinstance(single, BaseException):
+                    _settle(future, error=single)
+                else:
+                    _settle(future, single)
+            return
+        self._split(batch, merged, result)
+
+    def _split(self, batch: list[_Pending], merged: Any, result: Any) -> None:
+        """Hand each caller its own rows of the batch's result."""
         self.rows += _rows(merged)
         result = np.asarray(result)
         start = 0
         for x, future in batch:
             end = start + _rows(x)
-            if not future.done():  # the caller may have gone (client disconnected)
-                future.set_result(result[start:end])
+            _settle(future, result[start:end])
             start = end
+
+
+def _settle(
+    future: asyncio.Future[Any], result: Any = None, error: BaseException | None = None
+) -> None:
+    """Answer one caller, unless it has gone (client disconnected)."""
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

@@ -96,6 +96,17 @@ def component_env(component: dict[str, Any], role: str, name: str) -> dict[str, 
     return {DATAPLANE_ENV: json.dumps(settings)} if settings else {}
 
 
+def serves_grpc(env: dict[str, str]) -> bool:
+    """True when a server started with ``env`` runs OIP gRPC (``--enable_grpc=true`` or
+    ``--grpc_port=N`` in its component's args)."""
+    try:
+        settings = json.loads(env.get(DATAPLANE_ENV) or "{}")
+    except ValueError:
+        return False
+    enabled = str(settings.get("enable_grpc", "")).strip().lower() in ("true", "1", "yes", "y")
+    return enabled or bool(settings.get("grpc_port"))
+
+
 def settings_from_env() -> dict[str, Any]:
     """The settings a server was started with (``{}`` when :data:`DATAPLANE_ENV` is unset).
 

@@ -12,8 +12,10 @@ A local endpoint rehearses the cluster, so its answers must be the ones the name
   as model.json answers labels like in-process ``predict``; ``PREDICT_PROBA`` on a model without
   ``predict_proba`` is an error at load, not a silent fallback).
 
-``kserve-lgbserver`` is named for completeness: kfp-serve does not serve LightGBM models, so a
-directory for it fails to load with a message saying so.
+- ``kserve-lgbserver`` (KServe's ``LightGBMModel.predict``): ``Booster.predict(X)`` of the one
+  ``.bst`` file (LightGBM's text format): class probabilities for a classifier (p(positive
+  class) alone for a binary one), values for a regressor; ``PREDICT_PROBA`` is not read. A
+  LightGBM file answers so under any runtime: there is no estimator to give labels.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ PLATFORMS = {
     XGB_SERVER: "xgboost",
     LGB_SERVER: "lightgbm",
 }
+
+
+#: The framework of the model files each stock runtime loads.
+FRAMEWORKS = {SKLEARN_SERVER: "sklearn", XGB_SERVER: "xgboost", LGB_SERVER: "lightgbm"}
 
 
 def stock(runtime: str | None) -> bool:

@@ -134,6 +134,64 @@ def v2_to_response(pb: Any, answer: dict[str, Any], raw: bool) -> Any:
     return response
 
 
+def _set_param(target: Any, value: Any) -> None:
+    if isinstance(value, bool):
+        target.bool_param = value
+    elif isinstance(value, int):
+        target.int64_param = value
+    elif isinstance(value, float):
+        target.double_param = value
+    else:
+        target.string_param = str(value)
+
+
+def v2_to_request(pb: Any, model_name: str, body: dict[str, Any], version: str = "") -> Any:
+    """A v2 request body (what the REST route takes) as a ``ModelInferRequest`` with raw
+    contents: the client side of :func:`request_to_v2`."""
+    request = pb.ModelInferRequest(
+        model_name=model_name, model_version=version, id=str(body.get("id") or "")
+    )
+    for item in body["inputs"]:
+        tensor = request.inputs.add(name=item["name"], datatype=item["datatype"])
+        tensor.shape.extend(int(d) for d in item["shape"])
+        for key, value in (item.get("parameters") or {}).items():
+            _set_param(tensor.parameters[key], value)
+        request.raw_input_contents.append(binary.encode_tensor(item["data"], item["datatype"]))
+    for key, value in (body.get("parameters") or {}).items():
+        _set_param(request.parameters[key], value)
+    for out in body.get("outputs") or []:
+        request.outputs.add(name=out["name"])
+    return request
+
+
+def response_to_v2(response: Any) -> dict[str, Any]:
+    """A ``ModelInferResponse`` as the v2 answer dict the REST route returns (flat ``data``
+    lists): the client side of :func:`v2_to_response`."""
+    raw = list(response.raw_output_contents)
+    outputs = []
+    for i, tensor in enumerate(response.outputs):
+        shape = [int(d) for d in tensor.shape]
+        if raw:
+            data = binary.decode_tensor(
+                tensor.datatype, shape, memoryview(raw[i]), f"raw_output_contents[{i}]"
+            ).tolist()
+        else:
+            data = list(getattr(tensor.contents, CONTENTS_FIELD[tensor.datatype]))
+        if tensor.datatype == "BYTES":
+            data = [v.decode(errors="replace") if isinstance(v, bytes) else v for v in data]
+        outputs.append(
+            {"name": tensor.name, "datatype": tensor.datatype, "shape": shape, "data": data}
+        )
+    answer: dict[str, Any] = {
+        "model_name": response.model_name,
+        "model_version": response.model_version or None,
+        "outputs": outputs,
+    }
+    if response.id:
+        answer["id"] = response.id
+    return answer
+
+
 class GrpcServer:
     """The OIP gRPC service for ``models``, started inside the running event loop.
 

@@ -205,20 +205,25 @@ def load_model(
     path, framework = find_model_file(model_dir)
     metadata = read_metadata(model_dir)
     sig = _signature(metadata)
-    if runtime == fidelity.LGB_SERVER:
-        raise ServingError(
-            f"the manifest names {runtime!r}; kfp-serve cannot serve LightGBM models locally "
-            f"(found {path.name!r}): use kserve-sklearnserver or kserve-xgbserver"
-        )
+    if framework == "xgboost" and path.suffix == ".bst" and _is_lightgbm_file(path):
+        framework = "lightgbm"
+    if runtime == fidelity.LGB_SERVER and path.suffix == ".bst":
+        framework = "lightgbm"  # what lgbserver makes of any .bst file
     if fidelity.stock(runtime):
-        wanted = "xgboost" if runtime == fidelity.XGB_SERVER else "sklearn"
+        wanted = fidelity.FRAMEWORKS[runtime]
         if framework != wanted:
-            exts = [e for e, fw in layout.MODEL_EXTENSIONS.items() if fw == wanted]
+            exts = (
+                [".bst"]
+                if wanted == "lightgbm"
+                else [e for e, fw in layout.MODEL_EXTENSIONS.items() if fw == wanted]
+            )
             raise ServingError(
                 f"the manifest names {runtime!r}, which loads only {', '.join(exts)} files, "
                 f"but {str(model_dir)!r} holds {path.name!r}; on the cluster it would not load "
                 f"either: name the runtime for {framework} models"
             )
+    if framework == "lightgbm":
+        return _load_lightgbm(path, metadata, sig)
     if runtime == fidelity.XGB_SERVER:
         return _load_xgbserver(path, metadata, sig)
     if framework == "xgboost":
@@ -244,6 +249,56 @@ def _load_xgbserver(path: Path, metadata: dict[str, Any], sig: dict[str, Any]) -
         return booster.predict(xgb.DMatrix(X, nthread=1, feature_names=booster_names))
 
     return _served_xgboost(path, metadata, sig, booster, names, predict, classes=None)
+
+
+def _is_lightgbm_file(path: Path) -> bool:
+    """True when ``path`` is a LightGBM text model (``Booster.save_model``), which starts with
+    a ``tree`` line; XGBoost's ``.bst`` files are binary."""
+    with path.open("rb") as f:
+        return f.read(5) in (b"tree\n", b"tree\r")
+
+
+def _load_lightgbm(path: Path, metadata: dict[str, Any], sig: dict[str, Any]) -> ServedModel:
+    """What KServe's lgbserver serves: ``Booster.predict(X)`` (class probabilities for a
+    classifier, p(positive class) alone for a binary one; ``PREDICT_PROBA`` is not read)."""
+    try:
+        import lightgbm as lgb
+    except ImportError as e:
+        raise ServingError(
+            f"{str(path)!r} is a LightGBM model but lightgbm is not installed here: "
+            "`pip install lightgbm`"
+        ) from e
+    try:
+        booster = lgb.Booster(model_file=str(path))
+    except lgb.basic.LightGBMError as e:
+        raise ServingError(f"cannot load {str(path)!r} as a LightGBM model: {e}") from e
+    # lgbserver names the input columns with the booster's feature names (Column_0... when it
+    # was trained on a matrix), so records must use those names there as here.
+    names = sig.get("feature_names") or booster.feature_name()
+    spec = FeatureSpec(
+        n_features=int(sig.get("n_features") or booster.num_feature()),
+        feature_names=tuple(names) if names else None,
+        dtype=np.dtype(np.float64),
+        allow_nan=True,  # NaN is LightGBM's "missing" value
+        frame_input=False,
+    )
+
+    def predict(X: Any) -> Any:
+        return booster.predict(X, num_threads=1)
+
+    return ServedModel(
+        framework="lightgbm",
+        path=path,
+        spec=spec,
+        predict=predict,
+        explainer=None,
+        explain_unsupported=(
+            "LightGBM models have no built-in explainer here; kfp-serve explains XGBoost "
+            "models (SHAP contributions) and linear sklearn models (coefficient x value)"
+        ),
+        metadata=metadata,
+        estimator=booster,
+    )
 
 
 def _load_sklearn(

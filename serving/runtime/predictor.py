@@ -182,6 +182,10 @@ class PredictorModel(kserve.Model):
         except RequestError as e:
             raise InvalidInput(str(e)) from e
 
+    def predict_rows(self, X: Any) -> Any:
+        """The model's output rows for validated input rows ``X`` (what the batcher merges)."""
+        return self._model.predict(X)
+
     def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Batch:  # type: ignore[override]
         """Decode and validate the request (shape, feature count, dtype, NaN/inf)."""
         return decode_payload(payload, self._model.spec)

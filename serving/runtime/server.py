@@ -19,6 +19,7 @@ explainer), 502/504 (transformer: predictor failed), 503 (not ready).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import signal
@@ -374,6 +375,7 @@ class RuntimeApp:
         self._not_ready = ModelNotReady
         self.payload_logger = payload_logger
         self._count: Callable[[str, str, int], None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
         if metrics:
             from kfp_serve.serving.runtime import metrics as prom
 
@@ -384,22 +386,17 @@ class RuntimeApp:
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         kind = scope["type"]
         if kind == "http":
+            routed = _route(scope["method"], scope["path"])
             if self._count is None:
-                await self._http(scope, receive, send)
+                await self._http(scope, receive, send, routed)
                 return
-            status = [500]
-
-            async def counting_send(message: dict) -> None:
-                if message["type"] == "http.response.start":
-                    status[0] = message["status"]
-                await send(message)
-
-            route, name, _ = _route(scope["method"], scope["path"])
+            # Every answer path returns the status it sent: counting needs no wrapped send.
+            status = 500
             try:
-                await self._http(scope, receive, counting_send)
+                status = await self._http(scope, receive, send, routed) or 500
             finally:
-                served = name if name in self.models else ""
-                self._count(served, route or "unknown", status[0])
+                route, name, _ = routed
+                self._count(name if name in self.models else "", route or "unknown", status)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
@@ -408,6 +405,11 @@ class RuntimeApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
+                    if self._count is not None:
+                        from kfp_serve.serving.runtime import metrics as prom
+
+                        # Pending latency observations reach other workers' scrapes too.
+                        self._flusher = asyncio.create_task(prom.flush_periodically())
                     if self.payload_logger is not None:
                         await self.payload_logger.start()
                     if self._on_startup is not None:
@@ -417,6 +419,8 @@ class RuntimeApp:
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self._flusher is not None:
+                    self._flusher.cancel()
                 for hook in (self._on_shutdown, getattr(self.payload_logger, "close", None)):
                     if hook is None:
                         continue
@@ -429,7 +433,7 @@ class RuntimeApp:
 
     async def _send_bytes(
         self, send: Callable, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
-    ) -> None:
+    ) -> int:
         await send(
             {
                 "type": "http.response.start",
@@ -438,13 +442,14 @@ class RuntimeApp:
             }
         )
         await send({"type": "http.response.body", "body": body})
+        return status
 
-    async def _send(self, send: Callable, status: int, payload: Any) -> None:
+    async def _send(self, send: Callable, status: int, payload: Any) -> int:
         body = self._dumps(payload, option=self._dump_opts)
-        await self._send_bytes(send, status, body, [(b"content-type", b"application/json")])
+        return await self._send_bytes(send, status, body, [(b"content-type", b"application/json")])
 
-    async def _error(self, send: Callable, status: int, message: str) -> None:
-        await self._send(send, status, {"error": message})
+    async def _error(self, send: Callable, status: int, message: str) -> int:
+        return await self._send(send, status, {"error": message})
 
     async def _read_body(self, receive: Callable) -> bytes | None:
         chunks = []
@@ -462,44 +467,43 @@ class RuntimeApp:
                 break
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    async def _http(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def _http(
+        self,
+        scope: dict,
+        receive: Callable,
+        send: Callable,
+        routed: tuple[str, str | None, str | None],
+    ) -> int:
+        """Answer one HTTP request (``routed``: its :func:`_route`); the status sent."""
         method = scope["method"]
-        kind, name, version = _route(method, scope["path"])
+        kind, name, version = routed
         if not kind:
-            await self._error(send, 404, f"no route {method} {scope['path']}")
-            return
+            return await self._error(send, 404, f"no route {method} {scope['path']}")
         if (kind in POST_ROUTES) != (method == "POST"):
-            await self._error(send, 405, f"method {method} not allowed on {scope['path']}")
-            return
+            return await self._error(send, 405, f"method {method} not allowed on {scope['path']}")
         if kind in REPOSITORY_ROUTES:
-            await self._repository_route(kind, name, receive, send)
-            return
+            return await self._repository_route(kind, name, receive, send)
         if name is None:
-            await self._server_route(kind, send)
-            return
+            return await self._server_route(kind, send)
         model = self.models.get(name)
         if model is None:
-            await self._error(
+            return await self._error(
                 send, 404, f"model {name!r} is not served here; served: {sorted(self.models)}"
             )
-            return
         if version is not None:
             served = getattr(model, "version", None)
             if version != served:
                 offer = f"version {served!r}" if served else "no versioned routes"
-                await self._error(
+                return await self._error(
                     send,
                     404,
                     f"model {name!r} has no version {version!r}; it serves {offer} "
                     f"(or drop /versions/{version} from the path)",
                 )
-                return
         if kind not in POST_ROUTES:
-            await self._model_route(kind, name, model, send)
-            return
+            return await self._model_route(kind, name, model, send)
         if not model.ready:
-            await self._error(send, 503, f"model {name!r} is not ready")
-            return
+            return await self._error(send, 503, f"model {name!r} is not ready")
         headers = dict(scope["headers"])
         content_type = headers.get(_CONTENT_TYPE, b"").split(b";", 1)[0].strip().lower()
         header_length = headers.get(_HEADER_LENGTH)
@@ -508,18 +512,16 @@ class RuntimeApp:
             or content_type.endswith(b"+json")
             or (content_type == b"application/octet-stream" and kind == "v2")
         ):
-            await self._error(
+            return await self._error(
                 send,
                 415,
                 f"unsupported Content-Type {content_type.decode(errors='replace')!r}; "
                 f"send {ACCEPTED_TYPES if kind == 'v2' else 'application/json'}",
             )
-            return
         raw = await self._read_body(receive)
         if raw is None:
-            await self._error(send, 413, f"request body larger than {self.max_body} bytes")
-            return
-        await self._infer(kind, model, raw, header_length, headers, send)
+            return await self._error(send, 413, f"request body larger than {self.max_body} bytes")
+        return await self._infer(kind, model, raw, header_length, headers, send)
 
     def _decode(self, kind: str, raw: bytes, header_length: bytes | None) -> Any:
         from kfp_serve.serving.runtime import binary
@@ -541,7 +543,7 @@ class RuntimeApp:
         header_length: bytes | None,
         request_headers: dict[bytes, bytes],
         send: Callable,
-    ) -> None:
+    ) -> int:
         from kfp_serve.serving.runtime.codec import RequestError
 
         plogger = self.payload_logger
@@ -571,27 +573,21 @@ class RuntimeApp:
             else:
                 content, extra = self._dumps(response, option=self._dump_opts), []
         except RequestError as e:
-            await self._error(send, e.status, str(e))
-            return
+            return await self._error(send, e.status, str(e))
         except self._invalid_input as e:
-            await self._error(send, 400, str(e))
-            return
+            return await self._error(send, 400, str(e))
         except NotImplementedError as e:
-            await self._error(send, 501, str(e) or "not implemented")
-            return
+            return await self._error(send, 501, str(e) or "not implemented")
         except self._not_ready as e:
-            await self._error(send, 503, str(e))
-            return
+            return await self._error(send, 503, str(e))
         except (ValueError, TypeError, KeyError, IndexError) as e:
             # Input passed the codec but the model still refused it (e.g. an unknown category
             # in a OneHotEncoder): the client's data, so 400, and the server keeps serving.
             log.debug("model rejected input", exc_info=True)
-            await self._error(send, 400, f"the model rejected the input: {e}")
-            return
+            return await self._error(send, 400, f"the model rejected the input: {e}")
         except Exception as e:  # noqa: BLE001 - a real server error; keep serving
             log.exception("inference failed")
-            await self._error(send, 500, f"{type(e).__name__}: {e}")
-            return
+            return await self._error(send, 500, f"{type(e).__name__}: {e}")
         if extra:
             from kfp_serve.serving.runtime import binary
 
@@ -605,7 +601,7 @@ class RuntimeApp:
             out_headers = [(b"content-type", b"application/json")]
         if plogger is not None and inference_id is not None:
             plogger.response(inference_id, content, out_headers[0][1].decode())
-        await self._send_bytes(send, 200, content, out_headers)
+        return await self._send_bytes(send, 200, content, out_headers)
 
     def _encode_v2(
         self, response: Any, requested: list[dict[str, Any]] | None, binary_default: bool
@@ -629,60 +625,55 @@ class RuntimeApp:
             body["id"] = inference_id  # the answer echoes it
         return inference_id
 
-    async def _server_route(self, kind: str, send: Callable) -> None:
+    async def _server_route(self, kind: str, send: Callable) -> int:
         if kind == "live":
-            await self._send(send, 200, {"status": "alive"})
+            return await self._send(send, 200, {"status": "alive"})
         elif kind == "v2_live":
-            await self._send(send, 200, {"live": True})
+            return await self._send(send, 200, {"live": True})
         elif kind == "v2_health_ready":
             ready = True
             for m in self.models.values():
                 ready = ready and await m.healthy()
-            await self._send(send, 200 if ready else 503, {"ready": ready})
+            return await self._send(send, 200 if ready else 503, {"ready": ready})
         elif kind == "v1_models":
-            await self._send(send, 200, {"models": sorted(self.models)})
+            return await self._send(send, 200, {"models": sorted(self.models)})
         elif kind == "v2_server":
             info = {
                 "name": "kfp-serve",
                 "version": server_version(),
                 "extensions": self.extensions,
             }
-            await self._send(send, 200, info)
+            return await self._send(send, 200, info)
         elif kind == "metrics":
             if self._count is None:
-                await self._error(send, 404, "metrics are off (--enable_metrics=false)")
-                return
-            await self._send_bytes(
+                return await self._error(send, 404, "metrics are off (--enable_metrics=false)")
+            return await self._send_bytes(
                 send, 200, self._exposition(), [(b"content-type", self._metrics_type)]
             )
 
     async def _repository_route(
         self, kind: str, name: str | None, receive: Callable, send: Callable
-    ) -> None:
+    ) -> int:
         """``POST /v2/repository/index`` and ``/v2/repository/models/NAME/load|unload``."""
         if self.repository is None:
-            await self._error(
+            return await self._error(
                 send,
                 404,
                 "this server hosts one model; the model repository extension is served by "
                 "multi-model servers (a parent InferenceService without storageUri)",
             )
-            return
         from kfp_serve.serving.runtime.codec import RequestError, parse_json
         from kfp_serve.serving.runtime.repository import LoadRefused
 
         raw = await self._read_body(receive)
         if raw is None:
-            await self._error(send, 413, f"request body larger than {self.max_body} bytes")
-            return
+            return await self._error(send, 413, f"request body larger than {self.max_body} bytes")
         try:
             body = parse_json(raw) if raw.strip() else {}
         except RequestError as e:
-            await self._error(send, e.status, str(e))
-            return
+            return await self._error(send, e.status, str(e))
         if not isinstance(body, dict):
-            await self._error(send, 400, "the request body must be a JSON object")
-            return
+            return await self._error(send, 400, "the request body must be a JSON object")
         try:
             if kind == "repo_index":
                 answer: Any = self.repository.index(ready_only=bool(body.get("ready")))
@@ -691,22 +682,19 @@ class RuntimeApp:
             else:
                 answer = self.repository.unload(name)
         except LoadRefused as e:
-            await self._send(send, e.status, {"error": str(e), "reason": e.reason})
-            return
-        await self._send(send, 200, answer)
+            return await self._send(send, e.status, {"error": str(e), "reason": e.reason})
+        return await self._send(send, 200, answer)
 
-    async def _model_route(self, kind: str, name: str, model: Any, send: Callable) -> None:
+    async def _model_route(self, kind: str, name: str, model: Any, send: Callable) -> int:
         if kind == "v2_metadata":
             meta = model.metadata() if hasattr(model, "metadata") else {"name": name}
             if hasattr(meta, "__await__"):
                 meta = await meta
-            await self._send(send, 200, meta)
-            return
+            return await self._send(send, 200, meta)
         ready = bool(await model.healthy())
         if not ready:
-            await self._error(send, 503, f"model {name!r} is not ready")
-            return
-        await self._send(send, 200, {"name": name, "ready": True})
+            return await self._error(send, 503, f"model {name!r} is not ready")
+        return await self._send(send, 200, {"name": name, "ready": True})
 
 
 def run_server(
@@ -729,9 +717,13 @@ def run_server(
 
     if repository is not None:
         return _run_multi(args, repository)
+    parent = os.getpid()
+    shared_metrics = None
     if args.enable_metrics:
         from kfp_serve.serving.runtime import metrics
 
+        if args.workers > 1:
+            shared_metrics = metrics.share_across_workers()
         model.timers = metrics.timers_for(model.name)
     if args.enable_batcher or args.max_batchsize or args.max_latency:
         if not hasattr(model, "batcher"):
@@ -759,7 +751,7 @@ def run_server(
                     batches.inc()
                     batched.inc(n)
 
-            model.batcher = Batcher(model.served.predict, spec, on_batch)
+            model.batcher = Batcher(model.predict_rows, spec, on_batch)
             log.info("batching up to %d rows or %g ms", spec.max_batch_size, spec.max_latency_ms)
     payload_logger = None
     if args.log_url:
@@ -809,14 +801,18 @@ def run_server(
         metrics=args.enable_metrics,
         payload_logger=payload_logger,
     )
-    serve(
-        app,
-        args.http_host,
-        args.http_port,
-        timeout_keep_alive=args.timeout_keep_alive,
-        event_loop=args.event_loop,
-        workers=args.workers,
-    )
+    try:
+        serve(
+            app,
+            args.http_host,
+            args.http_port,
+            timeout_keep_alive=args.timeout_keep_alive,
+            event_loop=args.event_loop,
+            workers=args.workers,
+        )
+    finally:
+        if shared_metrics is not None and os.getpid() == parent:
+            metrics.remove_shared(shared_metrics)
     return 0
 
 

@@ -29,6 +29,7 @@ from kfp_serve.serving.runtime import binary
 from kfp_serve.serving.runtime._kserve import InferenceVerb, InvalidInput, kserve
 from kfp_serve.serving.runtime.codec import (
     INPUT_NAME,
+    V2_NUMERIC_DTYPES,
     Batch,
     RequestError,
     encode_v2,
@@ -124,6 +125,9 @@ class TransformerModel(kserve.Model):
         self.predictor_metadata: dict[str, Any] | None = None
         self.version: str | None = None
         self.timers: Any = None
+        #: A :class:`~kfp_serve.serving.runtime.batcher.Batcher` of calls to the predictor
+        #: (ServeConfig ``transformer.batcher``), None when batching is off.
+        self.batcher: Any = None
         self._metadata_task: asyncio.Task[None] | None = None
 
     def load(self) -> bool:
@@ -224,7 +228,11 @@ class TransformerModel(kserve.Model):
                     timers.explain.observe(time.perf_counter() - start)
                 return answer, {}
             mid = time.perf_counter()
-            answer = await self.predict(batch, headers)
+            # A request that chooses labels or probabilities itself is not merged with others.
+            if self.batcher is not None and batch.proba is None:
+                answer = self._answer_rows(batch, await self.batcher.predict(batch.X))
+            else:
+                answer = await self.predict(batch, headers)
             end = time.perf_counter()
             result = self.postprocess(answer, headers)
             if timers is not None:
@@ -272,6 +280,26 @@ class TransformerModel(kserve.Model):
         answer["model_name"] = self.name
         answer["id"] = payload.request_id or answer.get("id") or str(uuid.uuid4())
         return answer
+
+    async def predict_rows(self, X: np.ndarray) -> np.ndarray:
+        """The predictor's output rows for transformed rows ``X`` (what the batcher merges:
+        one predictor call for the rows of many concurrent requests)."""
+        if self.protocol == "v1":
+            answer = await self._post(self._predict_path, {"instances": X}, None)
+            try:
+                return np.asarray(answer["predictions"])
+            except (KeyError, TypeError) as e:
+                raise RequestError(f"predictor sent a malformed v1 response: {e!r}", 502) from e
+        out = (await self._post_binary(X, None, None, None))["outputs"][0]
+        dtype = V2_NUMERIC_DTYPES.get(out["datatype"])
+        return np.asarray(out["data"], dtype=dtype).reshape(out["shape"])
+
+    def _answer_rows(self, payload: Batch, rows: np.ndarray) -> dict[str, Any]:
+        """A batched request's own rows as an answer in its protocol."""
+        if payload.protocol == "v1":
+            return {"predictions": rows.tolist()}
+        version = (self.predictor_metadata or {}).get("versions") or [None]
+        return encode_v2(rows, self.name, payload.request_id, version[0])
 
     async def _post_binary(
         self,

@@ -87,12 +87,21 @@ def _other_addresses() -> list[str]:
 
 
 def test_local_servers_listen_on_127_0_0_1_only(served: Served) -> None:
+    from kfp_serve.serving.backends.local.registry import read_record
+
+    record = read_record(served.name)
+    assert record is not None
     ports = {}
     for role, pid in served.pids.items():
         listening = _listening_addresses(pid)
-        # One listener per server, on 127.0.0.1, on its recorded port: no 0.0.0.0, no gRPC port.
+        # One listener per server, on 127.0.0.1, on its recorded port: no 0.0.0.0, no gRPC port
+        # (this endpoint does not turn gRPC on); the router has its gRPC listener beside it.
         port = int(served.urls[role].rsplit(":", 1)[1])
-        assert listening == {("127.0.0.1", port)}, (role, listening)
+        expected = {("127.0.0.1", port)}
+        if role == "router":
+            expected.add(("127.0.0.1", record.router.grpc_port))
+            ports["router-grpc"] = record.router.grpc_port
+        assert listening == expected, (role, listening)
         ports[role] = port
     others = _other_addresses()
     assert "127.0.0.2" in others
@@ -106,6 +115,8 @@ def test_local_servers_listen_on_127_0_0_1_only(served: Served) -> None:
                 socket.create_connection(("::1", port), timeout=2).close()
     # The same ports answer on 127.0.0.1.
     for role, port in ports.items():
+        if role == "router-grpc":
+            continue
         r = httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", trust_env=False, timeout=5)
         assert r.status_code == 200, (role, r.text)
 

@@ -106,18 +106,27 @@ def dp(tmp_path_factory, versioned_dir, sink) -> Iterator[dict[str, Any]]:
             procs[key] = start_server(
                 "predictor", "model", d, extra_args=args, env=env, log_path=logs / f"{key}.log"
             )
-        for p in procs.values():
-            wait_ready(p.url, timeout=180, proc=p)
+            # One at a time: a port is chosen when a server starts but bound only once its
+            # model is loaded, so two servers starting together could be given the same one.
+            wait_ready(procs[key].url, timeout=180, proc=procs[key])
         yield {"procs": procs, "model": lr}
     finally:
         for p in procs.values():
             stop_server(p)
 
 
-def _closed_port() -> int:
-    from kfp_serve.serving.runtime.launch import free_port
+#: Bound and never listening: connections are refused, and the kernel hands the port to nobody
+#: else while the module runs (a port merely closed could be given to a server started later).
+_REFUSING: list[Any] = []
 
-    return free_port()
+
+def _closed_port() -> int:
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    _REFUSING.append(sock)
+    return int(sock.getsockname()[1])
 
 
 def _binary_request(X: np.ndarray, datatype: str, **params: Any) -> tuple[bytes, dict[str, str]]:
@@ -509,6 +518,34 @@ def test_payload_logging_cloudevents(dp, sink, iris):
     assert ("v1-id", "org.kubeflow.serving.inference.response") in by
 
 
+def test_payload_events_of_a_burst_all_arrive_once_each(dp, sink, iris):
+    """Concurrent requests: their events go out pipelined, each its own CloudEvent."""
+    from cloudevents.http import from_http
+
+    url = dp["procs"]["logged"].url
+    ids = [f"burst-{i}" for i in range(40)]
+
+    async def go() -> list[int]:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+            rs = await asyncio.gather(*(
+                c.post("/v2/models/model/infer", json=v2_body(iris[0][i : i + 1], id=rid))
+                for i, rid in enumerate(ids)
+            ))
+            return [r.status_code for r in rs]
+
+    assert asyncio.run(go()) == [200] * len(ids)
+
+    def burst_events() -> list[Any]:
+        return [e for e in (from_http(h, b) for h, b in list(sink.events))
+                if str(e["id"]).startswith("burst-")]
+
+    _wait_for(lambda: len(burst_events()) >= 2 * len(ids))
+    time.sleep(0.2)  # nothing more may come: each event exactly once
+    seen = sorted((e["id"], e["type"]) for e in burst_events())
+    assert seen == sorted((rid, kind) for rid in ids for kind in (
+        "org.kubeflow.serving.inference.request", "org.kubeflow.serving.inference.response"))
+
+
 def test_payload_sink_down_never_fails_answers_and_is_counted(dp, iris):
     url = dp["procs"]["sink-down"].url
     for _ in range(3):
@@ -561,6 +598,69 @@ def test_batching_64_concurrent_clients_get_their_own_rows(dp, iris):
     assert 0 < delta("kfp_serve_batches") < len(rows)  # requests were merged into model calls
 
 
+@pytest.fixture(scope="module", params=["v1", "v2"], ids=["predictor-v1", "predictor-v2"])
+def batched_transformer(request, tmp_path_factory, servers) -> Iterator[Any]:
+    """A transformer with ServeConfig transformer.batcher's flags, in front of each protocol."""
+    logs = tmp_path_factory.mktemp("batched-transformer-logs")
+    p = start_server(
+        "transformer", "model", _scaler_dir(servers["transformer-v2"]),
+        predictor_host=f"127.0.0.1:{servers['scaled-lr'].proc.port}",
+        predictor_protocol=request.param, log_path=logs / "t.log",
+        extra_args=["--enable_batcher=true", "--max_batchsize=32", "--max_latency=50"],
+    )
+    try:
+        wait_ready(p.url, timeout=180, proc=p)
+        yield p
+    finally:
+        stop_server(p)
+
+
+def test_transformer_batches_64_concurrent_clients_each_gets_its_rows(
+    batched_transformer, servers, iris
+):
+    url = batched_transformer.url
+    X = iris[0]
+    rows = [X[(7 * i) % len(X)] for i in range(64 * 2)]
+
+    async def go() -> list[Any]:
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as c:
+            async def one(i: int) -> Any:
+                if i % 2:
+                    r = await c.post("/v1/models/model:predict",
+                                     json={"instances": [rows[i].tolist()]})
+                    assert r.status_code == 200, r.text
+                    return r.json()["predictions"][0]
+                r = await c.post("/v2/models/model/infer", json=v2_body(rows[i][None, :]))
+                assert r.status_code == 200, r.text
+                assert r.json()["model_name"] == "model"
+                return v2_output(r.json())[0]
+
+            return await asyncio.gather(*(one(i) for i in range(len(rows))))
+
+    before = _metrics(url)
+    got = asyncio.run(go())
+    scaler, model = servers["transformer-v2"].model, servers["scaled-lr"].model
+    assert [int(g) for g in got] == model.predict(scaler.transform(np.asarray(rows))).tolist()
+    after = _metrics(url)
+
+    def delta(name: str) -> float:
+        return _sample(after, name, f"{name}_total") - _sample(before, name, f"{name}_total")
+
+    assert delta("kfp_serve_batched_requests") == len(rows)
+    assert 0 < delta("kfp_serve_batches") < len(rows)  # merged into fewer predictor calls
+    # a bad request in a batch fails alone
+    async def mixed() -> list[int]:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+            bodies = [v2_body(X[i : i + 1]) for i in range(6)]
+            bodies[2] = v2_body(np.ones((1, 3)))
+            rs = await asyncio.gather(*(c.post("/v2/models/model/infer", json=b) for b in bodies))
+            return [r.status_code for r in rs]
+
+    codes = asyncio.run(mixed())
+    assert codes[2] == 400 and codes.count(200) == 5
+
+
 def test_batch_with_a_bad_request_fails_only_that_one(dp, iris):
     url = dp["procs"]["batched"].url
 
@@ -592,11 +692,18 @@ def test_workers_share_the_port(dp, iris):
     p = dp["procs"]["workers"]
     assert len(_group_members(p.pid)) == 2
     model = dp["model"]
+    before = _sample(_metrics(p.url), "kfp_serve_requests", "kfp_serve_requests_total",
+                     model_name="model", route="v2", status="200")
     for i in range(20):  # fresh connections, spread over both workers by the kernel
         r = httpx.post(f"{p.url}/v2/models/model/infer", json=v2_body(iris[0][i : i + 1]),
                        timeout=30)
         assert r.status_code == 200
         assert v2_output(r.json()).tolist() == model.predict(iris[0][i : i + 1]).tolist()
+    # Every scrape, whichever worker answers it (a fresh connection each), counts all 20.
+    for _ in range(8):
+        counted = _sample(_metrics(p.url), "kfp_serve_requests", "kfp_serve_requests_total",
+                          model_name="model", route="v2", status="200")
+        assert counted == before + 20
     stop_server(p)
     deadline = time.monotonic() + 10
     while _group_members(p.pid) and time.monotonic() < deadline:
@@ -764,6 +871,10 @@ def test_grpc_bad_input_is_invalid_argument_and_server_keeps_serving(grpc_server
         unknown = _infer_request(pb, np.ones((1, 4)))
         unknown.outputs.add(name="nope")
         cases.append((unknown, grpc.StatusCode.INVALID_ARGUMENT, "nope"))
+        # Beyond twice the limit grpc itself refuses before the server's code runs: the
+        # standard RESOURCE_EXHAUSTED, with the sizes (bytes) in grpc's own message.
+        cases.append((_infer_request(pb, np.zeros((5000, 4))),
+                      grpc.StatusCode.RESOURCE_EXHAUSTED, str(2 * 65536)))
         for request, code, fragment in cases:
             with pytest.raises(grpc.RpcError) as exc:
                 stub.ModelInfer(request, timeout=30)

@@ -1,11 +1,12 @@
 """Local answers equal the stock runtime's: tested against KServe's own server code.
 
-KServe's ``SKLearnModel`` (kserve-sklearnserver) and ``XGBoostModel`` (kserve-xgbserver) are read
-from a KServe source checkout (not part of this project) and run in-process on the same
-artifacts; our predictor, started with ``--serving_runtime`` as the local backend starts it for a
-manifest naming that runtime, must answer the same bytes of JSON data for v1 and v2, with and
-without ``PREDICT_PROBA``. Set ``KSERVE_SOURCE_GIT`` to a KServe git directory (default: the
-mirror fetched on these machines); without one these tests skip, saying so.
+KServe's ``SKLearnModel`` (kserve-sklearnserver), ``XGBoostModel`` (kserve-xgbserver) and
+``LightGBMModel`` (kserve-lgbserver) are read from a KServe source checkout (not part of this
+project) and run in-process on the same artifacts; our predictor, started with
+``--serving_runtime`` as the local backend starts it for a manifest naming that runtime, must
+answer the same bytes of JSON data for v1 and v2, with and without ``PREDICT_PROBA``. Set
+``KSERVE_SOURCE_GIT`` to a KServe git directory (default: the mirror fetched on these machines);
+without one these tests skip, saying so.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 import httpx
 import joblib
+import lightgbm as lgb
 import numpy as np
 import pytest
 import xgboost as xgb
@@ -34,6 +36,7 @@ DEFAULT_SOURCE = "/work/.mirror/kserve+kserve/repo"
 RUNTIME_FILES = {
     "kserve-sklearnserver": ("python/sklearnserver/sklearnserver/model.py", "SKLearnModel"),
     "kserve-xgbserver": ("python/xgbserver/xgbserver/model.py", "XGBoostModel"),
+    "kserve-lgbserver": ("python/lgbserver/lgbserver/model.py", "LightGBMModel"),
 }
 
 
@@ -89,6 +92,17 @@ def artifacts(tmp_path_factory, iris) -> dict[str, Path]:
     dirs["booster"] = root / "booster"
     dirs["booster"].mkdir()
     booster.save_model(str(dirs["booster"] / "model.json"))
+    # LightGBM: the text model file lgbserver loads (one .bst), from the sklearn wrapper.
+    for key, est, Xl, yl in (
+        ("lgbc", lgb.LGBMClassifier(n_estimators=5, num_leaves=4, verbose=-1), X, y),
+        ("lgb-binary", lgb.LGBMClassifier(n_estimators=5, num_leaves=4, verbose=-1), X,
+         (y == 2).astype(int)),
+        ("lgb-regressor", lgb.LGBMRegressor(n_estimators=5, num_leaves=4, verbose=-1),
+         X[:, :3], X[:, 3]),
+    ):
+        dirs[key] = root / key
+        dirs[key].mkdir()
+        est.fit(Xl, yl).booster_.save_model(str(dirs[key] / "model.bst"))
     return dirs
 
 
@@ -100,6 +114,10 @@ CASES = {
     "xgb-classifier": ("xgbc", "kserve-xgbserver", False),  # the booster's probabilities
     "xgb-classifier-proba": ("xgbc", "kserve-xgbserver", True),  # PREDICT_PROBA is not read
     "xgb-booster": ("booster", "kserve-xgbserver", False),
+    "lgb-classifier": ("lgbc", "kserve-lgbserver", False),  # the booster's probabilities
+    "lgb-classifier-proba": ("lgbc", "kserve-lgbserver", True),  # PREDICT_PROBA is not read
+    "lgb-binary": ("lgb-binary", "kserve-lgbserver", False),  # p(positive class) alone
+    "lgb-regressor": ("lgb-regressor", "kserve-lgbserver", False),
 }
 
 
@@ -134,7 +152,7 @@ def _theirs(kserve_models, artifacts, key: str, monkeypatch) -> Any:
 
 
 def _rows(key: str, iris) -> np.ndarray:
-    if CASES[key][0] == "ridge":
+    if CASES[key][0] in ("ridge", "lgb-regressor"):
         return iris[0][:6, :3]
     if CASES[key][0] == "booster":
         return np.random.default_rng(1).normal(size=(6, 3))

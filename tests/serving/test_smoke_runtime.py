@@ -28,6 +28,8 @@ def _manifest(runtime: str | None, proba: bool = False) -> dict:
     [
         pytest.param("kserve-xgbserver", False, [0.1, 0.8], True, id="xgbserver-booster-output"),
         pytest.param("kserve-xgbserver", False, [0, 1], False, id="xgbserver-labels-mismatch"),
+        pytest.param("kserve-lgbserver", False, [0.1, 0.8], True, id="lgbserver-booster-output"),
+        pytest.param("kserve-lgbserver", True, [0, 1], False, id="lgbserver-labels-mismatch"),
         pytest.param("kserve-sklearnserver", False, [0, 1], True, id="sklearn-labels"),
         pytest.param("kserve-sklearnserver", False, [[0.9, 0.1], [0.2, 0.8]], False,
                      id="sklearn-probabilities-without-proba-mismatch"),
@@ -48,19 +50,26 @@ def test_smoke_compares_with_the_named_runtime(runtime, proba, answers, blessed)
     assert result.blessed is blessed, result.message
 
 
+@pytest.mark.parametrize("role", ["predictor", "transformer"])
 @pytest.mark.parametrize(
     ("args", "port"),
     [(["--enable_grpc=true"], 8081), (["--grpc_port=9000"], 9000), (["--workers=2"], None)],
 )
-def test_manifest_declares_the_grpc_port_kserve_expects(args, port):
+def test_manifest_declares_the_grpc_port_kserve_expects(args, port, role):
     from kfp_serve.serving.isvc import build_inference_service
+    from tests.kserve_schema import reference_available, validate_strict
 
     manifest = build_inference_service(
-        "iris", "file:///m", "sklearn", serve_config={"predictor": {"container": {"args": args}}}
+        "iris", "file:///m", "sklearn",
+        transformer_uri="file:///t" if role == "transformer" else None,
+        serve_config={role: {"container": {"args": args}}},
     )
-    model = manifest["spec"]["predictor"]["model"]
+    spec = manifest["spec"][role]
+    container = spec["model"] if role == "predictor" else spec["containers"][0]
     if port is None:
-        assert "ports" not in model
+        assert "ports" not in container
     else:
-        assert model["ports"] == [{"name": "h2c", "containerPort": port, "protocol": "TCP"}]
-        assert model["args"] == args
+        assert container["ports"] == [{"name": "h2c", "containerPort": port, "protocol": "TCP"}]
+        assert container["args"] == args
+    if reference_available():
+        assert validate_strict(manifest) == []  # both KServe releases' CRDs, strictly

@@ -126,8 +126,9 @@ class ContainerServers:
     # -- start --------------------------------------------------------------------------------
 
     def start_router(
-        self, name: str, port: int | None
+        self, name: str, port: int | None, grpc_port: int | None = None
     ) -> tuple[ProcessRecord, subprocess.Popen | None]:
+        # No gRPC listener: the containers' gRPC ports are not relayed yet (HTTP only).
         port = port if port and _free(port) else free_port()
         spec = ContainerSpec(
             name=f"kfp-serve-{name}-router-{secrets.token_hex(3)}",

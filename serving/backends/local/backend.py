@@ -169,8 +169,10 @@ class LocalBackend:
                 if record is not None:
                     # It has exited; what is left of it (a stopped container) goes.
                     supervisor.stop([record.router], self.stop_grace)
-                port = record.router.port if record is not None else None
-                router, router_proc = self.servers.start_router(plan.name, port)
+                old = record.router if record is not None else None
+                router, router_proc = self.servers.start_router(
+                    plan.name, old.port if old else None, old.grpc_port if old else None
+                )
             # Start and wait ready.
             new = rollout.start_ready_revision(
                 self.servers,
@@ -511,6 +513,7 @@ class LocalBackend:
             components=components,
             revisions=_revisions(record),
             events=copy.deepcopy(record.events),
+            grpc_address=record.grpc_address or None,
         )
         if record.trained_models:
             status.models = trained_models.statuses(

@@ -21,7 +21,7 @@ from kfp_serve.artifacts.names import validate_name
 from kfp_serve.serving import constants
 from kfp_serve.serving.constants import PREDICTOR, STORAGE_URI_ENV, TRANSFORMER
 from kfp_serve.serving.errors import ServingError
-from kfp_serve.serving.runtime.dataplane import component_env
+from kfp_serve.serving.runtime.dataplane import component_env, serves_grpc
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,11 @@ class ComponentPlan:
         """The manifest's env for the server, minus anything that would move it off
         loopback."""
         return {k: v for k, v in self.env.items() if k not in HOST_ENVS}
+
+    @property
+    def grpc(self) -> bool:
+        """True when the manifest turns the server's OIP gRPC on (its args)."""
+        return serves_grpc(self.env)
 
 
 @dataclass

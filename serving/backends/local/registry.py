@@ -73,6 +73,8 @@ class ProcessRecord:
     #: The Docker backend's container id; empty for a process. With it, ``pid`` is the
     #: container's main process as the host sees it, and ``log`` is ``docker:NAME``.
     container: str = ""
+    #: Its OIP gRPC port (a server run with gRPC on; the router's gRPC listener), else 0.
+    grpc_port: int = 0
 
     @property
     def url(self) -> str:
@@ -83,13 +85,24 @@ class ProcessRecord:
         """``host:port``, the way the router names its upstreams."""
         return f"{LOOPBACK}:{self.port}"
 
+    @property
+    def grpc_address(self) -> str:
+        """``host:port`` of its gRPC listener, empty when it has none."""
+        return f"{LOOPBACK}:{self.grpc_port}" if self.grpc_port else ""
+
     def alive(self) -> bool:
         """True if the recorded process still runs (same pid *and* same start time)."""
         return supervisor.alive(self)
 
     @classmethod
     def started(
-        cls, proc: subprocess.Popen, role: str, port: int, log: Path, model_name: str = ""
+        cls,
+        proc: subprocess.Popen,
+        role: str,
+        port: int,
+        log: Path,
+        model_name: str = "",
+        grpc_port: int = 0,
     ) -> ProcessRecord:
         """The record of ``proc``, which the supervisor just started."""
         start = supervisor.start_time(proc.pid, zombie=True)
@@ -100,6 +113,7 @@ class ProcessRecord:
             port=port,
             log=str(log),
             model_name=model_name,
+            grpc_port=grpc_port,
         )
 
     @classmethod
@@ -204,6 +218,14 @@ class EndpointRecord:
         return self.router.url
 
     @property
+    def grpc_address(self) -> str:
+        """The router's gRPC address (``host:port``) when a revision with traffic serves gRPC,
+        else empty."""
+        if any(r.entry.grpc_port for r in self.active):
+            return self.router.grpc_address
+        return ""
+
+    @property
     def latest(self) -> RevisionRecord:
         return max(self.revisions, key=lambda r: r.revision)
 
@@ -234,6 +256,7 @@ class EndpointRecord:
             "format": self.format,
             "name": self.name,
             "url": self.url,
+            "grpc": self.grpc_address,
             "protocol": latest.protocol,
             "model_name": latest.model_name,
             "model_ids": latest.model_ids,

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: What a server's log says when it lost the race for its port.
-ADDRESS_IN_USE = ("address already in use", "errno 98")
+ADDRESS_IN_USE = ("address already in use", "errno 98", "cannot bind grpc port")
 #: How often a revision is started again on new ports after losing such a race.
 PORT_ATTEMPTS = 3
 #: Seconds a new router gets to answer its status path.
@@ -98,24 +98,19 @@ def now() -> str:
 
 
 def start_router(
-    python: str, name: str, port: int | None, env: dict[str, str]
+    python: str, name: str, port: int | None, env: dict[str, str], grpc_port: int | None = None
 ) -> tuple[ProcessRecord, subprocess.Popen]:
-    """Start the endpoint's router on ``port`` if it is free (a stable URL), else on any port.
+    """Start the endpoint's router on ``port`` and its gRPC listener on ``grpc_port`` if they
+    are free (stable addresses), else on any port.
 
     Does not wait: see :func:`await_router_up`.
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    socks = [_listening_socket(port), _listening_socket(grpc_port)]
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((LOOPBACK, port or 0))
-        except OSError:
-            sock.bind((LOOPBACK, 0))
-        sock.listen(ROUTER_BACKLOG)
-        bound = int(sock.getsockname()[1])
+        http, grpc = socks
         log = registry.endpoint_dir(name) / LOGS_DIR / "router.log"
-        # The listening socket is handed over: no window in which another process could take
-        # the port between choosing and binding it.
+        # The listening sockets are handed over: no window in which another process could take
+        # a port between choosing and binding it.
         proc = supervisor.start_detached(
             [
                 python,
@@ -126,16 +121,42 @@ def start_router(
                 "--registry",
                 str(registry.registry_path(name)),
                 "--fd",
-                str(sock.fileno()),
+                str(http.fileno()),
+                "--grpc-fd",
+                str(grpc.fileno()),
             ],
             log=log,
             env=env,
             cwd=registry.endpoint_dir(name),
-            pass_fds=(sock.fileno(),),
+            pass_fds=(http.fileno(), grpc.fileno()),
+        )
+        record = ProcessRecord.started(
+            proc, "router", _port(http), log, grpc_port=_port(grpc)
         )
     finally:
+        for sock in socks:
+            sock.close()
+    return record, proc
+
+
+def _listening_socket(port: int | None) -> socket.socket:
+    """A socket listening on ``port`` of the loopback address if it is free, else on any."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((LOOPBACK, port or 0))
+        except OSError:
+            sock.bind((LOOPBACK, 0))
+        sock.listen(ROUTER_BACKLOG)
+    except BaseException:
         sock.close()
-    return ProcessRecord.started(proc, "router", bound, log), proc
+        raise
+    return sock
+
+
+def _port(sock: socket.socket) -> int:
+    return int(sock.getsockname()[1])
 
 
 def start_revision(
@@ -162,6 +183,10 @@ def start_revision(
                     "predictor_host": f"{LOOPBACK}:{predictor_port}",
                     "predictor_protocol": component.predictor_protocol,
                 }
+            # A port of the kernel's choosing, never the manifest's (8081 on every pod).
+            grpc_port = launch.free_port() if component.grpc else 0
+            if grpc_port:
+                extra["extra_args"] = [f"--grpc_port={grpc_port}"]
             proc = launch.start_server(
                 component.role,  # type: ignore[arg-type]
                 component.model_name,
@@ -173,7 +198,7 @@ def start_revision(
                 **extra,
             )
             started[component.role] = ProcessRecord.started(
-                proc, component.role, proc.port, log, component.model_name
+                proc, component.role, proc.port, log, component.model_name, grpc_port
             )
             predictor_port = predictor_port or proc.port
     except BaseException:

@@ -93,6 +93,8 @@ class Upstream:
     weight: int
     #: Seconds this server may take to answer (its component's ServeConfig ``timeout``).
     timeout: float = DEFAULT_UPSTREAM_TIMEOUT
+    #: Its OIP gRPC port (0: it serves no gRPC); see grpc_relay.py.
+    grpc_port: int = 0
     inflight: int = 0
     #: Requests relayed to it so far.
     requests: int = 0
@@ -119,6 +121,8 @@ class Routes:
         self._cumulative: list[tuple[int, Upstream]] = []
         self._total = 0
         self.router_pid: int | None = None
+        #: The router's own gRPC address (``host:port``), empty when it has none.
+        self.grpc_address = ""
         #: Servers that lost their traffic but may still be answering requests.
         self._retired: dict[str, Upstream] = {}
 
@@ -161,6 +165,7 @@ class Routes:
             upstreams[-1].timeout = component_timeout(
                 rev.manifest, entry.role, self.default_timeout
             )
+            upstreams[-1].grpc_port = entry.grpc_port
         kept = {u.key for u in upstreams}
         self._retired = {k: u for k, u in self._retired.items() if u.inflight and k not in kept}
         for key, old in self._by_key.items():
@@ -181,6 +186,7 @@ class Routes:
         self._total = total
         self.generation = record.generation
         self.router_pid = record.router.pid
+        self.grpc_address = record.router.grpc_address
 
     def pick(self) -> Upstream | None:
         if len(self._cumulative) == 1:
@@ -253,6 +259,8 @@ _REASONS = {
 #: Bytes allowed in a request method: RFC 9110 tokens as servers use them (upper-case letters).
 _METHOD_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ-_")
 _MAX_METHOD = 20
+#: How an HTTP/2 connection starts (its preface's request line).
+HTTP2_START = b"PRI * HTTP/2.0"
 _FRAMING = (b"content-length", b"transfer-encoding", b"connection", b"expect")
 
 
@@ -447,6 +455,9 @@ class _ClientConnection(asyncio.Protocol):
             self.parsing = False
 
     def _read_head(self) -> bool:
+        if self.buf.startswith(HTTP2_START):
+            self._hand_over_http2()
+            return False
         end = self.buf.find(b"\r\n\r\n")
         if end < 0:
             _check_start(self.buf)
@@ -536,6 +547,19 @@ class _ClientConnection(asyncio.Protocol):
         if router.mirror.active:
             router.mirror.begin(self.exchange)
         self.exchange.start()
+
+    def _hand_over_http2(self) -> None:
+        """A gRPC client at the HTTP port: answer it in HTTP/2 (it cannot read HTTP/1.1)."""
+        from kfp_serve.serving.backends.local import grpc_relay
+
+        self.router.count_rejected(505)
+        self._finish_request()
+        self.state = _CLOSED
+        self.router.clients.discard(self)
+        data, self.buf = bytes(self.buf), bytearray()
+        grpc_relay.answer_http2_on_http_port(
+            self.transport, data, self.router.routes.endpoint, self.router.routes.grpc_address
+        )
 
     # -- answers ------------------------------------------------------------------------------
 
@@ -987,6 +1011,9 @@ class Router:
         shadow.exchange.start()
         return shadow.cancel
 
+        #: The gRPC listener's relay (grpc_relay.py), when the router has one.
+        self.grpc: Any = None
+
     def connection(self) -> _ClientConnection:
         """The protocol factory of the listening socket."""
         return _ClientConnection(self)
@@ -1003,6 +1030,7 @@ class Router:
             "rejected": {str(k): v for k, v in sorted(self.rejected.items())},
             "timeouts": self.timeouts,
             "mirror": self.mirror.status(),
+            **({"grpc": self.grpc.status()} if self.grpc is not None else {}),
         }
 
     async def sweep(self, interval: float = SWEEP_INTERVAL) -> None:
@@ -1082,11 +1110,21 @@ async def serve(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    grpc_server = None
+    if args.grpc_fd is not None:
+        from kfp_serve.serving.backends.local import grpc_relay
+
+        router.grpc = grpc_relay.GrpcRelay(routes.endpoint, lambda: grpc_relay.choose(routes))
+        grpc_server = await loop.create_server(
+            router.grpc.connection, sock=socket.socket(fileno=args.grpc_fd)
+        )
     watchdog = asyncio.create_task(_watchdog(routes, args.registry))
     sweep = asyncio.create_task(router.sweep())
     logger.info("router for %r listening on %s", args.endpoint, sock.getsockname())
     async with server:
         await stop.wait()
+    if grpc_server is not None:
+        grpc_server.close()
     watchdog.cancel()
     sweep.cancel()
 
@@ -1098,6 +1136,7 @@ def main(argv: list[str] | None = None) -> None:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--fd", type=int, help="an inherited listening socket")
     where.add_argument("--port", type=int, help="a port to bind on 127.0.0.1")
+    parser.add_argument("--grpc-fd", type=int, help="an inherited listening socket for gRPC")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,

@@ -34,9 +34,10 @@ class Servers(Protocol):
         ...
 
     def start_router(
-        self, name: str, port: int | None
+        self, name: str, port: int | None, grpc_port: int | None = None
     ) -> tuple[ProcessRecord, subprocess.Popen | None]:
-        """Start the router of endpoint ``name`` on ``port`` if it is free, else on another;
+        """Start the router of endpoint ``name`` on ``port`` (its gRPC listener, where the
+        servers offer one, on ``grpc_port``) if it is free, else on another;
         does not wait. The handle, if any, tells an early exit apart (None: ask the record)."""
         ...
 
@@ -83,9 +84,9 @@ class ProcessServers:
         return dict(verified_dirs(plan))
 
     def start_router(
-        self, name: str, port: int | None
+        self, name: str, port: int | None, grpc_port: int | None = None
     ) -> tuple[ProcessRecord, subprocess.Popen | None]:
-        return rollout.start_router(self.python, name, port, dict(os.environ))
+        return rollout.start_router(self.python, name, port, dict(os.environ), grpc_port=grpc_port)
 
     def start_revision(
         self, plan: Plan, number: int, artifacts: dict[str, Path | str], grace: float

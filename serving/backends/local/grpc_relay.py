@@ -1,0 +1,373 @@
+"""The gRPC address of a local endpoint: a second listener of the router that relays HTTP/2.
+
+An endpoint whose servers run OIP gRPC (``--enable_grpc=true`` or ``--grpc_port=N`` in the
+manifest's args) gets one stable gRPC address, the way its HTTP URL is stable: the router listens
+on a second port and relays each gRPC connection, bytes as they arrive, to the gRPC port of a
+server that receives the endpoint's traffic.
+
+Why a byte relay per connection, not a proxy per call:
+
+- HTTP/2 is relayed untouched (no frame parsing, no HPACK, no grpc import in the router), so a
+  relayed call costs two loopback hops and nothing else, and every gRPC feature (deadlines,
+  metadata, raw contents, streaming) passes as it is.
+- A connection is bound to the server picked when it opens, by the same weights as HTTP
+  requests: a canary split holds across connections (each channel sticks to one revision, as a
+  channel does to one pod behind a cluster's L4 balancer).
+- Rollouts: a new connection goes to the revision that serves now. When a retired server stops,
+  its gRPC server sends GOAWAY (letting calls in flight finish) and closes; the client's channel
+  reconnects through the router and lands on the new revision. No call is cut short.
+
+Nothing hangs:
+
+- Bytes that do not start with the HTTP/2 client preface are refused by closing at once.
+- When no revision serves gRPC (the manifest does not turn it on) or none is running, the
+  relay answers each call itself with a gRPC status (UNIMPLEMENTED / UNAVAILABLE) and a message
+  saying what to change, then sends GOAWAY.
+- A gRPC client pointed at the endpoint's HTTP port gets UNAVAILABLE naming the gRPC address
+  (:func:`answer_http2_on_http_port`), not a hang and not an HTTP/1.1 answer it cannot read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections.abc import Callable
+from typing import Any
+
+logger = logging.getLogger("kfp_serve.router.grpc")
+
+#: The HTTP/2 client connection preface (RFC 9113 3.4).
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+#: gRPC status codes the relay answers with.
+UNIMPLEMENTED = 12
+UNAVAILABLE = 14
+#: Seconds a refused connection stays open so the client reads the answer (then it is closed).
+LINGER = 2.0
+#: Bytes buffered towards one side before reading from the other pauses.
+HIGH_WATER = 1 << 20
+
+_DATA, _HEADERS, _SETTINGS, _GOAWAY = 0x0, 0x1, 0x4, 0x7
+_END_STREAM, _END_HEADERS, _ACK = 0x1, 0x4, 0x1
+
+
+# --------------------------------------------------------------------------------------------
+# The few HTTP/2 frames the relay writes itself (a gRPC "trailers-only" error answer)
+
+
+def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    return struct.pack(">I", len(payload))[1:] + bytes((kind, flags)) + struct.pack(
+        ">I", stream & 0x7FFFFFFF
+    ) + payload
+
+
+def _hpack_int(value: int, prefix_bits: int, first: int = 0) -> bytes:
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes((first | value,))
+    out = bytearray((first | limit,))
+    value -= limit
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _hpack_literal(name: bytes, value: bytes) -> bytes:
+    """A header as "literal without indexing, new name" (no table state, no Huffman)."""
+    return b"\x00" + _hpack_int(len(name), 7) + name + _hpack_int(len(value), 7) + value
+
+
+def _grpc_message(text: str) -> bytes:
+    """``grpc-message`` percent-encoding (everything outside printable ASCII, and ``%``)."""
+    out = bytearray()
+    for byte in text.encode():
+        if 0x20 <= byte <= 0x7E and byte != 0x25:
+            out.append(byte)
+        else:
+            out += b"%%%02X" % byte
+    return bytes(out)
+
+
+def error_answer(stream: int, code: int, message: str) -> bytes:
+    """The frames that end call ``stream`` with gRPC status ``code``: a trailers-only answer."""
+    block = (
+        b"\x88"  # :status 200 (HPACK static table entry 8)
+        + _hpack_literal(b"content-type", b"application/grpc")
+        + _hpack_literal(b"grpc-status", str(code).encode())
+        + _hpack_literal(b"grpc-message", _grpc_message(message))
+    )
+    return _frame(_HEADERS, _END_STREAM | _END_HEADERS, stream, block)
+
+
+def _goaway(last_stream: int) -> bytes:
+    return _frame(_GOAWAY, 0, 0, struct.pack(">II", last_stream & 0x7FFFFFFF, 0))
+
+
+class _Refusal(asyncio.Protocol):
+    """Answers every call a client opens with one gRPC error, then says GOAWAY and closes.
+
+    Reads just enough of the client's frames (9-byte headers) to learn the stream ids of its
+    calls; everything else is skipped.
+    """
+
+    def __init__(self, code: int, message: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.code = code
+        self.message = message
+        self.loop = loop
+        self.transport: Any = None
+        self.buf = bytearray()
+        self.preface_seen = False
+        self.answered = 0
+        self.closer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if not self.preface_seen:
+            if len(self.buf) < len(PREFACE):
+                return
+            del self.buf[: len(PREFACE)]
+            self.preface_seen = True
+            self.transport.write(_frame(_SETTINGS, 0, 0))
+        out = bytearray()
+        while len(self.buf) >= 9:
+            length = int.from_bytes(self.buf[:3], "big")
+            if len(self.buf) < 9 + length:
+                break
+            kind, flags = self.buf[3], self.buf[4]
+            stream = int.from_bytes(self.buf[5:9], "big") & 0x7FFFFFFF
+            del self.buf[: 9 + length]
+            if kind == _SETTINGS and not flags & _ACK:
+                out += _frame(_SETTINGS, _ACK, 0)
+            elif kind == _HEADERS and stream > self.answered:
+                self.answered = stream
+                out += error_answer(stream, self.code, self.message)
+        if out:
+            self.transport.write(bytes(out))
+        if self.answered and self.closer is None:
+            self.transport.write(_goaway(self.answered))
+            # The client closes once it has read the answer; close anyway after a moment.
+            self.closer = self.loop.call_later(LINGER, self.transport.close)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closer is not None:
+            self.closer.cancel()
+
+
+def answer_http2_on_http_port(transport: Any, data: bytes, endpoint: str, grpc: str) -> None:
+    """Take over an HTTP-port connection that opened with the HTTP/2 preface (a gRPC client
+    pointed at the wrong port) and answer its calls with UNAVAILABLE naming the gRPC address."""
+    where = f"its gRPC address is {grpc}" if grpc else "it has no gRPC address"
+    refusal = _Refusal(
+        UNAVAILABLE,
+        f"this is the HTTP port of endpoint {endpoint!r}: {where} (`kfp-serve endpoints` "
+        "shows both)",
+        asyncio.get_running_loop(),
+    )
+    transport.set_protocol(refusal)
+    refusal.connection_made(transport)
+    refusal.data_received(data)
+
+
+# --------------------------------------------------------------------------------------------
+# The relay
+
+
+class GrpcRelay:
+    """The router's gRPC listener: one relayed connection per client connection.
+
+    Args:
+        endpoint: The endpoint's name (for messages).
+        pick: Returns ``(host, port, key)`` of the gRPC server a new connection goes to, or a
+            ``(status code, message)`` refusal when there is none.
+    """
+
+    def __init__(
+        self, endpoint: str, pick: Callable[[], tuple[str, int, str] | tuple[int, str]]
+    ) -> None:
+        self.endpoint = endpoint
+        self.pick = pick
+        self.loop = asyncio.get_running_loop()
+        #: Open relayed connections per upstream (``host:port`` of its gRPC server).
+        self.connections: dict[str, int] = {}
+        self.refused = 0
+
+    def connection(self) -> asyncio.Protocol:
+        """The protocol factory of the listening socket."""
+        return _Downstream(self)
+
+    def status(self) -> dict[str, Any]:
+        return {"connections": dict(self.connections), "refused": self.refused}
+
+    def opened(self, key: str) -> None:
+        self.connections[key] = self.connections.get(key, 0) + 1
+
+    def closed(self, key: str) -> None:
+        left = self.connections.get(key, 0) - 1
+        if left > 0:
+            self.connections[key] = left
+        else:
+            self.connections.pop(key, None)
+
+
+class _Downstream(asyncio.Protocol):
+    """A client's connection: checked for the preface, then piped to one upstream."""
+
+    def __init__(self, relay: GrpcRelay) -> None:
+        self.relay = relay
+        self.transport: Any = None
+        self.pending = bytearray()  # bytes that arrived before the upstream connected
+        self.upstream: _Upstream | None = None
+        self.key = ""
+        self.closed = False
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(high=HIGH_WATER)
+
+    def data_received(self, data: bytes) -> None:
+        upstream = self.upstream
+        if upstream is not None and upstream.transport is not None:
+            upstream.transport.write(data)
+            return
+        self.pending += data
+        if upstream is not None:
+            if len(self.pending) > HIGH_WATER:
+                self.transport.pause_reading()
+            return
+        # Still deciding: the first bytes must be the HTTP/2 preface.
+        n = min(len(self.pending), len(PREFACE))
+        if self.pending[:n] != PREFACE[:n]:
+            logger.info("endpoint %r: refused a gRPC connection that is not HTTP/2",
+                        self.relay.endpoint)
+            self.relay.refused += 1
+            self.transport.close()
+            return
+        if n < len(PREFACE):
+            return
+        choice = self.relay.pick()
+        if len(choice) == 2:
+            code, message = choice  # type: ignore[misc]
+            self.relay.refused += 1
+            refusal = _Refusal(code, message, self.relay.loop)  # type: ignore[arg-type]
+            self.transport.set_protocol(refusal)
+            refusal.connection_made(self.transport)
+            refusal.data_received(bytes(self.pending))
+            return
+        host, port, key = choice  # type: ignore[misc]
+        self.key = key
+        self.upstream = _Upstream(self)
+        self.relay.opened(key)
+        self.relay.loop.create_task(self._connect(host, port))
+
+    async def _connect(self, host: str, port: int) -> None:
+        assert self.upstream is not None
+        try:
+            await self.relay.loop.create_connection(lambda: self.upstream, host, port)
+        except OSError as e:
+            logger.warning("endpoint %r: gRPC server %s:%d refused the connection: %s",
+                           self.relay.endpoint, host, port, e)
+            self.upstream = None
+            self.relay.closed(self.key)
+            if self.closed:
+                return
+            refusal = _Refusal(
+                UNAVAILABLE,
+                f"endpoint {self.relay.endpoint!r}: its server did not accept the gRPC "
+                "connection; it may have exited: run `kfp-serve endpoints` to see it",
+                self.relay.loop,
+            )
+            self.transport.set_protocol(refusal)
+            refusal.connection_made(self.transport)
+            refusal.data_received(bytes(self.pending))
+
+    def upstream_ready(self) -> None:
+        if self.closed:
+            self.upstream.transport.close()  # type: ignore[union-attr]
+            return
+        if self.pending:
+            self.upstream.transport.write(bytes(self.pending))  # type: ignore[union-attr]
+            self.pending.clear()
+        self.transport.resume_reading()
+
+    def upstream_lost(self) -> None:
+        self.relay.closed(self.key)
+        self.upstream = None
+        if not self.closed:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.close()
+
+    def pause_writing(self) -> None:
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.resume_reading()
+
+
+class _Upstream(asyncio.Protocol):
+    """The relayed connection to the picked server's gRPC port."""
+
+    def __init__(self, downstream: _Downstream) -> None:
+        self.downstream = downstream
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(high=HIGH_WATER)
+        self.downstream.upstream_ready()
+
+    def data_received(self, data: bytes) -> None:
+        if not self.downstream.closed:
+            self.downstream.transport.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.downstream.upstream_lost()
+
+    def pause_writing(self) -> None:
+        self.downstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.downstream.transport.resume_reading()
+
+
+def choose(routes: Any) -> tuple[str, int, str] | tuple[int, str]:
+    """Where a new gRPC connection of the endpoint goes: a server that receives traffic and runs
+    gRPC, picked by the traffic weights; or why there is none (a status code and message).
+
+    Args:
+        routes: The router's :class:`~kfp_serve.serving.backends.local.router.Routes`.
+    """
+    import random
+
+    routes.refresh()
+    serving = [u for u in routes.upstreams if u.grpc_port and u.weight > 0]
+    if not serving:
+        if routes.upstreams:
+            return (
+                UNIMPLEMENTED,
+                f"endpoint {routes.endpoint!r} serves no gRPC: serve it with "
+                "`--enable_grpc=true` in the predictor's (or transformer's) container args "
+                "(ServeConfig predictor.container.args) to turn OIP gRPC on",
+            )
+        return (
+            UNAVAILABLE,
+            f"endpoint {routes.endpoint!r} has no revision to route to (it is being deleted or "
+            "was never started): serve it again",
+        )
+    point = random.random() * sum(u.weight for u in serving)
+    for upstream in serving:
+        point -= upstream.weight
+        if point < 0:
+            break
+    return upstream.host, upstream.grpc_port, f"{upstream.host}:{upstream.grpc_port}"
