@@ -121,6 +121,8 @@ def describe(
         "revisions": [asdict(r) for r in revs],
         "serve_config": serve_config(status),
         "events": list(status.events[-RECENT_EVENTS:]),
+        # A multi-model endpoint's hosted models (TrainedModels), with version and readiness.
+        "models": [{**asdict(m), "version": m.version} for m in status.models],
     }
 
 

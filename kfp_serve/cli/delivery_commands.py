@@ -44,6 +44,10 @@ def show_description(info: dict[str, Any]) -> None:
         say(f"  {role}: {url}")
     say(f"traffic: {info['traffic']}")
     render([revision_row(r) for r in info["revisions"]], Output.table, title="revisions")
+    if info.get("models"):
+        from kfp_serve.cli.multi_commands import hosted_rows
+
+        render(hosted_rows(info["models"]), Output.table, title="models")
     say("serve config:")
     if info["serve_config"]:
         import yaml

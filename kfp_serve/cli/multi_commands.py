@@ -53,16 +53,18 @@ def serve_multi(
         f"{', '.join(m.name for m in endpoint.status.models)}")
 
 
-def hosted_rows(statuses: list[Any]) -> list[dict[str, Any]]:
-    """What ``describe`` (and ``models load``) show of a multi-model endpoint's models."""
-    return [
-        {
-            "model": s.name, "version": s.version or "", "memory": s.memory,
-            "ready": "ready" if s.ready else (s.reason or "not ready"),
-            "url": s.url or "", "reason": s.message or "",
-        }
-        for s in statuses
-    ]
+def hosted_rows(models: list[Any]) -> list[dict[str, Any]]:
+    """What ``describe`` (and ``models load``) show of a multi-model endpoint's models:
+    TrainedModelStatus objects, or their ``describe`` dicts."""
+    rows = []
+    for m in models:
+        s = m if isinstance(m, dict) else {**vars(m), "version": m.version}
+        rows.append({
+            "model": s["name"], "version": s["version"] or "", "memory": s["memory"],
+            "ready": "ready" if s["ready"] else (s["reason"] or "not ready"),
+            "url": s["url"] or "", "reason": s["message"] or "",
+        })
+    return rows
 
 
 def load(

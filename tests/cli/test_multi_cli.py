@@ -60,6 +60,17 @@ def test_serve_multi_then_load_predict_unload(cli, regional):
         refused = cli("models", "load", NAME, "cli-iris-absent")
         assert_clean_error(refused, "cli-iris-absent")
 
+        # describe lists the hosted models with their versions, memory and readiness.
+        described = cli("describe", NAME, "--output", "json")
+        assert described.exit_code == 0, described.stderr
+        hosted = {m["name"]: m for m in json.loads(described.stdout)["models"]}
+        assert set(hosted) == {"cli-east", "cli-west", "cli-north"}
+        assert hosted["cli-north"]["memory"] == "48Mi" and hosted["cli-north"]["ready"] is True
+        assert hosted["cli-west"]["version"] == "1.0.0"
+        table = cli("describe", NAME)
+        assert table.exit_code == 0, table.stderr
+        assert "models" in table.stdout and "cli-north" in table.stdout and "48Mi" in table.stdout
+
         unloaded = cli("models", "unload", NAME, "cli-west")
         assert unloaded.exit_code == 0, unloaded.stderr
         gone = cli("predict", NAME, "--model", "cli-west", "--data", json.dumps(ROWS))

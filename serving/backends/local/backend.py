@@ -314,7 +314,7 @@ class LocalBackend:
         if found is None:
             raise ServingError(
                 f"no local endpoint hosts a model named {name!r}; "
-                "kfp_serve.serving.multi.hosted_models(ENDPOINT) lists an endpoint's models"
+                "`kfp-serve describe ENDPOINT` lists the models an endpoint hosts"
             )
         with registry.locked(found.name):
             record = registry.read_record(found.name)
