@@ -310,3 +310,58 @@ def _non_loopback_address() -> str | None:
         except OSError:
             return None
     return None if address.startswith("127.") else address
+
+
+@pytest.mark.timeout(400)
+def test_canary_promote_and_rollback_move_traffic_between_containers(
+    docker_home: Path, artifacts: dict
+) -> None:
+    """KServe's semantics on the container backend, as on the process one: rollback sends all
+    traffic to the stable revision, promote gives it all to the latest."""
+    from kfp_serve.serving.endpoint import Endpoint
+
+    dirs, expected = artifacts["dirs"], artifacts["expected"]
+    b = backend()
+    assert b.apply(manifest("tulips", snapshot(dirs["plain"])), timeout=180).ready
+    canary = manifest("tulips", snapshot(dirs["shifted"]),
+                      predictor={"canaryTrafficPercent": 50})
+    assert b.apply(canary, timeout=180).ready
+    ep = Endpoint("tulips", retry_window=2.0)
+    seen = {tuple(ep.predictions(ROWS)) for _ in range(40)}
+    assert seen == {tuple(expected["plain"]), tuple(expected["shifted"])}
+
+    state = b.rollback("tulips")
+    assert state.traffic == {state.latest_rolled_out: 100}
+    assert {tuple(ep.predictions(ROWS)) for _ in range(20)} == {tuple(expected["plain"])}
+
+    b.set_traffic("tulips", 50)
+    state = b.promote("tulips")
+    assert state.traffic == {state.latest_created: 100}
+    assert {tuple(ep.predictions(ROWS)) for _ in range(20)} == {tuple(expected["shifted"])}
+
+
+@pytest.mark.timeout(400)
+def test_many_models_behind_one_container_endpoint(docker_home: Path, iris: Any) -> None:
+    """serve_many on the container backend: each model staged into the mounted model directory,
+    loaded without a restart, answering at its own route; unloading one leaves the others."""
+    from sklearn.linear_model import LogisticRegression
+
+    from kfp_serve.artifacts import Model
+    from kfp_serve.serving.multi import add_model, remove_model, serve_many
+
+    X, y = iris
+    fitted = {f"shop-{i}": LogisticRegression(max_iter=300).fit(X, y + 10 * i) for i in range(3)}
+    ids = {name: Model(model=est, name=name, version="1.0.0").submit_artifact()
+           for name, est in fitted.items()}
+    ep = serve_many("shops", [ids["shop-0"], ids["shop-1"]],
+                    {"limits": {"memory": "512Mi"}}, memory="64Mi", backend="docker",
+                    timeout=180)
+    for name in ("shop-0", "shop-1"):
+        assert ep.predict(ROWS, model=name)["predictions"] == fitted[name].predict(ROWS).tolist()
+    add_model(ep, ids["shop-2"], memory="64Mi")
+    assert ep.predict(ROWS, model="shop-2")["predictions"] == fitted["shop-2"].predict(
+        ROWS).tolist()
+    remove_model(ep, "shop-0")
+    assert sorted(m.name for m in ep.refresh().models) == ["shop-1", "shop-2"]
+    assert ep.predict(ROWS, model="shop-1")["predictions"] == fitted["shop-1"].predict(
+        ROWS).tolist()

@@ -998,6 +998,8 @@ class Router:
         #: Requests the router answered itself and closed on, by status (junk, slow, too big).
         self.rejected: dict[int, int] = {}
         self.timeouts = 0
+        #: The gRPC listener's relay (grpc_relay.py), when the router has one.
+        self.grpc: Any = None
         self.mirror = Mirror(
             os.path.join(os.path.dirname(routes.registry), MIRROR_FILE),
             # perf_counter, not the loop's clock: uvloop's ticks in whole milliseconds.
@@ -1010,9 +1012,6 @@ class Router:
         shadow.exchange = _Exchange(shadow, upstream, request, False)  # type: ignore[arg-type]
         shadow.exchange.start()
         return shadow.cancel
-
-        #: The gRPC listener's relay (grpc_relay.py), when the router has one.
-        self.grpc: Any = None
 
     def connection(self) -> _ClientConnection:
         """The protocol factory of the listening socket."""
