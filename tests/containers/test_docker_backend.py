@@ -331,12 +331,12 @@ def test_canary_promote_and_rollback_move_traffic_between_containers(
     assert seen == {tuple(expected["plain"]), tuple(expected["shifted"])}
 
     state = b.rollback("tulips")
-    assert state.traffic == {state.latest_rolled_out: 100}
+    assert state.traffic[state.latest_rolled_out] == 100
     assert {tuple(ep.predictions(ROWS)) for _ in range(20)} == {tuple(expected["plain"])}
 
     b.set_traffic("tulips", 50)
     state = b.promote("tulips")
-    assert state.traffic == {state.latest_created: 100}
+    assert state.traffic[state.latest_created] == 100
     assert {tuple(ep.predictions(ROWS)) for _ in range(20)} == {tuple(expected["shifted"])}
 
 
@@ -354,7 +354,8 @@ def test_many_models_behind_one_container_endpoint(docker_home: Path, iris: Any)
     ids = {name: Model(model=est, name=name, version="1.0.0").submit_artifact()
            for name, est in fitted.items()}
     ep = serve_many("shops", [ids["shop-0"], ids["shop-1"]],
-                    {"limits": {"memory": "512Mi"}}, memory="64Mi", backend="docker",
+                    {"limits": {"memory": "512Mi"}, "predictor": {"runtime": "kfp-serve"}},
+                    memory="64Mi", backend="docker",
                     timeout=180)
     for name in ("shop-0", "shop-1"):
         assert ep.predict(ROWS, model=name)["predictions"] == fitted[name].predict(ROWS).tolist()
