@@ -7,10 +7,8 @@ the served manifest's ``protocolVersion``. Only httpx is needed: no KServe impor
 
 from __future__ import annotations
 
-import functools
 import json
 import math
-import ssl
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,22 +24,13 @@ from kfp_serve.serving.backends.base import (
 )
 from kfp_serve.serving.constants import PREDICT_PROBA_ENV
 from kfp_serve.serving.errors import ServingError
+from kfp_serve.serving.http import tls_context
 
 #: Statuses that right after Ready mean "not routed yet" (kserve/kserve#1658), so retrying helps.
 _RETRY_STATUS = {404, 503}
 #: The local router's answer when the server behind it is down.
 _BAD_GATEWAY = {502}
 
-
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    """The TLS settings every Endpoint shares, built once per process.
-
-    httpx builds a new context (and loads the whole CA bundle) for each ``Client``: about 30 ms
-    of CPU with the GIL held, so eight threads each opening an Endpoint got their first answer
-    a quarter of a second after the first thread did (measured by ``bench/fairness.py``).
-    """
-    return httpx.create_ssl_context()
 
 # numpy dtype kind/size -> KServe v2 datatype.
 _V2_DATATYPES = {
@@ -115,7 +104,7 @@ class Endpoint:
             base_url=status.url.rstrip("/"),
             headers=dict(status.headers),
             timeout=httpx.Timeout(self.timeout, connect=min(5.0, self.timeout)),
-            verify=_tls_context(),
+            verify=tls_context(),
             # A proxy from the environment must never see loopback traffic.
             trust_env=host not in ("127.0.0.1", "localhost", "::1"),
         )
