@@ -37,7 +37,8 @@ def retrying(
     seconds have passed or ``attempts`` were made; then the last error is raised as it was.
 
     Args:
-        deadline: Seconds from the first attempt after which no new attempt starts.
+        deadline: Seconds from the first attempt after which no new attempt starts (nor does
+            a pause that would end after it: the last error is raised then instead).
         attempts: Most attempts in all (None: no limit but the deadline).
         on: The exception types that mean "try again"; any other is raised at once.
         first_wait: Pause after the first failure, in seconds.
@@ -47,7 +48,7 @@ def retrying(
         raise ValueError("retrying() needs a deadline or a number of attempts")
     stops = []
     if deadline is not None:
-        stops.append(tenacity.stop_after_delay(deadline))
+        stops.append(tenacity.stop_before_delay(deadline))
     if attempts is not None:
         stops.append(tenacity.stop_after_attempt(attempts))
     return tenacity.Retrying(
