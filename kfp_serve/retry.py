@@ -13,6 +13,7 @@ or wait for a condition with :func:`wait_until`.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -32,6 +33,8 @@ def retrying(
     on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
     first_wait: float = FIRST_WAIT,
     max_wait: float = MAX_WAIT,
+    jitter: float = 0.0,
+    before_sleep: Callable[[BaseException, float], None] | None = None,
 ) -> tenacity.Retrying:
     """Attempts of one operation: retried on ``on`` with exponential back-off until ``deadline``
     seconds have passed or ``attempts`` were made; then the last error is raised as it was.
@@ -43,6 +46,10 @@ def retrying(
         on: The exception types that mean "try again"; any other is raised at once.
         first_wait: Pause after the first failure, in seconds.
         max_wait: Longest pause between two attempts.
+        jitter: Each pause is lengthened by a random part of up to this fraction of it, so
+            clients that failed together do not all come back at the same moment.
+        before_sleep: Called with the error and the pause (seconds) before each pause, to say
+            what is retried.
     """
     if deadline is None and attempts is None:
         raise ValueError("retrying() needs a deadline or a number of attempts")
@@ -51,10 +58,22 @@ def retrying(
         stops.append(tenacity.stop_before_delay(deadline))
     if attempts is not None:
         stops.append(tenacity.stop_after_attempt(attempts))
+    backoff = tenacity.wait_exponential(multiplier=first_wait, max=max_wait)
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        return backoff(state) * (1 + random.random() * jitter)  # noqa: S311 - not crypto
+
+    def say(state: tenacity.RetryCallState) -> None:
+        assert before_sleep is not None and state.outcome is not None
+        error = state.outcome.exception()
+        assert error is not None  # only failed attempts are followed by a pause
+        before_sleep(error, state.upcoming_sleep)
+
     return tenacity.Retrying(
         stop=tenacity.stop_any(*stops),
-        wait=tenacity.wait_exponential(multiplier=first_wait, max=max_wait),
+        wait=wait if jitter else backoff,
         retry=tenacity.retry_if_exception_type(on),
+        before_sleep=say if before_sleep is not None else None,
         reraise=True,
     )
 
@@ -72,9 +91,7 @@ def retrying_async(
     sync = retrying(
         deadline=deadline, attempts=attempts, on=on, first_wait=first_wait, max_wait=max_wait
     )
-    return tenacity.AsyncRetrying(
-        stop=sync.stop, wait=sync.wait, retry=sync.retry, reraise=True
-    )
+    return tenacity.AsyncRetrying(stop=sync.stop, wait=sync.wait, retry=sync.retry, reraise=True)
 
 
 def wait_until(
@@ -82,9 +99,13 @@ def wait_until(
     *,
     deadline: float,
     interval: float = 0.05,
+    max_interval: float | None = None,
     describe: str = "the condition",
 ) -> T:
     """Call ``condition`` until it returns something truthy, and return that.
+
+    It is called every ``interval`` seconds, or, with ``max_interval``, after pauses that
+    double from ``interval`` up to ``max_interval`` (for a condition that is costly to check).
 
     Raises:
         TimeoutError: ``deadline`` seconds passed first; the message names ``describe``.
@@ -102,7 +123,11 @@ def wait_until(
     try:
         return tenacity.Retrying(
             stop=tenacity.stop_after_delay(deadline),
-            wait=tenacity.wait_fixed(interval),
+            wait=(
+                tenacity.wait_fixed(interval)
+                if max_interval is None
+                else tenacity.wait_exponential(multiplier=interval, max=max_interval)
+            ),
             retry=tenacity.retry_if_exception_type(_NotYet),
             reraise=True,
         )(check)

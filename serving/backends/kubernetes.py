@@ -17,11 +17,11 @@ The ``kubernetes`` package is imported lazily: ``serving`` must stay cheap to im
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import os
-import random
 import sys
 import time
 import urllib.error
@@ -38,6 +38,7 @@ from kfp_serve.artifacts.kube import (
     use_in_cluster,
 )
 from kfp_serve.artifacts.names import validate_name
+from kfp_serve.retry import retrying, wait_until
 from kfp_serve.serving.backends.base import KUBERNETES, EndpointStatus
 from kfp_serve.serving.backends.traffic import (
     PROMOTE,
@@ -81,6 +82,10 @@ TERMINAL_TRANSITIONS = frozenset({"BlockedByFailedLoad", "InvalidSpec"})
 _APPLY_ATTEMPTS = 5  # conflicts (someone else wrote in between) before giving up
 _MAX_WATCH_SECONDS = 10  # resume watches this often: a heartbeat for the progress output
 _CONNECT_TIMEOUT = 5.0
+
+
+class _Retryable(Exception):
+    """A failed API call worth another attempt; its message is the API's answer."""
 
 
 class InferenceServiceNotReadyError(ServingError):
@@ -357,14 +362,13 @@ class KubernetesBackend:
         import urllib3
         from kubernetes.client.exceptions import ApiException
 
-        delay, attempts, last = 0.1, 0, ""
-        while True:
+        attempts, last = 0, "none"
+
+        def once() -> Any:
+            nonlocal attempts, last
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise ServingError(
-                    f"{what} failed: the Kubernetes API server did not answer successfully "
-                    f"before the deadline ({attempts} attempt(s); last error: {last or 'none'})"
-                )
+                raise _Retryable(last)  # no time left for (another) attempt
             kwargs["_request_timeout"] = (
                 min(_CONNECT_TIMEOUT, remaining),
                 min(self.request_timeout, remaining),
@@ -379,10 +383,25 @@ class KubernetesBackend:
                 last = f"{e.status} {reason}: {message}"
             except (urllib3.exceptions.HTTPError, OSError) as e:
                 last = f"{type(e).__name__}: {e}"
-            pause = min(delay * (1 + random.random() / 2), max(0.0, deadline - time.monotonic()))
-            self._say(f"{what}: {last}; retrying in {pause:.1f}s")
-            time.sleep(pause)
-            delay = min(delay * 2, 2.0)
+            raise _Retryable(last)
+
+        def say(error: BaseException, pause: float) -> None:
+            self._say(f"{what}: {error}; retrying in {pause:.1f}s")
+
+        try:
+            return retrying(
+                deadline=max(0.0, deadline - time.monotonic()),
+                on=_Retryable,
+                first_wait=0.1,
+                max_wait=2.0,
+                jitter=0.5,
+                before_sleep=say,
+            )(once)
+        except _Retryable as e:
+            raise ServingError(
+                f"{what} failed: the Kubernetes API server did not answer successfully "
+                f"before the deadline ({attempts} attempt(s); last error: {e})"
+            ) from None
 
     def _refused(self, e: Any, verb: str, name: str, namespace: str) -> ServingError:
         reason, message = _api_message(e)
@@ -597,45 +616,8 @@ class KubernetesBackend:
                 self._say(f"{name} [{now - started:5.1f}s/{timeout:.0f}s] {summary}")
                 shown[0], shown[1] = summary, now
 
-        delay = 0.1
-        while True:
-            show()
-            now = time.monotonic()
-            if state == "ready":
-                return latest
-            if state == "failed":
-                raise self._not_ready(latest, generation, timeout, timed_out=False)
-            if deadline - now <= 0:
-                raise self._not_ready(latest, generation, timeout, timed_out=True)
-            try:
-                for event in self._watch_events(name, namespace, rv, deadline):
-                    if event["type"] == "DELETED":
-                        raise ServingError(
-                            f"InferenceService {name!r} in namespace {namespace!r} was deleted "
-                            "while waiting for it to become Ready"
-                        )
-                    latest = event["raw_object"]
-                    rv = latest["metadata"].get("resourceVersion") or rv
-                    state, summary = readiness(latest, generation)
-                    if state != "pending":
-                        break
-                    show()
-                delay = 0.1
-                continue  # the watch ended (server timeout): resume from the last version seen
-            except api_exception as e:
-                if e.status in (403, 401):
-                    raise self._refused(e, "watch", name, namespace) from e
-                # 410 Gone (history compacted) and server errors: re-read, then watch again.
-                problem = f"watch interrupted ({e.status} {_api_message(e)[0]})"
-            except (urllib3.exceptions.HTTPError, OSError) as e:
-                if time.monotonic() >= deadline:
-                    continue  # the read timeout was the deadline: report the timeout above
-                problem = f"watch interrupted ({type(e).__name__})"
-            self._say(f"{name}: {problem}; re-reading the InferenceService")
-            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, 2.0)
-            if time.monotonic() >= deadline:
-                continue
+        def reread() -> None:
+            nonlocal latest, rv, state, summary
             try:
                 latest = self._call(
                     f"reading InferenceService {name!r}",
@@ -657,9 +639,71 @@ class KubernetesBackend:
             except ServingError:
                 if time.monotonic() < deadline:
                     raise
-                continue  # deadline reached while retrying: report the readiness timeout
+                return  # deadline reached while retrying: the caller reports the timeout
             rv = latest["metadata"].get("resourceVersion")
             state, summary = readiness(latest, generation)
+
+        def watch() -> None:
+            """Follow events until the state is decided or the watch ends (server timeout).
+
+            Raises:
+                _Retryable: the watch was interrupted; re-read and watch again.
+            """
+            nonlocal latest, rv, state, summary
+            try:
+                for event in self._watch_events(name, namespace, rv, deadline):
+                    if event["type"] == "DELETED":
+                        raise ServingError(
+                            f"InferenceService {name!r} in namespace {namespace!r} was deleted "
+                            "while waiting for it to become Ready"
+                        )
+                    latest = event["raw_object"]
+                    rv = latest["metadata"].get("resourceVersion") or rv
+                    state, summary = readiness(latest, generation)
+                    if state != "pending":
+                        return
+                    show()
+            except api_exception as e:
+                if e.status in (403, 401):
+                    raise self._refused(e, "watch", name, namespace) from e
+                # 410 Gone (history compacted) and server errors: re-read, then watch again.
+                raise _Retryable(f"watch interrupted ({e.status} {_api_message(e)[0]})") from e
+            except (urllib3.exceptions.HTTPError, OSError) as e:
+                if time.monotonic() >= deadline:
+                    return  # the read timeout was the deadline: the caller reports the timeout
+                raise _Retryable(f"watch interrupted ({type(e).__name__})") from e
+
+        def say(error: BaseException, pause: float) -> None:
+            self._say(f"{name}: {error}; re-reading the InferenceService")
+
+        while True:
+            show()
+            if state == "ready":
+                return latest
+            if state == "failed":
+                raise self._not_ready(latest, generation, timeout, timed_out=False)
+            if deadline - time.monotonic() <= 0:
+                raise self._not_ready(latest, generation, timeout, timed_out=True)
+            # Each watch that ends by itself starts a new series of attempts (back-off reset);
+            # an interrupted one is followed by a re-read and a new watch from there.
+            attempts = retrying(
+                deadline=max(0.0, deadline - time.monotonic()),
+                on=_Retryable,
+                first_wait=0.1,
+                max_wait=2.0,
+                before_sleep=say,
+            )
+            with contextlib.suppress(_Retryable):  # out of time: reported at the loop's top
+                for attempt in attempts:
+                    with attempt:
+                        if attempt.retry_state.attempt_number > 1:
+                            if time.monotonic() >= deadline:
+                                break
+                            reread()
+                            if state != "pending" or time.monotonic() >= deadline:
+                                break
+                            show()
+                        watch()
 
     def _not_ready(
         self, obj: dict[str, Any], generation: int, timeout: float, *, timed_out: bool
@@ -798,31 +842,37 @@ class KubernetesBackend:
         else:
             path = f"/v1/models/{status.name}"
         probe_deadline = min(deadline, time.monotonic() + self.probe_timeout)
-        delay, last = 0.05, ""
-        while True:
+
+        def once() -> None:
             request = urllib.request.Request(status.url + path, headers=status.headers)
             try:
                 remaining = max(0.05, probe_deadline - time.monotonic())
                 with urllib.request.urlopen(request, timeout=min(5.0, remaining)) as response:
                     if response.status == 200:
                         return
-                    last = f"HTTP {response.status}"
+                    raise _Retryable(f"HTTP {response.status}")
             except urllib.error.HTTPError as e:
-                last = f"HTTP {e.code}"
                 if e.code not in (404, 502, 503, 504):
-                    status.message = f"Ready, but {status.url}{path} answers {last}"
-                    return
+                    raise  # an answer that waiting will not change
+                raise _Retryable(f"HTTP {e.code}") from None
             except (urllib.error.URLError, OSError) as e:
-                last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
-            if time.monotonic() + delay >= probe_deadline:
-                status.message = (
-                    f"Ready, but {status.url}{path} did not answer 200 yet "
-                    f"(last: {last}); clients should retry for a short while"
-                )
-                self._say(f"{status.name}: {status.message}")
-                return
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
+                raise _Retryable(f"{type(e).__name__}: {getattr(e, 'reason', e)}") from None
+
+        try:
+            retrying(
+                deadline=max(0.0, probe_deadline - time.monotonic()),
+                on=_Retryable,
+                first_wait=0.05,
+                max_wait=1.0,
+            )(once)
+        except urllib.error.HTTPError as e:
+            status.message = f"Ready, but {status.url}{path} answers HTTP {e.code}"
+        except _Retryable as e:
+            status.message = (
+                f"Ready, but {status.url}{path} did not answer 200 yet "
+                f"(last: {e}); clients should retry for a short while"
+            )
+            self._say(f"{status.name}: {status.message}")
 
     def get(self, name: str, namespace: str | None = None) -> EndpointStatus:
         """The current status of one InferenceService.
@@ -976,21 +1026,34 @@ class KubernetesBackend:
                 "conflicts): is another client writing it?"
             )
         self._say(f"{action} of InferenceService {name!r}: waiting for traffic to move")
-        delay = 0.05
-        while not settled(obj, action, percent):
-            if time.monotonic() >= deadline:
-                state = rollout_state(obj)
-                _, summary = readiness(obj, obj["metadata"].get("generation", 1))
-                raise ServingError(
-                    f"{action} of InferenceService {name!r}: traffic did not move within "
-                    f"{timeout:g}s; now {state.traffic or 'no traffic reported'} (latest "
-                    f"revision {state.latest_created}, ready {state.latest_ready}, stable "
-                    f"{state.latest_rolled_out}): {summary}. A new revision that is not Ready "
-                    "takes no traffic; rollback() sends everything to the stable one"
-                )
-            time.sleep(delay)
-            delay = min(delay * 2, 0.5)
-            obj = self.get(name, namespace).manifest
+        latest, polled = obj, False
+
+        def moved() -> bool:  # the patch's answer first, then a fresh read each time
+            nonlocal latest, polled
+            if polled:
+                latest = self.get(name, namespace).manifest
+            polled = True
+            return settled(latest, action, percent)
+
+        try:
+            wait_until(
+                moved,
+                deadline=max(0.0, deadline - time.monotonic()),
+                interval=0.05,
+                max_interval=0.5,
+                describe="traffic move",
+            )
+        except TimeoutError:
+            state = rollout_state(latest)
+            _, summary = readiness(latest, latest["metadata"].get("generation", 1))
+            raise ServingError(
+                f"{action} of InferenceService {name!r}: traffic did not move within "
+                f"{timeout:g}s; now {state.traffic or 'no traffic reported'} (latest "
+                f"revision {state.latest_created}, ready {state.latest_ready}, stable "
+                f"{state.latest_rolled_out}): {summary}. A new revision that is not Ready "
+                "takes no traffic; rollback() sends everything to the stable one"
+            ) from None
+        obj = latest
         state = rollout_state(obj)
         self._say(f"InferenceService {name!r} traffic: {state.traffic}")
         return state
