@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from kfp_serve.serving.constants import PREDICT_PROBA_ENV
 from kfp_serve.serving.runtime.fidelity import KFP_SERVE as KFP_SERVE_RUNTIME
 from kfp_serve.serving.runtime.fidelity import SKLEARN_SERVER, XGB_SERVER
 
@@ -352,7 +353,7 @@ def runtime_expectation(
     runtime = model.get("runtime")
     proba = any(
         isinstance(e, dict)
-        and e.get("name") == "PREDICT_PROBA"
+        and e.get("name") == PREDICT_PROBA_ENV
         and str(e.get("value", "")).lower() == "true"
         for e in model.get("env") or []
     )

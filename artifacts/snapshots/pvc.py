@@ -33,7 +33,13 @@ from typing import Any
 
 from kfp_serve.artifacts.environment import pod_namespace
 from kfp_serve.artifacts.errors import SnapshotError
-from kfp_serve.artifacts.kube import client_configuration, default_namespace
+from kfp_serve.artifacts.kube import (
+    DOMAIN,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    client_configuration,
+    default_namespace,
+)
 from kfp_serve.artifacts.snapshots.base import Snapshot, snapshot_dir_name, split_snapshot_uri
 from kfp_serve.artifacts.snapshots.digest import digest_hex
 from kfp_serve.artifacts.snapshots.file import FileSnapshotBackend
@@ -47,11 +53,8 @@ NAMESPACE_ENV = "KFP_SERVE_NAMESPACE"
 SNAPSHOT_GROUP = "snapshot.storage.k8s.io"
 SNAPSHOT_VERSION = "v1"
 SNAPSHOT_PLURAL = "volumesnapshots"
-# The artifacts layer cannot import kfp_serve.serving.constants: these keys are named here once.
-_DOMAIN = "kfp-serve.kubeflow.org"
-ANNOTATION_DIGEST = f"{_DOMAIN}/digest"
-ANNOTATION_SOURCE = f"{_DOMAIN}/snapshot-uri"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+ANNOTATION_DIGEST = f"{DOMAIN}/digest"
+ANNOTATION_SOURCE = f"{DOMAIN}/snapshot-uri"
 
 DEFAULT_TIMEOUT = 600.0
 _DEFAULT_SIZE = "1Gi"
@@ -206,7 +209,7 @@ def hydrate(
         "metadata": {
             "name": claim,
             "namespace": namespace,
-            "labels": {LABEL_MANAGED_BY: "kfp-serve"},
+            "labels": {LABEL_MANAGED_BY: MANAGED_BY},
             "annotations": {ANNOTATION_SOURCE: snapshot_uri, ANNOTATION_DIGEST: ref.digest},
         },
         "spec": {
@@ -332,7 +335,7 @@ class PvcSnapshotBackend:
             "metadata": {
                 "name": name,
                 "namespace": namespace,
-                "labels": {LABEL_MANAGED_BY: "kfp-serve"},
+                "labels": {LABEL_MANAGED_BY: MANAGED_BY},
                 "annotations": {
                     ANNOTATION_SOURCE: uri,
                     ANNOTATION_DIGEST: parse_snapshot_uri(uri).digest,
