@@ -403,6 +403,32 @@ class KubernetesBackend:
                 f"before the deadline ({attempts} attempt(s); last error: {e})"
             ) from None
 
+    def _isvc_call(
+        self, what: str, verb: str, namespace: str, *args: Any, deadline: float, **kwargs: Any
+    ) -> Any:
+        """:meth:`_call` of ``CustomObjectsApi.<verb>_namespaced_custom_object`` on the
+        InferenceServices of ``namespace``."""
+        custom, _ = self._clients()
+        fn = getattr(custom, f"{verb}_namespaced_custom_object")
+        return self._call(
+            what, fn, GROUP, VERSION, namespace, PLURAL, *args, deadline=deadline, **kwargs
+        )
+
+    def _read(self, name: str, namespace: str, deadline: float, missing: str) -> dict[str, Any]:
+        """The InferenceService as stored now.
+
+        Raises:
+            ServingError: it does not exist (the message is ``missing``), or the API refused.
+        """
+        try:
+            return self._isvc_call(
+                f"reading InferenceService {name!r}", "get", namespace, name, deadline=deadline
+            )
+        except self._api_exception() as e:
+            if e.status == 404:
+                raise ServingError(missing) from e
+            raise self._refused(e, "get", name, namespace) from e
+
     def _refused(self, e: Any, verb: str, name: str, namespace: str) -> ServingError:
         reason, message = _api_message(e)
         hint = (_WEBHOOK_HINT if message.startswith(_WEBHOOK_DENIAL) else _HINTS.get(
@@ -505,26 +531,20 @@ class KubernetesBackend:
         self, body: dict[str, Any], name: str, namespace: str, deadline: float
     ) -> dict[str, Any]:
         """get, then create or merge-patch; retried on conflicts; returns the stored object."""
-        custom, _ = self._clients()
         api_exception = self._api_exception()
-        where = (GROUP, VERSION, namespace, PLURAL)
         for _ in range(_APPLY_ATTEMPTS):
             try:
-                current = self._call(
-                    f"reading InferenceService {name!r}",
-                    custom.get_namespaced_custom_object,
-                    *where,
-                    name,
-                    deadline=deadline,
+                current = self._isvc_call(
+                    f"reading InferenceService {name!r}", "get", namespace, name, deadline=deadline
                 )
             except api_exception as e:
                 if e.status != 404:
                     raise self._refused(e, "get", name, namespace) from e
                 try:
-                    obj = self._call(
+                    obj = self._isvc_call(
                         f"creating InferenceService {name!r}",
-                        custom.create_namespaced_custom_object,
-                        *where,
+                        "create",
+                        namespace,
                         body,
                         field_validation="Strict",
                         deadline=deadline,
@@ -543,10 +563,10 @@ class KubernetesBackend:
                 )
                 return current
             try:
-                obj = self._call(
+                obj = self._isvc_call(
                     f"updating InferenceService {name!r}",
-                    custom.patch_namespaced_custom_object,
-                    *where,
+                    "patch",
+                    namespace,
                     name,
                     patch,
                     field_validation="Strict",
@@ -604,7 +624,6 @@ class KubernetesBackend:
         import urllib3
 
         api_exception = self._api_exception()
-        custom, _ = self._clients()
         latest = obj
         rv = obj["metadata"].get("resourceVersion")
         state, summary = readiness(latest, generation)
@@ -619,23 +638,13 @@ class KubernetesBackend:
         def reread() -> None:
             nonlocal latest, rv, state, summary
             try:
-                latest = self._call(
-                    f"reading InferenceService {name!r}",
-                    custom.get_namespaced_custom_object,
-                    GROUP,
-                    VERSION,
-                    namespace,
-                    PLURAL,
+                latest = self._read(
                     name,
-                    deadline=deadline,
+                    namespace,
+                    deadline,
+                    missing=f"InferenceService {name!r} in namespace {namespace!r} disappeared "
+                    "while waiting for it to become Ready (deleted by someone else?)",
                 )
-            except api_exception as e:
-                if e.status == 404:
-                    raise ServingError(
-                        f"InferenceService {name!r} in namespace {namespace!r} disappeared while "
-                        "waiting for it to become Ready (deleted by someone else?)"
-                    ) from e
-                raise self._refused(e, "get", name, namespace) from e
             except ServingError:
                 if time.monotonic() < deadline:
                     raise
@@ -882,42 +891,22 @@ class KubernetesBackend:
         """
         validate_name(name, "name")
         namespace = validate_name(namespace or self.namespace, "namespace")
-        custom, _ = self._clients()
-        deadline = time.monotonic() + self.request_timeout * 2
-        try:
-            obj = self._call(
-                f"reading InferenceService {name!r}",
-                custom.get_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                name,
-                deadline=deadline,
-            )
-        except self._api_exception() as e:
-            if e.status == 404:
-                raise ServingError(
-                    f"no InferenceService {name!r} in namespace {namespace!r} "
-                    f"(list them with `kubectl get inferenceservices -n {namespace}`)"
-                ) from e
-            raise self._refused(e, "get", name, namespace) from e
+        obj = self._read(
+            name,
+            namespace,
+            time.monotonic() + self.request_timeout * 2,
+            missing=f"no InferenceService {name!r} in namespace {namespace!r} "
+            f"(list them with `kubectl get inferenceservices -n {namespace}`)",
+        )
         return self._endpoint_status(obj)
 
     def list(self, namespace: str | None = None) -> list[EndpointStatus]:
         """Every InferenceService in ``namespace``, sorted by name."""
         namespace = validate_name(namespace or self.namespace, "namespace")
-        custom, _ = self._clients()
         deadline = time.monotonic() + self.request_timeout * 2
         try:
-            result = self._call(
-                "listing InferenceServices",
-                custom.list_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                deadline=deadline,
+            result = self._isvc_call(
+                "listing InferenceServices", "list", namespace, deadline=deadline
             )
         except self._api_exception() as e:
             raise self._refused(e, "list", "*", namespace) from e
@@ -932,18 +921,10 @@ class KubernetesBackend:
         """
         validate_name(name, "name")
         namespace = validate_name(namespace or self.namespace, "namespace")
-        custom, _ = self._clients()
         deadline = time.monotonic() + self.request_timeout * 2
         try:
-            self._call(
-                f"deleting InferenceService {name!r}",
-                custom.delete_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                name,
-                deadline=deadline,
+            self._isvc_call(
+                f"deleting InferenceService {name!r}", "delete", namespace, name, deadline=deadline
             )
         except self._api_exception() as e:
             if e.status == 404:
@@ -995,7 +976,6 @@ class KubernetesBackend:
         self, name: str, namespace: str | None, action: str, percent: int | None, timeout: float
     ) -> RolloutState:
         namespace = validate_name(namespace or self.namespace, "namespace")
-        custom, _ = self._clients()
         api_exception = self._api_exception()
         deadline = time.monotonic() + timeout
         plans = {
@@ -1003,15 +983,15 @@ class KubernetesBackend:
             PROMOTE: promote_patch,
             ROLLBACK: rollback_patch,
         }
-        where = (GROUP, VERSION, namespace, PLURAL, name)
         for _ in range(_APPLY_ATTEMPTS):
             obj = self.get(name, namespace).manifest
             patch = plans[action](obj)
             try:
-                obj = self._call(
+                obj = self._isvc_call(
                     f"{action} of InferenceService {name!r}",
-                    custom.patch_namespaced_custom_object,
-                    *where,
+                    "patch",
+                    namespace,
+                    name,
                     patch,
                     field_validation="Strict",
                     deadline=deadline,
