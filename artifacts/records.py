@@ -27,6 +27,7 @@ from kfp_serve.artifacts.mlmd import (
     SNAPSHOT_TYPE,
     SUBMIT_EXECUTION,
     TRANSFORMER_TYPE,
+    completed_execution,
     get_value,
     set_value,
 )
@@ -320,14 +321,11 @@ def record_submission(
             if v is not None:
                 set_value(artifact.properties[k], v)
         pairs: list[tuple[Any, Any]] = []
-        execution = pb.Execution(type_id=store.type_id(SUBMIT_EXECUTION))
-        execution.last_known_state = pb.Execution.COMPLETE
-        for k, v in {
-            "step": "submit_artifact",
-            "run_id": run.run_id,
-            "artifact_kind": sub.kind,
-        }.items():
-            set_value(execution.properties[k], v)
+        execution = completed_execution(
+            store,
+            SUBMIT_EXECUTION,
+            {"step": "submit_artifact", "run_id": run.run_id, "artifact_kind": sub.kind},
+        )
         for a in inputs:
             pairs.append((a, pb.Event(type=pb.Event.INPUT)))
         pairs.append((artifact, pb.Event(type=pb.Event.OUTPUT)))
@@ -372,14 +370,11 @@ def link_snapshot(artifact_id: int, snapshot: Any, *, store: MetadataStore | Non
             snap.properties["digest"].string_value = snapshot.digest
             snap.properties["size"].int_value = int(snapshot.size)
             snap.properties["source_uri"].string_value = artifact.uri
-        execution = pb.Execution(type_id=store.type_id(SNAPSHOT_EXECUTION))
-        execution.last_known_state = pb.Execution.COMPLETE
-        for k, v in {
-            "step": "snapshot",
-            "run_id": run.run_id,
-            "snapshot_uri": snapshot.uri,
-        }.items():
-            set_value(execution.properties[k], v)
+        execution = completed_execution(
+            store,
+            SNAPSHOT_EXECUTION,
+            {"step": "snapshot", "run_id": run.run_id, "snapshot_uri": snapshot.uri},
+        )
         store.put_execution(
             execution,
             [(updated, pb.Event(type=pb.Event.INPUT)), (snap, pb.Event(type=pb.Event.OUTPUT))],
@@ -432,19 +427,19 @@ def record_deployment(
             a = _artifact(store, i)
             to_record(store, a)
             served.append(a)
-        execution = pb.Execution(type_id=store.type_id(DEPLOY_EXECUTION))
-        execution.last_known_state = pb.Execution.COMPLETE
-        props = {
-            "step": "serve",
-            "run_id": run.run_id,
-            "endpoint": name,
-            "namespace": namespace or "",
-            "url": url or "",
-            "model_id": model_id,
-            "transformer_id": transformer_id if transformer_id is not None else 0,
-        }
-        for k, v in props.items():
-            set_value(execution.properties[k], v)
+        execution = completed_execution(
+            store,
+            DEPLOY_EXECUTION,
+            {
+                "step": "serve",
+                "run_id": run.run_id,
+                "endpoint": name,
+                "namespace": namespace or "",
+                "url": url or "",
+                "model_id": model_id,
+                "transformer_id": transformer_id if transformer_id is not None else 0,
+            },
+        )
         pairs = [(a, pb.Event(type=pb.Event.INPUT)) for a in served]
         execution_id, _, _ = store.put_execution(execution, pairs, store.run_contexts(run))
         return execution_id
