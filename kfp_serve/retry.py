@@ -14,6 +14,7 @@ or wait for a condition with :func:`wait_until`.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -35,6 +36,8 @@ def retrying(
     max_wait: float = MAX_WAIT,
     jitter: float = 0.0,
     before_sleep: Callable[[BaseException, float], None] | None = None,
+    clock: Callable[[], float] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> tenacity.Retrying:
     """Attempts of one operation: retried on ``on`` with exponential back-off until ``deadline``
     seconds have passed or ``attempts`` were made; then the last error is raised as it was.
@@ -50,11 +53,22 @@ def retrying(
             clients that failed together do not all come back at the same moment.
         before_sleep: Called with the error and the pause (seconds) before each pause, to say
             what is retried.
+        clock: A monotonic clock to measure ``deadline`` with, from this call on (with
+            ``sleep``, injectable so that tests of a caller need not wait); default: the
+            system's, from the first attempt.
+        sleep: How to pause.
     """
     if deadline is None and attempts is None:
         raise ValueError("retrying() needs a deadline or a number of attempts")
     stops = []
-    if deadline is not None:
+    if deadline is not None and clock is not None:
+        began, limit = clock(), deadline
+
+        def out_of_time(state: tenacity.RetryCallState) -> bool:
+            return clock() - began + (state.upcoming_sleep or 0.0) > limit
+
+        stops.append(out_of_time)
+    elif deadline is not None:
         stops.append(tenacity.stop_before_delay(deadline))
     if attempts is not None:
         stops.append(tenacity.stop_after_attempt(attempts))
@@ -74,6 +88,7 @@ def retrying(
         wait=wait if jitter else backoff,
         retry=tenacity.retry_if_exception_type(on),
         before_sleep=say if before_sleep is not None else None,
+        sleep=sleep,
         reraise=True,
     )
 
