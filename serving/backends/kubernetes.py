@@ -88,6 +88,10 @@ class _Retryable(Exception):
     """A failed API call worth another attempt; its message is the API's answer."""
 
 
+class _Conflict(Exception):
+    """A write refused with 409: the object changed since it was read; read it again."""
+
+
 class InferenceServiceNotReadyError(ServingError):
     """An InferenceService failed or did not become Ready in time.
 
@@ -532,7 +536,8 @@ class KubernetesBackend:
     ) -> dict[str, Any]:
         """get, then create or merge-patch; retried on conflicts; returns the stored object."""
         api_exception = self._api_exception()
-        for _ in range(_APPLY_ATTEMPTS):
+
+        def once() -> dict[str, Any]:
             try:
                 current = self._isvc_call(
                     f"reading InferenceService {name!r}", "get", namespace, name, deadline=deadline
@@ -551,7 +556,8 @@ class KubernetesBackend:
                     )
                 except api_exception as e2:
                     if e2.status == 409:
-                        continue  # created meanwhile (or by our own timed-out attempt): patch it
+                        # Created meanwhile (or by our own timed-out attempt): patch it.
+                        raise _Conflict from e2
                     raise self._refused(e2, "create", name, namespace) from e2
                 self._say(f"created InferenceService {name!r} in namespace {namespace!r}")
                 return obj
@@ -574,17 +580,22 @@ class KubernetesBackend:
                 )
             except api_exception as e:
                 if e.status == 409:
-                    continue  # written by someone else since our get: recompute from fresh state
+                    # Written by someone else since our get: recompute from fresh state.
+                    raise _Conflict from e
                 raise self._refused(e, "patch", name, namespace) from e
             self._say(
                 f"updated InferenceService {name!r} in namespace {namespace!r} "
                 f"(generation {obj['metadata'].get('generation')})"
             )
             return obj
-        raise ServingError(
-            f"InferenceService {name!r} in namespace {namespace!r} kept changing while it was "
-            f"being applied ({_APPLY_ATTEMPTS} conflicts): is another client writing it?"
-        )
+
+        try:
+            return retrying(attempts=_APPLY_ATTEMPTS, on=_Conflict, first_wait=0, max_wait=0)(once)
+        except _Conflict:
+            raise ServingError(
+                f"InferenceService {name!r} in namespace {namespace!r} kept changing while it "
+                f"was being applied ({_APPLY_ATTEMPTS} conflicts): is another client writing it?"
+            ) from None
 
     def _watch_events(
         self, name: str, namespace: str, resource_version: str | None, deadline: float
@@ -983,11 +994,11 @@ class KubernetesBackend:
             PROMOTE: promote_patch,
             ROLLBACK: rollback_patch,
         }
-        for _ in range(_APPLY_ATTEMPTS):
-            obj = self.get(name, namespace).manifest
-            patch = plans[action](obj)
+
+        def once() -> dict[str, Any]:
+            patch = plans[action](self.get(name, namespace).manifest)
             try:
-                obj = self._isvc_call(
+                return self._isvc_call(
                     f"{action} of InferenceService {name!r}",
                     "patch",
                     namespace,
@@ -996,15 +1007,18 @@ class KubernetesBackend:
                     field_validation="Strict",
                     deadline=deadline,
                 )
-                break
             except api_exception as e:
                 if e.status != 409:
                     raise self._refused(e, "patch", name, namespace) from e
-        else:
+                raise _Conflict from e  # written meanwhile: patch the fresh state
+
+        try:
+            obj = retrying(attempts=_APPLY_ATTEMPTS, on=_Conflict, first_wait=0, max_wait=0)(once)
+        except _Conflict:
             raise ServingError(
                 f"InferenceService {name!r} kept changing during {action} ({_APPLY_ATTEMPTS} "
                 "conflicts): is another client writing it?"
-            )
+            ) from None
         self._say(f"{action} of InferenceService {name!r}: waiting for traffic to move")
         latest, polled = obj, False
 
