@@ -88,6 +88,10 @@ class _Retryable(Exception):
     """A failed API call worth another attempt; its message is the API's answer."""
 
 
+class _OutOfTime(ServingError):
+    """The API kept failing until the caller's deadline (no time left for another attempt)."""
+
+
 class _Conflict(Exception):
     """A write refused with 409: the object changed since it was read; read it again."""
 
@@ -402,7 +406,7 @@ class KubernetesBackend:
                 before_sleep=say,
             )(once)
         except _Retryable as e:
-            raise ServingError(
+            raise _OutOfTime(
                 f"{what} failed: the Kubernetes API server did not answer successfully "
                 f"before the deadline ({attempts} attempt(s); last error: {e})"
             ) from None
@@ -656,10 +660,8 @@ class KubernetesBackend:
                     missing=f"InferenceService {name!r} in namespace {namespace!r} disappeared "
                     "while waiting for it to become Ready (deleted by someone else?)",
                 )
-            except ServingError:
-                if time.monotonic() < deadline:
-                    raise
-                return  # deadline reached while retrying: the caller reports the timeout
+            except _OutOfTime:
+                return  # the API kept failing until the deadline: the caller reports the timeout
             rv = latest["metadata"].get("resourceVersion")
             state, summary = readiness(latest, generation)
 
