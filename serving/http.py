@@ -20,6 +20,10 @@ import httpx
 
 #: Timeout of a loopback call that names none: local servers answer probes in milliseconds.
 LOOPBACK_TIMEOUT = 1.0
+#: Seconds an idle pooled loopback connection may be reused: well below the shortest idle
+#: timeout of a server behind it (uvicorn's default is 5 s), so a probe never sends on a
+#: connection the server is closing at that moment (it would fail, and read as "not ready").
+LOOPBACK_KEEPALIVE = 1.0
 
 _lock = threading.Lock()
 _loopback: httpx.Client | None = None
@@ -42,7 +46,10 @@ def loopback_client() -> httpx.Client:
             if _loopback is None:
                 # trust_env=False: a proxy from the environment must never see loopback traffic.
                 _loopback = httpx.Client(
-                    timeout=LOOPBACK_TIMEOUT, trust_env=False, verify=tls_context()
+                    timeout=LOOPBACK_TIMEOUT,
+                    limits=httpx.Limits(keepalive_expiry=LOOPBACK_KEEPALIVE),
+                    trust_env=False,
+                    verify=tls_context(),
                 )
             client = _loopback
     return client
