@@ -31,8 +31,8 @@ from kfp_serve.artifacts.mlmd import (
     ALIAS_CHANGE_EXECUTION,
     ALIASES_CONTEXT,
     MODEL_TYPE,
+    completed_execution,
     get_value,
-    set_value,
 )
 from kfp_serve.artifacts.names import validate_name, validate_version
 from kfp_serve.artifacts.records import (
@@ -221,11 +221,7 @@ def _write(
         context.id = ctx.id
     for key, value in {"model": name, _ALIASES: aliases, _LIFECYCLE: lifecycle}.items():
         context.properties[key].string_value = json.dumps(value, sort_keys=True)
-    execution = pb.Execution(
-        type_id=store.type_id(ALIAS_CHANGE_EXECUTION), last_known_state=pb.Execution.COMPLETE
-    )
-    for key, value in change.items():
-        set_value(execution.properties[key], value)
+    execution = completed_execution(store, ALIAS_CHANGE_EXECUTION, change)
     event = pb.Event(type=pb.Event.INPUT)
     execution_id, _, _ = store.put_execution(execution, [(artifact, event)], [context])
     [stored] = store.get_executions_by_id([execution_id])

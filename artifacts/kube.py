@@ -12,6 +12,12 @@ from typing import Any
 
 from kfp_serve.artifacts.environment import pod_namespace, running_in_pod
 
+#: The prefix of every label and annotation key kfp-serve writes on Kubernetes objects (here,
+#: below both layers, so that snapshots and serving name it once).
+DOMAIN = "kfp-serve.kubeflow.org"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "kfp-serve"
+
 
 def use_in_cluster(kubeconfig: str | None = None) -> bool:
     """True when the pod's service account, not a kubeconfig, configures the client."""

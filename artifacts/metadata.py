@@ -34,7 +34,9 @@ GRPC_PORT_ENV = "METADATA_GRPC_SERVICE_PORT"
 IN_CLUSTER_HOST = "metadata-grpc-service.kubeflow"
 DEFAULT_GRPC_PORT = 8080
 
-RUN_ID_ENVS = ("KFP_SERVE_RUN_ID", "KFP_RUN_ID")
+#: The run id kfp-serve's components pass (and Kale steps export), then KFP's own.
+RUN_ID_ENV = "KFP_SERVE_RUN_ID"
+RUN_ID_ENVS = (RUN_ID_ENV, "KFP_RUN_ID")
 EXPERIMENT_ENVS = ("KFP_SERVE_EXPERIMENT", "KFP_EXPERIMENT_NAME")
 POD_NAME_ENV = "KFP_POD_NAME"
 DEFAULT_EXPERIMENT = "default"

@@ -587,6 +587,16 @@ def set_value(value: Any, v: Any) -> None:
         value.string_value = str(v)
 
 
+def completed_execution(store: Any, type_name: str, properties: dict[str, Any]) -> Any:
+    """A new MLMD ``Execution`` of ``type_name``, COMPLETE, with ``properties`` set."""
+    execution = store.pb.Execution(
+        type_id=store.type_id(type_name), last_known_state=store.pb.Execution.COMPLETE
+    )
+    for key, value in properties.items():
+        set_value(execution.properties[key], value)
+    return execution
+
+
 def get_value(props: Any, key: str, default: Any = None) -> Any:
     """Read a property map entry as a Python value (None/``default`` when unset)."""
     if key not in props:
@@ -611,6 +621,7 @@ __all__ = [
     "RunInfo",
     "SqliteStore",
     "TIMEOUT_ENV",
+    "completed_execution",
     "current_run",
     "get_value",
     "metadata_store",

@@ -19,14 +19,11 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from kfp_serve.artifacts.metadata import POD_NAME_ENV, RUN_ID_ENV, RUN_ID_ENVS
 from kfp_serve.errors import InputError
 
 log = logging.getLogger(__name__)
 
-#: Where the artifacts layer reads the pipeline run id from (see
-# kfp_serve.artifacts.metadata.current_run).
-RUN_ID_ENV = "KFP_SERVE_RUN_ID"
-_RUN_ID_ENVS = (RUN_ID_ENV, "KFP_RUN_ID")
 #: The label KFP's API server puts on every pod of a run, holding the run id.
 KFP_RUN_ID_LABEL = "pipeline/runid"
 
@@ -326,14 +323,14 @@ def link_run(read_pod_labels: Callable[[str, str], Mapping[str, str]] | None = N
     Returns:
         The run id the artifacts layer will record under, or None when it picks its own.
     """
-    for name in _RUN_ID_ENVS:
+    for name in RUN_ID_ENVS:
         if os.environ.get(name):
             return os.environ[name]
     from kfp_serve.artifacts.environment import pod_namespace, running_in_pod
 
     if not running_in_pod():
         return None
-    pod = os.environ.get("KFP_POD_NAME") or os.environ.get("HOSTNAME")
+    pod = os.environ.get(POD_NAME_ENV) or os.environ.get("HOSTNAME")
     namespace = pod_namespace()
     if not pod or not namespace:
         return None

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kfp_serve.serving import constants
+from kfp_serve.serving.constants import PROTOCOL_ENV, STORAGE_URI_ENV
 from kfp_serve.serving.errors import ServeConfigError
 
 #: The KServe releases kfp-serve supports, oldest first; "master" is the newest development tree.
@@ -71,8 +72,6 @@ KPA_METRICS = ("concurrency", "rps")
 KEDA_METRIC_TYPES = ("Resource", "External", "PodMetric")
 LOGGER_MODES = ("all", "request", "response")
 BLOCKED_ENV = ("PYTHONPATH",)
-PROTOCOL_ENV = "PROTOCOL"
-STORAGE_URI_ENV = "STORAGE_URI"
 MAIN_CONTAINER = "kserve-container"
 TRANSFORMER_CONTAINER = "transformer-container"
 DEFAULT_MIN_REPLICAS = 1

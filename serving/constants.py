@@ -1,6 +1,9 @@
 """Every label, annotation and environment name kfp-serve writes, named once."""
 
-DOMAIN = "kfp-serve.kubeflow.org"
+# Below the serving layer, so that snapshots use the same keys: named there, used from here.
+from kfp_serve.artifacts.kube import DOMAIN as DOMAIN
+from kfp_serve.artifacts.kube import LABEL_MANAGED_BY as LABEL_MANAGED_BY
+from kfp_serve.artifacts.kube import MANAGED_BY as MANAGED_BY
 
 LABEL_MODEL_ID = f"{DOMAIN}/model-id"
 LABEL_MODEL_VERSION = f"{DOMAIN}/model-version"
@@ -8,8 +11,6 @@ LABEL_MODEL_NAME = f"{DOMAIN}/model-name"
 #: The alias a model was served through (``serve("iris@champion")``), absent otherwise.
 LABEL_MODEL_ALIAS = f"{DOMAIN}/model-alias"
 LABEL_TRANSFORMER_ID = f"{DOMAIN}/transformer-id"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-MANAGED_BY = "kfp-serve"
 
 ANNOTATION_SERVE_CONFIG = f"{DOMAIN}/serve-config"
 ANNOTATION_MODEL_SNAPSHOT = f"{DOMAIN}/model-snapshot"
@@ -36,6 +37,8 @@ PREDICT_PROBA_PARAM = "predict_proba"
 PREDICTOR = "predictor"
 TRANSFORMER = "transformer"
 
+#: KServe's variable telling a custom predictor container which protocol it serves.
+PROTOCOL_ENV = "PROTOCOL"
 #: KServe runs the storage initializer for a custom container that sets this variable; the
 #: local backend reads a transformer's artifact from it.
 STORAGE_URI_ENV = "STORAGE_URI"

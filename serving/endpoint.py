@@ -9,17 +9,15 @@ grpcio and the protos the kserve package ships, on first use).
 
 from __future__ import annotations
 
-import functools
 import json
 import math
-import ssl
-import time
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
 from kfp_serve.artifacts.names import validate_name
+from kfp_serve.retry import retrying
 from kfp_serve.serving.backends.base import (
     LOCAL,
     REASON_PROCESS_EXITED,
@@ -29,6 +27,7 @@ from kfp_serve.serving.backends.base import (
 )
 from kfp_serve.serving.constants import PREDICT_PROBA_ENV, PREDICT_PROBA_PARAM
 from kfp_serve.serving.errors import ServingError
+from kfp_serve.serving.http import tls_context
 from kfp_serve.serving.predictions import response_predictions
 from kfp_serve.serving.runtime.fidelity import KFP_SERVE as KFP_SERVE_RUNTIME
 from kfp_serve.serving.runtime.fidelity import XGB_SERVER
@@ -40,16 +39,6 @@ _RETRY_STATUS = {404, 503}
 #: The local router's answer when the server behind it is down.
 _BAD_GATEWAY = {502}
 
-
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    """The TLS settings every Endpoint shares, built once per process.
-
-    httpx builds a new context (and loads the whole CA bundle) for each ``Client``: about 30 ms
-    of CPU with the GIL held, so eight threads each opening an Endpoint got their first answer
-    a quarter of a second after the first thread did (measured by ``bench/fairness.py``).
-    """
-    return httpx.create_ssl_context()
 
 # numpy dtype kind/size -> KServe v2 datatype.
 _V2_DATATYPES = {
@@ -135,7 +124,7 @@ class Endpoint:
             base_url=status.url.rstrip("/"),
             headers=dict(status.headers),
             timeout=httpx.Timeout(self.timeout, connect=min(5.0, self.timeout)),
-            verify=_tls_context(),
+            verify=tls_context(),
             # A proxy from the environment must never see loopback traffic.
             trust_env=host not in ("127.0.0.1", "localhost", "::1"),
         )
@@ -385,63 +374,77 @@ class Endpoint:
     def _request(
         self, method: str, path: str, body: bytes | None, what: str, *, retry: bool = True
     ) -> dict[str, Any]:
+        """One request, retried while the endpoint is not reachable or not routed yet (for
+        ``retry_window`` seconds, or never with ``retry=False``)."""
+        attempts = (
+            retrying(deadline=self.retry_window, on=_NotYet, first_wait=0.05, max_wait=1.0)
+            if retry
+            else retrying(attempts=1, on=_NotYet)
+        )
+        try:
+            for attempt in attempts:
+                with attempt:
+                    return self._attempt(method, path, body, what, retry=retry)
+        except _NotYet as e:
+            raise ServingError(
+                f"{e}; gave up after retrying for {self.retry_window:.0f} s. Check "
+                "`kfp-serve endpoints`, or serve the model again"
+            ) from None
+        raise AssertionError("unreachable")  # pragma: no cover - retrying() re-raises
+
+    def _attempt(
+        self, method: str, path: str, body: bytes | None, what: str, *, retry: bool
+    ) -> dict[str, Any]:
+        """Send once; the answer's JSON, or the error it means.
+
+        Raises:
+            _NotYet: a failure worth another attempt (unreachable, 404/503 right after Ready).
+            ServingError: any other failure.
+        """
         assert self._client is not None
-        deadline = time.monotonic() + (self.retry_window if retry else 0.0)
-        delay = 0.05
         headers = {"content-type": "application/json"} if body is not None else None
-        while True:
-            failure: str
+        try:
+            response = self._client.request(method, path, content=body, headers=headers)
+        except httpx.TimeoutException as e:
+            raise ServingError(
+                f"endpoint {self.name!r} did not answer {what} within {self.timeout:.0f} s "
+                f"({type(e).__name__} at {self.url}{path}); pass a larger timeout= or check "
+                "the server's load"
+            ) from e
+        except httpx.TransportError as e:
+            raise _NotYet(self._diagnose(f"cannot connect to {self.url} ({e})")) from None
+        code = response.status_code
+        if code < 300:
             try:
-                response = self._client.request(method, path, content=body, headers=headers)
-            except httpx.TimeoutException as e:
+                return response.json()
+            except ValueError as e:
                 raise ServingError(
-                    f"endpoint {self.name!r} did not answer {what} within {self.timeout:.0f} s "
-                    f"({type(e).__name__} at {self.url}{path}); pass a larger timeout= or check "
-                    "the server's load"
+                    f"endpoint {self.name!r} answered {what} with something that is not "
+                    f"JSON: {response.text[:200]!r}"
                 ) from e
-            except httpx.TransportError as e:
-                failure = self._diagnose(f"cannot connect to {self.url} ({e})")
-            else:
-                code = response.status_code
-                if code < 300:
-                    try:
-                        return response.json()
-                    except ValueError as e:
-                        raise ServingError(
-                            f"endpoint {self.name!r} answered {what} with something that is not "
-                            f"JSON: {response.text[:200]!r}"
-                        ) from e
-                message = _server_message(response)
-                if code in _BAD_GATEWAY:
-                    failure = self._diagnose(f"HTTP {code}: {message}")
-                elif code in _RETRY_STATUS:
-                    failure = (
-                        f"model {self.model_name!r} of endpoint {self.name!r} is not ready or "
-                        f"not found (HTTP {code} at {self.url}{path}: {message})"
-                    )
-                    if code == 404 and not retry:
-                        raise _NotFound(failure)
-                elif code == 501:
-                    raise ServingError(
-                        f"endpoint {self.name!r} does not support {what} (HTTP 501): {message}"
-                    )
-                elif 400 <= code < 500:
-                    raise ServingError(
-                        f"endpoint {self.name!r} rejected the {what} request (HTTP {code}): "
-                        f"{message}"
-                    )
-                else:
-                    raise ServingError(
-                        f"endpoint {self.name!r} failed on {what} (HTTP {code}): {message}; see "
-                        "the server log (`kfp-serve endpoints` shows where)"
-                    )
-            if time.monotonic() + delay > deadline:
-                raise ServingError(
-                    f"{failure}; gave up after retrying for {self.retry_window:.0f} s. Check "
-                    "`kfp-serve endpoints`, or serve the model again"
-                )
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
+        message = _server_message(response)
+        if code in _BAD_GATEWAY:
+            raise _NotYet(self._diagnose(f"HTTP {code}: {message}"))
+        if code in _RETRY_STATUS:
+            failure = (
+                f"model {self.model_name!r} of endpoint {self.name!r} is not ready or "
+                f"not found (HTTP {code} at {self.url}{path}: {message})"
+            )
+            if code == 404 and not retry:
+                raise _NotFound(failure)
+            raise _NotYet(failure)
+        if code == 501:
+            raise ServingError(
+                f"endpoint {self.name!r} does not support {what} (HTTP 501): {message}"
+            )
+        if 400 <= code < 500:
+            raise ServingError(
+                f"endpoint {self.name!r} rejected the {what} request (HTTP {code}): {message}"
+            )
+        raise ServingError(
+            f"endpoint {self.name!r} failed on {what} (HTTP {code}): {message}; see "
+            "the server log (`kfp-serve endpoints` shows where)"
+        )
 
     def _diagnose(self, failure: str) -> str:
         """Explain a failed connection from the backend's view; raise at once if it is dead."""
@@ -459,6 +462,10 @@ class Endpoint:
 
 class _NotFound(ServingError):
     pass
+
+
+class _NotYet(ServingError):
+    """A failed attempt that another attempt may fix; its message says what failed."""
 
 
 def _nan_to_null(value: Any, name: str) -> Any:

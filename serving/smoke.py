@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from kfp_serve.retry import retrying
+from kfp_serve.serving.constants import PREDICT_PROBA_ENV
 from kfp_serve.serving.runtime.fidelity import KFP_SERVE as KFP_SERVE_RUNTIME
 from kfp_serve.serving.runtime.fidelity import LGB_SERVER, SKLEARN_SERVER, XGB_SERVER
 
@@ -226,34 +228,44 @@ def check_predictions(
         tolerance=tolerance,
     )
     mismatched = 0
+    def send(instance: Any) -> list[Any]:
+        result.attempts += 1
+        sent = clock()
+        try:
+            answer = list(predict([instance]))
+        except Exception as e:  # noqa: BLE001 - any client failure is classified here
+            raise (_Transient if _retryable(e) else _Fatal)(e) from e
+        result.latencies_ms.append((clock() - sent) * 1000.0)
+        return answer
+
     for index, (instance, want) in enumerate(zip(instances, expected, strict=True)):
-        while True:
-            result.attempts += 1
-            sent = clock()
-            try:
-                answer = list(predict([instance]))
-            except Exception as e:  # noqa: BLE001 - any client failure is classified below
-                if not _retryable(e):
-                    return _finish(
-                        result,
-                        ERROR,
-                        f"request {index} failed and retrying cannot help: {_describe(e)}",
-                        start,
-                        clock,
-                    )
-                if clock() - start + retry_interval_s > deadline_s:
-                    return _finish(
-                        result,
-                        TIMEOUT,
-                        f"no answer to request {index} within {deadline_s:g} s "
-                        f"(last error: {_describe(e)}); check that the endpoint is running",
-                        start,
-                        clock,
-                    )
-                sleep(retry_interval_s)
-                continue
-            result.latencies_ms.append((clock() - sent) * 1000.0)
-            break
+        attempts = retrying(
+            deadline=deadline_s - (clock() - start),
+            on=_Transient,
+            first_wait=retry_interval_s,
+            max_wait=retry_interval_s,
+            clock=clock,
+            sleep=sleep,
+        )
+        try:
+            answer = attempts(send, instance)
+        except _Fatal as e:
+            return _finish(
+                result,
+                ERROR,
+                f"request {index} failed and retrying cannot help: {_describe(e.error)}",
+                start,
+                clock,
+            )
+        except _Transient as e:
+            return _finish(
+                result,
+                TIMEOUT,
+                f"no answer to request {index} within {deadline_s:g} s "
+                f"(last error: {_describe(e.error)}); check that the endpoint is running",
+                start,
+                clock,
+            )
         result.n_requests += 1
         got = answer[0] if len(answer) == 1 else answer
         alternative = expected_values[index] if expected_values is not None else None
@@ -360,7 +372,7 @@ def runtime_expectation(
     runtime = model.get("runtime")
     proba = any(
         isinstance(e, dict)
-        and e.get("name") == "PREDICT_PROBA"
+        and e.get("name") == PREDICT_PROBA_ENV
         and str(e.get("value", "")).lower() == "true"
         for e in model.get("env") or []
     )
@@ -392,6 +404,22 @@ def _status_of(error: BaseException) -> int | None:
             if isinstance(value, int):
                 return value
     return None
+
+
+class _Failed(Exception):
+    """A failed request, classified; ``error`` is what the client raised."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _Transient(_Failed):
+    """Worth another attempt (the endpoint is starting or briefly unavailable)."""
+
+
+class _Fatal(_Failed):
+    """Retrying cannot help (a malformed request, a model that refuses the rows)."""
 
 
 def _retryable(error: BaseException) -> bool:

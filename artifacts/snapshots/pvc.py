@@ -22,6 +22,7 @@ function, so ``serve(dry_run=True)`` shows the exact manifest.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -32,10 +33,17 @@ from typing import Any
 
 from kfp_serve.artifacts.environment import pod_namespace
 from kfp_serve.artifacts.errors import SnapshotError
-from kfp_serve.artifacts.kube import client_configuration, default_namespace
+from kfp_serve.artifacts.kube import (
+    DOMAIN,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    client_configuration,
+    default_namespace,
+)
 from kfp_serve.artifacts.snapshots.base import Snapshot, snapshot_dir_name, split_snapshot_uri
 from kfp_serve.artifacts.snapshots.digest import digest_hex
 from kfp_serve.artifacts.snapshots.file import FileSnapshotBackend
+from kfp_serve.retry import retrying
 
 MOUNT_ENV = "KFP_SERVE_PVC_MOUNT"
 DEFAULT_MOUNT = "/mnt/kfp-serve"
@@ -45,11 +53,8 @@ NAMESPACE_ENV = "KFP_SERVE_NAMESPACE"
 SNAPSHOT_GROUP = "snapshot.storage.k8s.io"
 SNAPSHOT_VERSION = "v1"
 SNAPSHOT_PLURAL = "volumesnapshots"
-# The artifacts layer cannot import kfp_serve.serving.constants: these keys are named here once.
-_DOMAIN = "kfp-serve.kubeflow.org"
-ANNOTATION_DIGEST = f"{_DOMAIN}/digest"
-ANNOTATION_SOURCE = f"{_DOMAIN}/snapshot-uri"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+ANNOTATION_DIGEST = f"{DOMAIN}/digest"
+ANNOTATION_SOURCE = f"{DOMAIN}/snapshot-uri"
 
 DEFAULT_TIMEOUT = 600.0
 _DEFAULT_SIZE = "1Gi"
@@ -118,6 +123,16 @@ def serving_storage_uri(snapshot_uri: str) -> str:
     """
     ref = parse_snapshot_uri(snapshot_uri)
     return f"pvc://{hydrated_pvc_name(snapshot_uri)}/{ref.directory}"
+
+
+class _Interrupted(Exception):
+    """A watch that broke before the VolumeSnapshot was decided."""
+
+
+def _decided(obj: dict[str, Any]) -> bool:
+    """True once a VolumeSnapshot is ready to use or has failed."""
+    status = obj.get("status") or {}
+    return bool(status.get("readyToUse") or (status.get("error") or {}).get("message"))
 
 
 def _api_exception() -> type[Exception]:
@@ -194,7 +209,7 @@ def hydrate(
         "metadata": {
             "name": claim,
             "namespace": namespace,
-            "labels": {LABEL_MANAGED_BY: "kfp-serve"},
+            "labels": {LABEL_MANAGED_BY: MANAGED_BY},
             "annotations": {ANNOTATION_SOURCE: snapshot_uri, ANNOTATION_DIGEST: ref.digest},
         },
         "spec": {
@@ -320,7 +335,7 @@ class PvcSnapshotBackend:
             "metadata": {
                 "name": name,
                 "namespace": namespace,
-                "labels": {LABEL_MANAGED_BY: "kfp-serve"},
+                "labels": {LABEL_MANAGED_BY: MANAGED_BY},
                 "annotations": {
                     ANNOTATION_SOURCE: uri,
                     ANNOTATION_DIGEST: parse_snapshot_uri(uri).digest,
@@ -342,7 +357,42 @@ class PvcSnapshotBackend:
                 ) from e
             # Taken before (the same tree): reuse it.
             obj = custom.get_namespaced_custom_object(*where, name)
-        while True:
+
+        def watch_once() -> None:
+            """Follow the snapshot until it is decided or the watch ends by itself.
+
+            Raises:
+                _Interrupted: the watch broke; ``obj`` is as fresh as can be known.
+            """
+            nonlocal obj
+            if _decided(obj):
+                return
+            w = watch.Watch()
+            try:
+                left = max(0.01, deadline - time.monotonic())
+                for event in w.stream(
+                    custom.list_namespaced_custom_object,
+                    *where,
+                    field_selector=f"metadata.name={name}",
+                    resource_version=obj["metadata"]["resourceVersion"],
+                    timeout_seconds=max(1, min(60, math.ceil(left))),
+                    _request_timeout=(5.0, left + 1),
+                ):
+                    if event["type"] == "DELETED":
+                        raise SnapshotError(f"VolumeSnapshot {name!r} was deleted while waiting")
+                    obj = event["raw_object"]
+                    if _decided(obj):
+                        return
+            except api_exception as e:
+                # History compacted (410) or a server hiccup: re-read and watch again.
+                obj = custom.get_namespaced_custom_object(*where, name)
+                raise _Interrupted from e
+            except (urllib3.exceptions.HTTPError, OSError) as e:
+                raise _Interrupted from e  # watch again from the same version
+            finally:
+                w.stop()
+
+        while True:  # each pass one watch, until the snapshot is decided or time is up
             status = obj.get("status") or {}
             if status.get("readyToUse"):
                 return obj
@@ -358,30 +408,11 @@ class PvcSnapshotBackend:
                     f"VolumeSnapshot {name!r} of PVC {self.pvc!r} was not readyToUse within "
                     f"{self.timeout:.0f}s (kubectl describe volumesnapshot {name} -n {namespace})"
                 )
-            w = watch.Watch()
-            try:
-                for event in w.stream(
-                    custom.list_namespaced_custom_object,
-                    *where,
-                    field_selector=f"metadata.name={name}",
-                    resource_version=obj["metadata"]["resourceVersion"],
-                    timeout_seconds=max(1, min(60, math.ceil(remaining))),
-                    _request_timeout=(5.0, remaining + 1),
-                ):
-                    if event["type"] == "DELETED":
-                        raise SnapshotError(f"VolumeSnapshot {name!r} was deleted while waiting")
-                    obj = event["raw_object"]
-                    status = obj.get("status") or {}
-                    if status.get("readyToUse") or (status.get("error") or {}).get("message"):
-                        break
-            except api_exception:
-                # History compacted (410) or a server hiccup: re-read and watch again.
-                time.sleep(0.2)
-                obj = custom.get_namespaced_custom_object(*where, name)
-            except (urllib3.exceptions.HTTPError, OSError):
-                time.sleep(0.2)  # the watch connection broke: watch again from the same version
-            finally:
-                w.stop()
+            # Out of time while interrupted: reported at the top of the loop.
+            with contextlib.suppress(_Interrupted):
+                retrying(
+                    deadline=remaining, on=_Interrupted, first_wait=0.2, max_wait=0.2
+                )(watch_once)
 
     def _file_uri(self, uri: str) -> str:
         ref = parse_snapshot_uri(uri)

@@ -88,6 +88,14 @@ def test_conflict_while_applying_is_recomputed(kube_double, backend):
     assert len(kube_double.calls_matching(verb="patch")) == 2
 
 
+def test_conflicts_that_never_stop_are_reported_after_five_attempts(kube_double, backend):
+    backend.apply(isvc_manifest(), timeout=10)
+    kube_double.faults.add(verb="patch", status=409, reason="Conflict", times=None)
+    with pytest.raises(ServingError, match=r"kept changing .* \(5 conflicts\): is another client"):
+        backend.apply(isvc_manifest(storage_uri="gs://kfp-serve-test/v3"), timeout=10)
+    assert len(kube_double.calls_matching(verb="patch")) == 5
+
+
 def test_403_on_patch_is_reported_and_not_retried(kube_double, backend):
     backend.apply(isvc_manifest(), timeout=10)
     kube_double.faults.add(verb="patch", status=403, times=None)

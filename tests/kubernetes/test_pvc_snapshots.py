@@ -68,6 +68,18 @@ def test_snapshot_copies_freezes_and_dedupes(kube_double, store_env, model_dir):
     assert (restored / "model.joblib").is_file()
 
 
+def test_snapshot_wait_survives_a_gone_watch_and_a_dropped_one(kube_double, store_env, model_dir):
+    kube_double.snapshots.behavior.delay = 0.5
+    kube_double.faults.add(verb="watch", resource="volumesnapshots", status=410, times=1)
+    kube_double.faults.add(verb="watch", resource="volumesnapshots", hang=0.2, times=1)
+    snap = SnapshotStore("pvc://artifacts/kfp-serve").snapshot(model_dir)
+    assert kube_double.get(VOLUME_SNAPSHOT, volume_snapshot_name(snap.uri))["status"]["readyToUse"]
+    # The 410 was followed by a re-read of the object, and the dropped watch by a new watch.
+    codes = [c.code for c in kube_double.calls_matching(verb="watch", resource="volumesnapshots")]
+    assert codes[:2] == [410, -1]  # -1: the double dropped the connection unanswered
+    assert kube_double.calls_matching(verb="get", resource="volumesnapshots")
+
+
 def test_tampered_snapshot_is_refused(kube_double, store_env, model_dir):
     store = SnapshotStore("pvc://artifacts/kfp-serve")
     snap = store.snapshot(model_dir)

@@ -94,3 +94,58 @@ def test_the_upstream_timeout_is_the_first_components_serve_config_timeout(
     manifest: dict, role: str, expected: float
 ) -> None:
     assert component_timeout(manifest, role, DEFAULT_UPSTREAM_TIMEOUT) == expected
+
+
+def test_a_router_that_stalled_reads_what_arrived_before_it_expires_anyone() -> None:
+    """The router is descheduled (a loaded machine) in the middle of handling I/O, and a
+    client's bytes arrive meanwhile. uvloop runs due timers before it polls for I/O, so the
+    deadline sweep must look at what arrived before calling the client slow."""
+    import asyncio
+    import socket
+    import time
+
+    import uvloop
+
+    from kfp_serve.serving.backends.local.router import Router
+
+    class Client:
+        def __init__(self, deadline: float) -> None:
+            self.deadline = deadline
+            self.expired = False
+
+        def expire(self) -> None:
+            self.expired = True
+
+    async def main() -> bool:
+        loop = asyncio.get_running_loop()
+        router = Router(routes=None, max_body=1)  # type: ignore[arg-type]  # sweep reads no routes
+        client = Client(deadline=loop.time() + 0.05)
+        router.clients.add(client)
+        trigger, trigger_peer = socket.socketpair()
+        data, data_peer = socket.socketpair()
+        for s in (trigger, data):
+            s.setblocking(False)
+
+        def stalled_io() -> None:  # an I/O callback during which the router loses the CPU
+            trigger.recv(16)
+            data_peer.send(b"the rest of the body")  # the client is on time...
+            time.sleep(0.3)  # ...but the router does not run until past the client's deadline
+
+        def client_bytes() -> None:  # what _ClientConnection.data_received does to a deadline
+            data.recv(64)
+            client.deadline = loop.time() + 5.0
+
+        loop.add_reader(trigger, stalled_io)
+        loop.add_reader(data, client_bytes)
+        sweep = asyncio.create_task(router.sweep(interval=0.02))
+        await asyncio.sleep(0.01)
+        trigger_peer.send(b"go")
+        await asyncio.sleep(0.5)
+        sweep.cancel()
+        for s in (trigger, data):
+            loop.remove_reader(s)
+        for s in (trigger, trigger_peer, data, data_peer):
+            s.close()
+        return client.expired
+
+    assert uvloop.run(main()) is False

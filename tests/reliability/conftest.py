@@ -166,11 +166,3 @@ def served(trained: Trained) -> Iterator[Served]:
         backend = LocalBackend(progress=False, stop_grace=2.0)
         if ENDPOINT in {s.name for s in backend.list()}:
             backend.delete(ENDPOINT)
-
-
-def rss_kib(pid: int) -> int:
-    """Resident memory of ``pid`` in KiB (VmRSS from /proc/<pid>/status)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for pid {pid}")

@@ -8,16 +8,20 @@ between the first and the last third of the run (a leak per request would show a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import threading
+import subprocess
+import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
 
 from kfp_serve.serving.backends.local.supervisor import start_time as process_start_time
-from tests.reliability.conftest import Served, rss_kib
+from tests.reliability.conftest import Served
 
 CLIENTS = 64
 WARMUP = 1.5  # seconds, not measured: first requests allocate caches and pools
@@ -75,6 +79,28 @@ def _run_clients(url: str, path: str, batches, seconds: float, tally: Counter) -
     return answered
 
 
+@contextlib.contextmanager
+def _rss_sampler(pids: dict[str, int]) -> Iterator[list[tuple[float, dict[str, int]]]]:
+    """Samples (monotonic time, role -> RSS KiB) every SAMPLE_EVERY s, from a process of
+    its own (see tests/reliability/rss_sampler.py); the list is filled in on exit."""
+    proc = subprocess.Popen(  # noqa: S603 - fixed argv
+        [sys.executable, "-m", "tests.reliability.rss_sampler", str(SAMPLE_EVERY),
+         json.dumps(pids)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[2],
+        text=True,
+    )
+    assert proc.stdout is not None
+    samples: list[tuple[float, dict[str, int]]] = [tuple(json.loads(proc.stdout.readline()))]
+    try:
+        yield samples  # sampling from before the caller's clock starts
+    finally:
+        out, _ = proc.communicate(timeout=30)  # closing stdin ends the sampler
+    samples += [(t, rss) for t, rss in map(json.loads, out.splitlines())]
+    assert proc.returncode == 0, f"the RSS sampler failed (exit code {proc.returncode})"
+
+
 def test_64_concurrent_clients_zero_errors_and_flat_memory(served: Served) -> None:
     X = served.trained.X
     # Batches of 1 to 8 rows, with their in-process predictions.
@@ -89,25 +115,10 @@ def test_64_concurrent_clients_zero_errors_and_flat_memory(served: Served) -> No
     _run_clients(url, path, batches, WARMUP, warm)
     assert set(warm) == {"ok"}, warm
 
-    samples: list[tuple[float, dict[str, int]]] = []
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            samples.append(
-                (time.monotonic(), {role: rss_kib(pid) for role, pid in served.pids.items()})
-            )
-            done.wait(SAMPLE_EVERY)
-
-    sampler = threading.Thread(target=sample, daemon=True)
     tally: Counter = Counter()
     started = time.monotonic()
-    sampler.start()
-    try:
+    with _rss_sampler(served.pids) as samples:
         answered = _run_clients(url, path, batches, DURATION, tally)
-    finally:
-        done.set()
-        sampler.join(timeout=5)
     elapsed = time.monotonic() - started
 
     errors = {k: v for k, v in tally.items() if k != "ok"}
@@ -134,7 +145,8 @@ def test_64_concurrent_clients_zero_errors_and_flat_memory(served: Served) -> No
     assert ok.status_code == 200, ok.text
     print(
         f"load: {tally['ok']} requests in {elapsed:.1f} s "
-        f"({tally['ok'] / elapsed:.0f} req/s, {CLIENTS} clients); RSS {report}"
+        f"({tally['ok'] / elapsed:.0f} req/s, {CLIENTS} clients); RSS {report} from "
+        f"{len(first)}/{len(last)} samples in the first/last third"
     )
 
 

@@ -22,8 +22,6 @@ import sys
 import time
 from typing import Any
 
-import httpx
-
 from kfp_serve.artifacts.home import HOME_ENV, state_dir
 from kfp_serve.artifacts.names import validate_name
 from kfp_serve.serving.backends.base import (
@@ -537,17 +535,16 @@ class LocalBackend:
                 )
                 return status
         if probe:
-            with httpx.Client(timeout=self.probe_timeout, trust_env=False) as client:
-                for role, rev, proc in checks[1:]:
-                    if not rollout.probe(client, proc):
-                        status.ready = False
-                        status.reason = REASON_NOT_READY
-                        status.message = (
-                            f"the {role} of revision {rev.revision if rev else '?'} of endpoint "
-                            f"{record.name!r} runs ({_identity(proc)}) but does not answer ready "
-                            f"at {proc.url}; see its log {proc.log!r}"
-                        )
-                        return status
+            for role, rev, proc in checks[1:]:
+                if not rollout.probe(proc, timeout=self.probe_timeout):
+                    status.ready = False
+                    status.reason = REASON_NOT_READY
+                    status.message = (
+                        f"the {role} of revision {rev.revision if rev else '?'} of endpoint "
+                        f"{record.name!r} runs ({_identity(proc)}) but does not answer ready "
+                        f"at {proc.url}; see its log {proc.log!r}"
+                    )
+                    return status
         return status
 
 

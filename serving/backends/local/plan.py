@@ -19,7 +19,7 @@ from typing import Any
 
 from kfp_serve.artifacts.names import validate_name
 from kfp_serve.serving import constants
-from kfp_serve.serving.constants import PREDICTOR, STORAGE_URI_ENV, TRANSFORMER
+from kfp_serve.serving.constants import PREDICTOR, PROTOCOL_ENV, STORAGE_URI_ENV, TRANSFORMER
 from kfp_serve.serving.errors import ServingError
 from kfp_serve.serving.runtime.dataplane import component_env, serves_grpc
 
@@ -106,7 +106,7 @@ def plan_manifest(manifest: dict[str, Any]) -> Plan:
                 f"storageUri (or a {STORAGE_URI_ENV} env var on a custom predictor container); "
                 "custom predictor images cannot run locally"
             )
-        protocol = str(predictor.get("protocolVersion") or env.get("PROTOCOL") or "v1")
+        protocol = str(predictor.get("protocolVersion") or env.get(PROTOCOL_ENV) or "v1")
     if protocol not in ("v1", "v2"):
         raise ServingError(
             f"InferenceService {name!r}: protocolVersion {protocol!r} is not served locally; "

@@ -30,6 +30,7 @@ from kfp_serve.serving.backends.local.registry import (
 )
 from kfp_serve.serving.constants import LOOPBACK, PREDICTOR, TRANSFORMER
 from kfp_serve.serving.errors import ServingError
+from kfp_serve.serving.http import LOOPBACK_TIMEOUT, loopback_client
 
 if TYPE_CHECKING:
     from kfp_serve.serving.backends.local.servers import Servers
@@ -258,10 +259,10 @@ def start_ready_revision(
 # Wait ready
 
 
-def probe(client: httpx.Client, proc: ProcessRecord) -> bool:
-    """True if the model server answers Ready."""
+def probe(proc: ProcessRecord, *, timeout: float = LOOPBACK_TIMEOUT) -> bool:
+    """True if the model server answers Ready within ``timeout`` seconds."""
     try:
-        response = client.get(f"{proc.url}{constants.READY_PATH}")
+        response = loopback_client().get(f"{proc.url}{constants.READY_PATH}", timeout=timeout)
     except httpx.HTTPError:
         return False
     return response.status_code == 200
@@ -279,77 +280,73 @@ def await_ready(
     pending = {p.role: p for p in revision.processes}
     started = time.monotonic()
 
-    # trust_env=False: a proxy from the environment must never see loopback traffic.
-    with httpx.Client(timeout=1.0, trust_env=False) as client:
+    def all_ready() -> bool:
+        for role, proc in list(pending.items()):
+            code = supervisor.exit_code(proc.pid)
+            if code is not None or not proc.alive():
+                tail = supervisor.log_tail(proc.log)
+                if any(s in tail.lower() for s in ADDRESS_IN_USE):
+                    raise PortTaken()
+                how = f"with code {code} " if code is not None else ""
+                raise ServingError(
+                    f"endpoint {name!r} revision {revision.revision}: the {role} exited "
+                    f"{how}while starting; its log {proc.log!r} ends with:\n{tail}"
+                )
+            if probe(proc):
+                del pending[role]
+        progress.update(
+            f"endpoint {name!r} revision {revision.revision}: waiting for "
+            f"{' and '.join(sorted(pending))} ({time.monotonic() - started:.1f} s of "
+            f"{timeout:.0f} s)"
+        )
+        return not pending
 
-        def all_ready() -> bool:
-            for role, proc in list(pending.items()):
-                code = supervisor.exit_code(proc.pid)
-                if code is not None or not proc.alive():
-                    tail = supervisor.log_tail(proc.log)
-                    if any(s in tail.lower() for s in ADDRESS_IN_USE):
-                        raise PortTaken()
-                    how = f"with code {code} " if code is not None else ""
-                    raise ServingError(
-                        f"endpoint {name!r} revision {revision.revision}: the {role} exited "
-                        f"{how}while starting; its log {proc.log!r} ends with:\n{tail}"
-                    )
-                if probe(client, proc):
-                    del pending[role]
-            progress.update(
-                f"endpoint {name!r} revision {revision.revision}: waiting for "
-                f"{' and '.join(sorted(pending))} ({time.monotonic() - started:.1f} s of "
-                f"{timeout:.0f} s)"
-            )
-            return not pending
-
-        try:
-            wait_until(
-                all_ready,
-                deadline=max(0.0, deadline - time.monotonic()),
-                interval=PROBE_INTERVAL,
-                describe="readiness",
-            )
-        except TimeoutError:
-            role, proc = next(iter(pending.items()))
-            raise ServingError(
-                f"endpoint {name!r} revision {revision.revision}: the {role} was not ready "
-                f"within {timeout:.0f} s (raise timeout= if the model is large); its log "
-                f"{proc.log!r} ends with:\n{supervisor.log_tail(proc.log)}"
-            ) from None
+    try:
+        wait_until(
+            all_ready,
+            deadline=max(0.0, deadline - time.monotonic()),
+            interval=PROBE_INTERVAL,
+            describe="readiness",
+        )
+    except TimeoutError:
+        role, proc = next(iter(pending.items()))
+        raise ServingError(
+            f"endpoint {name!r} revision {revision.revision}: the {role} was not ready "
+            f"within {timeout:.0f} s (raise timeout= if the model is large); its log "
+            f"{proc.log!r} ends with:\n{supervisor.log_tail(proc.log)}"
+        ) from None
 
 
 def await_router_up(
     name: str, router: ProcessRecord, proc: subprocess.Popen | None, grace: float
 ) -> None:
     """Wait until the router started by :func:`start_router` answers its status path."""
-    log = router.log
-    with httpx.Client(timeout=1.0, trust_env=False) as client:
+    log = Path(router.log)
 
-        def answers() -> bool:
-            exited = proc.poll() is not None if proc is not None else not router.alive()
-            if exited:
-                code = proc.returncode if proc is not None else "?"
-                raise ServingError(
-                    f"the router of endpoint {name!r} exited with code {code} while "
-                    f"starting; its log {log!r} ends with:\n{supervisor.log_tail(log)}"
-                )
-            try:
-                url = f"{router.url}{constants.ROUTER_STATUS_PATH}"
-                return client.get(url).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        try:
-            wait_until(
-                answers, deadline=ROUTER_START_TIMEOUT, interval=PROBE_INTERVAL, describe="router"
-            )
-        except TimeoutError:
-            supervisor.stop([router], grace)
+    def answers() -> bool:
+        exited = proc.poll() is not None if proc is not None else not router.alive()
+        if exited:
+            code = proc.returncode if proc is not None else "?"
             raise ServingError(
-                f"the router of endpoint {name!r} did not answer within "
-                f"{ROUTER_START_TIMEOUT:.0f} s; see {log!r}"
-            ) from None
+                f"the router of endpoint {name!r} exited with code {code} while "
+                f"starting; its log {str(log)!r} ends with:\n{supervisor.log_tail(log)}"
+            )
+        try:
+            url = f"{router.url}{constants.ROUTER_STATUS_PATH}"
+            return loopback_client().get(url).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(
+            answers, deadline=ROUTER_START_TIMEOUT, interval=PROBE_INTERVAL, describe="router"
+        )
+    except TimeoutError:
+        supervisor.stop([router], grace)
+        raise ServingError(
+            f"the router of endpoint {name!r} did not answer within "
+            f"{ROUTER_START_TIMEOUT:.0f} s; see {str(log)!r}"
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -402,7 +399,7 @@ def await_drained(
 
     def drained() -> bool:
         try:
-            info = httpx.get(url, timeout=1.0, trust_env=False).json()
+            info = loopback_client().get(url).json()
         except (httpx.HTTPError, ValueError):
             return False
         busy = sum(

@@ -74,6 +74,8 @@ KEEPALIVE_TIMEOUT = 75.0
 CONNECT_TIMEOUT = 5.0
 #: How often deadlines are checked (so they are enforced up to this much late).
 SWEEP_INTERVAL = 0.1
+#: The sweep's pause before it expires anyone, so that the I/O already received is read first.
+LATE_RECHECK = 0.001
 MAX_HEADER_BYTES = 64 * 1024
 MAX_IDLE_PER_UPSTREAM = 64
 #: How long a new router waits for its endpoint's registry (the longest apply timeout).
@@ -1041,8 +1043,15 @@ class Router:
         while True:
             await asyncio.sleep(interval)
             now = self.loop.time()
-            for client in [c for c in self.clients if c.deadline <= now]:
-                client.expire()
+            late = [c for c in self.clients if c.deadline <= now]
+            if late:
+                # uvloop runs due timers before it polls for I/O: after the router itself was
+                # descheduled (a loaded machine), bytes that move these deadlines may be waiting
+                # unread. A pause of one poll reads them before anyone is called slow.
+                await asyncio.sleep(LATE_RECHECK)
+                for client in late:
+                    if client.deadline <= now and client in self.clients:
+                        client.expire()
             self.mirror.refresh(self.routes.upstreams)
 
 
