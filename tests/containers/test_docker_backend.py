@@ -280,8 +280,12 @@ def test_bad_input_is_explained(
     # The router's port taken while it was down: the endpoint comes back on another one.
     first = backend().apply(manifest("ports", model), timeout=180)
     record = read_record("ports")
-    docker_client.containers.get(record.router.container).kill()
+    router = docker_client.containers.get(record.router.container)
+    router.kill()
+    router.wait(timeout=60)  # kill only signals: the port is free once it has exited
     with socket.socket() as squatter:
+        # Its closed connections may linger in TIME_WAIT: they do not hold a listening port.
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         squatter.bind(("127.0.0.1", record.router.port))
         squatter.listen()
         again = backend().apply(manifest("ports", model), timeout=180)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -178,11 +179,15 @@ def test_stopping_the_pool_leaves_its_servers_running(home: Path, model, tmp_pat
 
 def test_preload_imports_the_servers_dependencies_in_the_fork_server():
     # The fork server imports warm_imports (multiprocessing's preload): it must not fail, and
-    # must leave a single thread, or the pool would refuse every request.
-    from kfp_serve.serving.runtime import warm_imports
-
-    assert warm_imports.ERROR is None
-    assert "sklearn" in sys.modules and "uvicorn" in sys.modules
+    # must leave a single thread, or the pool would refuse every request. A fresh interpreter,
+    # as the fork server is: this test process has other tests' threads.
+    code = (
+        "import sys; from kfp_serve.serving.runtime import warm_imports; "
+        "print(warm_imports.ERROR, 'sklearn' in sys.modules and 'uvicorn' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True).stdout.split()
+    assert out == ["None", "True"], out
 
 
 def test_only_runtime_modules_are_forked(home: Path):

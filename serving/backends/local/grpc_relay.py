@@ -44,6 +44,9 @@ UNIMPLEMENTED = 12
 UNAVAILABLE = 14
 #: Seconds a refused connection stays open so the client reads the answer (then it is closed).
 LINGER = 2.0
+#: Seconds a refused HTTP/2 connection may stay open without opening a call (a real gRPC client
+#: sends its first call with the preface; anything else is junk, closed well within 1 s).
+NO_CALL_TIMEOUT = 0.5
 #: Bytes buffered towards one side before reading from the other pauses.
 HIGH_WATER = 1 << 20
 
@@ -124,6 +127,13 @@ class _Refusal(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        # A client that opens no call (a bare preface, a port scanner) is closed soon, like
+        # any other junk at the router.
+        self.idle = self.loop.call_later(NO_CALL_TIMEOUT, self._give_up)
+
+    def _give_up(self) -> None:
+        self.transport.write(_goaway(0))
+        self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -149,11 +159,13 @@ class _Refusal(asyncio.Protocol):
         if out:
             self.transport.write(bytes(out))
         if self.answered and self.closer is None:
+            self.idle.cancel()
             self.transport.write(_goaway(self.answered))
             # The client closes once it has read the answer; close anyway after a moment.
             self.closer = self.loop.call_later(LINGER, self.transport.close)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.idle.cancel()
         if self.closer is not None:
             self.closer.cancel()
 
