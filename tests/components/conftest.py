@@ -12,7 +12,14 @@ def kfp_home(tmp_path, monkeypatch):
     monkeypatch.delenv("KFP_SERVE_MLMD", raising=False)
     monkeypatch.delenv("KFP_SERVE_SNAPSHOT_STORE", raising=False)
     monkeypatch.delenv("METADATA_GRPC_SERVICE_HOST", raising=False)
-    return home
+    yield home
+    # Whatever a test served in this home stops with it (a refused multi-model load, say,
+    # leaves its parent running), so no server outlives the test.
+    from kfp_serve.serving.backends.local.backend import LocalBackend
+
+    backend = LocalBackend(progress=False)
+    for status in backend.list():
+        backend.delete(status.name)
 
 
 @pytest.fixture
