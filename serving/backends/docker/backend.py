@@ -51,7 +51,7 @@ from kfp_serve.serving.backends.local.registry import (
     RevisionRecord,
     registry_path,
 )
-from kfp_serve.serving.backends.local.rollout import now
+from kfp_serve.serving.backends.local.rollout import revision_record
 from kfp_serve.serving.backends.local.storage import resolve_storage
 from kfp_serve.serving.backends.local.supervisor import CONTAINER_LOG_PREFIX
 from kfp_serve.serving.constants import LOOPBACK, PREDICTOR, STORAGE_URI_ENV, TRANSFORMER
@@ -179,17 +179,7 @@ class ContainerServers:
                 if mount.volume:
                     containers.remove_volume(mount.source)
             raise
-        return RevisionRecord(
-            revision=number,
-            created=now(),
-            manifest=plan.manifest,
-            spec_hash=plan.spec_hash,
-            protocol=plan.protocol,
-            model_name=(plan.transformer or plan.predictor).model_name,
-            predictor=started[PREDICTOR],
-            transformer=started.get(TRANSFORMER),
-            model_ids=plan.model_ids,
-        )
+        return revision_record(plan, number, started)
 
 
 class DockerBackend(LocalBackend):

@@ -160,6 +160,22 @@ def _port(sock: socket.socket) -> int:
     return int(sock.getsockname()[1])
 
 
+def revision_record(plan: Plan, number: int, started: dict[str, ProcessRecord]) -> RevisionRecord:
+    """The registry record of revision ``number`` of ``plan``, whose servers ``started`` (by
+    role) run, processes or containers."""
+    return RevisionRecord(
+        revision=number,
+        created=now(),
+        manifest=plan.manifest,
+        spec_hash=plan.spec_hash,
+        protocol=plan.protocol,
+        model_name=(plan.transformer or plan.predictor).model_name,
+        predictor=started[PREDICTOR],
+        transformer=started.get(TRANSFORMER),
+        model_ids=plan.model_ids,
+    )
+
+
 def start_revision(
     python: str, plan: Plan, number: int, dirs: dict[str, Path], grace: float
 ) -> RevisionRecord:
@@ -205,17 +221,7 @@ def start_revision(
     except BaseException:
         supervisor.stop(started.values(), grace)
         raise
-    return RevisionRecord(
-        revision=number,
-        created=now(),
-        manifest=plan.manifest,
-        spec_hash=plan.spec_hash,
-        protocol=plan.protocol,
-        model_name=(plan.transformer or plan.predictor).model_name,
-        predictor=started[PREDICTOR],
-        transformer=started.get(TRANSFORMER),
-        model_ids=plan.model_ids,
-    )
+    return revision_record(plan, number, started)
 
 
 def start_ready_revision(
