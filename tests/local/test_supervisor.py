@@ -58,6 +58,27 @@ def test_stop_kills_what_ignores_sigterm_and_its_children(tmp_path: Path) -> Non
     assert time.monotonic() - started < 30  # it did not wait forever for a SIGTERM
 
 
+def test_stop_kills_a_worker_that_ignores_sigterm_after_its_leader_obeyed(tmp_path: Path) -> None:
+    # The leader exits on SIGTERM at once; the worker it forked ignores SIGTERM. Stopping the
+    # leader must not orphan the worker: it is killed after the grace period.
+    record, log = _start(
+        tmp_path, "import os, signal, time\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    signal.signal(signal.SIGTERM, signal.SIG_IGN); print(os.getpid(), flush=True)\n"
+        "time.sleep(60)",
+    )
+    deadline = time.monotonic() + 30
+    while not supervisor.log_tail(log).strip().isdigit() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    worker = int(supervisor.log_tail(log).strip())
+    assert sorted(supervisor.group_members(record.pid)) == sorted([record.pid, worker])
+    supervisor.stop([record], grace=0.3)
+    assert not record.alive()
+    assert supervisor.start_time(worker) is None
+    assert supervisor.group_members(record.pid) == []
+
+
 def test_an_exit_code_is_read_from_our_own_child(tmp_path: Path) -> None:
     record, _ = _start(tmp_path, "raise SystemExit(7)")
     deadline = time.monotonic() + 30

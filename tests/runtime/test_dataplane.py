@@ -24,6 +24,7 @@ import pytest
 import yaml
 from sklearn.linear_model import LogisticRegression
 
+from kfp_serve.serving.backends.local import supervisor
 from kfp_serve.serving.runtime.launch import start_server, stop_server, wait_ready
 from kfp_serve.serving.runtime.layout import METADATA_FILE
 from tests.runtime.conftest import FEATURES, v2_body, v2_output
@@ -675,22 +676,9 @@ def test_batch_with_a_bad_request_fails_only_that_one(dp, iris):
     assert codes[3] == 400 and codes.count(200) == 7
 
 
-def _group_members(pgid: int) -> list[int]:
-    members = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] != "Z" and int(fields[2]) == pgid:
-                members.append(int(proc.name))
-    return members
-
-
 def test_workers_share_the_port(dp, iris):
     p = dp["procs"]["workers"]
-    assert len(_group_members(p.pid)) == 2
+    assert len(supervisor.group_members(p.pid)) == 2
     model = dp["model"]
     before = _sample(_metrics(p.url), "kfp_serve_requests", "kfp_serve_requests_total",
                      model_name="model", route="v2", status="200")
@@ -706,9 +694,9 @@ def test_workers_share_the_port(dp, iris):
         assert counted == before + 20
     stop_server(p)
     deadline = time.monotonic() + 10
-    while _group_members(p.pid) and time.monotonic() < deadline:
+    while supervisor.group_members(p.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _group_members(p.pid) == []  # stopping the server stops every worker
+    assert supervisor.group_members(p.pid) == []  # stopping the server stops every worker
 
 
 def test_bad_batcher_flag_exits_naming_it(tmp_path, versioned_dir):

@@ -72,6 +72,9 @@ HEADER_TIMEOUT = 5.0
 #: Seconds an idle keep-alive client connection stays open (nginx's default).
 KEEPALIVE_TIMEOUT = 75.0
 CONNECT_TIMEOUT = 5.0
+#: Seconds a closing connection keeps reading (and dropping) what its client still sends, so
+#: that the last answer is not lost to a reset (see ``_ClientConnection._linger``).
+LINGER_TIMEOUT = 2.0
 #: How often deadlines are checked (so they are enforced up to this much late).
 SWEEP_INTERVAL = 0.1
 #: The sweep's pause before it expires anyone, so that the I/O already received is read first.
@@ -402,6 +405,8 @@ class _ClientConnection(asyncio.Protocol):
         self.deadline = self.router.loop.time() + self.router.header_timeout
 
     def data_received(self, data: bytes) -> None:
+        if self.state == _CLOSED:
+            return  # lingering after the last answer: what the client still sends is dropped
         self.buf += data
         if self.state == _RELAYING:
             # A pipelined request: it waits until the answer in progress is written.
@@ -579,8 +584,7 @@ class _ClientConnection(asyncio.Protocol):
         if self.state == _CLOSED:
             return
         if not (keep and self.keep):
-            self.state = _CLOSED
-            self.transport.close()  # type: ignore[union-attr]  # flushes what was written
+            self._linger()
             return
         self.state = _IDLE
         self.deadline = self.router.loop.time() + self.router.keepalive_timeout
@@ -588,9 +592,30 @@ class _ClientConnection(asyncio.Protocol):
         if self.buf and not self.parsing:
             self._advance()
 
+    def _linger(self) -> None:
+        """Close after an answer without losing it: send our FIN, then read and drop what the
+        client still sends until its FIN (asyncio then closes the transport) or
+        ``LINGER_TIMEOUT``.
+
+        Closing a socket with unread input makes the kernel send a reset, and a reset makes the
+        client's kernel discard the answer it had not read yet: a slow client answered 408 saw
+        "connection reset" instead of the 408.
+        """
+        self.state = _CLOSED
+        self.buf.clear()
+        transport = self.transport
+        if not transport.can_write_eof():  # type: ignore[union-attr]
+            transport.close()  # type: ignore[union-attr]
+            return
+        transport.write_eof()  # type: ignore[union-attr]  # after what was written
+        transport.resume_reading()  # type: ignore[union-attr]
+        self.deadline = self.router.loop.time() + LINGER_TIMEOUT
+
     def expire(self) -> None:
         """The current phase ran past its deadline (called by the router's sweep)."""
-        if self.state == _IDLE:
+        if self.state == _CLOSED:
+            self.transport.close()  # type: ignore[union-attr]  # lingered long enough
+        elif self.state == _IDLE:
             logger.debug("closing an idle client connection")
             self.state = _CLOSED
             self.transport.close()  # type: ignore[union-attr]

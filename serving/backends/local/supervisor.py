@@ -162,6 +162,32 @@ def forget(proc: subprocess.Popen) -> None:
 # Signal and stop
 
 
+def group_members(pgid: int) -> list[int]:
+    """Pids of the live (not zombie) processes in process group ``pgid``.
+
+    A group outlives its leader while anything it forked runs, and its id is not handed to a
+    new group until then: so what is listed here is ours even after the leader has gone.
+    """
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = Path(entry.path, "stat").read_bytes()
+        except OSError:
+            continue
+        # Fields after the command name: state, ppid, pgrp, ...
+        rest = raw[raw.rfind(b")") + 2 :].split()
+        if int(rest[2]) == pgid and rest[0] not in (b"Z", b"X"):
+            members.append(int(entry.name))
+    return members
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
 def signal_group(process: Supervised, sig: int) -> None:
     """Send ``sig`` to the process group of ``process``, if it is still the one recorded.
 
@@ -193,13 +219,18 @@ def stop(processes: Iterable[Supervised], grace: float = DEFAULT_GRACE) -> None:
         processes = [p for p in processes if not _container(p)]
         if not processes:
             return
+    # The groups of the processes that are ours now: what they forked must go with them, even
+    # a worker that ignores SIGTERM after its leader obeyed it.
+    groups = [p.pid for p in processes if alive(p) and _leads_group(p.pid)]
     for p in processes:
         signal_group(p, signal.SIGTERM)
 
     def all_gone() -> bool:
         for p in processes:
             _reap(p.pid)
-        return not any(alive(p) for p in processes)
+        if any(alive(p) for p in processes):
+            return False
+        return not any(group_members(g) for g in groups)
 
     try:
         wait_until(
@@ -211,6 +242,9 @@ def stop(processes: Iterable[Supervised], grace: float = DEFAULT_GRACE) -> None:
     except TimeoutError:
         for p in processes:
             signal_group(p, signal.SIGKILL)
+        for g in groups:
+            if group_members(g):
+                _signal_group(g, signal.SIGKILL)
         with contextlib.suppress(TimeoutError):
             wait_until(
                 all_gone,
@@ -222,6 +256,14 @@ def stop(processes: Iterable[Supervised], grace: float = DEFAULT_GRACE) -> None:
         proc = _CHILDREN.pop(p.pid, None)
         if proc is not None:
             proc.poll()
+
+
+def _leads_group(pid: int) -> bool:
+    """True when ``pid`` still leads its own process group (it did not leave its session)."""
+    try:
+        return os.getpgid(pid) == pid
+    except ProcessLookupError:
+        return False
 
 
 def _reap(pid: int) -> None:
