@@ -142,8 +142,14 @@ def server_pids(name: str) -> dict[str, int]:
 def served(trained: Trained) -> Iterator[Served]:
     """The shared endpoint: transformer + predictor behind the router, served by serve()."""
     from kfp_serve import serving
+    from kfp_serve.serving.runtime.warm_pool import ENABLE_ENV
+
     for key, value in SECRET_ENV.items():
         os.environ[key] = value
+    # Servers started plainly: test_security reads their environment from /proc, which for a
+    # server forked from a warm pool (one an earlier test may have left idling) shows the
+    # pool's start-up environment, not the one the server runs with.
+    os.environ[ENABLE_ENV] = "0"
     try:
         started = time.monotonic()
         endpoint = serving.serve(
@@ -159,7 +165,7 @@ def served(trained: Trained) -> Iterator[Served]:
         yield Served(ENDPOINT, endpoint, urls, server_pids(ENDPOINT), trained)
         endpoint.close()
     finally:
-        for key in SECRET_ENV:
+        for key in (*SECRET_ENV, ENABLE_ENV):
             os.environ.pop(key, None)
         from kfp_serve.serving.backends.local import LocalBackend
 
