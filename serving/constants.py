@@ -48,6 +48,8 @@ HTTP_HOST_ENV = "KFP_SERVE_HTTP_HOST"
 #: Local serving binds this address only: nothing a local endpoint runs is reachable from
 #: another machine.
 LOOPBACK = "127.0.0.1"
+#: Backlog of a router's listening sockets (bursts of new keep-alive clients).
+ROUTER_BACKLOG = 1024
 
 #: Modules run with ``python -m``: the model servers, and the router of a local endpoint.
 PREDICTOR_MODULE = "kfp_serve.serving.runtime.predictor"

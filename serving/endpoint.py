@@ -29,6 +29,7 @@ from kfp_serve.serving.constants import PREDICT_PROBA_ENV, PREDICT_PROBA_PARAM
 from kfp_serve.serving.errors import ServingError
 from kfp_serve.serving.http import tls_context
 from kfp_serve.serving.predictions import response_predictions
+from kfp_serve.serving.runtime.datatypes import V2_BYTES, V2_NUMERIC_DATATYPES
 from kfp_serve.serving.runtime.fidelity import KFP_SERVE as KFP_SERVE_RUNTIME
 from kfp_serve.serving.runtime.fidelity import XGB_SERVER
 
@@ -40,21 +41,8 @@ _RETRY_STATUS = {404, 503}
 _BAD_GATEWAY = {502}
 
 
-# numpy dtype kind/size -> KServe v2 datatype.
-_V2_DATATYPES = {
-    ("f", 8): "FP64",
-    ("f", 4): "FP32",
-    ("f", 2): "FP16",
-    ("i", 8): "INT64",
-    ("i", 4): "INT32",
-    ("i", 2): "INT16",
-    ("i", 1): "INT8",
-    ("u", 8): "UINT64",
-    ("u", 4): "UINT32",
-    ("u", 2): "UINT16",
-    ("u", 1): "UINT8",
-    ("b", 1): "BOOL",
-}
+# numpy dtype (kind, itemsize) -> KServe v2 datatype.
+_V2_DATATYPES = {dtype: name for name, dtype in V2_NUMERIC_DATATYPES.items()}
 
 
 class Endpoint:
@@ -538,7 +526,7 @@ def v2_datatype(dtype: Any) -> str:
     """The KServe v2 datatype of a numpy dtype (strings and objects are BYTES)."""
     kind, size = getattr(dtype, "kind", "O"), getattr(dtype, "itemsize", 0)
     if kind in ("U", "S", "O"):
-        return "BYTES"
+        return V2_BYTES
     try:
         return _V2_DATATYPES[(kind, size)]
     except KeyError:

@@ -7,7 +7,9 @@ when its watch times out). What it does differently:
 - apply = get, then create or merge-patch (idempotent; a no-op apply sends no write), always with
   ``fieldValidation=Strict`` so a typo is an error instead of a silently pruned field;
 - 400/401/403/404/409/422 are reported with the API server's own message and never retried;
-  5xx, 429 and connection problems are retried with backoff inside the caller's deadline;
+  5xx, 429 and connection problems are retried with backoff inside the caller's deadline; a
+  write refused with 409 is recomputed from a fresh read (5 times at most); these retries and
+  every wait below go through the project's one retry policy (``kfp_serve.retry``);
 - readiness is awaited with a watch (no polling interval) for the *new* generation: a Ready=True
   left over from the previous generation does not end the wait; watches that end are resumed;
 - ``pvc://`` snapshots named in the manifest's annotations are hydrated into PVCs first;
@@ -24,7 +26,6 @@ import copy
 import json
 import math
 import os
-import random
 import sys
 import time
 import urllib.error
@@ -42,6 +43,7 @@ from kfp_serve.artifacts.kube import (
     use_in_cluster,
 )
 from kfp_serve.artifacts.names import validate_name
+from kfp_serve.retry import retrying, wait_until
 from kfp_serve.serving import admission
 from kfp_serve.serving.backends.base import KUBERNETES, EndpointStatus, TrainedModelStatus
 from kfp_serve.serving.backends.traffic import (
@@ -119,6 +121,18 @@ TERMINAL_TRANSITIONS = frozenset({"BlockedByFailedLoad", "InvalidSpec"})
 _APPLY_ATTEMPTS = 5  # conflicts (someone else wrote in between) before giving up
 _MAX_WATCH_SECONDS = 10  # resume watches this often: a heartbeat for the progress output
 _CONNECT_TIMEOUT = 5.0
+
+
+class _Retryable(Exception):
+    """A failed attempt worth another one after a pause; its message says what failed."""
+
+
+class _OutOfTime(ServingError):
+    """The API kept failing until the caller's deadline (no time left for another attempt)."""
+
+
+class _Conflict(Exception):
+    """The stored object changed under a write (409), or was just replaced: read it again."""
 
 
 class InferenceServiceNotReadyError(ServingError):
@@ -415,14 +429,13 @@ class KubernetesBackend:
         import urllib3
         from kubernetes.client.exceptions import ApiException
 
-        delay, attempts, last = 0.1, 0, ""
-        while True:
+        attempts, last = 0, "none"
+
+        def once() -> Any:
+            nonlocal attempts, last
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise ServingError(
-                    f"{what} failed: the Kubernetes API server did not answer successfully "
-                    f"before the deadline ({attempts} attempt(s); last error: {last or 'none'})"
-                )
+                raise _Retryable(last)  # no time left for (another) attempt
             kwargs["_request_timeout"] = (
                 min(_CONNECT_TIMEOUT, remaining),
                 min(self.request_timeout, remaining),
@@ -437,10 +450,25 @@ class KubernetesBackend:
                 last = f"{e.status} {reason}: {message}"
             except (urllib3.exceptions.HTTPError, OSError) as e:
                 last = f"{type(e).__name__}: {e}"
-            pause = min(delay * (1 + random.random() / 2), max(0.0, deadline - time.monotonic()))
-            self._say(f"{what}: {last}; retrying in {pause:.1f}s")
-            time.sleep(pause)
-            delay = min(delay * 2, 2.0)
+            raise _Retryable(last)
+
+        def say(error: BaseException, pause: float) -> None:
+            self._say(f"{what}: {error}; retrying in {pause:.1f}s")
+
+        try:
+            return retrying(
+                deadline=max(0.0, deadline - time.monotonic()),
+                on=_Retryable,
+                first_wait=0.1,
+                max_wait=2.0,
+                jitter=0.5,
+                before_sleep=say,
+            )(once)
+        except _Retryable as e:
+            raise _OutOfTime(
+                f"{what} failed: the Kubernetes API server did not answer successfully "
+                f"before the deadline ({attempts} attempt(s); last error: {e})"
+            ) from None
 
     def _refused(
         self, e: Any, verb: str, name: str, namespace: str, kind: Kind = INFERENCE_SERVICE
@@ -567,7 +595,8 @@ class KubernetesBackend:
         api_exception = self._api_exception()
         where = kind.path(namespace)
         what = f"{kind.kind} {name!r}"
-        for _ in range(_APPLY_ATTEMPTS):
+
+        def once() -> dict[str, Any]:
             try:
                 current = self._call(
                     f"reading {what}",
@@ -590,7 +619,8 @@ class KubernetesBackend:
                     )
                 except api_exception as e2:
                     if e2.status == 409:
-                        continue  # created meanwhile (or by our own timed-out attempt): patch it
+                        # Created meanwhile (or by our own timed-out attempt): patch it.
+                        raise _Conflict from e2
                     raise self._refused(e2, "create", name, namespace, kind) from e2
                 self._say(f"created {what} in namespace {namespace!r}")
                 return obj
@@ -599,7 +629,7 @@ class KubernetesBackend:
             if replace is not None and replace(current):
                 self._delete_object(kind, name, namespace, deadline, missing_ok=True)
                 self._wait_gone(kind, name, namespace, deadline)
-                continue  # created on the next round
+                raise _Conflict  # gone now: created by the next attempt
             patch = apply_patch(current, body)
             if patch is None:
                 self._say(
@@ -619,17 +649,24 @@ class KubernetesBackend:
                 )
             except api_exception as e:
                 if e.status == 409:
-                    continue  # written by someone else since our get: recompute from fresh state
+                    # Written by someone else since our get: recompute from fresh state.
+                    raise _Conflict from e
                 raise self._refused(e, "patch", name, namespace, kind) from e
             self._say(
                 f"updated {what} in namespace {namespace!r} "
                 f"(generation {obj['metadata'].get('generation')})"
             )
             return obj
-        raise ServingError(
-            f"{what} in namespace {namespace!r} kept changing while it was "
-            f"being applied ({_APPLY_ATTEMPTS} conflicts): is another client writing it?"
-        )
+
+        try:
+            # A conflict is answered by a fresh read at once: waiting would not make it likelier
+            # that the other writer is done.
+            return retrying(attempts=_APPLY_ATTEMPTS, on=_Conflict, first_wait=0, max_wait=0)(once)
+        except _Conflict:
+            raise ServingError(
+                f"{what} in namespace {namespace!r} kept changing while it was "
+                f"being applied ({_APPLY_ATTEMPTS} conflicts): is another client writing it?"
+            ) from None
 
     def _watch_events(
         self,
@@ -696,16 +733,24 @@ class KubernetesBackend:
                 self._say(f"{name} [{now - started:5.1f}s/{timeout:.0f}s] {summary}")
                 shown[0], shown[1] = summary, now
 
-        delay = 0.1
-        while True:
+        def decided() -> bool:
+            """Whether the wait is over: True when ready; raises when failed or out of time."""
             show()
-            now = time.monotonic()
             if state == "ready":
-                return latest
+                return True
             if state == "failed":
                 raise fail(latest, generation, timeout, timed_out=False)
-            if deadline - now <= 0:
+            if deadline - time.monotonic() <= 0:
                 raise fail(latest, generation, timeout, timed_out=True)
+            return False
+
+        def watch() -> None:
+            """Follow events until the state is decided or the watch ends (server timeout).
+
+            Raises:
+                _Retryable: the watch was interrupted: re-read, then watch again.
+            """
+            nonlocal latest, rv, state, summary
             try:
                 for event in self._watch_events(name, namespace, rv, deadline, kind):
                     if event["type"] == "DELETED":
@@ -716,24 +761,20 @@ class KubernetesBackend:
                     rv = latest["metadata"].get("resourceVersion") or rv
                     state, summary = judge(latest, generation)
                     if state != "pending":
-                        break
+                        return
                     show()
-                delay = 0.1
-                continue  # the watch ended (server timeout): resume from the last version seen
             except api_exception as e:
                 if e.status in (403, 401):
                     raise self._refused(e, "watch", name, namespace, kind) from e
                 # 410 Gone (history compacted) and server errors: re-read, then watch again.
-                problem = f"watch interrupted ({e.status} {_api_message(e)[0]})"
+                raise _Retryable(f"watch interrupted ({e.status} {_api_message(e)[0]})") from e
             except (urllib3.exceptions.HTTPError, OSError) as e:
                 if time.monotonic() >= deadline:
-                    continue  # the read timeout was the deadline: report the timeout above
-                problem = f"watch interrupted ({type(e).__name__})"
-            self._say(f"{name}: {problem}; re-reading the {kind.kind}")
-            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, 2.0)
-            if time.monotonic() >= deadline:
-                continue
+                    return  # the read timeout was the deadline: decided() reports the timeout
+                raise _Retryable(f"watch interrupted ({type(e).__name__})") from e
+
+        def reread() -> None:
+            nonlocal latest, rv, state, summary
             try:
                 latest = self._call(
                     f"reading {kind.kind} {name!r}",
@@ -749,12 +790,38 @@ class KubernetesBackend:
                         + (gone or " (deleted by someone else?)")
                     ) from e
                 raise self._refused(e, "get", name, namespace, kind) from e
-            except ServingError:
-                if time.monotonic() < deadline:
-                    raise
-                continue  # deadline reached while retrying: report the readiness timeout
+            except _OutOfTime:
+                # The API kept failing until the deadline: report the readiness timeout.
+                raise fail(latest, generation, timeout, timed_out=True) from None
             rv = latest["metadata"].get("resourceVersion")
             state, summary = judge(latest, generation)
+
+        def say(error: BaseException, pause: float) -> None:
+            self._say(f"{name}: {error}; re-reading the {kind.kind}")
+
+        # A watch the server ends is resumed at once from the last version seen (this loop);
+        # an interrupted one is retried after a pause and a re-read, the pauses growing until
+        # a watch ends normally again.
+        while not decided():
+            try:
+                for attempt in retrying(
+                    deadline=max(0.0, deadline - time.monotonic()),
+                    on=_Retryable,
+                    first_wait=0.1,
+                    max_wait=2.0,
+                    before_sleep=say,
+                ):
+                    with attempt:
+                        if attempt.retry_state.attempt_number > 1:
+                            reread()
+                            if state != "pending":
+                                break
+                            show()
+                        watch()
+            except _Retryable:
+                # Interrupted again, and the next pause would end past the deadline.
+                raise fail(latest, generation, timeout, timed_out=True) from None
+        return latest
 
     def _not_ready(
         self, obj: dict[str, Any], generation: int, timeout: float, *, timed_out: bool
@@ -898,31 +965,37 @@ class KubernetesBackend:
         else:
             path = f"/v1/models/{model}"
         probe_deadline = min(deadline, time.monotonic() + self.probe_timeout)
-        delay, last = 0.05, ""
-        while True:
+
+        def once() -> None:
             request = urllib.request.Request(status.url + path, headers=status.headers)
             try:
                 remaining = max(0.05, probe_deadline - time.monotonic())
                 with urllib.request.urlopen(request, timeout=min(5.0, remaining)) as response:
                     if response.status == 200:
                         return
-                    last = f"HTTP {response.status}"
+                    raise _Retryable(f"HTTP {response.status}")
             except urllib.error.HTTPError as e:
-                last = f"HTTP {e.code}"
                 if e.code not in (404, 502, 503, 504):
-                    status.message = f"Ready, but {status.url}{path} answers {last}"
-                    return
+                    raise  # an answer that waiting will not change
+                raise _Retryable(f"HTTP {e.code}") from None
             except (urllib.error.URLError, OSError) as e:
-                last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
-            if time.monotonic() + delay >= probe_deadline:
-                status.message = (
-                    f"Ready, but {status.url}{path} did not answer 200 yet "
-                    f"(last: {last}); clients should retry for a short while"
-                )
-                self._say(f"{status.name}: {status.message}")
-                return
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
+                raise _Retryable(f"{type(e).__name__}: {getattr(e, 'reason', e)}") from None
+
+        try:
+            retrying(
+                deadline=max(0.0, probe_deadline - time.monotonic()),
+                on=_Retryable,
+                first_wait=0.05,
+                max_wait=1.0,
+            )(once)
+        except urllib.error.HTTPError as e:
+            status.message = f"Ready, but {status.url}{path} answers HTTP {e.code}"
+        except _Retryable as e:
+            status.message = (
+                f"Ready, but {status.url}{path} did not answer 200 yet "
+                f"(last: {e}); clients should retry for a short while"
+            )
+            self._say(f"{status.name}: {status.message}")
 
     def _read(
         self, kind: Kind, name: str, namespace: str, deadline: float
@@ -1036,28 +1109,49 @@ class KubernetesBackend:
         self._say(f"deleted {kind.kind} {name!r} in namespace {namespace!r}")
 
     def _wait_gone(self, kind: Kind, name: str, namespace: str, deadline: float) -> None:
-        """Wait (with a watch) until a deleted object is gone: its finalizers have run."""
+        """Wait (with a watch) until a deleted object is gone: its finalizers have run.
+
+        Each look reads it and watches it until it is deleted or the watch ends (the server's
+        timeout, an interruption); the next look follows 0.2 s later.
+        """
         import urllib3
 
         api_exception = self._api_exception()
-        while True:
+
+        def read() -> dict[str, Any] | None:
             # One read may outlast the deadline: the answer says what is left to report.
-            obj = self._read(kind, name, namespace, max(deadline, time.monotonic() + 1.0))
+            return self._read(kind, name, namespace, max(deadline, time.monotonic() + 1.0))
+
+        def gone() -> bool:
+            obj = read()
             if obj is None:
-                return
+                return True
             if time.monotonic() >= deadline:
                 raise ServingError(self._stuck(kind, obj))
             try:
                 rv = obj["metadata"].get("resourceVersion")
                 for event in self._watch_events(name, namespace, rv, deadline, kind):
                     if event["type"] == "DELETED":
-                        return
+                        return True
             except api_exception as e:
                 if e.status in (401, 403):
                     raise self._refused(e, "watch", name, namespace, kind) from e
-                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+                # 410 Gone (history compacted) and server errors: look again.
             except (urllib3.exceptions.HTTPError, OSError):
-                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+                pass  # interrupted, or the deadline was the read timeout: look again
+            return False
+
+        try:
+            wait_until(
+                gone,
+                deadline=max(0.0, deadline - time.monotonic()),
+                interval=0.2,
+                describe=f"the removal of {kind.kind} {name!r}",
+            )
+        except TimeoutError:
+            obj = read()  # the last look may have ended just before its deletion
+            if obj is not None:
+                raise ServingError(self._stuck(kind, obj)) from None
 
     def _stuck(self, kind: Kind, obj: dict[str, Any]) -> str:
         meta = obj["metadata"]
@@ -1269,11 +1363,11 @@ class KubernetesBackend:
             ROLLBACK: rollback_patch,
         }
         where = (GROUP, VERSION, namespace, PLURAL, name)
-        for _ in range(_APPLY_ATTEMPTS):
-            obj = self.get(name, namespace).manifest
-            patch = plans[action](obj)
+
+        def once() -> dict[str, Any]:
+            patch = plans[action](self.get(name, namespace).manifest)
             try:
-                obj = self._call(
+                return self._call(
                     f"{action} of InferenceService {name!r}",
                     custom.patch_namespaced_custom_object,
                     *where,
@@ -1281,31 +1375,46 @@ class KubernetesBackend:
                     field_validation="Strict",
                     deadline=deadline,
                 )
-                break
             except api_exception as e:
                 if e.status != 409:
                     raise self._refused(e, "patch", name, namespace) from e
-        else:
+                raise _Conflict from e  # written meanwhile: plan again from the fresh state
+
+        try:
+            obj = retrying(attempts=_APPLY_ATTEMPTS, on=_Conflict, first_wait=0, max_wait=0)(once)
+        except _Conflict:
             raise ServingError(
                 f"InferenceService {name!r} kept changing during {action} ({_APPLY_ATTEMPTS} "
                 "conflicts): is another client writing it?"
-            )
+            ) from None
         self._say(f"{action} of InferenceService {name!r}: waiting for traffic to move")
-        delay = 0.05
-        while not settled(obj, action, percent):
-            if time.monotonic() >= deadline:
-                state = rollout_state(obj)
-                _, summary = readiness(obj, obj["metadata"].get("generation", 1))
-                raise ServingError(
-                    f"{action} of InferenceService {name!r}: traffic did not move within "
-                    f"{timeout:g}s; now {state.traffic or 'no traffic reported'} (latest "
-                    f"revision {state.latest_created}, ready {state.latest_ready}, stable "
-                    f"{state.latest_rolled_out}): {summary}. A new revision that is not Ready "
-                    "takes no traffic; rollback() sends everything to the stable one"
-                )
-            time.sleep(delay)
-            delay = min(delay * 2, 0.5)
-            obj = self.get(name, namespace).manifest
+        polled = False
+
+        def moved() -> bool:  # the patch's answer first, then a fresh read each time
+            nonlocal obj, polled
+            if polled:
+                obj = self.get(name, namespace).manifest
+            polled = True
+            return settled(obj, action, percent)
+
+        try:
+            wait_until(
+                moved,
+                deadline=max(0.0, deadline - time.monotonic()),
+                interval=0.05,
+                max_interval=0.5,
+                describe=f"{action} of InferenceService {name!r}",
+            )
+        except TimeoutError:
+            state = rollout_state(obj)
+            _, summary = readiness(obj, obj["metadata"].get("generation", 1))
+            raise ServingError(
+                f"{action} of InferenceService {name!r}: traffic did not move within "
+                f"{timeout:g}s; now {state.traffic or 'no traffic reported'} (latest "
+                f"revision {state.latest_created}, ready {state.latest_ready}, stable "
+                f"{state.latest_rolled_out}): {summary}. A new revision that is not Ready "
+                "takes no traffic; rollback() sends everything to the stable one"
+            ) from None
         state = rollout_state(obj)
         self._say(f"InferenceService {name!r} traffic: {state.traffic}")
         return state

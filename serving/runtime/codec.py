@@ -16,23 +16,12 @@ import numpy as np
 
 from kfp_serve.serving.constants import PREDICT_PROBA_PARAM
 from kfp_serve.serving.errors import ServingError
+from kfp_serve.serving.runtime.datatypes import V2_BYTES, V2_NUMERIC_DATATYPES
 
 #: v2 tensor datatypes accepted as numeric input, and their numpy types.
 V2_NUMERIC_DTYPES: dict[str, type] = {
-    "FP16": np.float16,
-    "FP32": np.float32,
-    "FP64": np.float64,
-    "INT8": np.int8,
-    "INT16": np.int16,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "UINT8": np.uint8,
-    "UINT16": np.uint16,
-    "UINT32": np.uint32,
-    "UINT64": np.uint64,
-    "BOOL": np.bool_,
+    name: np.dtype(f"{kind}{size}").type for name, (kind, size) in V2_NUMERIC_DATATYPES.items()
 }
-V2_BYTES = "BYTES"
 #: Name of the single output tensor, as the stock KServe runtimes call it.
 OUTPUT_NAME = "output-0"
 #: Name given to the single input tensor the transformer forwards to a v2 predictor.

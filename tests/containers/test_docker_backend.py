@@ -370,3 +370,35 @@ def test_many_models_behind_one_container_endpoint(docker_home: Path, iris: Any)
     assert sorted(m.name for m in ep.refresh().models) == ["shop-1", "shop-2"]
     assert ep.predict(ROWS, model="shop-1")["predictions"] == fitted["shop-1"].predict(
         ROWS).tolist()
+
+
+@pytest.mark.timeout(400)
+def test_grpc_through_the_routers_stable_address_across_a_rollout(
+    docker_home: Path, artifacts: dict
+) -> None:
+    """OIP gRPC on the container backend: the router (itself a container) listens for gRPC on
+    the endpoint's stable address and relays to the predictor container of the revision
+    serving; a rollout changes the answers, not the address."""
+    from kfp_serve.serving.backends.local.registry import read_record
+    from kfp_serve.serving.endpoint import Endpoint
+
+    dirs, expected = artifacts["dirs"], artifacts["expected"]
+    b = backend()
+    grpc_on = {"container": {"args": ["--enable_grpc=true"]}}
+    status = b.apply(manifest("sepals", snapshot(dirs["plain"]), protocol_version="v2",
+                              predictor=grpc_on), timeout=180)
+    assert status.ready, status.message
+    record = read_record("sepals")
+    assert record is not None and record.router.container
+    assert status.grpc_address == f"127.0.0.1:{record.router.grpc_port}"
+    assert record.latest.predictor.grpc_port not in (0, 8081, record.router.grpc_port)
+    with Endpoint("sepals", protocol="grpc") as ep:
+        assert ep.ready()
+        assert ep.predictions(ROWS) == expected["plain"]
+
+    status = b.apply(manifest("sepals", snapshot(dirs["shifted"]), protocol_version="v2",
+                              predictor=grpc_on), timeout=180)
+    assert status.ready, status.message
+    assert status.grpc_address == f"127.0.0.1:{record.router.grpc_port}"
+    with Endpoint("sepals", protocol="grpc") as ep:
+        assert ep.predictions(ROWS) == expected["shifted"]

@@ -185,6 +185,27 @@ def test_watch_gone_410_and_5xx_resync(kube_double, backend):
     assert codes[:2] == [410, 503]
 
 
+
+def test_an_api_failing_throughout_the_wait_ends_in_the_readiness_timeout(
+    kube_double, backend, progress
+):
+    # Watches and re-reads fail from 0.3 s on: the wait keeps re-trying them, and what is
+    # reported at the deadline is the InferenceService that is not Ready, not an API error.
+    kube_double.watch_cap = 0.2
+    kube_double.kserve.program(outcome="never")
+
+    def break_the_api() -> None:
+        kube_double.faults.add(verb="watch", resource="inferenceservices", status=503, times=None)
+        kube_double.faults.add(verb="get", resource="inferenceservices", status=500, times=None)
+
+    kube_double._scheduler.after(0.3, break_the_api)
+    started = time.monotonic()
+    with pytest.raises(InferenceServiceNotReadyError, match="did not become Ready within 2s"):
+        backend.apply(isvc_manifest(), timeout=2.0)
+    assert time.monotonic() - started < 2.8
+    assert "re-reading the InferenceService" in progress.getvalue()
+    assert any(c.code == 503 for c in kube_double.calls_matching(verb="watch"))
+
 def test_not_found_right_after_ready_is_waited_out(kube_double, backend, monkeypatch):
     # kserve/kserve#1658: Ready, yet the model answers 404 for a moment. Through the ingress
     # (here the double itself, routing by Host header) apply waits until it answers.

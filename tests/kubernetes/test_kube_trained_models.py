@@ -173,6 +173,22 @@ def test_remove_waits_until_the_finalizer_ran(kube_double, fleet):
         fleet.delete_trained_model("north")
 
 
+
+def test_server_errors_during_the_removal_wait_do_not_end_it(kube_double, fleet):
+    fleet.apply_trained_model(_model("north"), timeout=10)
+    fleet.apply_trained_model(_model("south"), timeout=10)
+    kube_double.trained_models.program(delay=1.0)  # the finalizer takes a while
+    reads = kube_double.faults.add(verb="get", resource="trainedmodels", status=500, times=2)
+    watches = kube_double.faults.add(verb="watch", resource="trainedmodels", status=503,
+                                     times=2)
+    started = time.monotonic()
+    fleet.delete_trained_model("north", timeout=10)
+    assert time.monotonic() - started >= 1.0
+    assert [m.name for m in fleet.list_trained_models("fleet")] == ["south"]
+    # Both failed reads were retried, and the wait went on after a failed watch (a second one
+    # fails too unless the finalizer ran first on a slow machine).
+    assert reads.fired == 2 and watches.fired >= 1
+
 def test_describe_lists_the_hosted_models(fleet):
     fleet.apply_trained_model(_model("north", memory="128Mi"), timeout=10)
     fleet.apply_trained_model(_model("south"), timeout=10)

@@ -64,6 +64,17 @@ def test_rollback_sends_everything_to_the_stable_revision(canary, kube_double):
     assert canary.promote("iris", timeout=10).traffic == {V2: 100}
 
 
+
+def test_a_conflicting_write_is_planned_again_and_a_storm_of_them_reported(canary, kube_double):
+    before = len(kube_double.calls_matching(verb="patch"))
+    kube_double.faults.add(verb="patch", status=409, reason="Conflict", times=1)
+    assert canary.set_traffic("iris", 50, timeout=10).traffic == {V2: 50, V1: 50}
+    assert len(kube_double.calls_matching(verb="patch")) == before + 2
+    kube_double.faults.add(verb="patch", status=409, reason="Conflict", times=None)
+    with pytest.raises(ServingError, match=r"kept changing during promote \(5 conflicts\)"):
+        canary.promote("iris", timeout=10)
+    assert len(kube_double.calls_matching(verb="patch")) == before + 2 + 5
+
 def test_rollback_while_the_new_revision_is_not_ready(backend, kube_double):
     backend.apply(_model("v1"), timeout=10)
     kube_double.kserve.program("iris", outcome="fail", delay=0.05)

@@ -121,6 +121,20 @@ def test_stock_runtime_can_run_as_kfp_serve(monkeypatch) -> None:
     assert predictor.entrypoint == ["python", "-m", "kfp_serve.serving.runtime.predictor"]
 
 
+def test_a_server_with_grpc_enabled_gets_a_grpc_port_of_its_own() -> None:
+    # --enable_grpc alone would bind the server's default 8081: on the host network every
+    # container serving gRPC would collide there.
+    m = manifest("kfp-serve")
+    m["spec"]["predictor"]["model"]["args"] = ["--enable_grpc=true"]
+    plan = plan_manifest(m)
+    assert plan.predictor.grpc
+    assert wanted_ports(predictor_args(plan), grpc=plan.predictor.grpc) == [
+        "--http_port", "--grpc_port"
+    ]
+    assert wanted_ports(predictor_args(plan_manifest(manifest("kfp-serve"))),
+                        grpc=False) == ["--http_port"]
+
+
 def test_model_spec_merges_into_the_runtime_container() -> None:
     m = manifest("kfp-serve")
     model = m["spec"]["predictor"]["model"]

@@ -128,13 +128,18 @@ class ContainerServers:
     def start_router(
         self, name: str, port: int | None, grpc_port: int | None = None
     ) -> tuple[ProcessRecord, subprocess.Popen | None]:
-        # No gRPC listener: the containers' gRPC ports are not relayed yet (HTTP only).
+        # Containers share the host's network here: the router binds its own ports, kept
+        # from the previous router when they are free (the endpoint's addresses are stable).
         port = port if port and _free(port) else free_port()
+        grpc_port = grpc_port if grpc_port and _free(grpc_port) else free_port()
         spec = ContainerSpec(
             name=f"kfp-serve-{name}-router-{secrets.token_hex(3)}",
             image=self.image,
             entrypoint=["python", "-m", constants.ROUTER_MODULE],
-            args=["--endpoint", name, "--registry", str(registry_path(name)), "--port", str(port)],
+            args=[
+                "--endpoint", name, "--registry", str(registry_path(name)),
+                "--port", str(port), "--grpc-port", str(grpc_port),
+            ],
             environment={
                 HOME_ENV: str(state_dir()),
                 **{k: v for k, v in os.environ.items() if k.startswith("KFP_SERVE_ROUTER_")},
@@ -146,16 +151,23 @@ class ContainerServers:
             pid_mode="host",
         )
         container_id, pid = containers.run(spec)
-        return _record("router", pid, port, spec, container_id), None
+        return _record("router", pid, port, spec, container_id, grpc_port=grpc_port), None
 
     def start_revision(
         self, plan: Plan, number: int, artifacts: dict[str, Path | str], grace: float
     ) -> RevisionRecord:
         suffix = secrets.token_hex(3)
         labels = {**base_labels(plan.name), LABEL_REVISION: str(number)}
-        ports = {PREDICTOR: {flag: free_port() for flag in wanted_ports(predictor_args(plan))}}
+        ports = {
+            PREDICTOR: {
+                flag: free_port()
+                for flag in wanted_ports(predictor_args(plan), grpc=plan.predictor.grpc)
+            }
+        }
         if plan.transformer is not None:
-            ports[TRANSFORMER] = {"--http_port": free_port()}
+            ports[TRANSFORMER] = {
+                flag: free_port() for flag in wanted_ports([], grpc=plan.transformer.grpc)
+            }
         models: dict[str, Mount] = {}
         started: dict[str, ProcessRecord] = {}
         try:
@@ -172,6 +184,7 @@ class ContainerServers:
                 started[role] = _record(
                     role, pid, ports[role]["--http_port"], spec, container_id,
                     components[role].model_name,  # type: ignore[union-attr]
+                    grpc_port=ports[role].get("--grpc_port", 0),
                 )
         except BaseException:
             containers.stop(started.values(), grace)
@@ -217,7 +230,14 @@ class DockerBackend(LocalBackend):
 
 
 def _record(
-    role: str, pid: int, port: int, spec: ContainerSpec, container_id: str, model_name: str = ""
+    role: str,
+    pid: int,
+    port: int,
+    spec: ContainerSpec,
+    container_id: str,
+    model_name: str = "",
+    *,
+    grpc_port: int = 0,
 ) -> ProcessRecord:
     return ProcessRecord(
         role=role,
@@ -227,6 +247,7 @@ def _record(
         log=CONTAINER_LOG_PREFIX + spec.name,
         model_name=model_name,
         container=container_id,
+        grpc_port=grpc_port,
     )
 
 

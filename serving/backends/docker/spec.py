@@ -105,10 +105,16 @@ def server_specs(
     return result
 
 
-def wanted_ports(container_args: list[str]) -> list[str]:
-    """The port flags a container's args set (each needs a free port on the host network)."""
+def wanted_ports(container_args: list[str], *, grpc: bool = False) -> list[str]:
+    """The port flags a container needs set, each to a free port on the host network: the
+    HTTP port, and the gRPC one when its args set one or it serves gRPC (``grpc``; the
+    server's default 8081 would collide between containers)."""
     return [
-        f for f in PORT_FLAGS if f == "--http_port" or flag_value(container_args, f) is not None
+        f
+        for f in PORT_FLAGS
+        if f == "--http_port"
+        or (f == "--grpc_port" and grpc)
+        or flag_value(container_args, f) is not None
     ]
 
 

@@ -28,7 +28,7 @@ from kfp_serve.serving.backends.local.registry import (
     ProcessRecord,
     RevisionRecord,
 )
-from kfp_serve.serving.constants import LOOPBACK, PREDICTOR, TRANSFORMER
+from kfp_serve.serving.constants import LOOPBACK, PREDICTOR, ROUTER_BACKLOG, TRANSFORMER
 from kfp_serve.serving.errors import ServingError
 from kfp_serve.serving.http import LOOPBACK_TIMEOUT, loopback_client
 
@@ -48,8 +48,6 @@ DRAIN_TIMEOUT = 10.0
 #: Pause between two readiness probes: a refused connection costs microseconds, so poll often
 #: and the step that waits finishes within a few tens of ms of the servers being ready.
 PROBE_INTERVAL = 0.02
-#: Backlog of the router's listening socket (bursts of new keep-alive clients).
-ROUTER_BACKLOG = 1024
 
 
 class PortTaken(Exception):

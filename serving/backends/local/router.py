@@ -57,7 +57,12 @@ from typing import Any
 
 from kfp_serve.serving.backends.local.mirror import MIRROR_FILE, Mirror
 from kfp_serve.serving.backends.local.registry import EndpointRecord, read_record_file
-from kfp_serve.serving.constants import LOOPBACK, ROUTER_MODULE, ROUTER_STATUS_PATH
+from kfp_serve.serving.constants import (
+    LOOPBACK,
+    ROUTER_BACKLOG,
+    ROUTER_MODULE,
+    ROUTER_STATUS_PATH,
+)
 
 logger = logging.getLogger("kfp_serve.router")
 
@@ -1123,6 +1128,16 @@ def _running(pid: int) -> bool:
     return True
 
 
+def _bound(port: int) -> socket.socket:
+    """A socket listening on ``port`` of the loopback address (a router in a container, which
+    cannot inherit one from the backend)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((LOOPBACK, port))
+    sock.listen(ROUTER_BACKLOG)
+    return sock
+
+
 async def serve(args: argparse.Namespace) -> None:
     routes = Routes(
         args.endpoint,
@@ -1131,26 +1146,23 @@ async def serve(args: argparse.Namespace) -> None:
     )
     routes.refresh()
     router = Router(routes, max_body=int(os.environ.get(MAX_BODY_ENV, DEFAULT_MAX_BODY)))
-    if args.fd is not None:
-        sock = socket.socket(fileno=args.fd)
-    else:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", args.port))
-        sock.listen(1024)
+    sock = socket.socket(fileno=args.fd) if args.fd is not None else _bound(args.port)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(router.connection, sock=sock)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     grpc_server = None
-    if args.grpc_fd is not None:
+    if args.grpc_fd is not None or args.grpc_port is not None:
         from kfp_serve.serving.backends.local import grpc_relay
 
         router.grpc = grpc_relay.GrpcRelay(routes.endpoint, lambda: grpc_relay.choose(routes))
-        grpc_server = await loop.create_server(
-            router.grpc.connection, sock=socket.socket(fileno=args.grpc_fd)
+        grpc_sock = (
+            socket.socket(fileno=args.grpc_fd)
+            if args.grpc_fd is not None
+            else _bound(args.grpc_port)
         )
+        grpc_server = await loop.create_server(router.grpc.connection, sock=grpc_sock)
     watchdog = asyncio.create_task(_watchdog(routes, args.registry))
     sweep = asyncio.create_task(router.sweep())
     logger.info("router for %r listening on %s", args.endpoint, sock.getsockname())
@@ -1169,7 +1181,9 @@ def main(argv: list[str] | None = None) -> None:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--fd", type=int, help="an inherited listening socket")
     where.add_argument("--port", type=int, help="a port to bind on 127.0.0.1")
-    parser.add_argument("--grpc-fd", type=int, help="an inherited listening socket for gRPC")
+    grpc_where = parser.add_mutually_exclusive_group()
+    grpc_where.add_argument("--grpc-fd", type=int, help="an inherited listening socket for gRPC")
+    grpc_where.add_argument("--grpc-port", type=int, help="a port on 127.0.0.1 for gRPC")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,
