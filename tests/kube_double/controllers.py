@@ -18,6 +18,7 @@ from typing import Any
 
 from kfp_serve.serving import admission, constants
 from tests.kube_double.store import (
+    EVENT,
     ISVC,
     PVC,
     TRAINED_MODEL,
@@ -117,6 +118,38 @@ def _cond(type_: str, status: str, reason: str | None = None, message: str | Non
     return c
 
 
+#: The event source of KServe's controller manager (``GetEventRecorderFor``).
+KSERVE_COMPONENT = "v1beta1Controllers"
+
+
+def record_event(
+    store: Store, obj: dict[str, Any], type_: str, reason: str, message: str, *, component: str
+) -> dict[str, Any]:
+    """Create a core/v1 Event about ``obj`` the way client-go's legacy event recorder does
+    (name ``<object>.<unix nanoseconds in hex>``, source and reportingComponent, count 1)."""
+    meta = obj["metadata"]
+    stamp = now_rfc3339()
+    return store.create(EVENT, meta["namespace"], {
+        "metadata": {"name": f"{meta['name']}.{time.time_ns():x}"},
+        "involvedObject": {
+            "kind": obj.get("kind", ISVC.kind), "namespace": meta["namespace"],
+            "name": meta["name"], "uid": meta.get("uid", ""),
+            "apiVersion": obj.get("apiVersion", ISVC.api_version),
+            "resourceVersion": meta.get("resourceVersion", ""),
+        },
+        "reason": reason,
+        "message": message,
+        "source": {"component": component},
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+        "type": type_,
+        "eventTime": None,
+        "reportingComponent": component,
+        "reportingInstance": "",
+    })
+
+
 class KServeController:
     """Plays the KServe controller: status.conditions, URLs and observedGeneration."""
 
@@ -181,7 +214,31 @@ class KServeController:
         return obj if obj["metadata"].get("generation") == generation else None
 
     def _write_status(self, key: tuple[str, str], status: dict[str, Any]) -> None:
-        self.store.update(ISVC, key[0], key[1], {"status": status}, subresource="status")
+        before = self.store.get(ISVC, *key)
+        after = self.store.update(ISVC, key[0], key[1], {"status": status}, subresource="status")
+        self._ready_event(before, after)
+
+    def _ready_event(self, before: dict[str, Any], after: dict[str, Any]) -> None:
+        """The Events KServe's InferenceService controller records when Ready changes
+        (``updateStatus``): Normal InferenceServiceReady on becoming Ready, Warning
+        InferenceServiceNotReady when Ready turns False (not for Unknown: a rollout)."""
+        def ready(obj: dict[str, Any]) -> str | None:
+            found = next((c for c in (obj.get("status") or {}).get("conditions", [])
+                          if c.get("type") == "Ready"), None)
+            return found.get("status") if found else None
+
+        name = after["metadata"]["name"]
+        if ready(before) != "True" and ready(after) == "True":
+            kind, reason, message = "Normal", "InferenceServiceReady", (
+                f"InferenceService [{name}] is Ready")
+        elif ready(before) == "True" and ready(after) == "False":
+            failing = [c["type"] for c in after["status"]["conditions"]
+                       if c.get("status") == "False"]
+            kind, reason, message = "Warning", "InferenceServiceNotReady", (
+                f"InferenceService [{name}] is no longer Ready because of: {failing}")
+        else:
+            return
+        record_event(self.store, after, kind, reason, message, component=KSERVE_COMPONENT)
 
     def _start(self, key: tuple[str, str], generation: int, behavior: IsvcBehavior) -> None:
         obj = self._current(key, generation)
