@@ -28,6 +28,12 @@ REPLACED = "replaced"
 TRAFFIC_CHANGED = "traffic changed"
 PROMOTED = "promoted"
 ROLLED_BACK = "rolled back"
+#: The endpoint's processes died (a crash, kill -9) while it was recorded as serving.
+EXITED = "process exited"
+#: Custom property of an interval that ended with :data:`EXITED`: the last time its processes
+#: were known to run (their logs' last write), as ISO time. A crash is found only when someone
+#: looks, so ``end_time`` (when it was found dead) is later than the real end.
+LAST_SEEN = "last_seen"
 
 
 @dataclass(frozen=True)
@@ -66,16 +72,23 @@ def open_deployments(
     name: str, namespace: str | None, *, store: MetadataStore | None = None
 ) -> list[Share]:
     """What MLMD says endpoint ``name`` serves now: its open intervals, as shares."""
+    return list(open_intervals(name, namespace, store=store).values())
+
+
+def open_intervals(
+    name: str, namespace: str | None, *, store: MetadataStore | None = None
+) -> dict[int, Share]:
+    """Endpoint ``name``'s open intervals: Deploy execution id -> its share."""
     validate_name(name, "endpoint name")
     namespace = validate_name(namespace, "namespace") if namespace else ""
     store = store if store is not None else metadata_store()
     with store.read():
         found = _open_intervals(store, name, namespace)
-    shares = []
+    shares = {}
     for x in found:
         model_id, transformer_id, percent = _interval_key(x)
-        shares.append(
-            Share(model_id, percent, transformer_id or None, get_value(x.properties, "revision"))
+        shares[x.id] = Share(
+            model_id, percent, transformer_id or None, get_value(x.properties, "revision")
         )
     return shares
 
@@ -203,6 +216,48 @@ def _with_open_transformer(share: Share, open_now: list[Any]) -> Share:
     return share
 
 
+def end_intervals(
+    execution_ids: list[int],
+    reason: str,
+    *,
+    last_seen: str | None = None,
+    store: MetadataStore | None = None,
+) -> list[int]:
+    """End these open Deploy intervals now with ``reason`` (the others stay as they are).
+
+    For intervals whose endpoint stopped serving without a traffic change that
+    :func:`record_traffic` could see (its processes died): ``last_seen`` is kept with them.
+
+    Returns:
+        The ids of the intervals this call ended (one already ended, or not a Deploy
+        execution, is left alone: two readers may find the same dead endpoint).
+    """
+    if not execution_ids:
+        return []
+    store = store if store is not None else metadata_store()
+    pb = store.pb
+    stamp = _now()
+    with store.write():
+        ending = [
+            x
+            for x in store.get_executions_by_id(execution_ids)
+            if x.type == DEPLOY_EXECUTION and not get_value(x.properties, "end_time")
+        ]
+        for x in ending:
+            set_value(x.properties["end_time"], stamp)
+            set_value(x.properties["end_reason"], reason)
+            if last_seen:
+                # It ran when the interval opened (the backend saw it Ready), whatever its log
+                # says.
+                opened = datetime.fromtimestamp(x.create_time_since_epoch / 1000, UTC)
+                seen = max(datetime.fromisoformat(last_seen), opened)
+                set_value(x.custom_properties[LAST_SEEN], seen.isoformat(timespec="seconds"))
+            x.last_known_state = pb.Execution.COMPLETE
+        if ending:
+            store.call("put_executions", ending)  # type: ignore[attr-defined]
+    return [x.id for x in ending]
+
+
 def record_deployment(
     name: str,
     namespace: str | None,
@@ -232,6 +287,8 @@ def end_deployments(
 
 
 __all__ = [
+    "EXITED",
+    "LAST_SEEN",
     "PROMOTED",
     "REPLACED",
     "ROLLED_BACK",
@@ -239,7 +296,9 @@ __all__ = [
     "TRAFFIC_CHANGED",
     "Share",
     "end_deployments",
+    "end_intervals",
     "open_deployments",
+    "open_intervals",
     "record_deployment",
     "record_traffic",
 ]

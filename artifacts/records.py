@@ -425,7 +425,12 @@ def lineage(artifact_id: int, *, store: MetadataStore | None = None) -> dict[str
         the producing execution read), ``snapshots`` (uri, digest, size, time) and
         ``deployments``: one interval per Deploy execution (execution id, endpoint, namespace,
         url, model/transformer ids, ``traffic_percent``, ``start_time``, ``end_time`` and
-        ``end_reason`` (None while ``serving``); see ``kfp_serve.artifacts.deployments``).
+        ``end_reason`` (None while ``serving``), ``last_seen`` (when an endpoint whose
+        processes died was last known to run); see ``kfp_serve.artifacts.deployments``).
+
+        This is what MLMD recorded. A local endpoint that crashed is only known to have ended
+        once something looks at its processes: ``kfp_serve.serving.liveness.lineage`` (what
+        ``kfp-serve lineage`` shows) checks them first.
     """
     store = _store(store)
     with store.read():
@@ -508,6 +513,8 @@ def lineage(artifact_id: int, *, store: MetadataStore | None = None) -> dict[str
                         "start_time": when,
                         "end_time": end,
                         "end_reason": get_value(p, "end_reason") or None,
+                        # Set when its processes were found dead (deployments.LAST_SEEN).
+                        "last_seen": get_value(x.custom_properties, "last_seen"),
                         "serving": end is None,
                     }
                 )

@@ -50,12 +50,15 @@ def lineage_rows(graph: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 
 
 def served_by(dep: dict[str, Any]) -> str:
-    """``iris 20 % from 2026-01-02 10:00:00 to now`` (or ``to <time> (stopped)``)."""
+    """``iris 20 % from 2026-01-02 10:00:00 to now`` (or ``to <time> (stopped)``, or
+    ``to <time> (process exited; last seen <time>)`` for one whose processes died)."""
     where = dep["endpoint"] + (f" ({dep['namespace']})" if dep.get("namespace") else "")
     start = _when(dep.get("start_time") or dep.get("create_time"))
     if dep.get("end_time"):
-        end = f"{_when(dep['end_time'])}" + (f" ({dep['end_reason']})" if dep.get("end_reason")
-                                             else "")
+        why = [dep["end_reason"]] if dep.get("end_reason") else []
+        if dep.get("last_seen"):
+            why.append(f"last seen {_when(dep['last_seen'])}")
+        end = _when(dep["end_time"]) + (f" ({'; '.join(why)})" if why else "")
     else:
         end = "now"
     return f"{where} {dep.get('traffic_percent', 100)} % from {start} to {end}"

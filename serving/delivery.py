@@ -91,10 +91,15 @@ def stop(name: str, namespace: str | None = None, *, backend: str | None = None)
         ServingError: there is no such endpoint.
     """
     from kfp_serve.artifacts.deployments import end_deployments
-    from kfp_serve.serving.backends.base import get_backend
+    from kfp_serve.serving.backends.base import DOCKER, LOCAL, get_backend
+    from kfp_serve.serving.liveness import reconcile
 
     chosen = get_backend(backend)
     status = _status_or_none(chosen, name, namespace)
+    if chosen.name in (LOCAL, DOCKER):
+        # Before the processes are stopped: what died on its own ends as "process exited"
+        # (when it was last seen), not as served until this stop.
+        reconcile(name)
     chosen.delete(name, namespace)
     _recorded(end_deployments, name, (status.namespace if status else None) or namespace)
 

@@ -8,12 +8,16 @@ where only the latest revision's model is known (the labels describe the spec ap
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict
 from typing import Any
 
 from kfp_serve.serving import constants
 from kfp_serve.serving.backends.base import EndpointStatus, RevisionStatus
 from kfp_serve.serving.backends.traffic import rollout_state
+from kfp_serve.serving.errors import ServingError
+
+logger = logging.getLogger(__name__)
 
 #: Rollout events ``describe`` shows (the newest).
 RECENT_EVENTS = 10
@@ -98,16 +102,36 @@ def serve_config(status: EndpointStatus) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"value": value}
 
 
+def recent_events(backend: Any, status: EndpointStatus) -> list[dict[str, Any]]:
+    """The endpoint's recent rollout events: the ones ``status`` carries (a local registry
+    keeps them), else those a backend reads on request (``events()``: a cluster's Events, not
+    fetched by every ``get``, which traffic moves poll). A refusal to read them is logged:
+    the rest of the description still answers."""
+    read = getattr(backend, "events", None)
+    if status.events or not callable(read):
+        return status.events
+    try:
+        return read(status.name, status.namespace, limit=RECENT_EVENTS)
+    except ServingError as e:
+        logger.warning("endpoint %r: events not shown: %s", status.name, e)
+        return []
+
+
 def describe(
-    status: EndpointStatus, revs: list[RevisionStatus] | None = None
+    status: EndpointStatus,
+    revs: list[RevisionStatus] | None = None,
+    events: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Everything a person asks about a served endpoint, as plain JSON-ready data.
 
     Args:
         revs: Its revisions, when the caller knows more of them than ``status`` says (see
             ``kfp_serve.serving.delivery.known_revisions``).
+        events: Its recent events, when the backend reports them apart from ``status``
+            (see :func:`recent_events`).
     """
     revs = revs if revs is not None else revisions(status)
+    events = events if events is not None else status.events
     return {
         "name": status.name,
         "namespace": status.namespace,
@@ -120,10 +144,10 @@ def describe(
         "traffic": traffic_summary(revs),
         "revisions": [asdict(r) for r in revs],
         "serve_config": serve_config(status),
-        "events": list(status.events[-RECENT_EVENTS:]),
+        "events": list(events[-RECENT_EVENTS:]),
         # A multi-model endpoint's hosted models (TrainedModels), with version and readiness.
         "models": [{**asdict(m), "version": m.version} for m in status.models],
     }
 
 
-__all__ = ["describe", "revisions", "serve_config", "traffic_summary"]
+__all__ = ["describe", "recent_events", "revisions", "serve_config", "traffic_summary"]

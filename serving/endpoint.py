@@ -307,10 +307,10 @@ class Endpoint:
         the applied ServeConfig and recent rollout events (see ``kfp_serve.serving.describe``).
         """
         from kfp_serve.serving.delivery import known_revisions
-        from kfp_serve.serving.describe import describe
+        from kfp_serve.serving.describe import describe, recent_events
 
         status = self.refresh()
-        return describe(status, known_revisions(status))
+        return describe(status, known_revisions(status), recent_events(self._backend, status))
 
     def close(self) -> None:
         """Close the HTTP (and gRPC) connections."""

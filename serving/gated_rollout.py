@@ -15,7 +15,8 @@ Two promises the driver keeps:
 
 The live window is read from the local router's mirror session (:mod:`.backends.local.mirror`):
 the canary's own requests and the stable revision's requests mirrored to it. On a cluster there
-is no such router; see ``live_source``.
+is no such router: the window counts its own requests to both revisions, sent through KServe's
+tag routing (:mod:`.cluster_live`); see ``live_source``.
 """
 
 from __future__ import annotations
@@ -325,21 +326,37 @@ class LocalMirrorSource:
             mirror.close_session(registry.endpoint_dir(self.name))
 
 
-def live_source(name: str, backend: str) -> LiveSource:
+def live_source(
+    name: str, backend: str, *, namespace: str | None = None, rows: Sequence[Any] | None = None
+) -> LiveSource:
     """The live window of endpoint ``name`` on ``backend``.
 
-    Only the local router mirrors and counts per revision today. On a cluster, KServe's
-    revisions would have to be read from their ``/metrics`` (or probed through tag routing):
-    not implemented, so the error says so before the canary starts.
+    Locally, the router mirrors the endpoint's own traffic and counts per revision. On
+    Kubernetes, kfp-serve does not read KServe's ``/metrics``: the window counts its own
+    mirrored requests, ``rows`` sent to both revisions through tag routing
+    (:mod:`.cluster_live`), so it needs them. Other backends have no per-revision window; the
+    error says so before the canary starts.
     """
-    from kfp_serve.serving.backends.base import LOCAL
+    from kfp_serve.serving.backends.base import KUBERNETES, LOCAL
 
     if backend == LOCAL:
         return LocalMirrorSource(name)
+    if backend == KUBERNETES:
+        if rows is None or not len(rows):
+            raise ServingError(
+                "the live analysis on the kubernetes backend counts its own mirrored requests "
+                "(sent to both revisions through KServe's tag routing; the revisions' /metrics "
+                "are not read): give it rows to send, replay=ROWS (`kfp-serve rollout --gate "
+                "... --replay`)"
+            )
+        from kfp_serve.serving.cluster_live import TagMirrorSource
+
+        return TagMirrorSource(name, namespace, rows)
     raise ServingError(
-        f"the live analysis of a gated rollout runs on the local backend only (its router "
-        f"mirrors and counts per revision); the {backend!r} backend has no per-revision window "
-        "yet. Use rollout --canary N and promote/rollback by hand there"
+        f"the live analysis of a gated rollout runs on the local and kubernetes backends (a "
+        f"per-revision window: the local router's mirror, KServe's tag routing); the "
+        f"{backend!r} backend has none yet. Use rollout --canary N and promote/rollback by "
+        "hand there"
     )
 
 
@@ -534,7 +551,8 @@ def gated_rollout(
         progress: Print the live window's progress on stderr.
         source: Where the live window is read (default: ``live_source``).
         replay: Rows to send to the endpoint during the live window (``Replay``), for a demo
-            or a pipeline run without clients; None waits for real traffic.
+            or a pipeline run without clients; None waits for real traffic. On Kubernetes
+            they are required: the window is made of them, each sent to both revisions.
 
     Returns:
         The report; ``report.promoted`` says whether the candidate serves all traffic now.
@@ -545,7 +563,8 @@ def gated_rollout(
     """
     from kfp_serve.artifacts import set_alias
     from kfp_serve.serving import delivery
-    from kfp_serve.serving.backends.base import default_backend_name
+    from kfp_serve.serving.backends.base import KUBERNETES, default_backend_name
+    from kfp_serve.serving.cluster_live import with_tag_routing
     from kfp_serve.serving.deploy import resolve_model
 
     policy = gate_policy if isinstance(gate_policy, GatePolicy) else load_gate(gate_policy)
@@ -587,7 +606,13 @@ def gated_rollout(
         report.note = "the endpoint served nothing yet: no live analysis (no stable revision)"
         return report
 
-    source = source or live_source(name, backend)
+    source = source or live_source(name, backend, namespace=namespace, rows=replay)
+    if backend == KUBERNETES:
+        # The canary's revisions get URLs of their own (status...traffic[].url), which the
+        # cluster's live window sends its mirrored requests to.
+        serve_config = with_tag_routing(serve_config)
+    # A source that makes its own traffic (the cluster's) needs no replay to the endpoint.
+    replaying = replay is not None and not getattr(source, "sends_requests", False)
     decided = False
     canary_started = False
     with _Interrupts().active() as interrupts:
@@ -598,7 +623,7 @@ def gated_rollout(
                              namespace=namespace, timeout=timeout, backend=backend)
             started = time.monotonic()
             source.start()
-            with Replay(name, replay, namespace=namespace, backend=backend) if replay is not None \
+            with Replay(name, replay, namespace=namespace, backend=backend) if replaying \
                     else contextlib.nullcontext():
                 live, status = watch_window(source, policy.live, progress=show)
             report.live, report.window = live, status.get("window")

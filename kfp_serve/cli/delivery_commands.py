@@ -23,9 +23,11 @@ def describe(
     from kfp_serve.serving.backends.base import get_backend
     from kfp_serve.serving.delivery import known_revisions
     from kfp_serve.serving.describe import describe as describe_status
+    from kfp_serve.serving.describe import recent_events
 
-    status = get_backend().get(check_name(name), namespace)
-    info = describe_status(status, known_revisions(status))
+    backend = get_backend()
+    status = backend.get(check_name(name), namespace)
+    info = describe_status(status, known_revisions(status), recent_events(backend, status))
     if output is not Output.table:
         dump(info, output)
         return

@@ -68,9 +68,11 @@ def lineage(
     """Show where an artifact came from and what points to it."""
     from kfp_serve import artifacts
     from kfp_serve.lineage_view import draw_lineage, lineage_rows
+    from kfp_serve.serving.liveness import lineage as live_lineage
 
     artifact_id = int(artifact) if artifact.isdigit() else artifacts.resolve(artifact).artifact_id
-    graph = artifacts.lineage(artifact_id)
+    # A local endpoint that crashed is not shown as serving: its processes are checked first.
+    graph = live_lineage(artifact_id)
     if output is not Output.table:
         dump(graph, output)
     else:

@@ -23,6 +23,7 @@ The ``kubernetes`` package is imported lazily: ``serving`` must stay cheap to im
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import os
@@ -45,6 +46,7 @@ from kfp_serve.artifacts.kube import (
 from kfp_serve.artifacts.names import validate_name
 from kfp_serve.retry import retrying, wait_until
 from kfp_serve.serving import admission
+from kfp_serve.serving.backends import kube_events
 from kfp_serve.serving.backends.base import KUBERNETES, EndpointStatus, TrainedModelStatus
 from kfp_serve.serving.backends.traffic import (
     PROMOTE,
@@ -504,6 +506,7 @@ class KubernetesBackend:
         name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
         self._hydrate_snapshots(body, namespace, deadline)
         obj = self._apply_object(body, name, namespace, deadline)
+        self._record_event(obj, *kube_events.applied(obj))
         generation = obj["metadata"].get("generation", 1)
         if not wait:
             return self._endpoint_status(obj)
@@ -1417,4 +1420,46 @@ class KubernetesBackend:
             ) from None
         state = rollout_state(obj)
         self._say(f"InferenceService {name!r} traffic: {state.traffic}")
+        self._record_event(obj, action, kube_events.moved(action, state))
         return state
+
+    # -- rollout events: core/v1 Events on the InferenceService (kube_events.py) --------------
+    def events(
+        self, name: str, namespace: str | None = None, *, limit: int = 10
+    ) -> list[dict[str, Any]]:
+        """The newest ``limit`` Events of InferenceService ``name`` (kfp-serve's own and the
+        controller's), oldest first, as ``{"time", "action", "message", ...}``.
+
+        Raises:
+            ServingError: no such InferenceService, or the API refused to list its Events.
+        """
+        obj = self.get(name, namespace).manifest
+        namespace = obj["metadata"]["namespace"]
+        _, core = self._clients()
+        deadline = time.monotonic() + self.request_timeout * 2
+        try:
+            return kube_events.recent(core, functools.partial(self._call, deadline=deadline),
+                                      obj, limit)
+        except self._api_exception() as e:
+            reason, message = _api_message(e)
+            raise ServingError(
+                f"the Kubernetes API server refused to list the events of InferenceService "
+                f"{name!r} in namespace {namespace!r}: {e.status} {reason}: {message} — grant "
+                "'list' on 'events' (core API group) to this account, as serving/rbac.yaml does"
+            ) from e
+
+    def _record_event(self, obj: dict[str, Any], action: str, message: str) -> None:
+        """Record ``action`` as an Event on ``obj``; the change itself is done, so a refusal
+        is said, not raised."""
+        _, core = self._clients()
+        deadline = time.monotonic() + self.request_timeout
+        try:
+            kube_events.record(core, functools.partial(self._call, deadline=deadline), obj,
+                               action, message)
+        except (self._api_exception(), ServingError) as e:
+            detail = f"{e.status} {_api_message(e)[0]}" if hasattr(e, "status") else str(e)
+            self._say(
+                f"event {action!r} not recorded on InferenceService "
+                f"{obj['metadata']['name']!r} ({detail}): grant 'create' on 'events' (core "
+                "API group), as serving/rbac.yaml does"
+            )

@@ -10,14 +10,17 @@ import copy
 import heapq
 import itertools
 import json
+import random
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from kfp_serve.serving import admission, constants
 from tests.kube_double.store import (
+    EVENT,
     ISVC,
     PVC,
     TRAINED_MODEL,
@@ -117,6 +120,46 @@ def _cond(type_: str, status: str, reason: str | None = None, message: str | Non
     return c
 
 
+#: KServe's annotation that gives each traffic target its own URL (tag-based routing).
+TAG_ROUTING_ANNOTATION = "serving.kserve.io/enable-tag-routing"
+
+
+def _host(url: str) -> str:
+    return url.split("://", 1)[-1].split("/", 1)[0]
+
+
+#: The event source of KServe's controller manager (``GetEventRecorderFor``).
+KSERVE_COMPONENT = "v1beta1Controllers"
+
+
+def record_event(
+    store: Store, obj: dict[str, Any], type_: str, reason: str, message: str, *, component: str
+) -> dict[str, Any]:
+    """Create a core/v1 Event about ``obj`` the way client-go's legacy event recorder does
+    (name ``<object>.<unix nanoseconds in hex>``, source and reportingComponent, count 1)."""
+    meta = obj["metadata"]
+    stamp = now_rfc3339()
+    return store.create(EVENT, meta["namespace"], {
+        "metadata": {"name": f"{meta['name']}.{time.time_ns():x}"},
+        "involvedObject": {
+            "kind": obj.get("kind", ISVC.kind), "namespace": meta["namespace"],
+            "name": meta["name"], "uid": meta.get("uid", ""),
+            "apiVersion": obj.get("apiVersion", ISVC.api_version),
+            "resourceVersion": meta.get("resourceVersion", ""),
+        },
+        "reason": reason,
+        "message": message,
+        "source": {"component": component},
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+        "type": type_,
+        "eventTime": None,
+        "reportingComponent": component,
+        "reportingInstance": "",
+    })
+
+
 class KServeController:
     """Plays the KServe controller: status.conditions, URLs and observedGeneration."""
 
@@ -134,6 +177,11 @@ class KServeController:
         self.data_plane_requests: list[tuple[str, str, int]] = []
         #: Pod templates seen per (namespace, name, component), one per revision (see _revision).
         self._templates: dict[tuple[str, str, str], list[str]] = {}
+        #: The predictor spec of each revision, by (namespace, revision name): its storageUri.
+        self._revision_specs: dict[tuple[str, str], dict[str, Any]] = {}
+        #: What a revision answers, by revision name (see ``answer``).
+        self.answers: dict[str, Callable[[list[Any]], list[Any] | int]] = {}
+        self._models: dict[str, Any] = {}
         store.listeners.append(self._on_event)
 
     def program(self, name: str | None = None, **changes: Any) -> IsvcBehavior:
@@ -181,7 +229,31 @@ class KServeController:
         return obj if obj["metadata"].get("generation") == generation else None
 
     def _write_status(self, key: tuple[str, str], status: dict[str, Any]) -> None:
-        self.store.update(ISVC, key[0], key[1], {"status": status}, subresource="status")
+        before = self.store.get(ISVC, *key)
+        after = self.store.update(ISVC, key[0], key[1], {"status": status}, subresource="status")
+        self._ready_event(before, after)
+
+    def _ready_event(self, before: dict[str, Any], after: dict[str, Any]) -> None:
+        """The Events KServe's InferenceService controller records when Ready changes
+        (``updateStatus``): Normal InferenceServiceReady on becoming Ready, Warning
+        InferenceServiceNotReady when Ready turns False (not for Unknown: a rollout)."""
+        def ready(obj: dict[str, Any]) -> str | None:
+            found = next((c for c in (obj.get("status") or {}).get("conditions", [])
+                          if c.get("type") == "Ready"), None)
+            return found.get("status") if found else None
+
+        name = after["metadata"]["name"]
+        if ready(before) != "True" and ready(after) == "True":
+            kind, reason, message = "Normal", "InferenceServiceReady", (
+                f"InferenceService [{name}] is Ready")
+        elif ready(before) == "True" and ready(after) == "False":
+            failing = [c["type"] for c in after["status"]["conditions"]
+                       if c.get("status") == "False"]
+            kind, reason, message = "Warning", "InferenceServiceNotReady", (
+                f"InferenceService [{name}] is no longer Ready because of: {failing}")
+        else:
+            return
+        record_event(self.store, after, kind, reason, message, component=KSERVE_COMPONENT)
 
     def _start(self, key: tuple[str, str], generation: int, behavior: IsvcBehavior) -> None:
         obj = self._current(key, generation)
@@ -238,10 +310,28 @@ class KServeController:
             seen = self._templates.setdefault((meta["namespace"], meta["name"], comp), [])
             if not seen or seen[-1] != template:
                 seen.append(template)
-            return f"{meta['name']}-{comp}-{len(seen):05d}"
+            revision = f"{meta['name']}-{comp}-{len(seen):05d}"
+            self._revision_specs[(meta["namespace"], revision)] = spec
+            return revision
 
     @staticmethod
     def _traffic(
+        obj: dict[str, Any], components: dict[str, Any], *, ready: bool
+    ) -> None:
+        """See ``_split``; with the annotation ``serving.kserve.io/enable-tag-routing: "true"``
+        each traffic target also gets its tag's own URL (Knative's ``<tag>-<route>`` host,
+        the component's host with the tag in front), as KServe copies it from the route."""
+        KServeController._split(obj, components, ready=ready)
+        annotations = obj["metadata"].get("annotations") or {}
+        if annotations.get(TAG_ROUTING_ANNOTATION) != "true":
+            return
+        for out in components.values():
+            scheme, _, host = out["url"].partition("://")
+            for target in out.get("traffic") or []:
+                target["url"] = f"{scheme}://{target['tag']}-{host}"
+
+    @staticmethod
+    def _split(
         obj: dict[str, Any], components: dict[str, Any], *, ready: bool
     ) -> None:
         """Fill each component's revisions and traffic the way KServe's controller does.
@@ -346,22 +436,63 @@ class KServeController:
         return status
 
     # -- data plane ---------------------------------------------------------------------------
+    def answer(self, revision: str, fn: Callable[[list[Any]], list[Any] | int]) -> None:
+        """Make ``revision`` answer a predict request's ``instances`` with ``fn(instances)``:
+        a list of predictions, or an HTTP status code to fail with. Without one, a revision
+        whose storageUri is a local path answers with that sklearn model's predictions, and
+        any other with zeros."""
+        self.answers[revision] = fn
+
     def find_by_host(self, host: str) -> tuple[str, str] | None:
         """(namespace, name) of the InferenceService whose status.url/component URL has ``host``."""
+        found = self.route(host)
+        return found[:2] if found else None
+
+    def route(self, host: str) -> tuple[str, str, str | None] | None:
+        """(namespace, name, revision) a request to ``host`` reaches: a tag URL's revision, or
+        for the InferenceService's and its components' URLs one of the predictor's traffic
+        targets, drawn by their percent (None before any revision is routed)."""
         items, _ = self.store.list(ISVC, None)
         for obj in items:
             status = obj.get("status") or {}
-            urls = [status.get("url", "")]
-            urls += [c.get("url", "") for c in (status.get("components") or {}).values()]
-            if any(u.split("://", 1)[-1].split("/", 1)[0] == host for u in urls if u):
-                return obj["metadata"]["namespace"], obj["metadata"]["name"]
+            key = obj["metadata"]["namespace"], obj["metadata"]["name"]
+            components = status.get("components") or {}
+            targets = (components.get("predictor") or {}).get("traffic") or []
+            for target in targets:
+                if target.get("url") and _host(target["url"]) == host:
+                    return (*key, target["revisionName"])
+            urls = [status.get("url", "")] + [c.get("url", "") for c in components.values()]
+            if any(_host(u) == host for u in urls if u):
+                weights = [t.get("percent") or 0 for t in targets]
+                if not any(weights):
+                    return (*key, None)
+                [chosen] = random.choices(targets, weights=weights)
+                return (*key, chosen["revisionName"])
         return None
+
+    def _predictions(self, namespace: str, revision: str | None, instances: list[Any]) -> Any:
+        """What ``revision`` answers (see ``answer``): predictions, or a status code."""
+        if revision in self.answers:
+            return self.answers[revision](instances)
+        spec = self._revision_specs.get((namespace, revision or ""), {})
+        uri = str(((spec.get("model") or {}).get("storageUri")) or "")
+        local = uri.removeprefix("file://")
+        if local.startswith("/"):
+            from kfp_serve.artifacts.model import load_model_file
+
+            with self._lock:
+                if local not in self._models:
+                    self._models[local] = load_model_file(Path(local))
+                model = self._models[local]
+            return model.predict(instances).tolist()
+        return [0 for _ in instances]
 
     def data_plane(self, host: str, method: str, path: str, body: Any) -> tuple[int, dict]:
         """Answer a request sent to an InferenceService URL (through the "ingress")."""
-        key = self.find_by_host(host)
-        if key is None:
+        routed = self.route(host)
+        if routed is None:
             return 404, {"error": f"no route for host {host!r}"}
+        key, revision = routed[:2], routed[2]
         with self._lock:
             remaining = self.data_plane_404.get(key, 0)
             if remaining > 0:
@@ -372,7 +503,10 @@ class KServeController:
         if code == 404:
             return 404, {"error": f"Model with name {name} does not exist."}
         if path.endswith(":predict") and isinstance(body, dict):
-            return 200, {"predictions": [0 for _ in body.get("instances", [])]}
+            answer = self._predictions(key[0], revision, list(body.get("instances", [])))
+            if isinstance(answer, int):
+                return answer, {"error": f"revision {revision} failed with {answer}"}
+            return 200, {"predictions": answer}
         if path.startswith("/v2/models/") and path.endswith("/infer"):
             return 200, {"model_name": name, "outputs": []}
         return 200, {"name": name, "ready": True}

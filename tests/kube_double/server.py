@@ -35,6 +35,7 @@ from tests.kube_double.controllers import (
 )
 from tests.kube_double.faults import FaultPlan
 from tests.kube_double.store import (
+    EVENT,
     ISVC,
     PVC,
     RESOURCES,
@@ -124,6 +125,8 @@ def validate_core(resource: Resource, obj: dict[str, Any]) -> list[str]:
         source = spec.get("dataSource")
         if source is not None and not {"kind", "name"} <= set(source):
             errors.append("spec.dataSource: Invalid value: kind and name are required")
+    elif resource is EVENT:
+        errors += _validate_event(obj)
     elif resource is VOLUME_SNAPSHOT:
         source = spec.get("source") or {}
         if len([k for k in ("persistentVolumeClaimName", "volumeSnapshotContentName")
@@ -133,6 +136,26 @@ def validate_core(resource: Resource, obj: dict[str, Any]) -> list[str]:
                 "volumeSnapshotContentName must be set"
             )
     return errors
+
+
+def _validate_event(obj: dict[str, Any]) -> list[str]:
+    """What the API server checks in a core/v1 Event (``ValidateEventCreate``'s legacy rules):
+    an involvedObject, and its namespace must be the Event's (for an Event without
+    ``eventTime``, the only kind the legacy API is used for here)."""
+    involved = obj.get("involvedObject")
+    if not isinstance(involved, dict):
+        return ["involvedObject: Required value"]
+    namespace = (obj.get("metadata") or {}).get("namespace") or ""
+    if involved.get("namespace", "") not in (namespace, "") or (
+        not involved.get("namespace") and namespace not in ("", "default")
+    ):
+        return [
+            f"involvedObject.namespace: Invalid value: {involved.get('namespace', '')!r}: does "
+            "not match event.namespace"
+        ]
+    if obj.get("type") not in (None, "", "Normal", "Warning"):
+        return [f"type: Unsupported value: {obj['type']!r}: supported values: Normal, Warning"]
+    return []
 
 
 class KubeDouble:
@@ -318,6 +341,7 @@ def _warm_validators() -> None:
 
 
 def _discovery_resources(group: str, version: str) -> dict[str, Any]:
+    served = [r for r in RESOURCES if r.group == group and r.version == version]
     resources = [
         {
             "name": r.plural,
@@ -326,13 +350,13 @@ def _discovery_resources(group: str, version: str) -> dict[str, Any]:
             "kind": r.kind,
             "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
         }
-        for r in RESOURCES
-        if r.group == group and r.version == version
+        for r in served
     ]
     resources += [
-        {"name": f"{r['name']}/status", "singularName": "", "namespaced": True, "kind": r["kind"],
+        {"name": f"{r.plural}/status", "singularName": "", "namespaced": True, "kind": r.kind,
          "verbs": ["get", "patch", "update"]}
-        for r in list(resources)
+        for r in served
+        if r.status_subresource
     ]
     gv = f"{group}/{version}" if group else version
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv,
@@ -449,7 +473,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         name = rest[1] if len(rest) >= 2 else None
         sub = rest[2] if len(rest) == 3 else None
-        if sub not in (None, "status"):
+        if sub not in (None, "status") or (sub and not resource.status_subresource):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         return resource, namespace, name, sub
 
@@ -485,6 +509,7 @@ class _Handler(BaseHTTPRequestHandler):
             if validation not in (None, "Strict", "Warn", "Ignore"):
                 raise ApiError(400, "BadRequest", f"fieldValidation {validation!r} is not valid")
             if verb == "watch":
+                _check_field_labels(query, resource)
                 call.code = 200
                 self._watch(resource, namespace, query)
                 return
@@ -619,8 +644,9 @@ class _Handler(BaseHTTPRequestHandler):
             obj = store.get(resource, self._need_namespace(resource, namespace), name or "")
             return 200, obj
         if verb == "list":
+            _check_field_labels(query, resource)  # also when nothing would be compared
             items, rv = store.list(resource, namespace)
-            items = [o for o in items if _selected(o, query)]
+            items = [o for o in items if _selected(o, query, resource)]
             return 200, {
                 "apiVersion": resource.api_version,
                 "kind": f"{resource.kind}List",
@@ -633,6 +659,10 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ApiError(405, "MethodNotAllowed", "create on a subresource")
             body = self._read_body()
             self._check_namespace(body or {}, ns)
+            if resource.namespaced and isinstance(body, dict) and isinstance(
+                    body.get("metadata"), dict):
+                # The server sets the namespace from the URL before validating the object.
+                body["metadata"].setdefault("namespace", ns)
             self._validate(resource, body, query)
             return 201, store.create(resource, ns, body)
         if verb == "update":
@@ -692,7 +722,7 @@ class _Handler(BaseHTTPRequestHandler):
         def matches(obj: dict[str, Any]) -> bool:
             if namespace and obj["metadata"].get("namespace") != namespace:
                 return False
-            return _selected(obj, query)
+            return _selected(obj, query, resource)
 
         try:
             with store.cond:
@@ -736,12 +766,48 @@ class _Dropped(Exception):
     """Raised to abandon a request without answering (a hang fault)."""
 
 
-def _selected(obj: dict[str, Any], query: dict[str, str]) -> bool:
+#: The field labels an API server supports for core/v1 Events beyond metadata.name/namespace
+#: (``pkg/registry/core/event/strategy.go``: ToSelectableFields); the path into the Event.
+_EVENT_FIELDS = {
+    "involvedObject.kind": ("involvedObject", "kind"),
+    "involvedObject.namespace": ("involvedObject", "namespace"),
+    "involvedObject.name": ("involvedObject", "name"),
+    "involvedObject.uid": ("involvedObject", "uid"),
+    "involvedObject.apiVersion": ("involvedObject", "apiVersion"),
+    "involvedObject.resourceVersion": ("involvedObject", "resourceVersion"),
+    "involvedObject.fieldPath": ("involvedObject", "fieldPath"),
+    "reason": ("reason",),
+    "reportingComponent": ("reportingComponent",),
+    "source": ("source", "component"),
+    "type": ("type",),
+}
+
+
+def _check_field_labels(query: dict[str, str], resource: Resource) -> None:
+    """400 for a fieldSelector naming a field ``resource`` cannot be selected by."""
+    supported = {"metadata.name", "metadata.namespace"} | (
+        set(_EVENT_FIELDS) if resource is EVENT else set())
+    for term in filter(None, (query.get("fieldSelector") or "").split(",")):
+        key = _split_term(term)[0]
+        if key not in supported:
+            raise ApiError(400, "BadRequest", f'field label not supported: "{key}"')
+
+
+def _field(obj: dict[str, Any], path: tuple[str, ...]) -> str:
+    value: Any = obj
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return "" if value is None else str(value)
+
+
+def _selected(obj: dict[str, Any], query: dict[str, str], resource: Resource | None = None) -> bool:
     """Whether ``obj`` passes the fieldSelector and labelSelector of the query."""
     meta = obj.get("metadata") or {}
     for term in filter(None, (query.get("fieldSelector") or "").split(",")):
         key, op, value = _split_term(term)
         actual = {"metadata.name": meta.get("name"), "metadata.namespace": meta.get("namespace")}
+        if resource is EVENT:
+            actual.update({k: _field(obj, path) for k, path in _EVENT_FIELDS.items()})
         if key not in actual:
             raise ApiError(400, "BadRequest", f'field label not supported: "{key}"')
         if (actual[key] == value) != (op != "!="):

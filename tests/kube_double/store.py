@@ -41,7 +41,9 @@ TRAINED_MODEL = Resource("serving.kserve.io", "v1alpha1", "trainedmodels", "Trai
 PVC = Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
 VOLUME_SNAPSHOT = Resource("snapshot.storage.k8s.io", "v1", "volumesnapshots", "VolumeSnapshot")
 POD = Resource("", "v1", "pods", "Pod")
-RESOURCES: tuple[Resource, ...] = (ISVC, TRAINED_MODEL, PVC, VOLUME_SNAPSHOT, POD)
+#: core/v1 Events: no status subresource (an Event is all data).
+EVENT = Resource("", "v1", "events", "Event", status_subresource=False)
+RESOURCES: tuple[Resource, ...] = (ISVC, TRAINED_MODEL, PVC, VOLUME_SNAPSHOT, POD, EVENT)
 
 
 def now_rfc3339() -> str:

@@ -244,7 +244,7 @@ def test_intermittent_5xx_and_timeouts_are_retried(kube_double, backend):
     kube_double.faults.add(verb="create", status=503, times=1)
     status = backend.apply(isvc_manifest(), timeout=15)
     assert status.ready
-    creates = kube_double.calls_matching(verb="create")
+    creates = kube_double.calls_matching(verb="create", resource="inferenceservices")
     assert [c.code for c in creates] == [-1, 503, 201]
     assert len(kube_double.calls_matching(verb="get")) >= 3
 

@@ -70,3 +70,62 @@ def test_canary_on_the_cluster(versions, capsys):
 
     delivery.stop("iris")
     assert not any(serving for _, serving in _intervals(new))
+
+
+def test_describe_lists_the_inference_services_events(versions, kube_double):
+    """Every rollout step is a core/v1 Event on the InferenceService, next to the controller's
+    own; describe lists them newest last, like the local registry's events."""
+    from typer.testing import CliRunner
+
+    from kfp_serve.cli import app
+    from kfp_serve.serving.endpoint import Endpoint
+    from tests.kube_double.store import EVENT, ISVC
+
+    serving.serve("iris:1.0.0", name="iris", timeout=20)
+    delivery.rollout("iris", "iris:2.0.0", canary=20, timeout=20)
+    delivery.rollback("iris", timeout=10)
+    delivery.promote("iris", timeout=10)
+
+    events = Endpoint("iris").describe()["events"]
+    ours = [(e["action"], e["source"]) for e in events if e["source"] == "kfp-serve"]
+    assert [a for a, _ in ours] == ["serve", "rollout", "rollback", "promote"]
+    assert events[0]["action"] == "serve" and "iris 1.0.0" in events[0]["message"]
+    [rollout] = [e for e in events if e["action"] == "rollout"]
+    assert "model iris 2.0.0" in rollout["message"] and "with 20 % of requests" in rollout[
+        "message"]
+    assert "promote: traffic now iris-predictor-00002 100 %" == events[-1]["message"]
+    assert [e["time"] for e in events] == sorted(e["time"] for e in events)
+    # KServe's controller speaks too: Ready after the serve and after the rollout.
+    ready = [e for e in events if e["action"] == "InferenceServiceReady"]
+    assert len(ready) >= 2 and ready[0]["source"] == "v1beta1Controllers"
+    assert ready[0]["message"] == "InferenceService [iris] is Ready"
+
+    # Stored as a Kubernetes user expects: about this very InferenceService (its uid).
+    uid = kube_double.get(ISVC, "iris")["metadata"]["uid"]
+    stored, _ = kube_double.store.list(EVENT, "default")
+    assert {e["involvedObject"]["uid"] for e in stored} == {uid}
+    promoted = next(e for e in stored if e["reason"] == "Promoted")
+    assert (promoted["type"], promoted["involvedObject"]["kind"], promoted["count"]) == (
+        "Normal", "InferenceService", 1)
+
+    out = CliRunner().invoke(app, ["describe", "iris"], env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    assert "recent events" in out.output and "rollback" in out.output
+
+    # A new InferenceService of the same name starts with a clean history.
+    delivery.stop("iris")
+    serving.serve("iris:2.0.0", name="iris", timeout=20)
+    again = Endpoint("iris").describe()["events"]
+    assert [e["action"] for e in again if e["source"] == "kfp-serve"] == ["serve"]
+
+
+def test_events_refused_by_rbac_do_not_stop_a_rollout(versions, kube_double):
+    """Without the events verbs the rollout still happens; describe says nothing false."""
+    from kfp_serve.serving.endpoint import Endpoint
+
+    kube_double.rbac_rules = [{"apiGroups": ["serving.kserve.io"],
+                               "resources": ["inferenceservices"], "verbs": ["*"]}]
+    serving.serve("iris:1.0.0", name="iris", timeout=20)
+    info = Endpoint("iris").describe()
+    assert info["ready"] and info["events"] == []
+    assert [c.code for c in kube_double.calls_matching("create", "events")] == [403]

@@ -147,3 +147,41 @@ def test_faults_hit_only_what_they_match(kube_double, api):
             codes.append(e.status)
     assert codes == [500, 200, 500, 200]
     assert kube_double.get(ISVC, "iris")
+
+
+def test_core_events_create_list_by_involved_object(kube_double):
+    """core/v1 Events as an API server serves them: 201, 409 for a taken name, 404 for a
+    missing one, 422 when involvedObject's namespace is not the Event's, and list with the
+    involvedObject.* field selectors (which other resources refuse with 400)."""
+    core = client.CoreV1Api(kube_double.api_client())
+
+    def event(name: str, about: str, namespace: str = "default") -> dict:
+        return {"metadata": {"name": name}, "reason": "Promoted", "message": "m", "type": "Normal",
+                "involvedObject": {"kind": "InferenceService", "name": about,
+                                   "namespace": namespace, "uid": f"uid-{about}"}}
+
+    made = core.create_namespaced_event("default", event("iris.1", "iris"))
+    assert made.metadata.uid and made.metadata.resource_version
+    core.create_namespaced_event("default", event("iris.2", "iris"))
+    core.create_namespaced_event("default", event("churn.1", "churn"))
+    with pytest.raises(client.ApiException) as info:
+        core.create_namespaced_event("default", event("iris.1", "iris"))
+    assert (info.value.status, _status(info.value)["reason"]) == (409, "AlreadyExists")
+    with pytest.raises(client.ApiException) as info:
+        core.read_namespaced_event("iris.9", "default")
+    assert (info.value.status, _status(info.value)["message"]) == (404, 'events "iris.9" not found')
+    with pytest.raises(client.ApiException) as info:
+        core.create_namespaced_event("default", event("iris.3", "iris", namespace="other"))
+    assert info.value.status == 422
+    assert "involvedObject.namespace" in _status(info.value)["message"]
+
+    listed = core.list_namespaced_event(
+        "default", field_selector="involvedObject.kind=InferenceService,involvedObject.name=iris")
+    assert sorted(e.metadata.name for e in listed.items) == ["iris.1", "iris.2"]
+    by_uid = core.list_namespaced_event("default", field_selector="involvedObject.uid=uid-churn")
+    assert [e.metadata.name for e in by_uid.items] == ["churn.1"]
+    with pytest.raises(client.ApiException) as info:
+        client.CustomObjectsApi(kube_double.api_client()).list_namespaced_custom_object(
+            G, V, "default", P, field_selector="involvedObject.name=iris")
+    assert info.value.status == 400
+    assert 'field label not supported: "involvedObject.name"' in _status(info.value)["message"]

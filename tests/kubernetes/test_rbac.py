@@ -53,6 +53,8 @@ def test_role_covers_exactly_the_calls_made(kube_double, kubeconfig, tmp_path, m
     backend.apply(manifest, timeout=10)
     backend.list()
     backend.get("iris")
+    assert [e["action"] for e in backend.events("iris") if e["source"] == "kfp-serve"] == [
+        "serve", "serve"]
     backend.delete("iris")
     # A multi-model endpoint: parent, a model applied then updated, listed, removed, all deleted.
     backend.apply(multi_isvc_manifest(), timeout=10)

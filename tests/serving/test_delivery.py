@@ -119,3 +119,75 @@ def test_serve_component_takes_a_model_reference(versions):
         serve_step(old, model="iris@champion", name="iris-step")
     with pytest.raises(InputError, match="exactly one of them"):
         serve_step(name="iris-step")
+
+
+def _kill(pid: int) -> None:
+    """kill -9, then wait until the process is really gone (reaped or a zombie)."""
+    import os
+    import signal
+    import time
+
+    from kfp_serve.serving.backends.local.supervisor import start_time
+
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while start_time(pid) is not None:
+        assert time.monotonic() < deadline, f"pid {pid} survived SIGKILL"
+        time.sleep(0.02)
+
+
+def _second(iso: str):
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso).replace(microsecond=0)
+
+
+def test_killed_servers_are_not_claimed_to_serve(versions):
+    """kill -9 the canary's server, then the router: lineage ends exactly what died, says when
+    it was last seen, and `stop` afterwards does not claim it served until the stop."""
+    from typer.testing import CliRunner
+
+    from kfp_serve.cli import app
+    from kfp_serve.lineage_view import lineage_rows
+    from kfp_serve.serving import liveness
+    from kfp_serve.serving.backends.local.registry import read_record
+
+    old, new = versions
+    name = "iris-crash"
+    serve("iris:1.0.0", name=name, timeout=120)
+    try:
+        delivery.rollout(name, "iris:2.0.0", canary=20, timeout=120)
+        record = read_record(name)
+        stable, candidate = sorted(record.revisions, key=lambda r: r.revision)
+        assert liveness.reconcile(name) == []  # everything runs: nothing ends
+
+        _kill(candidate.predictor.pid)
+        [dead] = [d for d in liveness.lineage(new)["deployments"] if d["endpoint"] == name]
+        assert (dead["serving"], dead["end_reason"]) == (False, "process exited")
+        assert _second(dead["start_time"]) <= _second(dead["last_seen"]) <= _second(
+            dead["end_time"])
+        # The stable revision and the router still run: 1.0.0's 80 % still serves.
+        assert [(d["traffic_percent"], d["serving"]) for d in liveness.lineage(old)[
+            "deployments"] if d["endpoint"] == name][-1] == (80, True)
+
+        _kill(record.router.pid)
+        out = CliRunner().invoke(app, ["lineage", str(old)], env={"COLUMNS": "250"})
+        assert out.exit_code == 0, out.output
+        served = [line for line in out.output.splitlines() if "served by" in line]
+        assert served and not any("to now" in line for line in served), out.output
+        assert "process exited; last seen" in served[-1]
+        rows = [r for r in lineage_rows(artifacts.lineage(old)) if r[0] == "served by"]
+        assert "(process exited; last seen " in rows[-1][1]
+
+        info = Endpoint(name).describe()
+        assert (info["ready"], info["reason"]) == (False, "ProcessExited")
+        assert "has exited" in info["message"]
+        assert not any(r["ready"] for r in info["revisions"] if r["percent"] > 0 and r[
+            "latest"])
+    finally:
+        delivery.stop(name)
+    # Stopping a dead endpoint keeps the truth: it ended when its processes died.
+    for model in (old, new):
+        ends = [d["end_reason"] for d in artifacts.lineage(model)["deployments"]
+                if d["endpoint"] == name]
+        assert ends[-1] == "process exited" and "stopped" not in ends
