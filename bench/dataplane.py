@@ -223,10 +223,10 @@ def _interleaved(loads: dict[str, tuple[int, _Load]], rounds: int) -> dict[str, 
 
 
 def _http_load(url: str, body: bytes, connections: int, duration: float,
-               headers: dict[str, str] | None = None) -> _Load:
+               headers: dict[str, str] | None = None, tool: str | None = None) -> _Load:
     def load() -> tuple[float, float, int, int]:
         r = run_load(url, body, connections=connections, duration=duration, cpus=LOAD_CPUS,
-                     headers=headers)
+                     headers=headers, tool=tool)
         return r.rps, r.p99_ms, r.requests, r.errors
 
     return load
@@ -295,7 +295,9 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         url = f"{p.url}/v2/models/model/infer"
         res = _interleaved({
             "grpc": (p.pid, _grpc_loader(grpc_port, 16, duration)),
-            "rest": (p.pid, _http_load(url, row, 16, duration)),
+            # The Python asyncio client, like the gRPC side's: with wrk on one side the figure
+            # compared load generators, not transports.
+            "rest": (p.pid, _http_load(url, row, 16, duration, tool="asyncio")),
         }, rounds)
         figures.append(_compare("gRPC vs REST v2 (1 row, 16 conns, python clients)", res,
                                 "grpc", "rest", ">= 1.0x", lambda r, a, b: r >= 1.0))

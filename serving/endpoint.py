@@ -347,7 +347,10 @@ class Endpoint:
 
             if self._grpc is not None:
                 self._grpc.close()
-            self._grpc = GrpcClient(self.name, address, self.timeout, self.retry_window)
+            self._grpc = GrpcClient(
+                self.name, address, self.timeout, self.retry_window,
+                authority=self._status.headers.get("Host"),
+            )
         return self._grpc
 
     def _post(self, path: str, payload: dict[str, Any], what: str) -> dict[str, Any]:

@@ -25,9 +25,18 @@ class GrpcClient:
         address: ``host:port`` of its gRPC service.
         timeout: Seconds one call may take (its deadline).
         retry_window: Seconds during which UNAVAILABLE is retried with backoff.
+        authority: The ``:authority`` to send instead of ``address`` (the service's host name
+            when ``address`` is an ingress gateway).
     """
 
-    def __init__(self, endpoint: str, address: str, timeout: float, retry_window: float) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        address: str,
+        timeout: float,
+        retry_window: float,
+        authority: str | None = None,
+    ) -> None:
         import grpc
 
         self.endpoint = endpoint
@@ -36,10 +45,12 @@ class GrpcClient:
         self.retry_window = retry_window
         self.pb, pb_grpc = _pb()
         # A proxy from the environment must never see loopback traffic.
-        self.channel = grpc.insecure_channel(
-            address,
-            options=[("grpc.max_receive_message_length", -1), ("grpc.enable_http_proxy", 0)],
-        )
+        options = [("grpc.max_receive_message_length", -1), ("grpc.enable_http_proxy", 0)]
+        if authority:
+            # Through an ingress gateway the service is named by the HTTP/2 :authority (what
+            # the Host header is for REST).
+            options.append(("grpc.default_authority", authority))
+        self.channel = grpc.insecure_channel(address, options=options)
         self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
 
     def infer(self, model: str, body: dict[str, Any]) -> dict[str, Any]:

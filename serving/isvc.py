@@ -281,6 +281,22 @@ def _grpc_port(container: dict[str, Any]) -> None:
         container["ports"] = [{"name": GRPC_PORT_NAME, "containerPort": port, "protocol": "TCP"}]
 
 
+def grpc_component(manifest: dict[str, Any]) -> str | None:
+    """The component that answers the InferenceService's calls (the transformer when there is
+    one) if it declares an ``h2c`` port, i.e. serves OIP gRPC on the cluster; else None."""
+    spec = manifest.get("spec") or {}
+    role = TRANSFORMER if spec.get(TRANSFORMER) else PREDICTOR
+    component = spec.get(role) or {}
+    containers = list(component.get("containers") or [])
+    if isinstance(component.get("model"), dict):
+        containers.append(component["model"])
+    for container in containers:
+        for port in container.get("ports") or []:
+            if port.get("name") == GRPC_PORT_NAME:
+                return role
+    return None
+
+
 def _transformer(
     cfg: ServeConfig, name: str, transformer_uri: str, protocol: str
 ) -> dict[str, Any]:

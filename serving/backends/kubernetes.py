@@ -76,6 +76,7 @@ from kfp_serve.serving.constants import (
     KSERVE_VERSION_ENV,
 )
 from kfp_serve.serving.errors import ServingError
+from kfp_serve.serving.isvc import grpc_component
 from kfp_serve.serving.trained_model import is_multi_model
 
 GROUP = "serving.kserve.io"
@@ -123,6 +124,19 @@ TERMINAL_TRANSITIONS = frozenset({"BlockedByFailedLoad", "InvalidSpec"})
 _APPLY_ATTEMPTS = 5  # conflicts (someone else wrote in between) before giving up
 _MAX_WATCH_SECONDS = 10  # resume watches this often: a heartbeat for the progress output
 _CONNECT_TIMEOUT = 5.0
+
+
+def _grpc_address(obj: dict[str, Any], url: str | None) -> str | None:
+    """``host:port`` of the InferenceService's OIP gRPC service, None when it serves none.
+
+    KServe's gRPC setup names the serving container's port ``h2c``; Knative then routes the
+    component's HTTP/2 traffic there through the same host and port as its URL (the ingress
+    gateway's, port 80 by default), the Host header naming the service as for REST.
+    """
+    if not url or grpc_component(obj) is None:
+        return None
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
 
 
 class _Retryable(Exception):
@@ -925,6 +939,7 @@ class KubernetesBackend:
             headers["Host"] = parts.hostname or parts.netloc
             url = f"{ingress[0]}://{ingress[1]}{parts.path}".rstrip("/")
         return EndpointStatus(
+            grpc_address=_grpc_address(obj, url),
             name=meta.get("name", ""),
             backend=KUBERNETES,
             url=url,

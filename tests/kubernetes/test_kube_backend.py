@@ -219,6 +219,28 @@ def test_not_found_right_after_ready_is_waited_out(kube_double, backend, monkeyp
     assert codes == [404, 404, 404, 200]
 
 
+def _grpc_manifest() -> dict:
+    manifest = isvc_manifest()
+    model = manifest["spec"]["predictor"]["model"]
+    model["protocolVersion"] = "v2"
+    model["args"] = ["--enable_grpc=true"]
+    model["ports"] = [{"name": "h2c", "containerPort": 8081, "protocol": "TCP"}]
+    return manifest
+
+
+def test_grpc_address_follows_the_url_when_the_predictor_declares_h2c(
+    kube_double, backend, monkeypatch
+):
+    assert backend.apply(isvc_manifest(), timeout=10).grpc_address is None  # REST only
+    status = backend.apply(_grpc_manifest(), timeout=10)
+    assert status.grpc_address == "iris.default.example.com:80"
+    # Through an ingress gateway: its address, the service named by the :authority.
+    monkeypatch.setenv("KFP_SERVE_INGRESS", f"127.0.0.1:{kube_double.port}")
+    status = backend.get("iris")
+    assert status.grpc_address == f"127.0.0.1:{kube_double.port}"
+    assert status.headers == {"Host": "iris.default.example.com"}
+
+
 def test_endpoint_that_never_answers_is_reported_not_raised(kube_double, backend, monkeypatch):
     monkeypatch.setenv("INGRESS_HOST", "127.0.0.1")
     monkeypatch.setenv("INGRESS_PORT", str(kube_double.port))
