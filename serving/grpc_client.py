@@ -7,9 +7,9 @@ shape, so code reading ``response["outputs"]`` works over both transports.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
+from kfp_serve.retry import retrying
 from kfp_serve.serving.errors import ServingError
 from kfp_serve.serving.runtime.grpc_server import _pb, response_to_v2, v2_to_request
 
@@ -87,27 +87,34 @@ class GrpcClient:
     def _call(self, method: str, request: Any, what: str) -> Any:
         import grpc
 
-        deadline = time.monotonic() + self.retry_window
-        delay = 0.05
-        while True:
+        class _Unavailable(Exception):
+            pass
+
+        def once() -> Any:
             try:
                 return getattr(self.stub, method)(request, timeout=self.timeout)
             except grpc.RpcError as e:
-                code = e.code()
-                details = e.details() or ""
-                if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-                    raise ServingError(
-                        f"endpoint {self.endpoint!r} did not answer {what} over gRPC within "
-                        f"{self.timeout:.0f} s (at {self.address}); pass a larger timeout= or "
-                        "check the server's load"
-                    ) from None
-                if code.name not in _RETRY or time.monotonic() + delay > deadline:
-                    raise ServingError(
-                        f"endpoint {self.endpoint!r} refused the {what} call over gRPC at "
-                        f"{self.address} ({code.name}): {details}"
-                    ) from None
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
+                if e.code().name in _RETRY:
+                    raise _Unavailable from e
+                raise
+
+        try:
+            return retrying(
+                deadline=self.retry_window, on=_Unavailable, first_wait=0.05, max_wait=1.0
+            )(once)
+        except (_Unavailable, grpc.RpcError) as e:
+            error = e.__cause__ if isinstance(e, _Unavailable) else e
+            code, details = error.code(), error.details() or ""  # type: ignore[union-attr]
+            if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise ServingError(
+                    f"endpoint {self.endpoint!r} did not answer {what} over gRPC within "
+                    f"{self.timeout:.0f} s (at {self.address}); pass a larger timeout= or "
+                    "check the server's load"
+                ) from None
+            raise ServingError(
+                f"endpoint {self.endpoint!r} refused the {what} call over gRPC at "
+                f"{self.address} ({code.name}): {details}"
+            ) from None
 
 
 def _tensor_meta(tensor: Any) -> dict[str, Any]:

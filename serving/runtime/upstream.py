@@ -257,18 +257,18 @@ class UpstreamClient:
             raise UpstreamError(f"{self.base_url} closed the connection without answering") from e
 
     async def _connect(self) -> _Connection:
-        attempt = 0
-        while True:
-            try:
-                reader, writer = await asyncio.open_connection(
-                    self.host, self.port, ssl=self._ssl, limit=MAX_HEAD_BYTES
-                )
-                break
-            except OSError as e:
-                if attempt >= self.retries:
-                    raise UpstreamError(f"cannot connect to {self.base_url}: {e}") from e
-                attempt += 1
-                await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
+        from kfp_serve.retry import retrying_async  # tenacity only when a connection is made
+
+        try:
+            async for attempt in retrying_async(
+                attempts=self.retries + 1, on=OSError, first_wait=0.1, max_wait=1.0
+            ):
+                with attempt:
+                    reader, writer = await asyncio.open_connection(
+                        self.host, self.port, ssl=self._ssl, limit=MAX_HEAD_BYTES
+                    )
+        except OSError as e:
+            raise UpstreamError(f"cannot connect to {self.base_url}: {e}") from e
         sock = writer.get_extra_info("socket")
         if sock is not None:
             # Head+body go out in one write already; NODELAY keeps a small answer or a

@@ -16,11 +16,11 @@ import contextlib
 import functools
 import os
 import threading
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from kfp_serve.retry import wait_until
 from kfp_serve.serving.constants import (
     DOCKER_STOCK_RUNTIME_ENV,
     DOMAIN,
@@ -290,17 +290,17 @@ def stop(records: Iterable[Recorded], grace: float) -> None:
     for c in containers:
         with contextlib.suppress(Exception):
             c.kill(signal="SIGTERM")
-    deadline = time.monotonic() + grace
-    while containers and time.monotonic() < deadline:
-        running = []
+
+    def all_stopped() -> bool:
         for c in containers:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # removed meanwhile: stopped
                 c.reload()
                 if c.status == "running":
-                    running.append(c)
-        if not running:
-            break
-        time.sleep(0.05)
+                    return False
+        return True
+
+    with contextlib.suppress(TimeoutError):  # what still runs is killed by the removal
+        wait_until(all_stopped, deadline=grace, interval=0.05, describe="the containers stopping")
     for c in containers:
         volumes = [m["Name"] for m in c.attrs.get("Mounts", []) if m.get("Type") == "volume"]
         with contextlib.suppress(Exception):
