@@ -205,10 +205,11 @@ def serving(quick: bool) -> list[dict]:
     from kfp_serve.serving.runtime import warm_pool
 
     repeats = 1 if quick else 3
-    duration = 5.0 if quick else 10.0
+    duration = 3.0 if quick else 5.0
+    rounds = 2 if quick else 4
     saved = os.environ.get("KFP_SERVE_HOME")
     ready: dict[str, list[float]] = {"docker": [], "local": []}
-    rps: dict[str, float] = {}
+    rps: dict[str, list[float]] = {"docker": [], "local": []}
     X, y = load_iris(return_X_y=True)
     body = json.dumps({"instances": X[:4].tolist()}).encode()
     with tempfile.TemporaryDirectory(prefix="kfp-serve-bench-") as home:
@@ -218,22 +219,33 @@ def serving(quick: bool) -> list[dict]:
             model.mkdir()
             joblib.dump(LogisticRegression(max_iter=500).fit(X, y), model / "model.joblib")
             uri = SnapshotStore().snapshot(model).uri
-            manifest = build_inference_service(
-                "bench", uri, "sklearn", serve_config={"predictor": {"runtime": "kfp-serve"}}
-            )
             backends = {"docker": DockerBackend(progress=False, stop_grace=2.0),
                         "local": LocalBackend(progress=False, stop_grace=2.0)}
+            urls: dict[str, str] = {}
             for i in range(repeats):
                 for name, backend in backends.items():
+                    manifest = build_inference_service(
+                        f"bench-{name}", uri, "sklearn",
+                        serve_config={"predictor": {"runtime": "kfp-serve"}},
+                    )
                     started = time.perf_counter()
                     status = backend.apply(manifest, timeout=300)
                     ready[name].append(time.perf_counter() - started)
-                    if i == repeats - 1:
-                        url = f"{status.url}/v1/models/bench:predict"
-                        run_load(url, body, connections=16, duration=1, cpus=LOAD_CPUS)  # warm
-                        rps[name] = run_load(url, body, connections=16, duration=duration,
-                                             cpus=LOAD_CPUS).rps
-                    backend.delete("bench")
+                    if i < repeats - 1:
+                        backend.delete(f"bench-{name}")
+                    else:
+                        urls[name] = f"{status.url}/v1/models/bench-{name}:predict"
+            # Both endpoints up at once, loaded in interleaved rounds (A B, B A, ...): on a
+            # shared machine the load from elsewhere moves by the second, so the figure is the
+            # median of the per-round ratios.
+            for url in urls.values():
+                run_load(url, body, connections=16, duration=1, cpus=LOAD_CPUS)  # warm
+            for r in range(rounds):
+                for name in (["docker", "local"] if r % 2 == 0 else ["local", "docker"]):
+                    rps[name].append(run_load(urls[name], body, connections=16,
+                                              duration=duration, cpus=LOAD_CPUS).rps)
+            for name, backend in backends.items():
+                backend.delete(f"bench-{name}")
         finally:
             warm_pool.stop()
             if saved is None:
@@ -241,7 +253,8 @@ def serving(quick: bool) -> list[dict]:
             else:
                 os.environ["KFP_SERVE_HOME"] = saved
     docker_s, local_s = statistics.median(ready["docker"]), statistics.median(ready["local"])
-    ratio = rps["docker"] / rps["local"]
+    ratios = [d / p for d, p in zip(rps["docker"], rps["local"], strict=True)]
+    ratio = statistics.median(ratios)
     return [
         {"name": "Docker backend: apply → Ready (sklearn, kfp-serve runtime)",
          "value": round(docker_s, 2), "unit": "s", "reference": round(local_s, 2),
@@ -250,9 +263,12 @@ def serving(quick: bool) -> list[dict]:
          "spread": f"docker {min(ready['docker']):.2f}–{max(ready['docker']):.2f} s, process "
                    f"{min(ready['local']):.2f}–{max(ready['local']):.2f} s"},
         {"name": "Docker backend: req/s through the endpoint (v1, 4 rows, 16 connections)",
-         "value": round(rps["docker"]), "unit": "req/s", "reference": round(rps["local"]),
+         "value": round(statistics.median(rps["docker"])), "unit": "req/s",
+         "reference": round(statistics.median(rps["local"])),
          "ratio": round(ratio, 2), "target": f"≥ {TARGET_RPS_RATIO:g}× process endpoint",
-         "passed": ratio >= TARGET_RPS_RATIO, "runs": 1, "spread": f"{duration:g} s of load"},
+         "passed": ratio >= TARGET_RPS_RATIO, "runs": rounds,
+         "spread": f"per-round ratio {min(ratios):.2f}–{max(ratios):.2f}; {rounds} interleaved "
+                   f"rounds of {duration:g} s"},
     ]
 
 
