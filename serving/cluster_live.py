@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from kfp_serve.serving.errors import ServingError
-from kfp_serve.serving.gate import LiveWindow, p99
+from kfp_serve.serving.gate import Counts, LiveWindow, p99
 
 #: KServe's annotation that gives each traffic target (tag) its own URL.
 ANNOTATION_TAG_ROUTING = "serving.kserve.io/enable-tag-routing"
@@ -100,8 +100,8 @@ class TagMirrorSource:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._started = 0.0
-        self._canary = _Counts()
-        self._stable = _Counts()
+        self._canary = Counts(MAX_SAMPLES)
+        self._stable = Counts(MAX_SAMPLES)
         self.mirrored = self.agreed = 0
         self.failure: str | None = None
 
@@ -194,22 +194,6 @@ class TagMirrorSource:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=REQUEST_TIMEOUT * 2 + 5)
-
-
-class _Counts:
-    __slots__ = ("requests", "errors", "latencies")
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.errors = 0
-        self.latencies: list[float] = []
-
-    def add(self, ms: float | None) -> None:
-        self.requests += 1
-        if ms is None:
-            self.errors += 1
-        elif len(self.latencies) < MAX_SAMPLES:
-            self.latencies.append(ms)
 
 
 def _client(url: str) -> Any:

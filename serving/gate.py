@@ -395,6 +395,28 @@ class LiveWindow:
                             f"({self.mirrored})")
 
 
+class Counts:
+    """What one revision answered in a live window: requests, errors, and latencies (ms; at
+    most ``max_samples`` kept, enough for a p99) — the router's mirror and the cluster's replay
+    fill one each per revision."""
+
+    __slots__ = ("requests", "errors", "latencies", "max_samples")
+
+    def __init__(self, max_samples: int) -> None:
+        self.requests = 0
+        self.errors = 0
+        self.latencies: list[float] = []
+        self.max_samples = max_samples
+
+    def add(self, ms: float | None) -> None:
+        """One answer that took ``ms`` milliseconds, or a failure (None)."""
+        self.requests += 1
+        if ms is None:
+            self.errors += 1
+        elif len(self.latencies) < self.max_samples:
+            self.latencies.append(ms)
+
+
 def p99(latencies_ms: Sequence[float]) -> float | None:
     """The 99th percentile (nearest rank) of a window's latencies; None when empty."""
     if not latencies_ms:

@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kfp_serve.serving.gate import LiveWindow, p99
+from kfp_serve.serving.gate import Counts, LiveWindow, p99
 
 logger = logging.getLogger("kfp_serve.router.mirror")
 
@@ -176,28 +176,13 @@ def agree(stable: list[Any], candidate: list[Any]) -> bool:
 # -- the router's side --------------------------------------------------------------------------
 
 
-class _Stats:
-    __slots__ = ("requests", "errors", "latencies")
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.errors = 0
-        self.latencies: list[float] = []
-
-    def add(self, seconds: float | None) -> None:
-        self.requests += 1
-        if seconds is None:
-            self.errors += 1
-        elif len(self.latencies) < MAX_SAMPLES:
-            self.latencies.append(seconds * 1000.0)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"requests": self.requests, "errors": self.errors,
-                "p99_ms": p99(self.latencies), "p50_ms": _p50(self.latencies)}
-
-
 def _p50(values: list[float]) -> float | None:
     return sorted(values)[len(values) // 2] if values else None
+
+
+def _summary(counts: Counts) -> dict[str, Any]:
+    return {"requests": counts.requests, "errors": counts.errors,
+            "p99_ms": p99(counts.latencies), "p50_ms": _p50(counts.latencies)}
 
 
 class Mirror:
@@ -230,8 +215,8 @@ class Mirror:
     def _reset(self) -> None:
         #: Why the session's mirror was turned off (an error in the mirror itself), if it was.
         self.failure: str | None = None
-        self.live: dict[int, _Stats] = {}
-        self.shadow = _Stats()
+        self.live: dict[int, Counts] = {}
+        self.shadow = Counts(MAX_SAMPLES)
         self.compared = self.agreed = self.dropped = 0
         self.inflight = 0
         self.pending: deque[tuple[bytes, bytes]] = deque()
@@ -282,7 +267,8 @@ class Mirror:
         try:
             status = exchange.status
             rev = exchange.upstream.revision
-            self._stats(rev).add(None if status >= 500 else self.clock() - exchange.started)
+            elapsed = self.clock() - exchange.started
+            self._stats(rev).add(None if status >= 500 else elapsed * 1000.0)
             if exchange.capture is not None and 200 <= status < 300 and self.active:
                 self._offer(exchange.request, b"".join(exchange.capture))
         except Exception as e:  # noqa: BLE001 - see above
@@ -301,10 +287,10 @@ class Mirror:
         self.active = False
         self.failure = f"{type(error).__name__}: {error}"
 
-    def _stats(self, revision: int) -> _Stats:
+    def _stats(self, revision: int) -> Counts:
         stats = self.live.get(revision)
         if stats is None:
-            stats = self.live[revision] = _Stats()
+            stats = self.live[revision] = Counts(MAX_SAMPLES)
         return stats
 
     # -- mirrored requests -----------------------------------------------------------------
@@ -347,7 +333,7 @@ class Mirror:
         stable_body = split_answer(stable_answer)[1]
         if status < 300 and body == stable_body:
             # The usual case of two models that agree: the same bytes, no JSON to parse.
-            self.shadow.add(seconds)
+            self.shadow.add(seconds * 1000.0)
             self.compared += 1
             self.agreed += 1
             return
@@ -355,7 +341,7 @@ class Mirror:
         if status < 300 and candidate is None:
             self.shadow.add(None)  # a 2xx the client could not have read is a failure too
             return
-        self.shadow.add(seconds)
+        self.shadow.add(seconds * 1000.0)
         stable = _predictions(stable_body)
         if stable is None:
             return  # nothing to compare with (the stable answer was not a prediction)
@@ -369,8 +355,8 @@ class Mirror:
         session = self.session
         if session is None:
             return {"session": None, "active": False}
-        stable = self.live.get(session.stable, _Stats())
-        live_candidate = self.live.get(session.candidate, _Stats())
+        stable = self.live.get(session.stable, Counts(MAX_SAMPLES))
+        live_candidate = self.live.get(session.candidate, Counts(MAX_SAMPLES))
         shadow = self.shadow
         both = live_candidate.latencies + shadow.latencies
         return {
@@ -381,9 +367,9 @@ class Mirror:
             "candidate": session.candidate,
             "elapsed_seconds": self.clock() - self._since,
             "revisions": {
-                "stable": stable.to_dict(),
-                "candidate": live_candidate.to_dict(),
-                "mirrored": shadow.to_dict(),
+                "stable": _summary(stable),
+                "candidate": _summary(live_candidate),
+                "mirrored": _summary(shadow),
             },
             # The candidate's whole window: its own requests and the mirrored ones.
             "window": {
