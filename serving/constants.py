@@ -51,10 +51,12 @@ LOOPBACK = "127.0.0.1"
 #: Backlog of a router's listening sockets (bursts of new keep-alive clients).
 ROUTER_BACKLOG = 1024
 
-#: Modules run with ``python -m``: the model servers, and the router of a local endpoint.
+#: Modules run with ``python -m``: the model servers, the router of a local endpoint, and the
+#: payload-logging agent a model server starts beside itself.
 PREDICTOR_MODULE = "kfp_serve.serving.runtime.predictor"
 TRANSFORMER_MODULE = "kfp_serve.serving.runtime.transformer"
 ROUTER_MODULE = "kfp_serve.serving.backends.local.router"
+PAYLOAD_AGENT_MODULE = "kfp_serve.serving.runtime.payload_agent"
 
 #: Readiness path of a model server: 200 once its models are loaded, on v1 and v2 servers alike.
 READY_PATH = "/v2/health/ready"

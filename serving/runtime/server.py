@@ -25,7 +25,6 @@ import os
 import signal
 import socket
 import sys
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -620,7 +619,12 @@ class RuntimeApp:
         if isinstance(body, dict) and body.get("id") is not None:
             return str(body["id"])
         rid = headers.get(_REQUEST_ID)
-        inference_id = rid.decode(errors="replace") if rid else str(uuid.uuid4())
+        if rid:
+            inference_id = rid.decode(errors="replace")
+        else:
+            from kfp_serve.serving.runtime.payload_log import new_id
+
+            inference_id = new_id()
         if isinstance(body, dict) and "inputs" in body:
             body["id"] = inference_id  # the answer echoes it
         return inference_id

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import http.server
+import os
 import struct
 import threading
 import time
@@ -562,6 +563,126 @@ def test_payload_sink_down_never_fails_answers_and_is_counted(dp, iris):
     fams = _metrics(url)
     assert _sample(fams, "kfp_serve_payload_log_events", "kfp_serve_payload_log_events_total",
                    outcome="retried") >= 6
+
+
+def _agent_of(server_pid: int) -> int:
+    """The pid of the payload agent a server started (its child running the agent module)."""
+    from kfp_serve.serving.constants import PAYLOAD_AGENT_MODULE
+
+    def find() -> int | None:
+        for p in Path("/proc").iterdir():
+            if not p.name.isdigit():
+                continue
+            try:
+                ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                cmd = (p / "cmdline").read_bytes()
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == server_pid and PAYLOAD_AGENT_MODULE.encode() in cmd:
+                return int(p.name)
+        return None
+
+    from kfp_serve.retry import wait_until
+
+    return wait_until(find, deadline=30, describe="the payload agent")
+
+
+def _gone(pid: int, timeout: float) -> bool:
+    """True once ``pid`` has exited (a zombie counts as gone) within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while supervisor.start_time(pid) is not None:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.fixture()
+def logged_server(versioned_dir, tmp_path: Path) -> Iterator[tuple[Any, Sink]]:
+    """A server of its own (the tests stop or break it) logging to a sink of its own."""
+    own_sink = Sink()
+    d, _ = versioned_dir
+    proc = start_server("predictor", "model", d, extra_args=[f"--log_url={own_sink.url}"],
+                        log_path=tmp_path / "server.log")
+    try:
+        wait_ready(proc.url, timeout=180, proc=proc)
+        yield proc, own_sink
+    finally:
+        stop_server(proc)
+        own_sink.close()
+
+
+def test_payload_events_still_queued_when_the_server_stops_reach_the_sink(logged_server, iris):
+    proc, own_sink = logged_server
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(base_url=proc.url, timeout=60) as c:
+            rs = await asyncio.gather(*(
+                c.post("/v2/models/model/infer", json=v2_body(iris[0][i : i + 1], id=f"last-{i}"))
+                for i in range(40)
+            ))
+            return [r.status_code for r in rs]
+
+    assert asyncio.run(burst()) == [200] * 40
+    agent = _agent_of(proc.pid)
+    stop_server(proc)  # at once: most events are still on their way
+    assert _gone(agent, timeout=30), "the payload agent outlived its server"
+    ids = sorted(h["ce-id"] for h, _ in own_sink.events)
+    assert ids == sorted(f"last-{i}" for i in range(40) for _ in range(2))
+
+
+def test_payload_agent_does_not_outlive_a_killed_server(logged_server):
+    import signal
+
+    proc, _ = logged_server
+    agent = _agent_of(proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    assert _gone(agent, timeout=30), "the payload agent was orphaned"
+
+
+def test_payload_agent_gone_means_answers_still_served_and_events_counted_dropped(
+    logged_server, iris
+):
+    import signal
+
+    proc, _ = logged_server
+    os.kill(_agent_of(proc.pid), signal.SIGKILL)
+
+    def dropped() -> float:
+        return _sample(_metrics(proc.url), "kfp_serve_payload_log_events",
+                       "kfp_serve_payload_log_events_total", outcome="dropped")
+
+    def all_dropped_after_a_request() -> bool:
+        r = httpx.post(f"{proc.url}/v2/models/model/infer", json=v2_body(iris[0][:1]), timeout=30)
+        assert r.status_code == 200, r.text
+        before = dropped()
+        r = httpx.post(f"{proc.url}/v2/models/model/infer", json=v2_body(iris[0][:1]), timeout=30)
+        assert r.status_code == 200, r.text
+        return dropped() - before == 2
+
+    _wait_for(all_dropped_after_a_request)
+
+
+def test_payload_events_cut_anywhere_in_the_pipe_arrive_whole():
+    from kfp_serve.serving.runtime.payload_log import (
+        REQUEST_EVENT,
+        RESPONSE_EVENT,
+        decode_events,
+        encode_event,
+    )
+
+    sent = [(REQUEST_EVENT, "id-1", "application/json", b'{"inputs": []}'),
+            (RESPONSE_EVENT, "\u00e9t\u00e9", "application/octet-stream", bytes(range(256))),
+            (REQUEST_EVENT, "", "application/json", b"")]
+    kinds = {REQUEST_EVENT: 0, RESPONSE_EVENT: 1}
+    stream = b"".join(encode_event(kinds[t], i, ct, b) for t, i, ct, b in sent)
+    for cut in range(len(stream) + 1):
+        buf, got = bytearray(), []
+        for part in (stream[:cut], stream[cut:]):
+            buf += part
+            got += decode_events(buf)
+        assert got == sent and not buf, cut
 
 
 # --------------------------------------------------------------------------------------------

@@ -236,3 +236,28 @@ def test_what_the_pool_refuses_to_fork(changes: dict, refused: str | None, tmp_p
         assert why is None
     else:
         assert why is not None and refused in why
+
+
+def test_a_pool_older_than_the_code_declines_and_exits(home: Path, model, tmp_path: Path):
+    """After an upgrade (or an edit in a checkout) the pool's fork server holds the old code: a
+    server is started plainly, with the code installed now, and the pool makes way for a new one."""
+    from kfp_serve.serving.runtime import layout
+
+    model_dir, _, _ = model
+    first = start_server("predictor", "m", model_dir, log_path=tmp_path / "o.log", warm=True)
+    stop_server(first)
+    assert isinstance(first, warm_pool.PooledProcess)
+    pid = _pool_pid()
+    source = Path(layout.__file__)
+    before = source.stat()
+    os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+    try:
+        proc = start_server("predictor", "m", model_dir, log_path=tmp_path / "p.log", warm=True)
+        try:
+            assert not isinstance(proc, warm_pool.PooledProcess)
+            wait_ready(proc.url, timeout=120, proc=proc)
+        finally:
+            stop_server(proc)
+        assert _gone(pid), "the pool kept running on code older than what is installed"
+    finally:
+        os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns))
