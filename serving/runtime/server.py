@@ -103,6 +103,12 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
         help=f"Address to bind (default ${HTTP_HOST_ENV} or {DEFAULT_HOST}; a pod needs 0.0.0.0).",
     )
     p.add_argument(
+        "--http_unix_socket",
+        default="",
+        help="Also serve HTTP on this unix socket (a name starting with '@' is in Linux's "
+        "abstract namespace): the local router's way in, cheaper than loopback TCP.",
+    )
+    p.add_argument(
         "--timeout-keep-alive",
         "--timeout_keep_alive",
         dest="timeout_keep_alive",
@@ -813,6 +819,7 @@ def run_server(
             timeout_keep_alive=args.timeout_keep_alive,
             event_loop=args.event_loop,
             workers=args.workers,
+            unix_socket=args.http_unix_socket,
         )
     finally:
         if shared_metrics is not None and os.getpid() == parent:
@@ -852,26 +859,50 @@ def _run_multi(args: argparse.Namespace, repository: Any) -> int:
         args.http_port,
         timeout_keep_alive=args.timeout_keep_alive,
         event_loop=args.event_loop,
+        unix_socket=args.http_unix_socket,
     )
     return 0
 
 
-def reuse_port_socket(host: str, port: int) -> socket.socket:
-    """A listening socket on ``host:port`` that other workers can bind too (SO_REUSEPORT).
+def reuse_port_socket(host: str, port: int, *, shared: bool = True) -> socket.socket:
+    """A listening socket on ``host:port``; with ``shared``, one other workers can bind too
+    (SO_REUSEPORT).
 
     The kernel spreads new connections over every socket bound this way, so N worker processes
-    share one port without a master accepting for them.
+    share one port without a master accepting for them. A single server binds unshared, so that
+    a port taken by anyone is an error, never a silently split port.
 
     Raises:
-        SystemExit: The port is taken by a process that did not set SO_REUSEPORT.
+        SystemExit: The port is taken (by a process that did not set SO_REUSEPORT, if shared).
     """
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if shared:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as e:
         log.error("cannot bind %s:%d: %s", host, port, e)
+        sock.close()
+        raise SystemExit(3) from e
+    sock.listen(2048)
+    sock.set_inheritable(False)
+    return sock
+
+
+def unix_listener(name: str) -> socket.socket:
+    """A listening unix socket at path ``name``, or in the abstract namespace for ``@name``
+    (nothing on disk to clean up, gone with the process).
+
+    Raises:
+        SystemExit: The name is taken.
+    """
+    address = "\0" + name[1:] if name.startswith("@") else name
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(address)
+    except OSError as e:
+        log.error("cannot bind the unix socket %s: %s", name, e)
         sock.close()
         raise SystemExit(3) from e
     sock.listen(2048)
@@ -887,8 +918,10 @@ def serve(
     timeout_keep_alive: int = 65,
     event_loop: str = "auto",
     workers: int = 1,
+    unix_socket: str = "",
 ) -> None:
-    """Run ``app`` with uvicorn until SIGTERM/SIGINT, in ``workers`` processes sharing the port.
+    """Run ``app`` with uvicorn until SIGTERM/SIGINT, in ``workers`` processes sharing the port
+    (and ``unix_socket``, when given: see :func:`unix_listener`).
 
     Workers are forked after the model is loaded (its memory is shared copy-on-write); each binds
     its own SO_REUSEPORT socket. They share this process's group, so stopping the group (what
@@ -898,10 +931,15 @@ def serve(
     Raises:
         SystemExit: uvicorn could not bind (the port is taken) or start-up failed.
     """
+    # One unix listener for every worker: they accept from the same queue.
+    extra = [unix_listener(unix_socket)] if unix_socket else []
     if workers <= 1:
         server = _uvicorn_server(app, host, port, timeout_keep_alive, event_loop)
         log.info("serving %s on http://%s:%d", sorted(app.models), host, port)
-        server.run()
+        if extra:
+            server.run(sockets=[reuse_port_socket(host, port, shared=False), *extra])
+        else:
+            server.run()
         if not server.started:
             # uvicorn logs the cause (e.g. address already in use) and returns instead of raising.
             raise SystemExit(3)
@@ -916,7 +954,7 @@ def serve(
             try:
                 sock = reuse_port_socket(host, port)
                 _uvicorn_server(app, host, port, timeout_keep_alive, event_loop).run(
-                    sockets=[sock]
+                    sockets=[sock, *extra]
                 )
             except BaseException:  # noqa: BLE001 - a worker must never return into the parent's code
                 log.exception("worker %d failed", os.getpid())
@@ -926,7 +964,7 @@ def serve(
     log.info("serving %s on http://%s:%d with %d workers", sorted(app.models), host, port, workers)
     server = _uvicorn_server(app, host, port, timeout_keep_alive, event_loop)
     try:
-        server.run(sockets=[first])
+        server.run(sockets=[first, *extra])
     finally:
         for pid in children:
             try:
@@ -972,6 +1010,9 @@ def _uvicorn_server(
         log_config=None,
         server_header=False,
         date_header=False,
+        # No X-Forwarded-* rewriting: nothing here reads the client's address, and the
+        # middleware costs a coroutine per request.
+        proxy_headers=False,
         timeout_keep_alive=timeout_keep_alive,
         backlog=2048,
     )

@@ -75,6 +75,9 @@ class ProcessRecord:
     container: str = ""
     #: Its OIP gRPC port (a server run with gRPC on; the router's gRPC listener), else 0.
     grpc_port: int = 0
+    #: The unix socket a model server also listens on (``@name``: abstract), where the router
+    #: reaches it; empty when it has none (containers, older records).
+    unix_socket: str = ""
 
     @property
     def url(self) -> str:
@@ -103,6 +106,7 @@ class ProcessRecord:
         log: Path,
         model_name: str = "",
         grpc_port: int = 0,
+        unix_socket: str = "",
     ) -> ProcessRecord:
         """The record of ``proc``, which the supervisor just started."""
         start = supervisor.start_time(proc.pid, zombie=True)
@@ -114,6 +118,7 @@ class ProcessRecord:
             log=str(log),
             model_name=model_name,
             grpc_port=grpc_port,
+            unix_socket=unix_socket,
         )
 
     @classmethod
