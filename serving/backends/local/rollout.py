@@ -399,12 +399,14 @@ def commit(
 def await_drained(
     record: EndpointRecord, removed: list[RevisionRecord], *, timeout: float = DRAIN_TIMEOUT
 ) -> None:
-    """Wait until the router routes by ``record`` and has finished its requests to ``removed``.
+    """Wait until the router routes by ``record`` and has finished its requests to ``removed``
+    (and drained its gRPC connections to them).
 
     A router that does not confirm within ``timeout`` is logged, not fatal: the new revision
     serves either way.
     """
     gone = {r.entry.address for r in removed}
+    gone_grpc = {r.entry.grpc_address for r in removed if r.entry.grpc_address}
     url = f"{record.url}{constants.ROUTER_STATUS_PATH}"
 
     def drained() -> bool:
@@ -417,6 +419,10 @@ def await_drained(
             for u in info.get("upstreams", [])
             if u["url"].removeprefix("http://") in gone
         ) + sum(n for k, n in info.get("retired_inflight", {}).items() if k in gone)
+        # gRPC connections to them: the router drains each (its calls finish) and closes it.
+        busy += sum(
+            n for k, n in info.get("grpc", {}).get("connections", {}).items() if k in gone_grpc
+        )
         return info.get("generation", 0) >= record.generation and not busy
 
     try:

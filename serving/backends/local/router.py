@@ -556,6 +556,7 @@ class _ClientConnection(asyncio.Protocol):
         routes = router.routes
         if self.method == b"STATUS":
             routes.refresh()
+            router.drain_grpc()  # before a rollout reads the drain's progress in the answer
             self._finish_request()  # the status request does not count itself
             self.reply(_response(200, router.status(), close=not self.keep), keep=self.keep)
             return
@@ -1084,6 +1085,13 @@ class Router:
         """The protocol factory of the listening socket."""
         return _ClientConnection(self)
 
+    def drain_grpc(self) -> None:
+        """Drain the gRPC connections to servers that lost their traffic (see grpc_relay)."""
+        if self.grpc is not None and self.grpc.relayed:
+            from kfp_serve.serving.backends.local.grpc_relay import serving_keys
+
+            self.grpc.drain_unrouted(serving_keys(self.routes))
+
     def count_rejected(self, status: int) -> None:
         self.rejected[status] = self.rejected.get(status, 0) + 1
 
@@ -1118,6 +1126,9 @@ class Router:
                     if client.deadline <= now and client in self.clients:
                         client.expire()
             self.mirror.refresh(self.routes.upstreams)
+            if self.grpc is not None and self.grpc.relayed:
+                self.routes.refresh_if_due(now)
+                self.drain_grpc()
 
 
 async def _watchdog(routes: Routes, registry: str, interval: float = 2.0) -> None:
