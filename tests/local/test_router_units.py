@@ -167,7 +167,7 @@ def test_relayed_http2_frame_headers_are_found_however_the_bytes_are_cut() -> No
     for cut in range(len(stream) + 1):
         scanner, seen = _Frames(skip=len(PREFACE)), []
         for part in (stream[:cut], stream[cut:]):
-            scanner.feed(part, lambda *frame: seen.append(frame))
+            scanner.feed(part, lambda *frame, seen=seen: seen.append(frame))
         assert scanner.at_boundary, cut
         assert [f[:3] for f in seen] == [f[:3] for f in expected], cut
         # A PING's payload comes with it unless the cut falls inside that frame (the drain then
