@@ -890,17 +890,21 @@ def reuse_port_socket(host: str, port: int, *, shared: bool = True) -> socket.so
     return sock
 
 
+def unix_address(name: str) -> str:
+    """The socket address of unix socket ``name``: a path, or ``@name`` for a name in Linux's
+    abstract namespace (nothing on disk to clean up, gone with the process)."""
+    return "\0" + name[1:] if name.startswith("@") else name
+
+
 def unix_listener(name: str) -> socket.socket:
-    """A listening unix socket at path ``name``, or in the abstract namespace for ``@name``
-    (nothing on disk to clean up, gone with the process).
+    """A listening unix socket named ``name`` (see :func:`unix_address`).
 
     Raises:
         SystemExit: The name is taken.
     """
-    address = "\0" + name[1:] if name.startswith("@") else name
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.bind(address)
+        sock.bind(unix_address(name))
     except OSError as e:
         log.error("cannot bind the unix socket %s: %s", name, e)
         sock.close()

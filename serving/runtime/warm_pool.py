@@ -447,8 +447,10 @@ class Pool:
         self.inode = 0
         self.last_request = time.monotonic()
         self._context: Any = None
-        #: kfp-serve's code as the fork server imported it; see _code_stamp.
+        #: kfp-serve's code as the fork server imported it, and whether it has changed since
+        #: (see _code_stamp).
         self.code = _code_stamp()
+        self.stale = False
 
     # -- set-up -------------------------------------------------------------------------------
 
@@ -507,7 +509,7 @@ class Pool:
                     if self.handle(conn) == "stop":
                         _log("asked to stop: exiting")
                         return
-                if _code_stamp() != self.code:
+                if self.stale:
                     # Its fork server holds the old code: a new pool will import the new.
                     _log("kfp-serve's code changed since the pool started: exiting")
                     return
@@ -564,6 +566,7 @@ class Pool:
         if self.warm_error:
             return self.warm_error
         if _code_stamp() != self.code:
+            self.stale = True
             return "kfp-serve's code changed since the pool started (an upgrade or an edit)"
         if request.get("module") not in MODULES:
             return f"module {request.get('module')!r} is not served by the pool"

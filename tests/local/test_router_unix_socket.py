@@ -35,17 +35,14 @@ from kfp_serve.serving.backends.local.registry import (
 )
 from kfp_serve.serving.constants import ROUTER_MODULE
 from kfp_serve.serving.runtime.launch import free_port, start_server, stop_server, wait_ready
-
-
-def _abstract(name: str) -> str:
-    return "\0" + name[1:]
+from kfp_serve.serving.runtime.server import unix_address
 
 
 def _unix_get(name: str, path: str) -> tuple[int, bytes]:
     """GET ``path`` from the HTTP server on unix socket ``name`` (``@``: abstract)."""
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(10)
-        sock.connect(_abstract(name) if name.startswith("@") else name)
+        sock.connect(unix_address(name))
         sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
         data = b""
         while chunk := sock.recv(65536):
@@ -81,7 +78,7 @@ def unix_only_upstream() -> Iterator[str]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = _UnixOnlyServer(_abstract(name), Handler)
+    server = _UnixOnlyServer(unix_address(name), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield name
@@ -155,7 +152,7 @@ def test_a_model_server_serves_the_same_routes_on_its_unix_socket(
         stop_server(proc)
     if kind == "abstract":
         with socket.socket(socket.AF_UNIX) as sock, pytest.raises(OSError):
-            sock.connect(_abstract(name))  # gone with its server: nothing left to clean up
+            sock.connect(unix_address(name))  # gone with its server: nothing left to clean up
 
 
 def test_a_taken_unix_socket_name_fails_the_server_at_start(

@@ -65,6 +65,7 @@ from kfp_serve.serving.constants import (
     ROUTER_MODULE,
     ROUTER_STATUS_PATH,
 )
+from kfp_serve.serving.runtime.server import unix_address
 
 logger = logging.getLogger("kfp_serve.router")
 
@@ -999,7 +1000,7 @@ async def _connect_unix(
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
-        await loop.sock_connect(sock, "\0" + name[1:] if name.startswith("@") else name)
+        await loop.sock_connect(sock, unix_address(name))
     except BaseException:
         sock.close()
         raise
@@ -1126,9 +1127,8 @@ class Router:
                     if client.deadline <= now and client in self.clients:
                         client.expire()
             self.mirror.refresh(self.routes.upstreams)
-            if self.grpc is not None and self.grpc.relayed:
-                self.routes.refresh_if_due(now)
-                self.drain_grpc()
+            self.routes.refresh_if_due(now)  # what a gRPC drain compares with
+            self.drain_grpc()
 
 
 async def _watchdog(routes: Routes, registry: str, interval: float = 2.0) -> None:
