@@ -52,8 +52,10 @@ $(MLSERVER_STAMP):
 	touch $(MLSERVER_STAMP)
 
 # wrk (Debian) is the load generator; without it the benchmark falls back to an asyncio client.
+# h2load (Debian's nghttp2-client) loads gRPC the way wrk loads REST.
 bench: install $(MLSERVER_STAMP)
 	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; } || true
+	command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client; } || true
 	$(PY) -m bench.run
 
 # --- The image (KFP_SERVE_IMAGE) --------------------------------------------------------------

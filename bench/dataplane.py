@@ -9,7 +9,8 @@ the server's CPU time per request (from /proc), which moves far less than req/s 
 capacity depends on. The load generator is pinned to CPU 1 when the machine has two.
 
 Figures (name: target):
-- gRPC vs REST v2, single row, both with Python asyncio clients: >= 1.0x req/s.
+- gRPC vs REST v2, single row, loaded by h2load and wrk (C generators both): >= 1.0x req/s;
+  and with Python asyncio clients on both sides (grpc.aio, an asyncio HTTP client): reported.
 - binary vs JSON v2, one 64x30 FP32 batch per request (wrk): reported.
 - batching, 64 connections of single rows, maxBatchSize 32 vs none, for a random forest (a
   model whose call costs far more than a row): >= 2x req/s, and p99 <= maxLatency + unbatched
@@ -38,7 +39,7 @@ import numpy as np
 import orjson
 from sklearn.linear_model import LogisticRegression
 
-from bench.loadgen import run_load
+from bench.loadgen import run_grpc_load, run_load
 from kfp_serve.retry import wait_until
 from kfp_serve.serving.runtime.launch import free_port, start_server, stop_server, wait_ready
 
@@ -232,6 +233,36 @@ def _http_load(url: str, body: bytes, connections: int, duration: float,
     return load
 
 
+def _grpc_message_checked(port: int, url: str, row: bytes) -> bytes:
+    """The serialized one-row ModelInferRequest h2load sends, after checking that a real gRPC
+    client gets it answered OK with the REST route's prediction (h2load sees HTTP statuses
+    only)."""
+    import grpc
+    import httpx
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pbg
+
+    request = pb.ModelInferRequest(model_name="model")
+    request.inputs.add(name="input-0", datatype="FP64", shape=[1, 4])
+    request.raw_input_contents.append(np.zeros((1, 4)).tobytes())
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        answer = pbg.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+    got = np.frombuffer(answer.raw_output_contents[0], dtype="<i8").tolist()
+    rest = httpx.post(f"{url}/v2/models/model/infer", content=row, timeout=30).json()
+    if got != rest["outputs"][0]["data"]:
+        raise RuntimeError(f"gRPC answered {got}, REST {rest['outputs'][0]['data']}")
+    return request.SerializeToString()
+
+
+def _h2load(port: int, message: bytes, connections: int, duration: float) -> _Load:
+    def load() -> tuple[float, float, int, int]:
+        r = run_grpc_load(port, "/inference.GRPCInferenceService/ModelInfer", message,
+                          connections=connections, duration=duration, cpus=LOAD_CPUS)
+        return r.rps, r.p99_ms, r.requests, r.errors
+
+    return load
+
+
 def _grpc_loader(port: int, connections: int, duration: float) -> _Load:
     def load() -> tuple[float, float, int, int]:
         g = _grpc_load(port, connections, duration)
@@ -289,18 +320,24 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         m4, m30 = _model(root, 4), _model(root, 30)
         row = _v2(np.zeros((1, 4)), "FP64")
 
-        # gRPC vs REST v2: the same server, Python asyncio clients on both sides.
+        # gRPC vs REST v2: the same server, loaded alike on both sides: C generators (h2load,
+        # wrk), then Python asyncio clients (grpc.aio, the asyncio HTTP client).
         grpc_port = free_port()
         p = stack.enter_context(_server(m4, logs, "grpc", f"--grpc_port={grpc_port}"))
         url = f"{p.url}/v2/models/model/infer"
+        message = _grpc_message_checked(grpc_port, p.url, row)
+        res = _interleaved({
+            "grpc": (p.pid, _h2load(grpc_port, message, 16, duration)),
+            "rest": (p.pid, _http_load(url, row, 16, duration, tool="wrk")),
+        }, rounds)
+        figures.append(_compare("gRPC vs REST v2 (1 row, 16 conns, h2load vs wrk)", res,
+                                "grpc", "rest", ">= 1.0x", lambda r, a, b: r >= 1.0))
         res = _interleaved({
             "grpc": (p.pid, _grpc_loader(grpc_port, 16, duration)),
-            # The Python asyncio client, like the gRPC side's: with wrk on one side the figure
-            # compared load generators, not transports.
             "rest": (p.pid, _http_load(url, row, 16, duration, tool="asyncio")),
         }, rounds)
         figures.append(_compare("gRPC vs REST v2 (1 row, 16 conns, python clients)", res,
-                                "grpc", "rest", ">= 1.0x", lambda r, a, b: r >= 1.0))
+                                "grpc", "rest", "report", None))
 
         # Binary vs JSON for a 64x30 FP32 batch: the same server.
         X = np.random.default_rng(1).normal(size=(64, 30)).astype(np.float32)

@@ -1,4 +1,5 @@
-"""Closed-loop HTTP load on loopback: wrk (preferred) or a small asyncio client (fallback).
+"""Closed-loop HTTP load on loopback: wrk (preferred) or a small asyncio client (fallback);
+h2load for gRPC.
 
 Both send the same POST body over ``connections`` keep-alive connections for a bounded time and
 return a :class:`LoadResult` (requests/s, p50/p99 latency, error counts). wrk is C and uses far
@@ -211,6 +212,58 @@ def run_load(
     raise RuntimeError(
         f"{tool} printed no result (exit {proc.returncode}): "
         f"{(proc.stderr or proc.stdout)[-2000:]}"
+    )
+
+
+def run_grpc_load(
+    port: int,
+    path: str,
+    message: bytes,
+    *,
+    connections: int = 16,
+    duration: float = 5.0,
+    cpus: str | None = None,
+) -> LoadResult:
+    """Unary gRPC calls of ``path`` with the serialized ``message`` to 127.0.0.1:``port``, over
+    ``connections`` HTTP/2 connections with one call in flight each, by h2load (nghttp2's C load
+    generator: the gRPC counterpart of wrk, so that the two transports are loaded alike).
+
+    h2load reads HTTP statuses, not gRPC's: the caller checks once, with a real gRPC client,
+    that the same message is answered OK.
+
+    Raises:
+        RuntimeError: h2load is not installed, failed, or printed no result.
+    """
+    if not shutil.which("h2load"):
+        raise RuntimeError("h2load is not installed: apt-get install nghttp2-client")
+    with tempfile.TemporaryDirectory(prefix="kfp-serve-load-") as tmp:
+        body = Path(tmp) / "message.bin"
+        body.write_bytes(b"\x00" + len(message).to_bytes(4, "big") + message)  # gRPC framing
+        log = Path(tmp) / "requests.tsv"
+        cmd = [
+            *_cpu_prefix(cpus), "h2load", "-t1", f"-c{connections}", "-m1",
+            f"-D{max(1, round(duration))}", "-d", str(body),
+            "-H", "content-type: application/grpc", "-H", "te: trailers",
+            f"--log-file={log}", f"http://127.0.0.1:{port}{path}",
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60,
+                              check=False)  # noqa: S603 - fixed argv on loopback
+        rows = [line.split("\t") for line in log.read_text().splitlines()] if log.exists() else []
+    if proc.returncode != 0 or not rows:
+        raise RuntimeError(f"h2load failed (exit {proc.returncode}): {proc.stdout[-2000:]}")
+    # Columns: start (us since the epoch), HTTP status, microseconds until the answer ended.
+    latencies = sorted(int(r[2]) / 1e3 for r in rows)
+    starts = [int(r[0]) for r in rows]
+    ends = [s + int(r[2]) for s, r in zip(starts, rows, strict=True)]
+    return LoadResult(
+        requests=len(rows),
+        duration_s=(max(ends) - min(starts)) / 1e6,
+        p50_ms=latencies[len(latencies) // 2],
+        p99_ms=latencies[int(0.99 * (len(latencies) - 1))],
+        mean_ms=sum(latencies) / len(latencies),
+        max_ms=latencies[-1],
+        errors=sum(1 for r in rows if r[1] != "200"),
+        tool="h2load",
     )
 
 

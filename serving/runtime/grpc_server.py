@@ -2,14 +2,15 @@
 
 The protos are the ones the kserve package ships (``kserve.protocol.grpc``), so KServe's
 ``InferenceGRPCClient`` and tritonclient's gRPC client talk to it unchanged. It runs in the
-HTTP server's event loop (grpc.aio), on its own port, bound where the HTTP server binds
-(127.0.0.1 locally). Each call is translated into the same v2 request the REST route builds and
+HTTP server's event loop on its own port, bound where the HTTP server binds (127.0.0.1
+locally), over kfp-serve's own HTTP/2 transport for unary calls
+(:mod:`~kfp_serve.serving.runtime.grpc_transport`, which says why not grpcio's server). Each call is translated into the same v2 request the REST route builds and
 handed to the same model, so answers are identical over both transports.
 
 Tensors arrive as typed ``contents`` or as ``raw_input_contents`` (little-endian bytes, the
 layout of the REST binary extension); an answer uses ``raw_output_contents`` when the request
 used raw inputs, as KServe does. A message larger than the server's limit is refused with
-INVALID_ARGUMENT naming the limit (grpc itself refuses anything beyond twice that size).
+INVALID_ARGUMENT naming the limit, before it is read.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import numpy as np
 
 from kfp_serve.serving.runtime import binary
 from kfp_serve.serving.runtime.codec import V2_NUMERIC_DTYPES, RequestError
+from kfp_serve.serving.runtime.grpc_transport import GrpcError
+from kfp_serve.serving.runtime.http2 import Status
 
 log = logging.getLogger("kfp_serve.runtime.grpc")
 
@@ -57,19 +60,13 @@ def _param_value(p: Any) -> Any:
     return getattr(p, kind) if kind else None
 
 
-def request_to_v2(request: Any, max_bytes: int) -> tuple[dict[str, Any], bool]:
+def request_to_v2(request: Any) -> tuple[dict[str, Any], bool]:
     """A ``ModelInferRequest`` as the v2 body the REST route would build, and whether it used
-    raw contents.
+    raw contents. (Its size was checked by the transport, before it was parsed.)
 
     Raises:
-        RequestError: Oversized, or a tensor that does not fit its shape and datatype.
+        RequestError: A tensor that does not fit its shape and datatype.
     """
-    size = request.ByteSize()
-    if size > max_bytes:
-        raise RequestError(
-            f"ModelInferRequest is {size} bytes, above this server's limit of {max_bytes} "
-            f"(--grpc_max_message_bytes); send smaller batches"
-        )
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
         raise RequestError(
@@ -192,6 +189,11 @@ def response_to_v2(response: Any) -> dict[str, Any]:
     return answer
 
 
+#: The OIP gRPC service. Its model repository methods are not offered: a client calling them
+#: gets UNIMPLEMENTED.
+SERVICE = "inference.GRPCInferenceService"
+
+
 class GrpcServer:
     """The OIP gRPC service for ``models``, started inside the running event loop.
 
@@ -199,15 +201,18 @@ class GrpcServer:
         models: Served models by name (the same objects the REST app serves).
         host: Address to bind.
         port: Port to bind.
-        max_message_bytes: Largest message accepted (INVALID_ARGUMENT above it) or sent.
+        max_message_bytes: Largest request message accepted (INVALID_ARGUMENT above it).
+        shared: Other worker processes bind the same port (``--workers``).
     """
 
-    def __init__(self, models: dict[str, Any], *, host: str, port: int, max_message_bytes: int):
+    def __init__(self, models: dict[str, Any], *, host: str, port: int, max_message_bytes: int,
+                 shared: bool = False) -> None:
         self.models = models
         self.host = host
         self.port = port
         self.max_message_bytes = max_message_bytes
-        self._server: Any = None
+        self.shared = shared
+        self._listener: Any = None
 
     async def start(self) -> None:
         """Bind and start serving.
@@ -215,87 +220,87 @@ class GrpcServer:
         Raises:
             RuntimeError: The port could not be bound.
         """
-        import grpc
+        from kfp_serve.serving.runtime.grpc_transport import GrpcListener, Method
 
-        pb, pb_grpc = _pb()
-        # grpc refuses messages beyond its limit with RESOURCE_EXHAUSTED before we see them;
-        # leave headroom so a moderately oversized request gets our clearer INVALID_ARGUMENT.
-        limit = 2 * self.max_message_bytes
-        self._server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
-            ]
+        pb, _ = _pb()
+        service = _Servicer(self, pb)
+        methods = {
+            f"/{SERVICE}/{name}": Method(getattr(pb, f"{name}Request"), getattr(service, name))
+            for name in ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata",
+                         "ModelMetadata", "ModelInfer")
+        }
+        listener = GrpcListener(
+            methods, host=self.host, port=self.port, max_message_bytes=self.max_message_bytes,
+            limit_name="--grpc_max_message_bytes", shared=self.shared,
         )
-        # The generated base answers UNIMPLEMENTED for what we do not serve (model repository).
-        servicer = type("Servicer", (_Servicer, pb_grpc.GRPCInferenceServiceServicer), {})
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer(self, pb), self._server)
         address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-        if self._server.add_insecure_port(address) == 0:
-            raise RuntimeError(f"cannot bind gRPC port {address}")
-        await self._server.start()
+        try:
+            await listener.start()
+        except OSError as e:
+            raise RuntimeError(f"cannot bind gRPC port {address}: {e.strerror or e}") from e
+        self._listener = listener
         log.info("serving OIP gRPC on %s", address)
 
     async def stop(self) -> None:
         """Stop, letting calls in flight finish for a moment."""
-        if self._server is not None:
-            await self._server.stop(grace=1.0)
-            self._server = None
+        if self._listener is not None:
+            await self._listener.stop()
+            self._listener = None
 
 
 class _Servicer:
-    """``inference.GRPCInferenceService`` over the server's models."""
+    """``inference.GRPCInferenceService`` over the server's models: request message in,
+    response message out, :class:`~kfp_serve.serving.runtime.grpc_transport.GrpcError` for
+    any other status."""
 
     def __init__(self, owner: GrpcServer, pb: Any) -> None:
+        from kfp_serve.serving.runtime._kserve import InferenceVerb, InvalidInput
+        from kfp_serve.serving.runtime.server import V2Request
+
         self.owner = owner
         self.pb = pb
+        self._predict = InferenceVerb.PREDICT
+        self._invalid_input = InvalidInput
+        self._v2_request = V2Request
 
-    async def _model(self, name: str, context: Any) -> Any:
-        import grpc
-
+    def _model(self, name: str, version: str) -> Any:
         model = self.owner.models.get(name)
         if model is None:
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND,
+            raise GrpcError(
+                Status.NOT_FOUND,
                 f"model {name!r} is not served here; served: {sorted(self.owner.models)}",
             )
-        return model
-
-    async def _check_version(self, model: Any, version: str, context: Any) -> None:
-        import grpc
-
         served = getattr(model, "version", None)
         if version and version != served:
             offer = f"version {served!r}" if served else "no versions"
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND,
+            raise GrpcError(
+                Status.NOT_FOUND,
                 f"model {model.name!r} has no version {version!r}; it serves {offer}",
             )
+        return model
 
-    async def ServerLive(self, request: Any, context: Any) -> Any:  # noqa: N802 - proto names
+    async def ServerLive(self, request: Any) -> Any:  # noqa: N802 - proto names
         return self.pb.ServerLiveResponse(live=True)
 
-    async def ServerReady(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def ServerReady(self, request: Any) -> Any:  # noqa: N802
         ready = True
         for m in self.owner.models.values():
             ready = ready and bool(await m.healthy())
         return self.pb.ServerReadyResponse(ready=ready)
 
-    async def ModelReady(self, request: Any, context: Any) -> Any:  # noqa: N802
-        model = await self._model(request.name, context)
-        await self._check_version(model, request.version, context)
+    async def ModelReady(self, request: Any) -> Any:  # noqa: N802
+        model = self._model(request.name, request.version)
         return self.pb.ModelReadyResponse(ready=bool(await model.healthy()))
 
-    async def ServerMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def ServerMetadata(self, request: Any) -> Any:  # noqa: N802
         from kfp_serve.serving.runtime.server import EXTENSIONS, server_version
 
         return self.pb.ServerMetadataResponse(
             name="kfp-serve", version=server_version(), extensions=EXTENSIONS
         )
 
-    async def ModelMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
-        model = await self._model(request.name, context)
-        await self._check_version(model, request.version, context)
+    async def ModelMetadata(self, request: Any) -> Any:  # noqa: N802
+        model = self._model(request.name, request.version)
         meta = model.metadata() if hasattr(model, "metadata") else {"name": model.name}
         if hasattr(meta, "__await__"):
             meta = await meta
@@ -309,32 +314,23 @@ class _Servicer:
                 target.add(name=t["name"], datatype=t["datatype"], shape=t["shape"])
         return response
 
-    async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
-        import grpc
-
-        from kfp_serve.serving.runtime._kserve import InferenceVerb, InvalidInput
-        from kfp_serve.serving.runtime.server import V2Request
-
-        model = await self._model(request.model_name, context)
-        await self._check_version(model, request.model_version, context)
+    async def ModelInfer(self, request: Any) -> Any:  # noqa: N802
+        model = self._model(request.model_name, request.model_version)
         if not model.ready:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"model {model.name!r} is not ready")
+            raise GrpcError(Status.UNAVAILABLE, f"model {model.name!r} is not ready")
         try:
-            body, raw = request_to_v2(request, self.owner.max_message_bytes)
+            body, raw = request_to_v2(request)
             requested, _ = binary.requested_outputs(body)
-            answer, _ = await model(V2Request(body), {}, InferenceVerb.PREDICT)
+            answer, _ = await model(self._v2_request(body), {}, self._predict)
             answer, _ = binary.select_outputs(answer, requested, False)
             return v2_to_response(self.pb, answer, raw)
-        except (RequestError, InvalidInput, ValueError, TypeError) as e:
+        except (RequestError, self._invalid_input, ValueError, TypeError) as e:
             status = getattr(e, "status", 400)
             code = (
-                grpc.StatusCode.INVALID_ARGUMENT
+                Status.INVALID_ARGUMENT
                 if status < 500
-                else grpc.StatusCode.UNAVAILABLE
+                else Status.UNAVAILABLE
                 if status in (502, 503, 504)
-                else grpc.StatusCode.INTERNAL
+                else Status.INTERNAL
             )
-            await context.abort(code, str(e))
-        except Exception as e:  # noqa: BLE001 - a server error; keep serving
-            log.exception("gRPC inference failed")
-            await context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
+            raise GrpcError(code, str(e)) from e

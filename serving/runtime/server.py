@@ -790,6 +790,7 @@ def run_server(
             host=args.http_host,
             port=args.grpc_port or GRPC_DEFAULT_PORT,
             max_message_bytes=args.grpc_max_message_bytes or max_body_bytes(),
+            shared=args.workers > 1,
         )
 
     async def startup() -> None:

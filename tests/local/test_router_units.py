@@ -158,7 +158,9 @@ def test_a_router_that_stalled_reads_what_arrived_before_it_expires_anyone(tmp_p
 def test_relayed_http2_frame_headers_are_found_however_the_bytes_are_cut() -> None:
     """What the gRPC relay's drain counts calls by: each frame's kind, flags and stream, and a
     PING's payload, from a byte stream cut at any point (a read ends anywhere)."""
-    from kfp_serve.serving.backends.local.grpc_relay import PREFACE, _frame, _Frames
+    from kfp_serve.serving.backends.local.grpc_relay import _Frames
+    from kfp_serve.serving.runtime.http2 import PREFACE
+    from kfp_serve.serving.runtime.http2 import frame as _frame
 
     frames = [(0x4, 0, 0, b""), (0x1, 0x4, 1, b"\x82\x86"), (0x0, 0x1, 1, b"x" * 40),
               (0x6, 0, 0, b"kfpdrain"), (0x3, 0, 3, b"\x00\x00\x00\x08"), (0x1, 0x5, 5, b"")]

@@ -38,17 +38,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 from collections.abc import Callable
 from typing import Any
 
+from kfp_serve.serving.runtime import http2
+from kfp_serve.serving.runtime.http2 import PREFACE, Status, error_answer
+
 logger = logging.getLogger("kfp_serve.router.grpc")
 
-#: The HTTP/2 client connection preface (RFC 9113 3.4).
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-#: gRPC status codes the relay answers with.
-UNIMPLEMENTED = 12
-UNAVAILABLE = 14
 #: Seconds a refused connection stays open so the client reads the answer (then it is closed).
 LINGER = 2.0
 #: Seconds a refused HTTP/2 connection may stay open without opening a call (a real gRPC client
@@ -62,64 +59,6 @@ PING_WAIT = 1.0
 DRAIN_TIMEOUT = 30.0
 #: Opaque data of the relay's own PING (its answer is relayed on: servers ignore unknown acks).
 _DRAIN_PING = b"kfpdrain"
-_LAST_STREAM = 0x7FFFFFFF
-
-_DATA, _HEADERS, _RST_STREAM, _SETTINGS, _PING, _GOAWAY = 0x0, 0x1, 0x3, 0x4, 0x6, 0x7
-_END_STREAM, _END_HEADERS, _ACK = 0x1, 0x4, 0x1
-
-
-# --------------------------------------------------------------------------------------------
-# The few HTTP/2 frames the relay writes itself (a gRPC "trailers-only" error answer)
-
-
-def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
-    return struct.pack(">I", len(payload))[1:] + bytes((kind, flags)) + struct.pack(
-        ">I", stream & 0x7FFFFFFF
-    ) + payload
-
-
-def _hpack_int(value: int, prefix_bits: int, first: int = 0) -> bytes:
-    limit = (1 << prefix_bits) - 1
-    if value < limit:
-        return bytes((first | value,))
-    out = bytearray((first | limit,))
-    value -= limit
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _hpack_literal(name: bytes, value: bytes) -> bytes:
-    """A header as "literal without indexing, new name" (no table state, no Huffman)."""
-    return b"\x00" + _hpack_int(len(name), 7) + name + _hpack_int(len(value), 7) + value
-
-
-def _grpc_message(text: str) -> bytes:
-    """``grpc-message`` percent-encoding (everything outside printable ASCII, and ``%``)."""
-    out = bytearray()
-    for byte in text.encode():
-        if 0x20 <= byte <= 0x7E and byte != 0x25:
-            out.append(byte)
-        else:
-            out += b"%%%02X" % byte
-    return bytes(out)
-
-
-def error_answer(stream: int, code: int, message: str) -> bytes:
-    """The frames that end call ``stream`` with gRPC status ``code``: a trailers-only answer."""
-    block = (
-        b"\x88"  # :status 200 (HPACK static table entry 8)
-        + _hpack_literal(b"content-type", b"application/grpc")
-        + _hpack_literal(b"grpc-status", str(code).encode())
-        + _hpack_literal(b"grpc-message", _grpc_message(message))
-    )
-    return _frame(_HEADERS, _END_STREAM | _END_HEADERS, stream, block)
-
-
-def _goaway(last_stream: int) -> bytes:
-    return _frame(_GOAWAY, 0, 0, struct.pack(">II", last_stream & 0x7FFFFFFF, 0))
 
 
 class _Frames:
@@ -153,8 +92,8 @@ class _Frames:
             head, self.head = self.head, bytearray()
             kind = head[3]
             self.skip = int.from_bytes(head[:3], "big")
-            on_frame(kind, head[4], int.from_bytes(head[5:9], "big") & _LAST_STREAM,
-                     data[i : i + 8] if kind == _PING else b"")
+            on_frame(kind, head[4], int.from_bytes(head[5:9], "big") & http2.LAST_STREAM,
+                     data[i : i + 8] if kind == http2.PING else b"")
 
 
 class _Refusal(asyncio.Protocol):
@@ -181,7 +120,7 @@ class _Refusal(asyncio.Protocol):
         self.idle = self.loop.call_later(NO_CALL_TIMEOUT, self._give_up)
 
     def _give_up(self) -> None:
-        self.transport.write(_goaway(0))
+        self.transport.write(http2.goaway(0))
         self.transport.close()
 
     def data_received(self, data: bytes) -> None:
@@ -191,7 +130,7 @@ class _Refusal(asyncio.Protocol):
                 return
             del self.buf[: len(PREFACE)]
             self.preface_seen = True
-            self.transport.write(_frame(_SETTINGS, 0, 0))
+            self.transport.write(http2.frame(http2.SETTINGS, 0, 0))
         out = bytearray()
         while len(self.buf) >= 9:
             length = int.from_bytes(self.buf[:3], "big")
@@ -200,16 +139,16 @@ class _Refusal(asyncio.Protocol):
             kind, flags = self.buf[3], self.buf[4]
             stream = int.from_bytes(self.buf[5:9], "big") & 0x7FFFFFFF
             del self.buf[: 9 + length]
-            if kind == _SETTINGS and not flags & _ACK:
-                out += _frame(_SETTINGS, _ACK, 0)
-            elif kind == _HEADERS and stream > self.answered:
+            if kind == http2.SETTINGS and not flags & http2.ACK:
+                out += http2.frame(http2.SETTINGS, http2.ACK, 0)
+            elif kind == http2.HEADERS and stream > self.answered:
                 self.answered = stream
                 out += error_answer(stream, self.code, self.message)
         if out:
             self.transport.write(bytes(out))
         if self.answered and self.closer is None:
             self.idle.cancel()
-            self.transport.write(_goaway(self.answered))
+            self.transport.write(http2.goaway(self.answered))
             # The client closes once it has read the answer; close anyway after a moment.
             self.closer = self.loop.call_later(LINGER, self.transport.close)
 
@@ -224,7 +163,7 @@ def answer_http2_on_http_port(transport: Any, data: bytes, endpoint: str, grpc: 
     pointed at the wrong port) and answer its calls with UNAVAILABLE naming the gRPC address."""
     where = f"its gRPC address is {grpc}" if grpc else "it has no gRPC address"
     refusal = _Refusal(
-        UNAVAILABLE,
+        Status.UNAVAILABLE,
         f"this is the HTTP port of endpoint {endpoint!r}: {where} (`kfp-serve endpoints` "
         "shows both)",
         asyncio.get_running_loop(),
@@ -360,7 +299,7 @@ class _Downstream(asyncio.Protocol):
             if self.closed:
                 return
             refusal = _Refusal(
-                UNAVAILABLE,
+                Status.UNAVAILABLE,
                 f"endpoint {self.relay.endpoint!r}: its server did not accept the gRPC "
                 "connection; it may have exited: run `kfp-serve endpoints` to see it",
                 self.relay.loop,
@@ -394,17 +333,18 @@ class _Downstream(asyncio.Protocol):
     # -- calls in flight, and the drain ---------------------------------------------------------
 
     def _client_frame(self, kind: int, flags: int, stream: int, payload: bytes) -> None:
-        if kind == _HEADERS and stream > self.last_call:
+        if kind == http2.HEADERS and stream > self.last_call:
             self.last_call = stream
             self.calls.add(stream)
-        elif kind == _RST_STREAM:
+        elif kind == http2.RST_STREAM:
             self._call_over(stream)
-        elif kind == _PING and flags & _ACK and payload == _DRAIN_PING:
+        elif kind == http2.PING and flags & http2.ACK and payload == _DRAIN_PING:
             self.ping_answered = True
             self.drain()
 
     def server_frame(self, kind: int, flags: int, stream: int, payload: bytes) -> None:
-        if kind == _RST_STREAM or (kind in (_HEADERS, _DATA) and flags & _END_STREAM):
+        ends = kind in (http2.HEADERS, http2.DATA) and flags & http2.END_STREAM
+        if kind == http2.RST_STREAM or ends:
             self._call_over(stream)
 
     def _call_over(self, stream: int) -> None:
@@ -423,7 +363,7 @@ class _Downstream(asyncio.Protocol):
         if not self.goaway_at:
             if self.from_server.at_boundary:
                 self.transport.write(
-                    _goaway(_LAST_STREAM) + _frame(_PING, 0, 0, _DRAIN_PING)
+                    http2.goaway(http2.LAST_STREAM) + http2.frame(http2.PING, 0, 0, _DRAIN_PING)
                 )
                 self.goaway_at = now
             return
@@ -499,13 +439,13 @@ def choose(routes: Any) -> tuple[str, int, str] | tuple[int, str]:
     if not serving:
         if routes.upstreams:
             return (
-                UNIMPLEMENTED,
+                Status.UNIMPLEMENTED,
                 f"endpoint {routes.endpoint!r} serves no gRPC: serve it with "
                 "`--enable_grpc=true` in the predictor's (or transformer's) container args "
                 "(ServeConfig predictor.container.args) to turn OIP gRPC on",
             )
         return (
-            UNAVAILABLE,
+            Status.UNAVAILABLE,
             f"endpoint {routes.endpoint!r} has no revision to route to (it is being deleted or "
             "was never started): serve it again",
         )
