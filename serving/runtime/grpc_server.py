@@ -4,8 +4,9 @@ The protos are the ones the kserve package ships (``kserve.protocol.grpc``), so 
 ``InferenceGRPCClient`` and tritonclient's gRPC client talk to it unchanged. It runs in the
 HTTP server's event loop on its own port, bound where the HTTP server binds (127.0.0.1
 locally), over kfp-serve's own HTTP/2 transport for unary calls
-(:mod:`~kfp_serve.serving.runtime.grpc_transport`, which says why not grpcio's server). Each call is translated into the same v2 request the REST route builds and
-handed to the same model, so answers are identical over both transports.
+(:mod:`~kfp_serve.serving.runtime.grpc_transport`, which says why not grpcio's server).
+Each call is translated into the same v2 request the REST route builds and handed to the same
+model, so answers are identical over both transports.
 
 Tensors arrive as typed ``contents`` or as ``raw_input_contents`` (little-endian bytes, the
 layout of the REST binary extension); an answer uses ``raw_output_contents`` when the request

@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kfp_serve.serving.constants import HTTP_HOST_ENV, LOOPBACK
+from kfp_serve.serving.constants import HTTP_HOST_ENV, LOOPBACK, UNIX_SOCKET_FLAG
 
 log = logging.getLogger("kfp_serve.runtime")
 
@@ -103,7 +103,7 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
         help=f"Address to bind (default ${HTTP_HOST_ENV} or {DEFAULT_HOST}; a pod needs 0.0.0.0).",
     )
     p.add_argument(
-        "--http_unix_socket",
+        UNIX_SOCKET_FLAG,
         default="",
         help="Also serve HTTP on this unix socket (a name starting with '@' is in Linux's "
         "abstract namespace): the local router's way in, cheaper than loopback TCP.",

@@ -16,8 +16,8 @@ import grpc
 import pytest
 from hpack import Decoder, Encoder
 
-from kfp_serve.serving.runtime import _kserve  # noqa: F401 - kserve without its argv parsing
 from kfp_serve.serving.runtime import http2
+from kfp_serve.serving.runtime.grpc_server import _pb
 from kfp_serve.serving.runtime.grpc_transport import (
     GrpcError,
     GrpcListener,
@@ -26,7 +26,7 @@ from kfp_serve.serving.runtime.grpc_transport import (
 )
 from kfp_serve.serving.runtime.http2 import Status
 
-pb = pytest.importorskip("kserve.protocol.grpc.grpc_predict_v2_pb2")
+pb, _ = _pb()  # kserve's OIP protos, as the servers import them
 LIMIT = 8 << 20
 
 

@@ -70,6 +70,8 @@ def test_kfp_serve_runtime_container_listens_on_loopback_at_its_port(monkeypatch
     assert "--http_port=40001" in predictor.args and "--http_port=8080" not in predictor.args
     assert "--http_host=127.0.0.1" in predictor.args
     assert not any(a.startswith("--http_host=0.0.0.0") for a in predictor.args)
+    # The router's way in: an abstract unix socket named after the (unique) container.
+    assert f"--http_unix_socket=@{predictor.name}" in predictor.args
     assert predictor.labels[LABEL_MODEL_ID] == "7" and predictor.labels[LABEL_ROLE] == "predictor"
     assert predictor.mounts[0].target == "/mnt/models" and predictor.mounts[0].read_only
     # The runtime's resources as engine limits, its securityContext as engine options.
@@ -87,6 +89,7 @@ def test_transformer_is_pointed_at_the_predictor_container() -> None:
     predictor, transformer = specs(manifest("kfp-serve", transformer=True))
     assert "--predictor_host=127.0.0.1:40001" in transformer.args
     assert "--http_port=40002" in transformer.args and "--http_host=127.0.0.1" in transformer.args
+    assert f"--http_unix_socket=@{transformer.name}" in transformer.args
     assert transformer.environment["STORAGE_URI"].startswith("file:///t/blake3-")
     assert transformer.labels[LABEL_TRANSFORMER_ID] == "8"
     assert transformer.mounts[0].volume and transformer.mounts[0].read_only

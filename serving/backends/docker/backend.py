@@ -45,6 +45,7 @@ from kfp_serve.serving.backends.docker.spec import (
 from kfp_serve.serving.backends.local import trained_models
 from kfp_serve.serving.backends.local.backend import LocalBackend, backend_of
 from kfp_serve.serving.backends.local.plan import Plan
+from kfp_serve.serving.backends.local.plan import _flag as flag_value
 from kfp_serve.serving.backends.local.registry import (
     EndpointRecord,
     ProcessRecord,
@@ -54,7 +55,13 @@ from kfp_serve.serving.backends.local.registry import (
 from kfp_serve.serving.backends.local.rollout import revision_record
 from kfp_serve.serving.backends.local.storage import resolve_storage
 from kfp_serve.serving.backends.local.supervisor import CONTAINER_LOG_PREFIX
-from kfp_serve.serving.constants import LOOPBACK, PREDICTOR, STORAGE_URI_ENV, TRANSFORMER
+from kfp_serve.serving.constants import (
+    LOOPBACK,
+    PREDICTOR,
+    STORAGE_URI_ENV,
+    TRANSFORMER,
+    UNIX_SOCKET_FLAG,
+)
 from kfp_serve.serving.runtime.launch import free_port
 
 #: Seconds the storage initializer gets to download one artifact.
@@ -248,6 +255,7 @@ def _record(
         model_name=model_name,
         container=container_id,
         grpc_port=grpc_port,
+        unix_socket=flag_value(spec.args, UNIX_SOCKET_FLAG) or "",
     )
 
 

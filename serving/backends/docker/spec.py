@@ -39,7 +39,13 @@ from kfp_serve.serving.backends.docker.runtimes import render, runtime_container
 from kfp_serve.serving.backends.local.plan import HOST_ENVS, ComponentPlan, Plan
 from kfp_serve.serving.backends.local.plan import _flag as flag_value
 from kfp_serve.serving.config import merge_env
-from kfp_serve.serving.constants import LOOPBACK, PREDICTOR, STORAGE_URI_ENV, TRANSFORMER
+from kfp_serve.serving.constants import (
+    LOOPBACK,
+    PREDICTOR,
+    STORAGE_URI_ENV,
+    TRANSFORMER,
+    UNIX_SOCKET_FLAG,
+)
 from kfp_serve.serving.errors import ServingError
 from kfp_serve.serving.isvc import DEFAULT_RUNTIMES, MODEL_MOUNT
 
@@ -169,10 +175,16 @@ def _server(
     suffix: str,
 ) -> ContainerSpec:
     where = f"InferenceService {name!r} {component.role}"
+    container_name = f"kfp-serve-{name}-{number}-{component.role}-{suffix}"
+    kfp_serve = _is_kfp_serve(container)
     args = _listen_on(
-        [str(a) for a in container.get("args") or []], ports, where,
-        kfp_serve=_is_kfp_serve(container),
+        [str(a) for a in container.get("args") or []], ports, where, kfp_serve=kfp_serve
     )
+    if kfp_serve:
+        # The router's way in, as for a process (UNIX_SOCKET_FLAG): containers share the host
+        # network namespace here, hence its abstract socket names. Named after the container,
+        # which is unique.
+        args.append(f"{UNIX_SOCKET_FLAG}=@{container_name}")
     env = {
         **_env_from(container.get("envFrom") or [], where),
         **_container_env(container.get("env") or [], where),
@@ -188,7 +200,7 @@ def _server(
     if not image:
         raise ServingError(f"{where}: the container has no image")
     return ContainerSpec(
-        name=f"kfp-serve-{name}-{number}-{component.role}-{suffix}",
+        name=container_name,
         image=str(image),
         entrypoint=[str(c) for c in container["command"]] if container.get("command") else None,
         args=args,

@@ -29,7 +29,13 @@ from kfp_serve.serving.backends.local.registry import (
     ProcessRecord,
     RevisionRecord,
 )
-from kfp_serve.serving.constants import LOOPBACK, PREDICTOR, ROUTER_BACKLOG, TRANSFORMER
+from kfp_serve.serving.constants import (
+    LOOPBACK,
+    PREDICTOR,
+    ROUTER_BACKLOG,
+    TRANSFORMER,
+    UNIX_SOCKET_FLAG,
+)
 from kfp_serve.serving.errors import ServingError
 from kfp_serve.serving.http import LOOPBACK_TIMEOUT, loopback_client
 
@@ -201,10 +207,9 @@ def start_revision(
                 }
             # A port of the kernel's choosing, never the manifest's (8081 on every pod).
             grpc_port = launch.free_port() if component.grpc else 0
-            # The router's way in: a unix socket costs it and the server about half the CPU of
-            # a loopback TCP hop (bench/serving.py, endpoint URL figures).
+            # The router's way in (UNIX_SOCKET_FLAG says why).
             unix_socket = f"@kfp-serve-{uuid.uuid4().hex}"
-            extra["extra_args"] = [f"--http_unix_socket={unix_socket}"]
+            extra["extra_args"] = [f"{UNIX_SOCKET_FLAG}={unix_socket}"]
             if grpc_port:
                 extra["extra_args"].append(f"--grpc_port={grpc_port}")
             proc = launch.start_server(
