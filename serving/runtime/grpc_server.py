@@ -94,16 +94,14 @@ def request_to_v2(request: Any) -> tuple[dict[str, Any], bool]:
                 if tensor.datatype == "BYTES"
                 else np.asarray(values, dtype=V2_NUMERIC_DTYPES[tensor.datatype])
             )
-        params = {k: _param_value(v) for k, v in tensor.parameters.items()}
-        if params:
-            item["parameters"] = params
+        if tensor.parameters:  # testing the map first: most calls have none
+            item["parameters"] = {k: _param_value(v) for k, v in tensor.parameters.items()}
         inputs.append(item)
     body: dict[str, Any] = {"inputs": inputs}
     if request.id:
         body["id"] = request.id
-    params = {k: _param_value(v) for k, v in request.parameters.items()}
-    if params:
-        body["parameters"] = params
+    if request.parameters:
+        body["parameters"] = {k: _param_value(v) for k, v in request.parameters.items()}
     if request.outputs:
         body["outputs"] = [{"name": o.name} for o in request.outputs]
     return body, bool(raw)

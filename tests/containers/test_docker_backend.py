@@ -392,6 +392,8 @@ def test_grpc_through_the_routers_stable_address_across_a_rollout(
     assert record is not None and record.router.container
     assert status.grpc_address == f"127.0.0.1:{record.router.grpc_port}"
     assert record.latest.predictor.grpc_port not in (0, 8081, record.router.grpc_port)
+    # The router reaches the container over its abstract unix socket (no TCP fallback).
+    assert record.latest.predictor.unix_socket.startswith("@kfp-serve-sepals-")
     with Endpoint("sepals", protocol="grpc") as ep:
         assert ep.ready()
         assert ep.predictions(ROWS) == expected["plain"]
