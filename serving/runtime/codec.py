@@ -8,7 +8,6 @@ nothing a client sends should reach the model unvalidated and turn into a 500.
 from __future__ import annotations
 
 import math
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +16,7 @@ import numpy as np
 from kfp_serve.serving.constants import PREDICT_PROBA_PARAM
 from kfp_serve.serving.errors import ServingError
 from kfp_serve.serving.runtime.datatypes import V2_BYTES, V2_NUMERIC_DATATYPES
+from kfp_serve.serving.runtime.ids import new_id
 
 #: v2 tensor datatypes accepted as numeric input, and their numpy types.
 V2_NUMERIC_DTYPES: dict[str, type] = {
@@ -246,7 +246,7 @@ def encode_v2(
     arr = np.asarray(result)
     response: dict[str, Any] = {
         "model_name": model_name,
-        "id": request_id if request_id is not None else str(uuid.uuid4()),
+        "id": request_id if request_id is not None else new_id(),
         "outputs": [tensor_dict(OUTPUT_NAME, arr)],
     }
     if model_version:

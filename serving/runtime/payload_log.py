@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import logging
 import struct
 import sys
-import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -200,18 +198,6 @@ def decode_events(buf: bytearray) -> Iterator[tuple[str, str, str, bytes]]:
             yield EVENT_TYPES[kind], rid, ct, body
     finally:
         del buf[:view_start]
-
-
-# A process-unique UUID-shaped prefix and a counter: unique ids at a fraction of uuid4's cost
-# (which was 5 % of a logged request's CPU).
-_ID_PREFIX = str(uuid.uuid4())[:24]
-_ID_COUNTER = itertools.count()
-
-
-def new_id() -> str:
-    """An inference id for a request that brought none (UUID-shaped, unique in this process
-    and, by its random prefix, across processes)."""
-    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFF:012x}"
 
 
 def now() -> str:

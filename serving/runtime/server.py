@@ -628,7 +628,7 @@ class RuntimeApp:
         if rid:
             inference_id = rid.decode(errors="replace")
         else:
-            from kfp_serve.serving.runtime.payload_log import new_id
+            from kfp_serve.serving.runtime.ids import new_id
 
             inference_id = new_id()
         if isinstance(body, dict) and "inputs" in body:

@@ -17,7 +17,6 @@ import asyncio
 import logging
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from kfp_serve.serving.runtime.codec import (
     v2_datatype,
     v2_input_tensor,
 )
+from kfp_serve.serving.runtime.ids import new_id
 from kfp_serve.serving.runtime.loader import ServedTransformer, load_transformer
 from kfp_serve.serving.runtime.predictor import decode_payload
 from kfp_serve.serving.runtime.server import (
@@ -278,7 +278,7 @@ class TransformerModel(kserve.Model):
             out = answer["outputs"][0]
             return {"predictions": np.asarray(out["data"]).reshape(out["shape"]).tolist()}
         answer["model_name"] = self.name
-        answer["id"] = payload.request_id or answer.get("id") or str(uuid.uuid4())
+        answer["id"] = payload.request_id or answer.get("id") or new_id()
         return answer
 
     async def predict_rows(self, X: np.ndarray) -> np.ndarray:

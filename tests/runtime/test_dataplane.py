@@ -1055,3 +1055,48 @@ def test_server_reads_manifest_settings_below_explicit_flags(monkeypatch):
     monkeypatch.setenv(DATAPLANE_ENV, settings)
     ns = parse_args("predictor", ["--max_batchsize=4"])
     assert (ns.workers, ns.enable_batcher, ns.max_batchsize) == (3, True, 4)
+
+
+@pytest.mark.parametrize("allow_nan", [False, True])
+def test_finite_values_whose_sum_overflows_are_accepted_and_nan_inf_are_told(allow_nan):
+    """The codec's finiteness check: large finite features are data, not infinities."""
+    from kfp_serve.serving.runtime.codec import FeatureSpec, RequestError, decode_v2
+
+    spec = FeatureSpec(n_features=4, allow_nan=allow_nan)
+
+    def body(data: list[float], datatype: str = "FP64") -> dict[str, Any]:
+        return {"inputs": [{"name": "x", "shape": [1, 4], "datatype": datatype, "data": data}]}
+
+    for datatype in ("FP64", "FP32"):
+        big = 1e308 if datatype == "FP64" else 3e38
+        X = decode_v2(body([big, big, -1.0, 2.0], datatype), spec).X
+        assert X.dtype == np.float64 and X[0, 0] == np.float64(np.float32(big) if
+                                                              datatype == "FP32" else big)
+    with pytest.raises(RequestError, match="infinite"):
+        decode_v2(body([1.0, float("inf"), 1.0, 1.0]), spec)
+    if allow_nan:
+        assert np.isnan(decode_v2(body([1.0, float("nan"), 1.0, 1.0]), spec).X[0, 1])
+    else:
+        with pytest.raises(RequestError, match="NaN"):
+            decode_v2(body([1.0, float("nan"), 1.0, 1.0]), spec)
+
+
+def test_generated_ids_are_uuid_shaped_and_differ_in_a_forked_process():
+    """Servers forked from the warm pool's fork server must not hand out the same ids."""
+    import os
+    import uuid
+
+    from kfp_serve.serving.runtime.ids import new_id
+
+    mine = [new_id() for _ in range(3)]
+    assert len(set(mine)) == 3 and all(str(uuid.UUID(i)) == i for i in mine)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: write its first id, exit at once
+        os.write(write, new_id().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 100).decode()
+    os.waitpid(pid, 0)
+    os.close(read)
+    assert child[:24] != mine[0][:24]  # its own random prefix
