@@ -254,7 +254,7 @@ def test_an_answer_waits_for_the_clients_window_and_respects_its_frame_size(serv
         raw.close()
 
 
-def test_wrong_content_type_compression_and_truncated_messages_are_answered(served):
+def test_wrong_content_type_compression_and_broken_messages_are_answered(served):
     port, *_ = served
     raw = _Raw(port)
     try:
@@ -267,8 +267,16 @@ def test_wrong_content_type_compression_and_truncated_messages_are_answered(serv
         raw.call(5, "/t.S/echo", b"\xff\xff\xff")  # not a protobuf message
         headers = raw.answer(5)[0][0]
         assert headers["grpc-status"] == str(Status.INVALID_ARGUMENT)
-        raw.call(7, "/t.S/echo", _request(4, "ok").SerializeToString())
-        blocks, data = raw.answer(7)
+        # A length prefix promising more than the stream carries.
+        block = raw.encoder.encode([(":method", "POST"), (":path", "/t.S/echo"),
+                                    ("content-type", "application/grpc")])
+        raw.sock.sendall(http2.frame(http2.HEADERS, http2.END_HEADERS, 9, block)
+                         + http2.frame(http2.DATA, http2.END_STREAM, 9, b"\x00\x00\x00\x00\x09ab"))
+        headers = raw.answer(9)[0][0]
+        assert headers["grpc-status"] == str(Status.INTERNAL)
+        assert "one length-prefixed message" in headers["grpc-message"]
+        raw.call(11, "/t.S/echo", _request(4, "ok").SerializeToString())
+        blocks, data = raw.answer(11)
         assert blocks[-1]["grpc-status"] == "0"
         assert pb.ModelInferResponse.FromString(data[5:]).id == "ok"
     finally:
