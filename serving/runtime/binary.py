@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from kfp_serve.serving.runtime.codec import V2_BYTES, V2_NUMERIC_DTYPES, RequestError
+from kfp_serve.serving.runtime.codec import V2_BYTES, V2_NUMERIC_DTYPES, RequestError, is_shape
 
 #: HTTP header holding the JSON header's length when binary tensors follow it.
 HEADER_LENGTH_HEADER = "inference-header-content-length"
@@ -104,9 +104,7 @@ def decode_tensor(datatype: Any, shape: Any, chunk: memoryview, where: str) -> n
     Raises:
         RequestError: The size does not match ``shape`` x ``datatype``.
     """
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
+    if not is_shape(shape):
         raise RequestError(f"{where}: shape must be a list of non-negative integers, got {shape!r}")
     count = math.prod(shape)
     if datatype == V2_BYTES:

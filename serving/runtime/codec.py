@@ -22,6 +22,18 @@ from kfp_serve.serving.runtime.ids import new_id
 V2_NUMERIC_DTYPES: dict[str, type] = {
     name: np.dtype(f"{kind}{size}").type for name, (kind, size) in V2_NUMERIC_DATATYPES.items()
 }
+#: The same as numpy dtypes, and the value range of the integer ones (tables the per-request
+#: checks read instead of building dtypes and ``iinfo`` objects for every tensor).
+_NUMERIC_DTYPES: dict[str, np.dtype] = {name: np.dtype(t) for name, t in V2_NUMERIC_DTYPES.items()}
+_INT_RANGES: dict[str, np.iinfo] = {
+    name: np.iinfo(dtype) for name, dtype in _NUMERIC_DTYPES.items() if dtype.kind in "iu"
+}
+#: The v2 datatype of each numeric numpy dtype (the inverse of ``_NUMERIC_DTYPES``).
+_DATATYPE_NAMES: dict[np.dtype, str] = {dtype: name for name, dtype in _NUMERIC_DTYPES.items()}
+#: The fields every v2 input tensor must have, in the order a missing one is reported.
+_TENSOR_KEYS = ("name", "shape", "datatype", "data")
+#: What a tensor's ``data`` may be: JSON's list, or the binary extension's decoded array.
+_DATA_TYPES = (list, np.ndarray)
 #: Name of the single output tensor, as the stock KServe runtimes call it.
 OUTPUT_NAME = "output-0"
 #: Name given to the single input tensor the transformer forwards to a v2 predictor.
@@ -266,6 +278,11 @@ def tensor_dict(name: str, arr: np.ndarray) -> dict[str, Any]:
 
 def v2_datatype(dtype: np.dtype) -> str:
     """The v2 datatype name for a numpy dtype (strings and objects are BYTES)."""
+    name = _DATATYPE_NAMES.get(dtype)
+    if name is not None:
+        return name
+    # Not a native numeric dtype as such (a byte-swapped or annotated one may still compare
+    # equal to one): the lookup by equality decides.
     for name, np_type in V2_NUMERIC_DTYPES.items():
         if dtype == np_type:
             return name
@@ -388,30 +405,39 @@ def _check_matrix(arr: np.ndarray, spec: FeatureSpec, what: str) -> Any:
     return arr
 
 
+def is_shape(value: Any) -> bool:
+    """True when ``value`` is a v2 tensor shape: a list of non-negative integers."""
+    if not isinstance(value, list):
+        return False
+    for d in value:
+        # bool is an int subclass, but true/false is no dimension.
+        if not isinstance(d, int) or isinstance(d, bool) or d < 0:
+            return False
+    return True
+
+
 def _tensor(tensor: Any, i: int, *, allow_bytes: bool) -> np.ndarray:
     """One v2 input tensor -> array of its declared shape and datatype."""
-    where = f"inputs[{i}]"
     if not isinstance(tensor, dict):
-        raise RequestError(f"{where} must be an object with name, shape, datatype, data")
-    for key in ("name", "shape", "datatype", "data"):
-        if key not in tensor:
-            raise RequestError(f"{where} is missing {key!r}")
-    name, shape, datatype, data = (
-        tensor["name"],
-        tensor["shape"],
-        tensor["datatype"],
-        tensor["data"],
-    )
+        raise RequestError(f"inputs[{i}] must be an object with name, shape, datatype, data")
+    try:
+        name, shape, datatype, data = (
+            tensor["name"],
+            tensor["shape"],
+            tensor["datatype"],
+            tensor["data"],
+        )
+    except KeyError:
+        missing = next(key for key in _TENSOR_KEYS if key not in tensor)
+        raise RequestError(f"inputs[{i}] is missing {missing!r}") from None
     if not isinstance(name, str):
-        raise RequestError(f"{where}.name must be a string")
-    where = f"{where} ({name!r})"
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
+        raise RequestError(f"inputs[{i}].name must be a string")
+    where = f"inputs[{i}] ({name!r})"
+    if not is_shape(shape):
         raise RequestError(f"{where}.shape must be a list of non-negative integers, got {shape!r}")
     # An ndarray comes from the binary extension (kfp_serve.serving.runtime.binary), already
     # decoded to the datatype; the checks below treat it like JSON data.
-    if not isinstance(data, list | np.ndarray):
+    if not isinstance(data, _DATA_TYPES):
         raise RequestError(f"{where}.data must be a list, got {_json_type(data)}")
     if datatype == V2_BYTES:
         if not allow_bytes:
@@ -420,14 +446,19 @@ def _tensor(tensor: Any, i: int, *, allow_bytes: bool) -> np.ndarray:
                 f"as FP32/FP64/INT64 (strings only as named columns with content_type 'pd')"
             )
         arr = np.asarray(data, dtype=object)
-    elif datatype in V2_NUMERIC_DTYPES:
+    else:
+        target = _NUMERIC_DTYPES.get(datatype)
+        if target is None:
+            raise RequestError(
+                f"{where}: unsupported datatype {datatype!r}; use one of FP32, FP64, INT64 "
+                f"(or {', '.join(sorted(V2_NUMERIC_DTYPES))}, BYTES)"
+            )
         arr = _to_numeric(data, where)
-        target = V2_NUMERIC_DTYPES[datatype]
-        if np.dtype(target).kind in "iu":
+        info = _INT_RANGES.get(datatype)
+        if info is not None:
             if arr.dtype.kind == "f":
                 raise RequestError(f"{where}: datatype {datatype} but data holds non-integers")
             # An array cast wraps silently (300 as UINT8 becomes 44): check the range first.
-            info = np.iinfo(target)
             if arr.size and arr.dtype.kind in "iu" and (
                 int(arr.min()) < info.min or int(arr.max()) > info.max
             ):
@@ -435,17 +466,13 @@ def _tensor(tensor: Any, i: int, *, allow_bytes: bool) -> np.ndarray:
                     f"{where}: data does not fit datatype {datatype}: values must be within "
                     f"[{info.min}, {info.max}]"
                 )
-        elif np.dtype(target).kind == "b" and arr.dtype.kind != "b":
+        elif target.kind == "b" and arr.dtype.kind != "b":
             raise RequestError(f"{where}: datatype BOOL but data holds non-booleans")
-        try:
-            arr = arr.astype(target, copy=False)
-        except (OverflowError, ValueError) as e:
-            raise RequestError(f"{where}: data does not fit datatype {datatype}: {e}") from e
-    else:
-        raise RequestError(
-            f"{where}: unsupported datatype {datatype!r}; use one of FP32, FP64, INT64 "
-            f"(or {', '.join(sorted(V2_NUMERIC_DTYPES))}, BYTES)"
-        )
+        if arr.dtype != target:
+            try:
+                arr = arr.astype(target)
+            except (OverflowError, ValueError) as e:
+                raise RequestError(f"{where}: data does not fit datatype {datatype}: {e}") from e
     expected = math.prod(shape)
     if arr.size != expected:
         raise RequestError(

@@ -360,6 +360,7 @@ class RuntimeApp:
     ) -> None:
         import orjson
 
+        from kfp_serve.serving.runtime import binary, codec
         from kfp_serve.serving.runtime._kserve import InferenceVerb, InvalidInput, ModelNotReady
 
         self.models = models
@@ -374,6 +375,10 @@ class RuntimeApp:
         self._on_shutdown = on_shutdown
         self._dumps = orjson.dumps
         self._dump_opts = orjson.OPT_SERIALIZE_NUMPY
+        # Bound once: an import statement in a request's path costs a microsecond or more.
+        self._binary = binary
+        self._parse_json = codec.parse_json
+        self._request_error = codec.RequestError
         self._verb_predict = InferenceVerb.PREDICT
         self._verb_explain = InferenceVerb.EXPLAIN
         self._invalid_input = InvalidInput
@@ -529,14 +534,12 @@ class RuntimeApp:
         return await self._infer(kind, model, raw, header_length, headers, send)
 
     def _decode(self, kind: str, raw: bytes, header_length: bytes | None) -> Any:
-        from kfp_serve.serving.runtime import binary
-        from kfp_serve.serving.runtime.codec import parse_json
-
         if header_length is None or kind != "v2":
-            return parse_json(raw)
+            return self._parse_json(raw)
+        binary = self._binary
         n = binary.header_length(header_length.decode(errors="replace"), len(raw))
         view = memoryview(raw)
-        body = parse_json(bytes(view[:n]))
+        body = self._parse_json(bytes(view[:n]))
         binary.attach_inputs(body, view[n:])
         return body
 
@@ -549,8 +552,6 @@ class RuntimeApp:
         request_headers: dict[bytes, bytes],
         send: Callable,
     ) -> int:
-        from kfp_serve.serving.runtime.codec import RequestError
-
         plogger = self.payload_logger
         inference_id = None
         try:
@@ -564,9 +565,7 @@ class RuntimeApp:
                 )
             requested = None
             if kind == "v2":
-                from kfp_serve.serving.runtime import binary
-
-                requested = binary.requested_outputs(body)
+                requested = self._binary.requested_outputs(body)
             payload = V2Request(body) if kind == "v2" else body
             headers = {
                 k.decode(): v.decode() for k, v in request_headers.items() if k in FORWARD_HEADERS
@@ -577,7 +576,7 @@ class RuntimeApp:
                 content, extra = self._encode_v2(response, *requested)
             else:
                 content, extra = self._dumps(response, option=self._dump_opts), []
-        except RequestError as e:
+        except self._request_error as e:
             return await self._error(send, e.status, str(e))
         except self._invalid_input as e:
             return await self._error(send, 400, str(e))
@@ -594,12 +593,10 @@ class RuntimeApp:
             log.exception("inference failed")
             return await self._error(send, 500, f"{type(e).__name__}: {e}")
         if extra:
-            from kfp_serve.serving.runtime import binary
-
             json_part = content
             content = b"".join([json_part, *extra])
             out_headers = [
-                (b"content-type", binary.BINARY_CONTENT_TYPE.encode()),
+                (b"content-type", self._binary.BINARY_CONTENT_TYPE.encode()),
                 (_HEADER_LENGTH, str(len(json_part)).encode()),
             ]
         else:
@@ -614,9 +611,7 @@ class RuntimeApp:
         """The JSON part of a v2 answer and the binary chunks that follow it (if any)."""
         if requested is None and not binary_default:
             return self._dumps(response, option=self._dump_opts), []
-        from kfp_serve.serving.runtime import binary
-
-        response, chunks = binary.select_outputs(response, requested, binary_default)
+        response, chunks = self._binary.select_outputs(response, requested, binary_default)
         return self._dumps(response, option=self._dump_opts), chunks
 
     @staticmethod
