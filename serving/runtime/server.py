@@ -3,8 +3,9 @@
 Why not ``kserve.ModelServer``: it binds 0.0.0.0 (hard-coded in its RESTServer), starts a gRPC
 server on 8081 by default, logs a line per request (timing middleware + latency log), and
 validates every v2 body through pydantic before the model decodes it again. Here one raw ASGI
-app on uvicorn (uvloop + httptools) serves the same KServe v1/v2 REST routes, JSON via orjson,
-no per-request logging, and binds 127.0.0.1 unless told otherwise. The models are still
+app on uvicorn (uvloop, with kfp-serve's HTTP/1.1 protocol from
+:mod:`kfp_serve.serving.runtime.http1`) serves the same KServe v1/v2 REST routes, JSON via
+orjson, no per-request logging, and binds 127.0.0.1 unless told otherwise. The models are still
 ``kserve.Model`` subclasses, so ``kserve.ModelServer`` can host them too.
 
 Routes: ``GET /``, ``/v2``, ``/v2/health/live``, ``/v2/health/ready``, ``/v1/models``,
@@ -985,12 +986,8 @@ def _uvicorn_server(
 ) -> Any:
     import uvicorn
 
-    try:
-        import httptools  # noqa: F401
+    from kfp_serve.serving.runtime.http1 import Http1Protocol
 
-        http = "httptools"
-    except ImportError:  # pragma: no cover - kserve depends on uvicorn[standard]
-        http = "auto"
     loop = event_loop
     if loop == "auto":
         try:
@@ -1004,7 +1001,7 @@ def _uvicorn_server(
         host=host,
         port=port,
         loop=loop,
-        http=http,
+        http=Http1Protocol,
         lifespan="on",
         access_log=False,
         log_config=None,
