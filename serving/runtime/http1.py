@@ -22,6 +22,7 @@ connection and waits for ``server_state.tasks``).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import deque
 from http import HTTPStatus
@@ -57,23 +58,27 @@ def status_line(status: int) -> bytes:
     return line
 
 
-def _plain(status: int, message: str) -> bytes:
-    """A whole answer that closes the connection, for requests the app never sees."""
-    body = message.encode()
-    return b"%scontent-type: text/plain; charset=utf-8\r\nconnection: close\r\n" \
-        b"content-length: %d\r\n\r\n%s" % (status_line(status), len(body), body)
+def error_answer(status: int, message: str, close: bool) -> bytes:
+    """A whole ``{"error": message}`` answer (the app's error shape), for what the protocol
+    answers itself."""
+    body = json.dumps({"error": message}).encode()
+    connection = b"connection: close\r\n" if close else b""
+    return b"%scontent-type: application/json\r\n%scontent-length: %d\r\n\r\n%s" % (
+        status_line(status), connection, len(body), body
+    )
 
 
 class _Request:
     """One parsed request waiting for (or in) the app."""
 
-    __slots__ = ("scope", "body", "keep", "head_only")
+    __slots__ = ("scope", "body", "keep", "head_only", "too_large")
 
-    def __init__(self, scope: dict[str, Any], body: bytes, keep: bool) -> None:
+    def __init__(self, scope: dict[str, Any], body: bytes, keep: bool, too_large: bool) -> None:
         self.scope = scope
         self.body = body
         self.keep = keep
         self.head_only = scope["method"] == "HEAD"
+        self.too_large = too_large  # its body passed the limit and was dropped as it came
 
 
 class Http1Protocol(asyncio.Protocol):
@@ -210,7 +215,8 @@ class Http1Protocol(asyncio.Protocol):
             return
         self.body_size += len(body)
         if self.body_size > self.max_body:
-            self._refuse(413, f"request body larger than {self.max_body} bytes")
+            # Read to its end and dropped, then answered 413: the connection stays usable.
+            self.body_parts = []
             return
         self.body_parts.append(body)
 
@@ -245,7 +251,8 @@ class Http1Protocol(asyncio.Protocol):
         }
         parts = self.body_parts
         body = parts[0] if len(parts) == 1 else b"".join(parts)
-        self.queue.append(_Request(scope, body, parser.should_keep_alive()))
+        too_large = self.body_size > self.max_body
+        self.queue.append(_Request(scope, body, parser.should_keep_alive(), too_large))
         if self.busy:
             # Pipelined: held until the answers before it are written; stop reading more.
             self.transport.pause_reading()  # type: ignore[union-attr]
@@ -268,20 +275,24 @@ class Http1Protocol(asyncio.Protocol):
 
     async def _run(self, request: _Request) -> None:
         answer = _Answer(self, request)
+        if request.too_large:
+            message = f"request body larger than {self.max_body} bytes"
+            answer.write(error_answer(413, message, close=not request.keep), keep=request.keep)
+            return
         try:
             await self.app(request.scope, answer.receive, answer.send)
         except Exception:  # noqa: BLE001 - an app bug: answer 500 and keep the server up
             log.exception("error while answering %s %s", request.scope["method"],
                           request.scope["path"])
             if not answer.started:
-                answer.write(_plain(500, "Internal Server Error"), keep=False)
+                answer.write(error_answer(500, "internal server error", close=True), keep=False)
             else:
                 self._close()
             return
         if not answer.done:
             log.error("the app did not finish its answer to %s", request.scope["path"])
             if not answer.started:
-                answer.write(_plain(500, "Internal Server Error"), keep=False)
+                answer.write(error_answer(500, "internal server error", close=True), keep=False)
             else:
                 self._close()
 
@@ -309,10 +320,10 @@ class Http1Protocol(asyncio.Protocol):
         log.info("refused a request: %d %s", status, message)
         if self.busy or self.queue:
             # Answers before it are still due, in order: it follows them, then the close.
-            self.refusal = _plain(status, message)
+            self.refusal = error_answer(status, message, close=True)
             self.close_after = True
             return
-        self.transport.write(_plain(status, message))  # type: ignore[union-attr]
+        self.transport.write(error_answer(status, message, close=True))  # type: ignore[union-attr]
         self._close()
 
     def _close(self) -> None:

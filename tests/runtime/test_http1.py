@@ -187,13 +187,20 @@ def small_limits_server(servers, tmp_path_factory: pytest.TempPathFactory) -> It
         stop_server(proc)
 
 
-def test_a_body_over_the_limit_is_refused_413_naming_the_limit(small_limits_server) -> None:  # noqa: ANN001
+def test_a_body_over_the_limit_is_refused_413_and_the_connection_goes_on(
+    small_limits_server, servers  # noqa: ANN001
+) -> None:
     big = json.dumps({"instances": ROWS * 100}).encode()
     with _connect(small_limits_server) as sock:
+        buf = bytearray()
         sock.sendall(_post(PREDICT, big))
-        status, _, body = _read_answer(sock, bytearray())
-    assert status == 413
-    assert "1000 bytes" in body.decode()
+        status, _, body = _read_answer(sock, buf)
+        assert status == 413
+        assert json.loads(body) == {"error": "request body larger than 1000 bytes"}
+        sock.sendall(_post(PREDICT, BODY))
+        status, _, body = _read_answer(sock, buf)
+    assert status == 200
+    assert json.loads(body)["predictions"] == _expected(servers)
 
 
 def test_an_idle_keep_alive_connection_is_closed_after_its_timeout(small_limits_server) -> None:  # noqa: ANN001
