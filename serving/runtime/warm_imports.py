@@ -17,6 +17,7 @@ MODULES = (
     "kfp_serve.serving.runtime.predictor",
     "kfp_serve.serving.runtime.transformer",
     "kfp_serve.serving.runtime.upstream",
+    "kfp_serve.serving.runtime.http1",
     "kfp_serve.serving.runtime.kserve_package",
     # What multiprocessing's child set-up imports when it re-runs the pool's module.
     "kfp_serve.serving.backends.local.supervisor",
@@ -44,8 +45,6 @@ MODULES = (
     "uvicorn.lifespan.on",
     "uvicorn.loops.auto",
     "uvicorn.loops.uvloop",
-    "uvicorn.protocols.http.httptools_impl",
-    "uvicorn.protocols.http.auto",
     "uvicorn.protocols.websockets.auto",
     "httptools",
     "uvloop",
