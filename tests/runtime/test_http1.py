@@ -89,6 +89,20 @@ def test_pipelined_requests_are_answered_in_order_on_one_connection(servers) -> 
     assert answers[2][2] == answers[0][2]
 
 
+def test_many_pipelined_requests_sent_at_once_are_all_answered_in_order(servers) -> None:  # noqa: ANN001
+    # More than one read's worth: reading pauses while answers are due and resumes after.
+    bodies = [json.dumps({"instances": [ROWS[i % 2]]}).encode() for i in range(300)]
+    expected = _expected(servers)
+    with _connect(servers["scaled-lr"].url) as sock:
+        sock.sendall(b"".join(_post(PREDICT, body) for body in bodies))
+        buf = bytearray()
+        answers = [_read_answer(sock, buf) for _ in bodies]
+    assert [status for status, _, _ in answers] == [200] * len(bodies)
+    assert [json.loads(body)["predictions"] for _, _, body in answers] == [
+        [expected[i % 2]] for i in range(len(bodies))
+    ]
+
+
 def test_a_chunked_request_body_is_decoded(servers) -> None:  # noqa: ANN001
     head = (
         f"POST {PREDICT} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
