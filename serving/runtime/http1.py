@@ -31,17 +31,16 @@ from urllib.parse import unquote
 
 import httptools
 
+from kfp_serve.serving.runtime import http2
+
 log = logging.getLogger("kfp_serve.runtime.http")
 
 #: Largest request head (request line + headers) accepted; uvicorn's h11 default is 16 KiB.
 MAX_HEAD_BYTES = 64 * 1024
-#: Body limit when the app names none (RuntimeApp has ``max_body``).
-DEFAULT_MAX_BODY = 256 * 1024 * 1024
 
 _STATUS_LINES: dict[int, bytes] = {}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-#: How HTTP/2's connection preface (and so any gRPC call) starts.
-HTTP2_PREFACE_START = b"PRI * HTTP/2"
+_INTERNAL_ERROR = {"error": "internal server error"}
 _NO_BODY_STATUS = frozenset({204, 304})
 
 
@@ -58,10 +57,10 @@ def status_line(status: int) -> bytes:
     return line
 
 
-def error_answer(status: int, message: str, close: bool) -> bytes:
-    """A whole ``{"error": message}`` answer (the app's error shape), for what the protocol
-    answers itself."""
-    body = json.dumps({"error": message}).encode()
+def json_answer(status: int, payload: dict[str, Any], close: bool) -> bytes:
+    """A whole JSON answer, for what the protocol (or the router) answers itself; errors take
+    the app's shape, ``{"error": message}``."""
+    body = json.dumps(payload).encode()
     connection = b"connection: close\r\n" if close else b""
     return b"%scontent-type: application/json\r\n%scontent-length: %d\r\n\r\n%s" % (
         status_line(status), connection, len(body), body
@@ -95,7 +94,7 @@ class Http1Protocol(asyncio.Protocol):
             config.load()
         self.app = config.loaded_app
         self.loop = _loop or asyncio.get_event_loop()
-        self.max_body = getattr(config.app, "max_body", DEFAULT_MAX_BODY)
+        self.max_body = config.app.max_body  # a RuntimeApp's, read from its environment
         self.idle_timeout = float(config.timeout_keep_alive)
         self.app_state = app_state
         self.connections = server_state.connections
@@ -151,7 +150,7 @@ class Http1Protocol(asyncio.Protocol):
             if not (self.busy or self.queue):
                 self._close()
         except httptools.HttpParserError as e:
-            if data.startswith(HTTP2_PREFACE_START):
+            if data.startswith(http2.PREFACE_LINE):
                 self._refuse(400, "this port speaks HTTP/1.1 (HTTP/2 and gRPC have their own port)")
             else:
                 self._refuse(400, f"invalid HTTP/1.1 request: {e}")
@@ -279,25 +278,22 @@ class Http1Protocol(asyncio.Protocol):
     async def _run(self, request: _Request) -> None:
         answer = _Answer(self, request)
         if request.too_large:
-            message = f"request body larger than {self.max_body} bytes"
-            answer.write(error_answer(413, message, close=not request.keep), keep=request.keep)
+            error = {"error": f"request body larger than {self.max_body} bytes"}
+            answer.write(json_answer(413, error, close=not request.keep), keep=request.keep)
             return
         try:
             await self.app(request.scope, answer.receive, answer.send)
         except Exception:  # noqa: BLE001 - an app bug: answer 500 and keep the server up
             log.exception("error while answering %s %s", request.scope["method"],
                           request.scope["path"])
-            if not answer.started:
-                answer.write(error_answer(500, "internal server error", close=True), keep=False)
-            else:
-                self._close()
-            return
-        if not answer.done:
+        else:
+            if answer.done:
+                return
             log.error("the app did not finish its answer to %s", request.scope["path"])
-            if not answer.started:
-                answer.write(error_answer(500, "internal server error", close=True), keep=False)
-            else:
-                self._close()
+        if answer.started:
+            self._close()  # part of an answer went out: only the close can end it
+        else:
+            answer.write(json_answer(500, _INTERNAL_ERROR, close=True), keep=False)
 
     def answered(self, keep: bool) -> None:
         """The current request's answer is written: start the next one, wait, or close."""
@@ -323,10 +319,11 @@ class Http1Protocol(asyncio.Protocol):
         log.info("refused a request: %d %s", status, message)
         if self.busy or self.queue:
             # Answers before it are still due, in order: it follows them, then the close.
-            self.refusal = error_answer(status, message, close=True)
+            self.refusal = json_answer(status, {"error": message}, close=True)
             self.close_after = True
             return
-        self.transport.write(error_answer(status, message, close=True))  # type: ignore[union-attr]
+        answer = json_answer(status, {"error": message}, close=True)
+        self.transport.write(answer)  # type: ignore[union-attr]
         self._close()
 
     def _pause_reading(self) -> None:
@@ -368,7 +365,7 @@ class Http1Protocol(asyncio.Protocol):
 class _Answer:
     """The ASGI ``receive``/``send`` pair of one request."""
 
-    __slots__ = ("conn", "request", "received", "started", "done", "head", "length", "chunked")
+    __slots__ = ("conn", "request", "received", "started", "done", "head", "sized", "chunked")
 
     def __init__(self, conn: Http1Protocol, request: _Request) -> None:
         self.conn = conn
@@ -377,7 +374,7 @@ class _Answer:
         self.started = False
         self.done = False
         self.head: list[bytes] = []
-        self.length: int | None = None
+        self.sized = False  # the head says where the body ends (a length, or no body at all)
         self.chunked = False
 
     async def receive(self) -> dict[str, Any]:
@@ -404,12 +401,12 @@ class _Answer:
             head = [status_line(status)]
             for name, value in message.get("headers", ()):
                 if name.lower() == b"content-length":
-                    self.length = int(value)
+                    self.sized = True
                 head += (name, b": ", value, b"\r\n")
             if not self.request.keep or conn.stopping:
                 head.append(b"connection: close\r\n")
             if status in _NO_BODY_STATUS:
-                self.length = 0
+                self.sized = True
             self.head = head
             return
         if message["type"] != "http.response.body":
@@ -419,12 +416,11 @@ class _Answer:
         if self.head:
             head = self.head
             self.head = []
-            if self.length is None:
+            if not self.sized:
                 if more:
                     self.chunked = True
                     head.append(b"transfer-encoding: chunked\r\n")
                 else:
-                    self.length = len(body)
                     head += (b"content-length: ", str(len(body)).encode(), b"\r\n")
             head.append(b"\r\n")
             if not self.request.head_only:

@@ -13,6 +13,8 @@ from enum import IntEnum
 
 #: The HTTP/2 client connection preface (RFC 9113 3.4).
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+#: The preface's request line: how an HTTP/2 connection first looks to an HTTP/1 parser.
+PREFACE_LINE = PREFACE.split(b"\r\n", 1)[0]
 #: The largest stream id, and GOAWAY's "every stream" (RFC 9113 6.8).
 LAST_STREAM = 0x7FFFFFFF
 

@@ -21,8 +21,7 @@ ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
 
 def _connect(url: str) -> socket.socket:
     host, port = url.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)), timeout=10)
-    return sock
+    return socket.create_connection((host, int(port)), timeout=10)
 
 
 def _post(path: str, body: bytes, extra: str = "", version: str = "HTTP/1.1") -> bytes:
@@ -229,7 +228,8 @@ def test_an_idle_keep_alive_connection_is_closed_after_its_timeout(small_limits_
             assert _read_answer(sock, bytearray())[0] == 200
         started = time.monotonic()
         assert _closed(sock, within=5.0)
-        assert 0.5 < time.monotonic() - started < 3.0
+        # Not at once: after the idle period (how soon after it is the machine's business).
+        assert time.monotonic() - started > 0.5
 
 
 def test_a_protocol_upgrade_request_is_answered_in_http_1_1_then_closed(servers) -> None:  # noqa: ANN001

@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import random
@@ -65,6 +64,8 @@ from kfp_serve.serving.constants import (
     ROUTER_MODULE,
     ROUTER_STATUS_PATH,
 )
+from kfp_serve.serving.runtime.http1 import json_answer
+from kfp_serve.serving.runtime.http2 import PREFACE_LINE
 from kfp_serve.serving.runtime.server import unix_address
 
 logger = logging.getLogger("kfp_serve.router")
@@ -271,33 +272,10 @@ class _Reject(Exception):
         self.status = status
 
 
-_REASONS = {
-    400: "Bad Request",
-    408: "Request Timeout",
-    413: "Payload Too Large",
-    431: "Request Header Fields Too Large",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-    505: "HTTP Version Not Supported",
-}
 #: Bytes allowed in a request method: RFC 9110 tokens as servers use them (upper-case letters).
 _METHOD_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ-_")
 _MAX_METHOD = 20
-#: How an HTTP/2 connection starts (its preface's request line).
-HTTP2_START = b"PRI * HTTP/2.0"
 _FRAMING = (b"content-length", b"transfer-encoding", b"connection", b"expect")
-
-
-def _response(status: int, payload: dict[str, Any], close: bool = False) -> bytes:
-    body = json.dumps(payload).encode()
-    head = (
-        f"HTTP/1.1 {status} {_REASONS.get(status, 'OK')}\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\n"
-    )
-    if close:
-        head += "connection: close\r\n"
-    return head.encode() + b"\r\n" + body
 
 
 def _check_start(buf: bytearray) -> None:
@@ -477,12 +455,12 @@ class _ClientConnection(asyncio.Protocol):
         except _Reject as e:
             self.router.count_rejected(e.status)
             logger.info("refused a request from a client: %s %s", e.status, e)
-            self.reply(_response(e.status, {"error": str(e)}, close=True), keep=False)
+            self.reply(json_answer(e.status, {"error": str(e)}, close=True), keep=False)
         finally:
             self.parsing = False
 
     def _read_head(self) -> bool:
-        if self.buf.startswith(HTTP2_START):
+        if self.buf.startswith(PREFACE_LINE):
             self._hand_over_http2()
             return False
         end = self.buf.find(b"\r\n\r\n")
@@ -559,7 +537,7 @@ class _ClientConnection(asyncio.Protocol):
             routes.refresh()
             router.drain_grpc()  # before a rollout reads the drain's progress in the answer
             self._finish_request()  # the status request does not count itself
-            self.reply(_response(200, router.status(), close=not self.keep), keep=self.keep)
+            self.reply(json_answer(200, router.status(), close=not self.keep), keep=self.keep)
             return
         routes.refresh_if_due(router.loop.time())
         upstream = routes.pick()
@@ -568,7 +546,7 @@ class _ClientConnection(asyncio.Protocol):
                 f"endpoint {routes.endpoint!r} has no revision to route to (it is being deleted "
                 "or was never started): serve it again"
             )
-            self.reply(_response(503, {"error": message}, close=not self.keep), keep=self.keep)
+            self.reply(json_answer(503, {"error": message}, close=not self.keep), keep=self.keep)
             return
         self.state = _RELAYING
         self.deadline = router.loop.time() + upstream.timeout
@@ -649,7 +627,7 @@ class _ClientConnection(asyncio.Protocol):
                 "(the router's header timeout)"
             )
             logger.info("closing a slow client: %s", message)
-            self.reply(_response(408, {"error": message}, close=True), keep=False)
+            self.reply(json_answer(408, {"error": message}, close=True), keep=False)
         elif self.state == _RELAYING and self.exchange is not None:
             self.exchange.time_out()
 
@@ -940,7 +918,7 @@ class _Exchange:
             f"{upstream.timeout:g} s (raise `{upstream.role}.timeout` in the ServeConfig to "
             "wait longer)"
         )
-        self.client.reply(_response(504, {"error": message}, close=True), keep=False)
+        self.client.reply(json_answer(504, {"error": message}, close=True), keep=False)
 
     def pause(self) -> None:
         if self.conn is not None and self.conn.transport is not None:
@@ -989,7 +967,7 @@ class _Exchange:
             "reason": "UpstreamUnavailable",
             "revision": upstream.revision,
         }
-        self.client.reply(_response(502, payload, close=True), keep=False)
+        self.client.reply(json_answer(502, payload, close=True), keep=False)
 
 
 async def _connect_unix(
