@@ -175,9 +175,7 @@ class PredictorModel(kserve.Model):
             end = time.perf_counter()
             answer = self.encode(batch, result)
             if timers is not None:
-                timers.preprocess.observe(mid - start)
-                timers.predict.observe(end - mid)
-                timers.postprocess.observe(time.perf_counter() - end)
+                timers.observe_inference(start, mid, end, time.perf_counter())
             return answer, {}
         except RequestError as e:
             raise InvalidInput(str(e)) from e

@@ -390,7 +390,7 @@ class RuntimeApp:
         if metrics:
             from kfp_serve.serving.runtime import metrics as prom
 
-            self._count = prom.count_request
+            self._count = prom.request_counter()
             self._exposition = prom.exposition
             self._metrics_type = prom.METRICS_CONTENT_TYPE.encode()
 

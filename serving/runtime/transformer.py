@@ -236,9 +236,7 @@ class TransformerModel(kserve.Model):
             end = time.perf_counter()
             result = self.postprocess(answer, headers)
             if timers is not None:
-                timers.preprocess.observe(mid - start)
-                timers.predict.observe(end - mid)
-                timers.postprocess.observe(time.perf_counter() - end)
+                timers.observe_inference(start, mid, end, time.perf_counter())
             return result, {}
         except RequestError as e:
             if e.status == 400:
