@@ -33,6 +33,8 @@ BINARY_ALL_OUTPUTS_PARAM = "binary_data_output"
 BINARY_CONTENT_TYPE = "application/octet-stream"
 #: Little-endian numpy types of the numeric datatypes (the wire order).
 _WIRE_DTYPES = {name: np.dtype(t).newbyteorder("<") for name, t in V2_NUMERIC_DTYPES.items()}
+#: The same in this machine's byte order (what a decoded tensor holds).
+_NATIVE_DTYPES = {name: dtype.newbyteorder("=") for name, dtype in _WIRE_DTYPES.items()}
 _LENGTH = struct.Struct("<I")
 
 
@@ -98,7 +100,7 @@ def attach_inputs(body: Any, binary: memoryview) -> None:
         )
 
 
-def decode_tensor(datatype: Any, shape: Any, chunk: memoryview, where: str) -> np.ndarray:
+def decode_tensor(datatype: Any, shape: Any, chunk: bytes | memoryview, where: str) -> np.ndarray:
     """Raw bytes of one tensor -> flat array (a copy: the body buffer is not kept alive).
 
     Raises:
@@ -120,7 +122,7 @@ def decode_tensor(datatype: Any, shape: Any, chunk: memoryview, where: str) -> n
             f"{where} is {len(chunk)} but shape {shape} of {datatype} needs "
             f"{count} x {wire.itemsize} = {count * wire.itemsize} bytes"
         )
-    return np.frombuffer(chunk, dtype=wire).astype(wire.newbyteorder("="), copy=True)
+    return np.frombuffer(chunk, dtype=wire).astype(_NATIVE_DTYPES[datatype], copy=True)
 
 
 def _decode_bytes(chunk: memoryview, count: int, where: str) -> np.ndarray:

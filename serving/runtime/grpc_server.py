@@ -68,31 +68,31 @@ def request_to_v2(request: Any) -> tuple[dict[str, Any], bool]:
     Raises:
         RequestError: A tensor that does not fit its shape and datatype.
     """
-    raw = list(request.raw_input_contents)
-    if raw and len(raw) != len(request.inputs):
+    raw = request.raw_input_contents
+    n_raw = len(raw)
+    if n_raw and n_raw != len(request.inputs):
         raise RequestError(
-            f"raw_input_contents has {len(raw)} entries but there are {len(request.inputs)} "
+            f"raw_input_contents has {n_raw} entries but there are {len(request.inputs)} "
             f"inputs; send one per input"
         )
     inputs = []
     for i, tensor in enumerate(request.inputs):
-        shape = [int(d) for d in tensor.shape]
-        item: dict[str, Any] = {"name": tensor.name, "shape": shape, "datatype": tensor.datatype}
-        if raw:
-            item["data"] = binary.decode_tensor(
-                tensor.datatype, shape, memoryview(raw[i]), f"raw_input_contents[{i}]"
-            )
+        shape = list(tensor.shape)  # int64s: Python ints already
+        datatype = tensor.datatype
+        item: dict[str, Any] = {"name": tensor.name, "shape": shape, "datatype": datatype}
+        if n_raw:
+            item["data"] = binary.decode_tensor(datatype, shape, raw[i], f"raw_input_contents[{i}]")
         else:
-            field = CONTENTS_FIELD.get(tensor.datatype)
+            field = CONTENTS_FIELD.get(datatype)
             if field is None:
                 raise RequestError(
-                    f"inputs[{i}] ({tensor.name!r}): unsupported datatype {tensor.datatype!r}"
+                    f"inputs[{i}] ({tensor.name!r}): unsupported datatype {datatype!r}"
                 )
-            values = list(getattr(tensor.contents, field))
+            values = getattr(tensor.contents, field)
             item["data"] = (
                 np.asarray(values, dtype=object)
-                if tensor.datatype == "BYTES"
-                else np.asarray(values, dtype=V2_NUMERIC_DTYPES[tensor.datatype])
+                if datatype == "BYTES"
+                else np.asarray(values, dtype=V2_NUMERIC_DTYPES[datatype])
             )
         if tensor.parameters:  # testing the map first: most calls have none
             item["parameters"] = {k: _param_value(v) for k, v in tensor.parameters.items()}
@@ -104,7 +104,7 @@ def request_to_v2(request: Any) -> tuple[dict[str, Any], bool]:
         body["parameters"] = {k: _param_value(v) for k, v in request.parameters.items()}
     if request.outputs:
         body["outputs"] = [{"name": o.name} for o in request.outputs]
-    return body, bool(raw)
+    return body, n_raw > 0
 
 
 def v2_to_response(pb: Any, answer: dict[str, Any], raw: bool) -> Any:
@@ -114,19 +114,17 @@ def v2_to_response(pb: Any, answer: dict[str, Any], raw: bool) -> Any:
         model_version=str(answer.get("model_version") or ""),
         id=str(answer.get("id") or ""),
     )
+    outputs = response.outputs
     for out in answer.get("outputs") or []:
-        tensor = response.outputs.add()
-        tensor.name = out["name"]
-        tensor.datatype = out["datatype"]
-        tensor.shape.extend(int(d) for d in out["shape"])
+        datatype = out["datatype"]
+        tensor = outputs.add(name=out["name"], datatype=datatype, shape=out["shape"])
         if raw:
-            response.raw_output_contents.append(binary.encode_tensor(out["data"], out["datatype"]))
+            response.raw_output_contents.append(binary.encode_tensor(out["data"], datatype))
             continue
-        field = CONTENTS_FIELD[out["datatype"]]
         data = out["data"]
-        if out["datatype"] == "BYTES":
+        if datatype == "BYTES":
             data = [v if isinstance(v, bytes) else str(v).encode() for v in data]
-        getattr(tensor.contents, field).extend(data)
+        getattr(tensor.contents, CONTENTS_FIELD[datatype]).extend(data)
     return response
 
 
@@ -319,9 +317,10 @@ class _Servicer:
             raise GrpcError(Status.UNAVAILABLE, f"model {model.name!r} is not ready")
         try:
             body, raw = request_to_v2(request)
-            requested, _ = binary.requested_outputs(body)
             answer, _ = await model(self._v2_request(body), {}, self._predict)
-            answer, _ = binary.select_outputs(answer, requested, False)
+            if request.outputs:  # the ones asked for, in their order (unknown ones: 400)
+                requested, _ = binary.requested_outputs(body)
+                answer, _ = binary.select_outputs(answer, requested, False)
             return v2_to_response(self.pb, answer, raw)
         except (RequestError, self._invalid_input, ValueError, TypeError) as e:
             status = getattr(e, "status", 400)

@@ -77,6 +77,45 @@ class Method:
     handler: Callable[[Any], Awaitable[Any]]  # request -> response message; may raise GrpcError
 
 
+@dataclass(frozen=True)
+class _CallHead:
+    """What a call's request headers say: its method's path, and why it is refused, if it is
+    (an HTTP status, or a gRPC status and message)."""
+
+    path: bytes
+    http_status: bytes | None = None
+    grpc_error: tuple[Status, str] | None = None
+
+    @classmethod
+    def of(cls, headers: list[tuple[str, str]], methods: dict[bytes, Method]) -> _CallHead:
+        path = b""
+        method = content_type = encoding = ""
+        for name, value in headers:
+            if name == ":path":
+                path = value.encode()
+            elif name == ":method":
+                method = value
+            elif name == "content-type":
+                content_type = value
+            elif name == "grpc-encoding":
+                encoding = value
+        if method != "POST":
+            return cls(path, http_status=b"405")
+        if not content_type.startswith("application/grpc"):
+            return cls(path, http_status=b"415")
+        if path not in methods:
+            return cls(path, grpc_error=(
+                Status.UNIMPLEMENTED,
+                f"method {path.decode(errors='replace')} is not served here",
+            ))
+        if encoding and encoding != "identity":
+            return cls(path, grpc_error=(
+                Status.UNIMPLEMENTED,
+                f"grpc-encoding {encoding!r} is not supported; send uncompressed messages",
+            ))
+        return cls(path)
+
+
 class _Stream:
     __slots__ = ("id", "path", "refusal", "chunks", "size", "unacked", "send_window",
                  "pending", "answered", "remote_closed", "task")
@@ -107,8 +146,11 @@ class GrpcProtocol(asyncio.Protocol):
         self.limit_name = limit_name
         self.connections = connections
         self.decoder = Decoder(max_header_list_size=MAX_HEADER_LIST)
-        self.decoded: dict[bytes, list[tuple[str, str]]] = {}  # see _decode
+        self.decoded: dict[bytes, _CallHead] = {}  # see _decode
         self.transport: Any = None
+        # Bound once (the server makes connections inside its loop): get_running_loop() makes
+        # a getpid() system call every time.
+        self.loop = asyncio.get_running_loop()
         self.buf = b""
         self.preface = True  # the client's preface is still to be read
         self.streams: dict[int, _Stream] = {}
@@ -236,57 +278,40 @@ class GrpcProtocol(asyncio.Protocol):
             self.headers_end_stream = bool(flags & http2.END_STREAM)
 
     def _header_block(self, stream: _Stream, block: bytes, end_stream: bool) -> None:
-        headers = self._decode(block)
+        head = self._decode(block)
         if stream.path or stream.answered:  # trailers from the client, or a refused stream
             if end_stream:
                 self._remote_end(stream)
             return
-        method = content_type = ""
-        for name, value in headers:
-            if name == ":path":
-                stream.path = value.encode()
-            elif name == ":method":
-                method = value
-            elif name == "content-type":
-                content_type = value
-            elif name == "grpc-encoding" and value != "identity":
-                stream.refusal = http2.error_answer(
-                    stream.id, Status.UNIMPLEMENTED,
-                    f"grpc-encoding {value!r} is not supported; send uncompressed messages",
-                )
-        if method != "POST":
-            stream.refusal = _http_error(stream.id, b"405")
-        elif not content_type.startswith("application/grpc"):
-            stream.refusal = _http_error(stream.id, b"415")
-        elif stream.path not in self.methods:
-            stream.refusal = http2.error_answer(
-                stream.id, Status.UNIMPLEMENTED,
-                f"method {stream.path.decode(errors='replace')} is not served here",
-            )
+        stream.path = head.path
+        if head.http_status is not None:
+            stream.refusal = _http_error(stream.id, head.http_status)
+        elif head.grpc_error is not None:
+            stream.refusal = http2.error_answer(stream.id, *head.grpc_error)
         if stream.refusal is not None:
             self._answer(stream, stream.refusal)
         if end_stream:
             self._remote_end(stream)
 
-    def _decode(self, block: bytes) -> list[tuple[str, str]]:
+    def _decode(self, block: bytes) -> _CallHead:
         cached = self.decoded.get(block)
         if cached is not None:
             return cached
         from hpack import HPACKError
 
         try:
-            headers = self.decoder.decode(block)
+            head = _CallHead.of(self.decoder.decode(block), self.methods)
         except HPACKError as e:
             raise _ConnectionError(ErrorCode.COMPRESSION_ERROR, f"header block: {e}") from e
         if _changes_no_table(block):
-            # Decoding it again would give the same list as long as no other block changes
+            # Decoding it again would give the same headers as long as no other block changes
             # the table: clients send the same block for every call once it is indexed.
             if len(self.decoded) >= DECODED_BLOCKS:
                 self.decoded.clear()
-            self.decoded[block] = headers
+            self.decoded[block] = head
         else:
             self.decoded.clear()
-        return headers
+        return head
 
     def _data(self, flags: int, stream_id: int, payload: bytes) -> None:
         self.unacked += len(payload)
@@ -345,7 +370,7 @@ class GrpcProtocol(asyncio.Protocol):
                 "compressed messages are not supported; send them uncompressed",
             ))
             return
-        stream.task = asyncio.get_running_loop().create_task(
+        stream.task = self.loop.create_task(
             self._call(stream, self.methods[stream.path], body[5:])
         )
 
