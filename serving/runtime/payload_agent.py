@@ -283,8 +283,9 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # Stopping an endpoint signals its whole process group; the agent keeps sending what its
-    # server queued and exits when the server closes the pipe (or dies), which ends its input.
+    # The agent runs in its own session (a signal to its server's group does not reach it);
+    # one sent to it directly is ignored too: it keeps sending what its server queued and
+    # exits when the server closes the pipe (or dies), which ends its input.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     spec = LoggerSpec(**json.loads(args[0]))

@@ -102,9 +102,13 @@ class PayloadLogger:
                                                                           "retried"))
         self._dropped = self._outcomes[1]
         self._loop = asyncio.get_running_loop()
+        # In a session of its own: stopping an endpoint signals the server's process group,
+        # and an agent still starting (before it ignores SIGTERM) died of it with every event
+        # queued. It exits when the server closes the pipe, or dies, which ends its input.
         self._agent = await asyncio.create_subprocess_exec(
             sys.executable, "-m", PAYLOAD_AGENT_MODULE, json.dumps(asdict(self.spec)),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            start_new_session=True,
         )
         self._pipe = self._agent.stdin
         self._reports = asyncio.create_task(self._read_reports(), name="payload-agent-counts")

@@ -625,6 +625,9 @@ def test_payload_events_still_queued_when_the_server_stops_reach_the_sink(logged
 
     assert asyncio.run(burst()) == [200] * 40
     agent = _agent_of(proc.pid)
+    # Stopping signals the server's process group; an agent in it that was still starting
+    # (not yet ignoring SIGTERM) died with every event queued: 3 runs in 10 under CPU load.
+    assert os.getpgid(agent) != os.getpgid(proc.pid)
     stop_server(proc)  # at once: most events are still on their way
     assert _gone(agent, timeout=30), "the payload agent outlived its server"
     ids = sorted(h["ce-id"] for h, _ in own_sink.events)
