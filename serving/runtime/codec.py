@@ -196,9 +196,7 @@ def decode_v2(body: Any, spec: FeatureSpec) -> Batch:
     proba = _proba_option(params.get(PREDICT_PROBA_PARAM), f"parameters.{PREDICT_PROBA_PARAM}")
 
     if len(inputs) == 1 and content_type != "pd":
-        arr = _tensor(inputs[0], 0, allow_bytes=False)
-        X = _check_matrix(arr, spec, what="inputs[0]")
-        return Batch(X=X, protocol="v2", request_id=request_id, n_rows=X.shape[0], proba=proba)
+        return decode_matrix(_tensor(inputs[0], 0, allow_bytes=False), spec, request_id, proba)
 
     columns: dict[str, np.ndarray] = {}
     n_rows: int | None = None
@@ -225,6 +223,18 @@ def decode_v2(body: Any, spec: FeatureSpec) -> Batch:
         raise RequestError("inputs have no rows")
     X = _from_columns(columns, n_rows, spec)
     return Batch(X=X, protocol="v2", request_id=request_id, n_rows=n_rows, proba=proba)
+
+
+def decode_matrix(
+    arr: np.ndarray, spec: FeatureSpec, request_id: str | None = None, proba: bool | None = None
+) -> Batch:
+    """A v2 request's one input tensor, already an array of its shape and datatype, as a batch.
+
+    Raises:
+        RequestError: Not a matrix ``spec`` accepts (rank, rows, feature count, NaN/inf).
+    """
+    X = _check_matrix(arr, spec, what="inputs[0]")
+    return Batch(X=X, protocol="v2", request_id=request_id, n_rows=X.shape[0], proba=proba)
 
 
 def _proba_option(value: Any, where: str) -> bool | None:

@@ -17,14 +17,22 @@ INVALID_ARGUMENT naming the limit, before it is read.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import numpy as np
 
 from kfp_serve.serving.runtime import binary
-from kfp_serve.serving.runtime.codec import V2_NUMERIC_DTYPES, RequestError
+from kfp_serve.serving.runtime.codec import (
+    OUTPUT_NAME,
+    V2_NUMERIC_DTYPES,
+    RequestError,
+    is_shape,
+    v2_datatype,
+)
 from kfp_serve.serving.runtime.grpc_transport import GrpcError
 from kfp_serve.serving.runtime.http2 import Status
+from kfp_serve.serving.runtime.ids import new_id
 
 log = logging.getLogger("kfp_serve.runtime.grpc")
 
@@ -44,6 +52,23 @@ CONTENTS_FIELD = {
     "FP32": "fp32_contents",
     "FP64": "fp64_contents",
     "BYTES": "bytes_contents",
+}
+#: The type each numeric ``contents`` field holds (INT8 travels in an int32 field, so its values
+#: are read as int32 and range-checked by the codec like JSON numbers).
+_FIELD_DTYPES = {
+    "bool_contents": np.dtype(np.bool_),
+    "int_contents": np.dtype(np.int32),
+    "int64_contents": np.dtype(np.int64),
+    "uint_contents": np.dtype(np.uint32),
+    "uint64_contents": np.dtype(np.uint64),
+    "fp32_contents": np.dtype(np.float32),
+    "fp64_contents": np.dtype(np.float64),
+}
+#: Datatypes whose ``contents`` field holds exactly their values (nothing narrower to check).
+_EXACT_CONTENTS = {
+    datatype: _FIELD_DTYPES[field]
+    for datatype, field in CONTENTS_FIELD.items()
+    if field in _FIELD_DTYPES and _FIELD_DTYPES[field] == np.dtype(V2_NUMERIC_DTYPES[datatype])
 }
 
 
@@ -89,11 +114,7 @@ def request_to_v2(request: Any) -> tuple[dict[str, Any], bool]:
                     f"inputs[{i}] ({tensor.name!r}): unsupported datatype {datatype!r}"
                 )
             values = getattr(tensor.contents, field)
-            item["data"] = (
-                np.asarray(values, dtype=object)
-                if datatype == "BYTES"
-                else np.asarray(values, dtype=V2_NUMERIC_DTYPES[datatype])
-            )
+            item["data"] = np.asarray(values, dtype=_FIELD_DTYPES.get(field, object))
         if tensor.parameters:  # testing the map first: most calls have none
             item["parameters"] = {k: _param_value(v) for k, v in tensor.parameters.items()}
         inputs.append(item)
@@ -109,22 +130,73 @@ def request_to_v2(request: Any) -> tuple[dict[str, Any], bool]:
 
 def v2_to_response(pb: Any, answer: dict[str, Any], raw: bool) -> Any:
     """A v2 answer dict as a ``ModelInferResponse`` (raw contents when ``raw``)."""
-    response = pb.ModelInferResponse(
-        model_name=str(answer.get("model_name", "")),
-        model_version=str(answer.get("model_version") or ""),
-        id=str(answer.get("id") or ""),
-    )
-    outputs = response.outputs
+    response = _response(pb, answer.get("model_name"), answer.get("model_version"),
+                         answer.get("id"))
     for out in answer.get("outputs") or []:
-        datatype = out["datatype"]
-        tensor = outputs.add(name=out["name"], datatype=datatype, shape=out["shape"])
-        if raw:
-            response.raw_output_contents.append(binary.encode_tensor(out["data"], datatype))
-            continue
-        data = out["data"]
-        if datatype == "BYTES":
-            data = [v if isinstance(v, bytes) else str(v).encode() for v in data]
-        getattr(tensor.contents, CONTENTS_FIELD[datatype]).extend(data)
+        _add_output(response, out["name"], out["datatype"], out["shape"], out["data"], raw)
+    return response
+
+
+def _response(pb: Any, model_name: Any, version: Any, request_id: Any) -> Any:
+    return pb.ModelInferResponse(
+        model_name=str(model_name or ""), model_version=str(version or ""),
+        id=str(request_id or ""),
+    )
+
+
+def _add_output(response: Any, name: str, datatype: str, shape: Any, data: Any, raw: bool) -> None:
+    """One output tensor; ``data`` is flat and row-major (a list, or an array of any shape)."""
+    tensor = response.outputs.add(name=name, datatype=datatype, shape=shape)
+    if raw:
+        response.raw_output_contents.append(binary.encode_tensor(data, datatype))
+        return
+    if isinstance(data, np.ndarray):
+        data = data.ravel().tolist()
+    if datatype == "BYTES":
+        data = [v if isinstance(v, bytes) else str(v).encode() for v in data]
+    getattr(tensor.contents, CONTENTS_FIELD[datatype]).extend(data)
+
+
+def single_input(request: Any) -> tuple[np.ndarray, bool] | None:
+    """The request's one input as an array of its shape and datatype, and whether it came as raw
+    contents, when the request is nothing more (no parameters, no outputs named) and is valid
+    as far as its encoding goes: what a model taking one matrix can answer without the v2 body
+    the REST route builds. None for anything else, including what the generic path
+    (:func:`request_to_v2`) refuses: that path words every error.
+    """
+    if len(request.inputs) != 1 or request.parameters or request.outputs:
+        return None
+    tensor = request.inputs[0]
+    if tensor.parameters:
+        return None
+    shape = tensor.shape[:]  # a list (list() of the container costs four times as much)
+    datatype = tensor.datatype
+    raw = request.raw_input_contents
+    if raw:
+        if len(raw) != 1 or datatype not in V2_NUMERIC_DTYPES:
+            return None
+        try:
+            flat = binary.decode_tensor(datatype, shape, raw[0], "raw_input_contents[0]")
+        except RequestError:
+            return None
+    else:
+        dtype = _EXACT_CONTENTS.get(datatype)
+        if dtype is None or not is_shape(shape):
+            return None
+        flat = np.asarray(getattr(tensor.contents, CONTENTS_FIELD[datatype]), dtype=dtype)
+        if flat.size != math.prod(shape):
+            return None
+    return flat.reshape(shape), bool(raw)
+
+
+def array_response(pb: Any, model: Any, request_id: str | None, result: Any, raw: bool) -> Any:
+    """The ``ModelInferResponse`` for one model output array: what :func:`v2_to_response`
+    makes of the v2 answer (:func:`~kfp_serve.serving.runtime.codec.encode_v2`) for it, without
+    the answer's flat lists in between."""
+    arr = np.asarray(result)
+    response = _response(pb, model.name, model.version,
+                         request_id if request_id is not None else new_id())
+    _add_output(response, OUTPUT_NAME, v2_datatype(arr.dtype), arr.shape, arr, raw)
     return response
 
 
@@ -316,6 +388,14 @@ class _Servicer:
         if not model.ready:
             raise GrpcError(Status.UNAVAILABLE, f"model {model.name!r} is not ready")
         try:
+            direct = single_input(request) if hasattr(model, "matrix_batch") else None
+            if direct is not None:
+                X, raw = direct
+                return await model.infer(
+                    lambda: model.matrix_batch(X, request.id or None),
+                    lambda batch, result: array_response(
+                        self.pb, model, batch.request_id, result, raw),
+                )
             body, raw = request_to_v2(request)
             answer, _ = await model(self._v2_request(body), {}, self._predict)
             if request.outputs:  # the ones asked for, in their order (unknown ones: 400)

@@ -22,8 +22,9 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from kfp_serve.serving.constants import PREDICT_PROBA_ENV
 from kfp_serve.serving.errors import ServingError
@@ -33,6 +34,7 @@ from kfp_serve.serving.runtime.codec import (
     OUTPUT_NAME,
     Batch,
     RequestError,
+    decode_matrix,
     decode_v1,
     decode_v2,
     encode_v1,
@@ -50,6 +52,7 @@ from kfp_serve.serving.runtime.server import (
 )
 
 log = logging.getLogger("kfp_serve.runtime.predictor")
+T = TypeVar("T")
 
 
 def decode_payload(payload: Any, spec: Any) -> Batch:
@@ -156,29 +159,48 @@ class PredictorModel(kserve.Model):
             InvalidInput: The request is invalid (HTTP 400 in both kserve and our server).
             NotImplementedError: explain on a model without an explainer (HTTP 501).
         """
-        timers = self.timers
         try:
-            start = time.perf_counter()
-            batch = self.preprocess(body, headers)
             if verb is InferenceVerb.EXPLAIN:
-                answer = self.explain(batch, headers)
-                if timers is not None:
-                    timers.explain.observe(time.perf_counter() - start)
+                start = time.perf_counter()
+                answer = self.explain(self.preprocess(body, headers), headers)
+                if self.timers is not None:
+                    self.timers.explain.observe(time.perf_counter() - start)
                 return answer, {}
-            mid = time.perf_counter()
-            method = self._model.predictor_for(batch.proba)
-            # The batcher runs the default answer; a request asking otherwise runs alone.
-            if self.batcher is not None and method is self._model.predict:
-                result = await self.batcher.predict(batch.X)
-            else:
-                result = method(batch.X)
-            end = time.perf_counter()
-            answer = self.encode(batch, result)
-            if timers is not None:
-                timers.observe_inference(start, mid, end, time.perf_counter())
-            return answer, {}
+            return await self.infer(lambda: self.preprocess(body, headers), self.encode), {}
         except RequestError as e:
             raise InvalidInput(str(e)) from e
+
+    async def infer(self, decode: Callable[[], Batch], encode: Callable[[Batch, Any], T]) -> T:
+        """One prediction, each phase timed: ``decode()`` validates the request, the model (or
+        the batcher) predicts, ``encode(batch, result)`` builds the answer. The REST route and
+        gRPC's direct path (:mod:`~kfp_serve.serving.runtime.grpc_server`) differ only in
+        ``decode`` and ``encode``.
+
+        Raises:
+            RequestError: The request is invalid.
+        """
+        start = time.perf_counter()
+        batch = decode()
+        mid = time.perf_counter()
+        method = self._model.predictor_for(batch.proba)
+        # The batcher runs the default answer; a request asking otherwise runs alone.
+        if self.batcher is not None and method is self._model.predict:
+            result = await self.batcher.predict(batch.X)
+        else:
+            result = method(batch.X)
+        end = time.perf_counter()
+        answer = encode(batch, result)
+        if self.timers is not None:
+            self.timers.observe_inference(start, mid, end, time.perf_counter())
+        return answer
+
+    def matrix_batch(self, X: Any, request_id: str | None) -> Batch:
+        """A v2 request that is one input array (gRPC's direct path) as a validated batch.
+
+        Raises:
+            RequestError: ``X`` is not a matrix this model accepts.
+        """
+        return decode_matrix(X, self._model.spec, request_id)
 
     def predict_rows(self, X: Any) -> Any:
         """The model's output rows for validated input rows ``X`` (what the batcher merges)."""
