@@ -162,20 +162,28 @@ class UpstreamClient:
         """``POST path`` with ``body``."""
         return await self.request("POST", path, body, headers, timeout)
 
-    async def post_many(
-        self, path: str, requests: list[tuple[bytes, dict[str, str]]]
+    def head_prefix(self, method: str, path: str) -> bytes:
+        """The start of every ``method path`` request head: its request line and the fixed
+        headers, for a caller framing many requests itself (:meth:`pipeline`)."""
+        return f"{method} {path} HTTP/1.1\r\n".encode("latin-1") + self._fixed_head
+
+    async def pipeline(
+        self, data: bytes, count: int, settle: float = 0.0
     ) -> list[Response | UpstreamError]:
-        """POST each ``(body, headers)`` to ``path``, pipelined on one connection: all written
-        with one send, the answers read in order (HTTP/1.1 pipelining; each stays its own
-        request). A request whose answer never came gets an :class:`UpstreamError` in its
-        place; what was answered before a failure keeps its answer.
+        """Send ``count`` complete requests framed in ``data`` (each a :meth:`head_prefix`, its
+        own headers and body) on one connection with one send, and read the answers in order
+        (HTTP/1.1 pipelining; each stays its own request). A request whose answer never came
+        gets an :class:`UpstreamError` in its place; what was answered before a failure keeps
+        its answer.
 
         One send and one wake-up of the server for a batch, instead of one per request: what
-        makes a burst of payload events cheap for the serving process.
+        makes a burst of payload events cheap. With ``settle``, the connection is not read for
+        that many seconds after sending: a server that writes each answer on its own would
+        otherwise wake this process once per answer, which costs more than the answer (a
+        caller in no hurry for them, like the payload agent, then reads most in one go).
         """
         if self._closed:
             raise UpstreamError("client is closed")
-        data = b"".join(self._head("POST", path, body, hdrs) + body for body, hdrs in requests)
         results: list[Response | UpstreamError] = []
         conn = None
         try:
@@ -189,10 +197,22 @@ class UpstreamClient:
                 conn = conn or await self._connect()
                 conn.writer.write(data)
                 await conn.writer.drain()
+                if settle:
+                    # Not reading meanwhile: a readable socket would wake the process anyway.
+                    conn.writer.transport.pause_reading()
+                    try:
+                        await asyncio.sleep(settle)
+                    finally:
+                        conn.writer.transport.resume_reading()
                 keep_alive = True
-                for _ in requests:
+                seen: tuple[bytes, tuple[int, dict[str, str], bool]] | None = None
+                for _ in range(count):
                     head = await conn.reader.readuntil(_HEAD_END)
-                    status, headers, keep_alive = _parse_head(head)
+                    # A server answers a run of alike requests with alike heads: parse each
+                    # new one once (its headers dict is then shared by those answers).
+                    if seen is None or head != seen[0]:
+                        seen = head, _parse_head(head)
+                    status, headers, keep_alive = seen[1]
                     while 100 <= status < 200 and status != 101:
                         head = await conn.reader.readuntil(_HEAD_END)
                         status, headers, keep_alive = _parse_head(head)
@@ -207,12 +227,12 @@ class UpstreamClient:
                 conn.close()
             conn = None
             error = e if isinstance(e, UpstreamError) else UpstreamError(f"{self.base_url}: {e!r}")
-            results += [error] * (len(requests) - len(results))
+            results += [error] * (count - len(results))
             return results
-        if len(results) < len(requests):  # the server closed after an answer
+        if len(results) < count:  # the server closed after an answer
             conn.close()
             error = UpstreamError(f"{self.base_url} closed the connection mid-pipeline")
-            return results + [error] * (len(requests) - len(results))
+            return results + [error] * (count - len(results))
         if keep_alive and not self._closed and len(self._idle) < self.max_idle:
             conn.reused = True
             self._idle.append(conn)

@@ -262,3 +262,53 @@ def test_refused_connection_and_garbage_are_upstream_errors():
 def test_bad_url_is_refused():
     with pytest.raises(ValueError, match="http"):
         UpstreamClient("ftp://example")
+
+
+def _framed(client: UpstreamClient, bodies: list[bytes]) -> bytes:
+    prefix = client.head_prefix("POST", "/events")
+    return b"".join(prefix + f"content-length: {len(b)}\r\n\r\n".encode() + b for b in bodies)
+
+
+@pytest.mark.parametrize("settle", [0.0, 0.01])
+def test_pipeline_reads_each_answer_in_order_whatever_their_heads(settle):
+    """Pipelined requests each get their own answer, in order: alike heads (parsed once) and
+    ones that differ, bodies or none, whether the answers are read at once or after a wait."""
+
+    async def varied(head: bytes, body: bytes, writer: asyncio.StreamWriter, state: dict) -> bool:
+        n = int(body)
+        writer.write(_answer(500 if n % 7 == 3 else 200, b"" if n % 2 else body))
+        return True
+
+    async def main() -> None:
+        state: dict[str, Any] = {}
+        server = await _serve(varied, state)
+        client = UpstreamClient(_url(server), headers={"ce-source": "test"})
+        bodies = [str(i).encode() for i in range(50)]
+        answers = await client.pipeline(_framed(client, bodies), len(bodies), settle=settle)
+        assert [(a.status, a.body) for a in answers] == [
+            (500 if i % 7 == 3 else 200, b"" if i % 2 else str(i).encode()) for i in range(50)
+        ]
+        assert state["connections"] == 1 and len(state["requests"]) == 50
+        assert all(b"ce-source: test\r\n" in head for head, _ in state["requests"])
+        await client.aclose()
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_pipeline_answers_missing_after_a_close_are_errors():
+    async def close_after_three(head: bytes, body: bytes, writer: asyncio.StreamWriter,
+                                state: dict) -> bool:
+        writer.write(_answer(200, b"ok"))
+        return len(state["requests"]) < 3
+
+    async def main() -> None:
+        server = await _serve(close_after_three, {})
+        client = UpstreamClient(_url(server))
+        answers = await client.pipeline(_framed(client, [b"x"] * 6), 6, settle=0.01)
+        assert [a.status for a in answers[:3]] == [200, 200, 200]
+        assert all(isinstance(a, UpstreamError) for a in answers[3:]), answers
+        await client.aclose()
+        server.close()
+
+    asyncio.run(main())
