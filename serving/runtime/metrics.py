@@ -193,19 +193,24 @@ def _count_later(model_name: str, route: str, status: int) -> None:
 _request_children: dict[tuple[str, str, int], Any] = {}
 
 
-def _count_now(model_name: str, route: str, status: int) -> None:
-    key = (model_name, route, status)
+def _requests_child(key: tuple[str, str, int]) -> Any:
+    """``kfp_serve_requests`` labelled with ``key``, looked up once per label set."""
     child = _request_children.get(key)
-    if child is None:  # the labelled child is looked up once per label set
+    if child is None:
+        model_name, route, status = key
         child = _request_children[key] = REQUESTS.labels(model_name, route, str(status))
-    child.inc()
+    return child
+
+
+def _count_now(model_name: str, route: str, status: int) -> None:
+    _requests_child((model_name, route, status)).inc()
 
 
 def _flush_counts() -> None:
     global _pending_counts
     counts, _pending_counts = _pending_counts, {}
-    for (model_name, route, status), n in counts.items():
-        REQUESTS.labels(model_name, route, str(status)).inc(n)
+    for key, n in counts.items():
+        _requests_child(key).inc(n)
 
 
 #: The registry a scrape reads: this process's, or every worker's (see share_across_workers).
