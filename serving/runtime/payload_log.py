@@ -49,6 +49,8 @@ MODES: dict[str, tuple[bool, bool]] = {
 }
 #: Bytes of events the pipe to the agent may hold unwritten; beyond it events are dropped.
 MAX_UNSENT_BYTES = 16 * 1024 * 1024
+#: How long events wait to be written to the agent's pipe together.
+FLUSH_AFTER_S = 0.002
 #: How long closing waits for the agent to send what is queued (its retries are bounded).
 AGENT_EXIT_TIMEOUT_S = 20.0
 #: One event on the pipe: kind (index in EVENT_TYPES), then the lengths of id, content type, body.
@@ -150,14 +152,19 @@ class PayloadLogger:
             self._dropped.inc()  # the agent is gone or cannot keep up: never wait for it
             return
         if not self._pending:
-            # Every event of this turn of the loop goes out in one write.
-            self._loop.call_soon(self._flush)  # type: ignore[union-attr]
+            # The events of the next few ms go out in one write: a pipe write per turn of the
+            # loop cost the server more than the events it carried.
+            self._loop.call_later(FLUSH_AFTER_S, self._flush)  # type: ignore[union-attr]
         self._pending.append(encode_event(kind, inference_id, content_type, body))
 
     def _flush(self) -> None:
-        if self._pending and self._pipe is not None and not self._pipe.is_closing():
-            self._pipe.write(b"".join(self._pending))
-        self._pending.clear()
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        if self._pipe is not None and not self._pipe.is_closing():
+            self._pipe.write(b"".join(pending))
+        else:
+            self._dropped.inc(len(pending))  # the agent went away meanwhile
 
     async def _read_reports(self) -> None:
         """Add the agent's counts to this server's metric, until the agent exits."""
