@@ -8,8 +8,8 @@ Figures (each the median of several fresh interpreters, minus a bare interpreter
   (target ≤ 0.5 s).
 - ``from kfp_serve.components import smoke_predict``: building one KFP component definition, what a
   pipeline author pays once. It needs ``kfp.dsl`` itself, whose import is measured alongside
-  as the floor; the figure is held to that floor plus 0.1 s rather than to 0.5 s, since no
-  code of ours can make kfp import faster.
+  as the floor; what the definition adds to it (timed in one interpreter) is held to 0.1 s
+  rather than the whole to 0.5 s, since no code of ours can make kfp import faster.
 """
 
 from __future__ import annotations
@@ -44,6 +44,25 @@ def _time(code: str, env: dict[str, str]) -> float:
     return time.perf_counter() - start
 
 
+#: Times, in one interpreter, importing kfp.dsl and then building the definition on top of it.
+_OVER_FLOOR = f"""
+import time
+start = time.perf_counter()
+{KFP_FLOOR[1]}
+floor = time.perf_counter()
+{DEFINITION}
+print(time.perf_counter() - floor)
+"""
+
+
+def _over_floor() -> float:
+    """What the definition costs above kfp.dsl, timed inside one interpreter: two fresh
+    interpreters' import times differ by more than the margin on a shared machine."""
+    out = subprocess.run([sys.executable, "-c", _OVER_FLOOR], check=True, capture_output=True,
+                         text=True).stdout
+    return float(out.split()[-1])
+
+
 def heavy_modules_loaded(code: str) -> list[str]:
     """Heavy packages that ``code`` imports (must stay empty for ``import
     kfp_serve.components``)."""
@@ -59,15 +78,16 @@ def run(quick: bool) -> list[dict]:
     _time("pass", {})  # warm the OS file cache and .pyc files once
     bare = statistics.median(_time("pass", {}) for _ in range(repeats))
     figures = []
-    measured: dict[str, float] = {}
     for name, code, env in [KFP_FLOOR, *CASES]:
         _time(code, env)
         runs = [max(0.0, _time(code, env) - bare) for _ in range(repeats)]
-        value = measured[code] = statistics.median(runs)
+        value = statistics.median(runs)
         heavy = heavy_modules_loaded(code) if code == "import kfp_serve.components" else []
         if code == DEFINITION:
-            limit = measured[KFP_FLOOR[1]] + DEFINITION_MARGIN_S
-            target = f"≤ kfp.dsl import + {DEFINITION_MARGIN_S} s ({limit:.3f} s)"
+            over = statistics.median(_over_floor() for _ in range(repeats))
+            limit = value - over + DEFINITION_MARGIN_S
+            target = (f"≤ kfp.dsl import + {DEFINITION_MARGIN_S} s (above it in one "
+                      f"interpreter: {over:.3f} s)")
         elif code == KFP_FLOOR[1]:
             limit, target = float("inf"), "reference only"
         else:
