@@ -47,7 +47,6 @@ def _time(code: str, env: dict[str, str]) -> float:
 #: Times, in one interpreter, importing kfp.dsl and then building the definition on top of it.
 _OVER_FLOOR = f"""
 import time
-start = time.perf_counter()
 {KFP_FLOOR[1]}
 floor = time.perf_counter()
 {DEFINITION}
