@@ -263,6 +263,7 @@ ACCEPTED_TYPES = "application/json, application/octet-stream (with Inference-Hea
 _CONTENT_TYPE = b"content-type"
 _HEADER_LENGTH = b"inference-header-content-length"
 _REQUEST_ID = b"x-request-id"
+_JSON = b"application/json"
 #: Extensions of the Open Inference Protocol this server implements (``GET /v2``).
 EXTENSIONS = ["binary_tensor_data"]
 #: The v2 model repository extension (multi-model servers only).
@@ -363,6 +364,7 @@ class RuntimeApp:
 
         from kfp_serve.serving.runtime import binary, codec
         from kfp_serve.serving.runtime._kserve import InferenceVerb, InvalidInput, ModelNotReady
+        from kfp_serve.serving.runtime.ids import new_id
 
         self.models = models
         self.repository = repository
@@ -384,6 +386,7 @@ class RuntimeApp:
         self._verb_explain = InferenceVerb.EXPLAIN
         self._invalid_input = InvalidInput
         self._not_ready = ModelNotReady
+        self._new_id = new_id
         self.payload_logger = payload_logger
         self._count: Callable[[str, str, int], None] | None = None
         self._flusher: asyncio.Task[None] | None = None
@@ -457,7 +460,7 @@ class RuntimeApp:
 
     async def _send(self, send: Callable, status: int, payload: Any) -> int:
         body = self._dumps(payload, option=self._dump_opts)
-        return await self._send_bytes(send, status, body, [(b"content-type", b"application/json")])
+        return await self._send_bytes(send, status, body, [(b"content-type", _JSON)])
 
     async def _error(self, send: Callable, status: int, message: str) -> int:
         return await self._send(send, status, {"error": message})
@@ -519,7 +522,7 @@ class RuntimeApp:
         content_type = headers.get(_CONTENT_TYPE, b"").split(b";", 1)[0].strip().lower()
         header_length = headers.get(_HEADER_LENGTH)
         if content_type and not (
-            content_type == b"application/json"
+            content_type == _JSON
             or content_type.endswith(b"+json")
             or (content_type == b"application/octet-stream" and kind == "v2")
         ):
@@ -559,11 +562,6 @@ class RuntimeApp:
             body = self._decode(kind, raw, header_length)
             if plogger is not None:
                 inference_id = self._inference_id(body, request_headers)
-                plogger.request(
-                    inference_id,
-                    raw,
-                    request_headers.get(_CONTENT_TYPE, b"application/json").decode(),
-                )
             requested = None
             if kind == "v2":
                 requested = self._binary.requested_outputs(body)
@@ -577,22 +575,10 @@ class RuntimeApp:
                 content, extra = self._encode_v2(response, *requested)
             else:
                 content, extra = self._dumps(response, option=self._dump_opts), []
-        except self._request_error as e:
-            return await self._error(send, e.status, str(e))
-        except self._invalid_input as e:
-            return await self._error(send, 400, str(e))
-        except NotImplementedError as e:
-            return await self._error(send, 501, str(e) or "not implemented")
-        except self._not_ready as e:
-            return await self._error(send, 503, str(e))
-        except (ValueError, TypeError, KeyError, IndexError) as e:
-            # Input passed the codec but the model still refused it (e.g. an unknown category
-            # in a OneHotEncoder): the client's data, so 400, and the server keeps serving.
-            log.debug("model rejected input", exc_info=True)
-            return await self._error(send, 400, f"the model rejected the input: {e}")
-        except Exception as e:  # noqa: BLE001 - a real server error; keep serving
-            log.exception("inference failed")
-            return await self._error(send, 500, f"{type(e).__name__}: {e}")
+        except Exception as e:  # noqa: BLE001 - every refusal answered; the server keeps serving
+            if inference_id is not None:  # decoded, then refused: its request is still logged
+                plogger.exchange(inference_id, raw, request_headers.get(_CONTENT_TYPE, _JSON))
+            return await self._error(send, *self._refusal(e))
         if extra:
             json_part = content
             content = b"".join([json_part, *extra])
@@ -601,10 +587,29 @@ class RuntimeApp:
                 (_HEADER_LENGTH, str(len(json_part)).encode()),
             ]
         else:
-            out_headers = [(b"content-type", b"application/json")]
-        if plogger is not None and inference_id is not None:
-            plogger.response(inference_id, content, out_headers[0][1].decode())
+            out_headers = [(b"content-type", _JSON)]
+        if inference_id is not None:
+            plogger.exchange(inference_id, raw, request_headers.get(_CONTENT_TYPE, _JSON),
+                             content, out_headers[0][1])
         return await self._send_bytes(send, 200, content, out_headers)
+
+    def _refusal(self, e: Exception) -> tuple[int, str]:
+        """The status and message an inference that raised ``e`` is answered with."""
+        if isinstance(e, self._request_error):
+            return e.status, str(e)
+        if isinstance(e, self._invalid_input):
+            return 400, str(e)
+        if isinstance(e, NotImplementedError):
+            return 501, str(e) or "not implemented"
+        if isinstance(e, self._not_ready):
+            return 503, str(e)
+        if isinstance(e, (ValueError, TypeError, KeyError, IndexError)):
+            # Input passed the codec but the model still refused it (e.g. an unknown category
+            # in a OneHotEncoder): the client's data, so 400, and the server keeps serving.
+            log.debug("model rejected input", exc_info=True)
+            return 400, f"the model rejected the input: {e}"
+        log.error("inference failed", exc_info=e)  # a real server error
+        return 500, f"{type(e).__name__}: {e}"
 
     def _encode_v2(
         self, response: Any, requested: list[dict[str, Any]] | None, binary_default: bool
@@ -615,8 +620,7 @@ class RuntimeApp:
         response, chunks = self._binary.select_outputs(response, requested, binary_default)
         return self._dumps(response, option=self._dump_opts), chunks
 
-    @staticmethod
-    def _inference_id(body: Any, headers: dict[bytes, bytes]) -> str:
+    def _inference_id(self, body: Any, headers: dict[bytes, bytes]) -> str:
         """The id that ties a request's and its answer's log events (set in a v2 body)."""
         if isinstance(body, dict) and body.get("id") is not None:
             return str(body["id"])
@@ -624,9 +628,7 @@ class RuntimeApp:
         if rid:
             inference_id = rid.decode(errors="replace")
         else:
-            from kfp_serve.serving.runtime.ids import new_id
-
-            inference_id = new_id()
+            inference_id = self._new_id()
         if isinstance(body, dict) and "inputs" in body:
             body["id"] = inference_id  # the answer echoes it
         return inference_id

@@ -548,6 +548,51 @@ def test_payload_events_of_a_burst_all_arrive_once_each(dp, sink, iris):
         "org.kubeflow.serving.inference.request", "org.kubeflow.serving.inference.response"))
 
 
+def test_a_refused_inference_logs_its_request_and_no_answer(dp, sink):
+    """A request that decodes and is then refused (3 features for a 4-feature model): its
+    request event still goes out, under its id; no answer event does."""
+    from cloudevents.http import from_http
+
+    url = dp["procs"]["logged"].url
+    r = httpx.post(f"{url}/v2/models/model/infer", json=v2_body(np.ones((1, 3)), id="refused-7"),
+                   timeout=30)
+    assert r.status_code == 400
+
+    def refused() -> list[Any]:
+        return [e for e in (from_http(h, b) for h, b in list(sink.events))
+                if e["id"] == "refused-7"]
+
+    _wait_for(lambda: len(refused()) >= 1)
+    time.sleep(0.2)  # an answer event, were one sent, would have come with it
+    assert [e["type"] for e in refused()] == ["org.kubeflow.serving.inference.request"]
+
+
+@pytest.mark.parametrize("mode", ["request", "response"])
+def test_payload_logger_mode_sends_only_the_events_it_names(sink, mode):
+    """KServe's logger.mode through the server's logger and a real agent: ``request`` sends
+    requests (answered or refused), ``response`` sends answers only."""
+    from cloudevents.http import from_http
+
+    from kfp_serve.serving.runtime.payload_log import LoggerSpec, PayloadLogger
+
+    async def log_two() -> None:
+        logger = PayloadLogger(LoggerSpec(url=sink.url, mode=mode))
+        await logger.start()
+        logger.exchange(f"{mode}-answered", b'{"inputs": []}', b"application/json",
+                        b'{"outputs": []}', b"application/json")
+        logger.exchange(f"{mode}-refused", b'{"inputs": 1}', b"application/json")
+        await logger.close()  # the agent sends what it holds before it exits
+
+    asyncio.run(log_two())
+    got = sorted((e["id"], e["type"], e.data) for e in (from_http(h, b) for h, b in sink.events)
+                 if str(e["id"]).startswith(f"{mode}-"))
+    request, response = ("org.kubeflow.serving.inference.request",
+                         "org.kubeflow.serving.inference.response")
+    assert got == ({"request": [(f"{mode}-answered", request, {"inputs": []}),
+                                (f"{mode}-refused", request, {"inputs": 1})],
+                    "response": [(f"{mode}-answered", response, {"outputs": []})]}[mode])
+
+
 def test_payload_sink_down_never_fails_answers_and_is_counted(dp, iris):
     url = dp["procs"]["sink-down"].url
     for _ in range(3):
@@ -679,7 +724,7 @@ def test_payload_events_cut_anywhere_in_the_pipe_arrive_whole():
             (RESPONSE_EVENT, "\u00e9t\u00e9", "application/octet-stream", bytes(range(256))),
             (REQUEST_EVENT, "", "application/json", b"")]
     kinds = {REQUEST_EVENT: 0, RESPONSE_EVENT: 1}
-    stream = b"".join(encode_event(kinds[t], i, ct, b) for t, i, ct, b in sent)
+    stream = b"".join(encode_event(kinds[t], i.encode(), ct.encode(), b) for t, i, ct, b in sent)
     for cut in range(len(stream) + 1):
         buf, got = bytearray(), []
         for part in (stream[:cut], stream[cut:]):

@@ -29,7 +29,8 @@ def _write_slowly(fd: int, parts: list[bytes], pause: float) -> None:
 def test_pipe_source_reads_every_event_in_order_and_ends_with_the_pipe():
     events = [(REQUEST_EVENT if i % 2 == 0 else RESPONSE_EVENT, f"id-{i // 2}",
                "application/json", b'{"n": %d}' % i) for i in range(400)]
-    stream = b"".join(encode_event(i % 2, rid, ct, body) for i, (_, rid, ct, body)
+    stream = b"".join(encode_event(i % 2, rid.encode(), ct.encode(), body)
+                      for i, (_, rid, ct, body)
                       in enumerate(events))
     # Cut anywhere, not at event boundaries; a pause long enough that the reader finds the
     # pipe empty between writes (and must wait for it rather than end).
