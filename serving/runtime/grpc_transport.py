@@ -75,6 +75,9 @@ class Method:
 
     request_type: Any  # the protobuf message class (``FromString``)
     handler: Callable[[Any], Awaitable[Any]]  # request -> response message; may raise GrpcError
+    #: Tried first: the response message at once, or None to leave the call to ``handler``. A
+    #: call answered here costs no asyncio task; may raise GrpcError.
+    now: Callable[[Any], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -164,7 +167,8 @@ class GrpcProtocol(asyncio.Protocol):
         self.unacked = 0
         self.blocked: list[_Stream] = []
         self.closing = False
-        self.out: list[bytes] = []  # control frames written once per read
+        self.out: list[bytes] = []  # frames not yet written (see _write)
+        self.receiving = False  # inside data_received
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -181,6 +185,14 @@ class GrpcProtocol(asyncio.Protocol):
         self.blocked.clear()
 
     def data_received(self, data: bytes) -> None:
+        self.receiving = True
+        try:
+            self._receive(data)
+        finally:
+            self.receiving = False
+            self._flush_out()
+
+    def _receive(self, data: bytes) -> None:
         buf = self.buf + data if self.buf else data
         pos = 0
         if self.preface:
@@ -214,7 +226,6 @@ class GrpcProtocol(asyncio.Protocol):
             self.transport.close()
             return
         self.buf = buf[pos:] if pos < end else b""
-        self._flush_out()
 
     # -- frames in ---------------------------------------------------------------------------
 
@@ -370,9 +381,25 @@ class GrpcProtocol(asyncio.Protocol):
                 "compressed messages are not supported; send them uncompressed",
             ))
             return
-        stream.task = self.loop.create_task(
-            self._call(stream, self.methods[stream.path], body[5:])
-        )
+        method = self.methods[stream.path]
+        try:
+            try:
+                request = method.request_type.FromString(body[5:])
+            except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and friends
+                raise GrpcError(
+                    Status.INVALID_ARGUMENT,
+                    f"the message is not a valid {method.request_type.DESCRIPTOR.full_name}",
+                ) from e
+            answer = method.now(request) if method.now is not None else None
+            if answer is not None:
+                message = answer.SerializeToString()
+        except Exception as e:  # noqa: BLE001 - answered with its status; keep serving
+            self._answer_failure(stream, e)
+            return
+        if answer is not None:
+            self._answer_message(stream, message)
+        else:
+            stream.task = self.loop.create_task(self._call(stream, method, request))
 
     def _settings(self, payload: bytes) -> None:
         for i in range(0, len(payload) - 5, 6):
@@ -395,30 +422,27 @@ class GrpcProtocol(asyncio.Protocol):
 
     # -- calls -------------------------------------------------------------------------------
 
-    async def _call(self, stream: _Stream, method: Method, message: bytes) -> None:
+    async def _call(self, stream: _Stream, method: Method, request: Any) -> None:
         try:
-            try:
-                request = method.request_type.FromString(message)
-            except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and friends
-                raise GrpcError(
-                    Status.INVALID_ARGUMENT,
-                    f"the message is not a valid {method.request_type.DESCRIPTOR.full_name}",
-                ) from e
             answer = (await method.handler(request)).SerializeToString()
-        except GrpcError as e:
-            self._answer(stream, http2.error_answer(stream.id, e.code, e.message))
-            return
         except asyncio.CancelledError:
             raise
-        except Exception as e:  # noqa: BLE001 - a server error; keep serving
-            log.exception("gRPC call %s failed", stream.path.decode(errors="replace"))
-            self._answer(stream, http2.error_answer(
-                stream.id, Status.INTERNAL, f"{type(e).__name__}: {e}"
-            ))
+        except Exception as e:  # noqa: BLE001 - answered with its status; keep serving
+            self._answer_failure(stream, e)
             return
         finally:
             stream.task = None
         self._answer_message(stream, answer)
+
+    def _answer_failure(self, stream: _Stream, e: Exception) -> None:
+        """End the call with ``e``'s status: a GrpcError's own, INTERNAL for anything else."""
+        if isinstance(e, GrpcError):
+            self._answer(stream, http2.error_answer(stream.id, e.code, e.message))
+            return
+        log.error("gRPC call %s failed", stream.path.decode(errors="replace"), exc_info=e)
+        self._answer(stream, http2.error_answer(
+            stream.id, Status.INTERNAL, f"{type(e).__name__}: {e}"
+        ))
 
     # -- frames out --------------------------------------------------------------------------
 
@@ -437,7 +461,7 @@ class GrpcProtocol(asyncio.Protocol):
                 _trailers(stream.id),
             )))
             return
-        self.transport.write(head)
+        self._write(head)
         stream.pending = memoryview(data)
         self.blocked.append(stream)
         self._send_blocked()
@@ -459,7 +483,7 @@ class GrpcProtocol(asyncio.Protocol):
                 stream.send_window -= n
             stream.pending = pending
             if parts:
-                self.transport.write(b"".join(parts))
+                self._write(b"".join(parts))
             if pending:
                 waiting.append(stream)
             else:
@@ -469,8 +493,7 @@ class GrpcProtocol(asyncio.Protocol):
     def _answer(self, stream: _Stream, frames: bytes) -> None:
         """Write the (last) frames of a call's answer: it ends the stream on this side."""
         stream.answered = True
-        if not self.transport.is_closing():
-            self.transport.write(frames)
+        self._write(frames)
         if stream.remote_closed:
             self._forget(stream)
 
@@ -478,6 +501,7 @@ class GrpcProtocol(asyncio.Protocol):
         if self.streams.get(stream.id) is stream:
             del self.streams[stream.id]
         if self.closing and not self.streams:
+            self._flush_out()  # the last answer first
             self.transport.close()
 
     def _send_preface(self) -> None:
@@ -489,10 +513,18 @@ class GrpcProtocol(asyncio.Protocol):
         self.out += (http2.frame(http2.SETTINGS, 0, 0, settings),
                      _window_update(0, RECEIVE_WINDOW - http2.DEFAULT_WINDOW))
 
+    def _write(self, data: bytes) -> None:
+        """Send ``data`` after every frame queued before it. While a read is being handled,
+        it joins the frames that read's handling sends together at its end (the answers of
+        the calls it completed, in one write)."""
+        self.out.append(data)
+        if not self.receiving:
+            self._flush_out()
+
     def _flush_out(self) -> None:
         if self.out and not self.transport.is_closing():
             self.transport.write(b"".join(self.out))
-            self.out = []
+        self.out = []
 
     def _not_http2(self) -> None:
         text = (b"this port serves gRPC (HTTP/2 with prior knowledge); send HTTP/1.1 requests "
@@ -505,8 +537,9 @@ class GrpcProtocol(asyncio.Protocol):
         if self.transport.is_closing():
             return
         self.closing = True
-        self.transport.write(http2.goaway(self.last_stream))
+        self._write(http2.goaway(self.last_stream))
         if not self.streams:
+            self._flush_out()
             self.transport.close()
 
 

@@ -179,15 +179,35 @@ class PredictorModel(kserve.Model):
         Raises:
             RequestError: The request is invalid.
         """
+        if self.batcher is None:
+            return self.infer_now(decode, encode)
         start = time.perf_counter()
         batch = decode()
         mid = time.perf_counter()
         method = self._model.predictor_for(batch.proba)
         # The batcher runs the default answer; a request asking otherwise runs alone.
-        if self.batcher is not None and method is self._model.predict:
+        if method is self._model.predict:
             result = await self.batcher.predict(batch.X)
         else:
             result = method(batch.X)
+        return self._encode_timed(start, mid, encode, batch, result)
+
+    def infer_now(self, decode: Callable[[], Batch], encode: Callable[[Batch, Any], T]) -> T:
+        """:meth:`infer` without waiting for anything: only for a model with no batcher (a
+        caller that can answer at once then needs no task of its own).
+
+        Raises:
+            RequestError: The request is invalid.
+        """
+        assert self.batcher is None, "a batched prediction waits for its batch: use infer()"
+        start = time.perf_counter()
+        batch = decode()
+        mid = time.perf_counter()
+        result = self._model.predictor_for(batch.proba)(batch.X)
+        return self._encode_timed(start, mid, encode, batch, result)
+
+    def _encode_timed(self, start: float, mid: float, encode: Callable[[Batch, Any], T],
+                      batch: Batch, result: Any) -> T:
         end = time.perf_counter()
         answer = encode(batch, result)
         if self.timers is not None:

@@ -57,11 +57,20 @@ def _request(model: str, X: np.ndarray, datatype: str, raw: bool, **fields: Any)
     return request
 
 
-def _served(model: PredictorModel, request: Any) -> Any:
-    """The servicer's answer (or its GrpcError), as a client gets it."""
+def _servicer(model: PredictorModel) -> Any:
     server = gs.GrpcServer({model.name: model}, host="127.0.0.1", port=0, max_message_bytes=1 << 20)
+    return gs._Servicer(server, pb)
+
+
+def _served(model: PredictorModel, request: Any, at_once: bool = True) -> Any:
+    """The servicer's answer (or its GrpcError), as a client gets it: ModelInferNow's when it
+    answers (the transport tries it first), else ModelInfer's; only ModelInfer's if not
+    ``at_once``."""
+    servicer = _servicer(model)
     try:
-        return asyncio.run(gs._Servicer(server, pb).ModelInfer(request))
+        if at_once and (answer := servicer.ModelInferNow(request)) is not None:
+            return answer
+        return asyncio.run(servicer.ModelInfer(request))
     except GrpcError as e:
         return e
 
@@ -97,6 +106,7 @@ def test_direct_answers_equal_the_generic_path(models, key, datatype, raw):
     assert got.SerializeToString(deterministic=True) == _generic(
         models[key], request
     ).SerializeToString(deterministic=True)
+    assert got == _served(models[key], request, at_once=False)  # answered at once or not
     assert got.id == "req-7" and got.model_name == key
     assert bool(got.raw_output_contents) == raw
 
@@ -139,6 +149,8 @@ def test_refusals_equal_the_generic_paths_and_name_the_field(models, case):
     got = _served(models["lr"], request)
     assert isinstance(got, GrpcError), f"{case}: answered {got}"
     assert got.code == Status.INVALID_ARGUMENT
+    later = _served(models["lr"], request, at_once=False)
+    assert (later.code, later.message) == (got.code, got.message)
     assert got.message == _generic(models["lr"], request)
     assert "inputs[0]" in got.message or "raw_input_contents[0]" in got.message, got.message
 
@@ -155,3 +167,30 @@ def test_direct_calls_are_timed_like_rest_ones(models):
             assert sum(b.get() for b in histogram._buckets) == 3, phase
     finally:
         model.timers = None
+
+
+def test_only_a_call_that_need_not_wait_is_answered_at_once(models):
+    """The transport answers a call in its own callback (no asyncio task) only when nothing
+    makes it wait: the direct path, a model without a batcher. A batched model's call waits
+    for its batch, and gets the same answer."""
+    from kfp_serve.serving.runtime.batcher import Batcher, BatcherSpec
+
+    model = models["lr"]
+    direct = _request("lr", _rows("lr")[:1], "FP64", True, id="now-1")
+    assert _servicer(model).ModelInferNow(direct) is not None
+    generic = _with(_request("lr", _rows("lr")[:1], "FP64", True, id="now-2"),
+                    lambda r: r.outputs.add(name="output-0"))
+    assert _servicer(model).ModelInferNow(generic) is None
+    assert not isinstance(_served(model, generic), GrpcError)
+    at_once = _served(model, direct)
+
+    async def batched() -> Any:
+        model.batcher = Batcher(model.predict_rows, BatcherSpec(max_batch_size=4,
+                                                                max_latency_ms=5))
+        try:
+            assert _servicer(model).ModelInferNow(direct) is None
+            return await _servicer(model).ModelInfer(direct)
+        finally:
+            model.batcher = None
+
+    assert asyncio.run(batched()) == at_once

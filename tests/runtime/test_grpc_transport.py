@@ -48,6 +48,14 @@ class _Service:
     async def crash(self, request: Any) -> Any:
         raise RuntimeError("the handler broke")
 
+    def echo_now(self, request: Any) -> Any | None:
+        """Answers at once, except a call whose id starts with "later" (left to echo)."""
+        if request.id.startswith("later"):
+            return None
+        if request.id == "refuse":
+            raise GrpcError(Status.RESOURCE_EXHAUSTED, "refused at once")
+        return pb.ModelInferResponse(id=f"{request.id} at once")
+
     async def wait(self, request: Any) -> Any:
         try:
             await self.release.wait()
@@ -65,6 +73,7 @@ def served() -> Iterator[tuple[int, _Service, asyncio.AbstractEventLoop, GrpcLis
         f"/t.S/{name}": Method(pb.ModelInferRequest, getattr(service, name))
         for name in ("echo", "fail", "crash", "wait")
     }
+    methods["/t.S/now"] = Method(pb.ModelInferRequest, service.echo, service.echo_now)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -175,12 +184,26 @@ def test_stopping_answers_the_calls_in_flight_and_takes_no_new_ones(served):
 class _Raw:
     """A client that writes HTTP/2 frames itself and reads the server's one by one."""
 
-    def __init__(self, port: int, settings: dict[int, int] | None = None) -> None:
+    def __init__(self, port: int, settings: dict[int, int] | None = None,
+                 hold: bool = False) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
         self.encoder, self.decoder = Encoder(), Decoder()
         self.buf = b""
+        # ``hold``: what is sent waits for release(), then goes out in one write.
+        self.held: list[bytes] | None = [] if hold else None
         payload = b"".join(struct.pack(">HI", k, v) for k, v in (settings or {}).items())
-        self.sock.sendall(http2.PREFACE + http2.frame(http2.SETTINGS, 0, 0, payload))
+        self._send(http2.PREFACE + http2.frame(http2.SETTINGS, 0, 0, payload))
+
+    def _send(self, data: bytes) -> None:
+        if self.held is not None:
+            self.held.append(data)
+        else:
+            self.sock.sendall(data)
+
+    def release(self) -> None:
+        assert self.held is not None
+        self.sock.sendall(b"".join(self.held))
+        self.held = None
 
     def call(self, stream: int, path: str, message: bytes, content_type: str = "application/grpc",
              flag: int = 0) -> None:
@@ -193,7 +216,7 @@ class _Raw:
             last = i + 16384 >= len(data)
             frames.append(http2.frame(http2.DATA, http2.END_STREAM if last else 0, stream,
                                       data[i : i + 16384]))
-        self.sock.sendall(b"".join(frames))
+        self._send(b"".join(frames))
 
     def frame(self, timeout: float = 5) -> tuple[int, int, int, bytes] | None:
         """The next frame (kind, flags, stream, payload), or None when none came in time."""
@@ -230,6 +253,41 @@ class _Raw:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def test_calls_answered_at_once_come_after_the_servers_settings_each_with_its_status(served):
+    """The preface, SETTINGS and three calls in one write (as h2load sends them): the server's
+    SETTINGS still come first, then each call's own answer: at once, left to the async
+    handler, or refused at once."""
+    port, *_ = served
+    raw = _Raw(port, hold=True)
+    try:
+        for stream, ident in ((1, "a"), (3, "later-b"), (5, "refuse")):
+            raw.call(stream, "/t.S/now", pb.ModelInferRequest(id=ident).SerializeToString())
+        raw.release()
+        first = raw.frame()
+        assert first is not None and first[:3] == (http2.SETTINGS, 0, 0), first
+        blocks: dict[int, list[dict[str, str]]] = {1: [], 3: [], 5: []}
+        data = dict.fromkeys(blocks, b"")
+        ended: set[int] = set()
+        while ended != set(blocks):  # the answers, as they come (stream 3's comes last)
+            frame = raw.frame()
+            assert frame is not None, f"streams {set(blocks) - ended} were not answered"
+            kind, flags, stream, payload = frame
+            if kind == http2.HEADERS:
+                blocks[stream].append(dict(raw.decoder.decode(payload)))
+            elif kind == http2.DATA:
+                data[stream] += payload
+            if kind in (http2.HEADERS, http2.DATA) and flags & http2.END_STREAM:
+                ended.add(stream)
+        got = {stream: (b[-1]["grpc-status"], b[-1].get("grpc-message"),
+                        pb.ModelInferResponse.FromString(data[stream][5:]).id
+                        if data[stream] else None)
+               for stream, b in blocks.items()}
+        assert got == {1: ("0", None, "a at once"), 3: ("0", None, "later-b"),
+                       5: (str(Status.RESOURCE_EXHAUSTED.value), "refused at once", None)}
+    finally:
+        raw.close()
 
 
 def test_an_answer_waits_for_the_clients_window_and_respects_its_frame_size(served):
