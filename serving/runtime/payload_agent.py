@@ -29,12 +29,12 @@ import re
 import signal
 import sys
 from collections import deque
-from collections.abc import Iterable
 from typing import Any
 
 from kfp_serve.serving.runtime.payload_log import (
     COMPONENT_ATTR,
     ENDPOINT_ATTR,
+    EVENT_TYPES,
     INFERENCE_SERVICE_ATTR,
     NAMESPACE_ATTR,
     SPEC_VERSION,
@@ -65,8 +65,10 @@ READ_CHUNK = 1 << 20
 READ_EVERY_S = 0.005
 PIPE_BYTES = 1 << 20
 
-#: An event: (CloudEvents type, inference id, content type, body).
-Event = tuple[str, str, str, bytes]
+#: An event as the server framed it: (kind, inference id, content type, body), kind an index
+#: in EVENT_TYPES. Kept as bytes: it goes out as bytes (text only for a retry's headers).
+Event = tuple[int, bytes, bytes, bytes]
+_TYPE_VALUES = tuple(t.encode() for t in EVENT_TYPES)
 
 
 class SinkError(Exception):
@@ -100,14 +102,14 @@ class EventSender:
         self._prefix = self._client.head_prefix("POST", self._path)
         self._task = asyncio.create_task(self._drain(), name="payload-sender")
 
-    def put_many(self, events: Iterable[Event]) -> None:
+    def put_many(self, events: list[Event]) -> None:
         """Queue ``events``; those beyond the queue's room are dropped (and counted)."""
         queue = self._queue
-        for event in events:
-            if len(queue) < QUEUE_SIZE:
-                queue.append(event)
-            else:
-                self.dropped += 1
+        room = QUEUE_SIZE - len(queue)
+        if len(events) > room:
+            self.dropped += len(events) - room
+            events = events[:room]
+        queue.extend(events)
         if queue:
             self._done.clear()
             self._waiting.set()
@@ -166,7 +168,7 @@ class EventSender:
                 self._waiting.clear()
             try:
                 if len(batch) == 1:
-                    await self._send(*batch[0])
+                    await self._send(batch[0])
                 else:
                     await self._send_pipelined(batch)
             finally:
@@ -179,30 +181,28 @@ class EventSender:
         when = now()
         # Each request framed here, in one formatting per event: the fixed headers are in
         # the prefix, the event's own after them.
-        prefix, stamp = self._prefix, when.encode("latin-1")
+        prefix, stamp, types = self._prefix, when.encode("latin-1"), _TYPE_VALUES
         data = b"".join([
-            prefix + _EVENT_HEAD % (_id_value(inference_id).encode("latin-1"),
-                                    event_type.encode("latin-1"), stamp,
-                                    content_type.encode("latin-1", "replace"), len(body)) + body
-            for event_type, inference_id, content_type, body in batch
+            prefix + _EVENT_HEAD % (rid if _PLAIN_ID_BYTES(rid) else _id_bytes(rid),
+                                    types[kind], stamp, content_type, len(body)) + body
+            for kind, rid, content_type, body in batch
         ])
         answers = await self._client.pipeline(data, len(batch), settle=SETTLE_S)
-        for (event_type, inference_id, content_type, body), answer in zip(
-            batch, answers, strict=True
-        ):
+        for event, answer in zip(batch, answers, strict=True):
             if isinstance(answer, UpstreamError) or answer.status >= 500 or answer.status == 429:
+                event_type, inference_id, content_type, body = _text(event)
                 headers = self._headers(event_type, inference_id, content_type, when)
                 await self._retry(event_type, inference_id, body, headers)
             elif answer.status >= 400:
+                event_type, inference_id, *_ = _text(event)
                 self._drop(event_type, inference_id, ValueError(f"sink answered {answer.status}"))
             else:
                 self.sent += 1
 
-    async def _send(
-        self, event_type: str, inference_id: str, content_type: str, body: bytes
-    ) -> None:
+    async def _send(self, event: Event) -> None:
         from kfp_serve.serving.runtime.upstream import UpstreamError
 
+        event_type, inference_id, content_type, body = _text(event)
         headers = self._headers(event_type, inference_id, content_type)
         try:
             # The usual case, a sink that answers, costs no retry machinery (tenacity's loop
@@ -251,6 +251,7 @@ class EventSender:
 
 #: True for an id that needs no percent-encoding (a UUID, the usual case): checked in C.
 _PLAIN_ID = re.compile(r"[A-Za-z0-9._~-]+").fullmatch
+_PLAIN_ID_BYTES = re.compile(rb"[A-Za-z0-9._~-]+").fullmatch
 #: An event's own headers (besides the client's fixed ones), in this order: id, type, time,
 #: content type. A pipelined request frames them from ``_EVENT_HEAD``, a retried one from
 #: :meth:`EventSender._headers`: both from these names.
@@ -263,6 +264,19 @@ _EVENT_HEAD = (
 
 def _id_value(inference_id: str) -> str:
     return inference_id if _PLAIN_ID(inference_id) else _header_value(inference_id)
+
+
+def _id_bytes(inference_id: bytes) -> bytes:
+    """An id that is not plain, percent-encoded (ASCII, then)."""
+    return _header_value(inference_id.decode("utf-8", "replace")).encode("ascii")
+
+
+def _text(event: Event) -> tuple[str, str, str, bytes]:
+    """An event's type, id and content type as text (for headers built one by one, and
+    log lines)."""
+    kind, inference_id, content_type, body = event
+    return (EVENT_TYPES[kind], inference_id.decode("utf-8", "replace"),
+            content_type.decode("latin-1"), body)
 
 
 def _header_value(value: str) -> str:

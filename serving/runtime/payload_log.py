@@ -23,7 +23,6 @@ import json
 import logging
 import struct
 import sys
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
@@ -218,25 +217,25 @@ def encode_event(kind: int, inference_id: bytes, content_type: bytes, body: byte
                      inference_id, content_type, body))
 
 
-def decode_events(buf: bytearray) -> Iterator[tuple[str, str, str, bytes]]:
-    """The complete events at the start of ``buf`` as (type, id, content type, body); each is
-    removed from ``buf`` as it is yielded, an incomplete last one stays for the next read."""
-    view_start = 0
-    size = _FRAME.size
-    try:
-        while len(buf) - view_start >= size:
-            kind, n_id, n_ct, n_body = _FRAME.unpack_from(buf, view_start)
-            end = view_start + size + n_id + n_ct + n_body
-            if len(buf) < end:
-                return
-            at = view_start + size
-            rid = buf[at : at + n_id].decode()
-            ct = buf[at + n_id : at + n_id + n_ct].decode()
-            body = bytes(buf[at + n_id + n_ct : end])
-            view_start = end
-            yield EVENT_TYPES[kind], rid, ct, body
-    finally:
-        del buf[:view_start]
+def decode_events(buf: bytearray) -> list[tuple[int, bytes, bytes, bytes]]:
+    """The complete events at the start of ``buf`` as (kind, id, content type, body), kind an
+    index in :data:`EVENT_TYPES`, the rest as the server framed them; they are removed from
+    ``buf``, an incomplete last one stays for the next read."""
+    data = bytes(buf)  # its slices are bytes: a bytearray's would each need converting
+    events = []
+    at, size, total = 0, _FRAME.size, len(data)
+    unpack = _FRAME.unpack_from
+    while total - at >= size:
+        kind, n_id, n_ct, n_body = unpack(data, at)
+        end = at + size + n_id + n_ct + n_body
+        if total < end:
+            break
+        id_at, ct_at = at + size, at + size + n_id
+        body_at = ct_at + n_ct
+        events.append((kind, data[id_at:ct_at], data[ct_at:body_at], data[body_at:end]))
+        at = end
+    del buf[:at]
+    return events
 
 
 def now() -> str:

@@ -46,7 +46,7 @@ class _StaleConnection(Exception):
     """A reused connection was closed by the server before it answered (safe to resend)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Response:
     """An HTTP answer: status code, lower-cased header names, and the whole body."""
 
@@ -206,13 +206,23 @@ class UpstreamClient:
                         conn.writer.transport.resume_reading()
                 keep_alive = True
                 seen: tuple[bytes, tuple[int, dict[str, str], bool]] | None = None
+                bodiless: Response | None = None  # the answer ``seen`` is, if it has no body
                 for _ in range(count):
                     head = await conn.reader.readuntil(_HEAD_END)
                     # A server answers a run of alike requests with alike heads: parse each
-                    # new one once (its headers dict is then shared by those answers).
+                    # new one once (its headers dict is then shared by those answers), and
+                    # one with no body is the same answer each time.
+                    if bodiless is not None and head == seen[0]:  # type: ignore[index]
+                        results.append(bodiless)
+                        continue
                     if seen is None or head != seen[0]:
-                        seen = head, _parse_head(head)
+                        seen, bodiless = (head, _parse_head(head)), None
                     status, headers, keep_alive = seen[1]
+                    if (keep_alive and 200 <= status and headers.get("content-length") == "0"
+                            and "transfer-encoding" not in headers):
+                        bodiless = Response(status, headers, b"")
+                        results.append(bodiless)
+                        continue
                     while 100 <= status < 200 and status != 101:
                         head = await conn.reader.readuntil(_HEAD_END)
                         status, headers, keep_alive = _parse_head(head)

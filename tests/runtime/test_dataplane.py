@@ -548,6 +548,28 @@ def test_payload_events_of_a_burst_all_arrive_once_each(dp, sink, iris):
         "org.kubeflow.serving.inference.request", "org.kubeflow.serving.inference.response"))
 
 
+def test_an_id_outside_plain_ascii_reaches_the_sink_percent_encoded(dp, sink, iris):
+    """CloudEvents' HTTP binding percent-encodes attribute values outside printable ASCII."""
+    from urllib.parse import unquote
+
+    from cloudevents.http import from_http
+
+    url = dp["procs"]["logged"].url
+    r = httpx.post(f"{url}/v2/models/model/infer", json=v2_body(iris[0][:1], id="caf\u00e9 7"),
+                   timeout=30)
+    assert r.status_code == 200
+
+    def raw_ids() -> list[str]:
+        return [h["ce-id"] for h, _ in list(sink.events) if h["ce-id"].startswith("caf")]
+
+    _wait_for(lambda: len(raw_ids()) >= 2)
+    assert raw_ids() == ["caf%C3%A9 7", "caf%C3%A9 7"]  # the request's, then the answer's
+    kinds = sorted(e["type"] for e in (from_http(h, b) for h, b in list(sink.events))
+                   if unquote(e["id"]) == "caf\u00e9 7")
+    assert kinds == ["org.kubeflow.serving.inference.request",
+                     "org.kubeflow.serving.inference.response"]
+
+
 def test_a_refused_inference_logs_its_request_and_no_answer(dp, sink):
     """A request that decodes and is then refused (3 features for a 4-feature model): its
     request event still goes out, under its id; no answer event does."""
@@ -713,18 +735,12 @@ def test_payload_agent_gone_means_answers_still_served_and_events_counted_droppe
 
 
 def test_payload_events_cut_anywhere_in_the_pipe_arrive_whole():
-    from kfp_serve.serving.runtime.payload_log import (
-        REQUEST_EVENT,
-        RESPONSE_EVENT,
-        decode_events,
-        encode_event,
-    )
+    from kfp_serve.serving.runtime.payload_log import decode_events, encode_event
 
-    sent = [(REQUEST_EVENT, "id-1", "application/json", b'{"inputs": []}'),
-            (RESPONSE_EVENT, "\u00e9t\u00e9", "application/octet-stream", bytes(range(256))),
-            (REQUEST_EVENT, "", "application/json", b"")]
-    kinds = {REQUEST_EVENT: 0, RESPONSE_EVENT: 1}
-    stream = b"".join(encode_event(kinds[t], i.encode(), ct.encode(), b) for t, i, ct, b in sent)
+    sent = [(0, b"id-1", b"application/json", b'{"inputs": []}'),
+            (1, "\u00e9t\u00e9".encode(), b"application/octet-stream", bytes(range(256))),
+            (0, b"", b"application/json", b"")]
+    stream = b"".join(encode_event(*event) for event in sent)
     for cut in range(len(stream) + 1):
         buf, got = bytearray(), []
         for part in (stream[:cut], stream[cut:]):

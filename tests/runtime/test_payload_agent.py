@@ -9,12 +9,7 @@ import threading
 import time
 
 from kfp_serve.serving.runtime.payload_agent import PipeSource
-from kfp_serve.serving.runtime.payload_log import (
-    REQUEST_EVENT,
-    RESPONSE_EVENT,
-    decode_events,
-    encode_event,
-)
+from kfp_serve.serving.runtime.payload_log import decode_events, encode_event
 
 
 def _write_slowly(fd: int, parts: list[bytes], pause: float) -> None:
@@ -27,18 +22,16 @@ def _write_slowly(fd: int, parts: list[bytes], pause: float) -> None:
 
 
 def test_pipe_source_reads_every_event_in_order_and_ends_with_the_pipe():
-    events = [(REQUEST_EVENT if i % 2 == 0 else RESPONSE_EVENT, f"id-{i // 2}",
-               "application/json", b'{"n": %d}' % i) for i in range(400)]
-    stream = b"".join(encode_event(i % 2, rid.encode(), ct.encode(), body)
-                      for i, (_, rid, ct, body)
-                      in enumerate(events))
+    events = [(i % 2, f"id-{i // 2}".encode(), b"application/json", b'{"n": %d}' % i)
+              for i in range(400)]
+    stream = b"".join(encode_event(*event) for event in events)
     # Cut anywhere, not at event boundaries; a pause long enough that the reader finds the
     # pipe empty between writes (and must wait for it rather than end).
     parts = [stream[i : i + 97] for i in range(0, len(stream), 97)]
     read_fd, write_fd = os.pipe()
     writer = threading.Thread(target=_write_slowly, args=(write_fd, parts, 0.0005))
 
-    async def main() -> list[tuple[str, str, str, bytes]]:
+    async def main() -> list[tuple[int, bytes, bytes, bytes]]:
         source = PipeSource(read_fd)
         buf, got = bytearray(), []
         writer.start()
