@@ -355,9 +355,11 @@ def _forest(root: Path) -> Path:
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
     """Every data-plane figure (see the module docstring)."""
-    duration = 2.0 if quick else 3.0
-    # Six rounds: the per-round ratios of two alike servers move by +-15 % on this VM.
-    rounds = 2 if quick else 6
+    # Ten rounds of 2 s: the per-round ratios of two alike servers move by +-15 % on this VM,
+    # mostly as the machine's speed drifts over seconds; shorter rounds pair closer in time,
+    # and more of them steady the median.
+    duration = 2.0
+    rounds = 2 if quick else 10
     figures: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="kfp-serve-bench-dp-") as tmp, ExitStack() as stack:
         root = Path(tmp)
