@@ -231,10 +231,15 @@ def _measure(pid: int, load: _Load) -> _Round:
 
 
 def _interleaved(loads: dict[str, tuple[int, _Load]], rounds: int) -> dict[str, list[_Round]]:
-    """Run each load ``rounds`` times, alternating A B, B A, ... so that both sides see the
-    same machine: on a shared box the load from elsewhere changes by the second."""
+    """Run each load once unmeasured, then ``rounds`` times, alternating A B, B A, ... so that
+    both sides see the same machine: on a shared box the load from elsewhere changes by the
+    second."""
     names = list(loads)
     results: dict[str, list[_Round]] = {n: [] for n in names}
+    for _, load in loads.values():
+        # A round not counted: the first load after a start pays for what servers and their
+        # helpers (a second worker, a payload agent) still do (imports, a first connection).
+        load()
     for r in range(rounds):
         for name in names if r % 2 == 0 else reversed(names):
             pid, load = loads[name]
