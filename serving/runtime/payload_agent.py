@@ -45,7 +45,9 @@ from kfp_serve.serving.runtime.payload_log import (
 
 log = logging.getLogger("kfp_serve.runtime.payload_agent")
 
-#: Events waiting to be sent; beyond this they are dropped (and counted), never awaited.
+#: Events taken from the pipe and waiting to be sent at most: while this many wait, the pipe is
+#: not read, and what the server writes waits there (and in the server's buffer, whose limit
+#: is where events are dropped: ``payload_log.MAX_UNSENT_BYTES``).
 QUEUE_SIZE = 1000
 #: Events sent in one pipelined batch at most, how long a batch waits for more to join, and
 #: how long its answers are left to arrive before they are read (see
@@ -91,6 +93,8 @@ class EventSender:
         self._waiting = asyncio.Event()  # events are queued
         self._done = asyncio.Event()  # nothing is queued or being sent
         self._done.set()
+        self._has_room = asyncio.Event()
+        self._has_room.set()
         parts = urlsplit(spec.url)
         self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         # The transformer's keep-alive client: a fraction of httpx's cost per event, and no
@@ -102,17 +106,23 @@ class EventSender:
         self._prefix = self._client.head_prefix("POST", self._path)
         self._task = asyncio.create_task(self._drain(), name="payload-sender")
 
+    def room(self) -> int:
+        """How many events :meth:`put_many` takes now."""
+        return QUEUE_SIZE - len(self._queue)
+
+    async def wait_for_room(self) -> None:
+        """Return once the queue has room."""
+        await self._has_room.wait()
+
     def put_many(self, events: list[Event]) -> None:
-        """Queue ``events``; those beyond the queue's room are dropped (and counted)."""
-        queue = self._queue
-        room = QUEUE_SIZE - len(queue)
-        if len(events) > room:
-            self.dropped += len(events) - room
-            events = events[:room]
-        queue.extend(events)
-        if queue:
+        """Queue ``events`` (at most :meth:`room` of them)."""
+        assert len(events) <= self.room(), "more events than the queue has room for"
+        self._queue.extend(events)
+        if self._queue:
             self._done.clear()
             self._waiting.set()
+        if not self.room():
+            self._has_room.clear()
 
     def counts(self) -> tuple[int, int, int]:
         """(sent, dropped, retried) since the last call."""
@@ -164,6 +174,7 @@ class EventSender:
                 # event, a send (and the sink's wake-up) saved for each that joins.
                 await asyncio.sleep(LINGER_S)
             batch = [queue.popleft() for _ in range(min(len(queue), PIPELINE_MAX))]
+            self._has_room.set()
             if not queue:
                 self._waiting.clear()
             try:
@@ -340,9 +351,16 @@ async def run(spec: LoggerSpec, source: Any, report: Any) -> None:
     reporter = asyncio.create_task(report_periodically())
     buf = bytearray()
     try:
-        while chunk := await source.read(READ_CHUNK):
+        while True:
+            # Only as many events as the queue takes leave the pipe's buffer: a sink slower
+            # than the server (or an agent held up) makes the pipe wait, not events drop.
+            await sender.wait_for_room()
+            if events := decode_events(buf, sender.room()):
+                sender.put_many(events)
+                continue  # more may be complete in buf already
+            if not (chunk := await source.read(READ_CHUNK)):
+                break
             buf += chunk
-            sender.put_many(decode_events(buf))
         if buf:
             log.warning("the server's last payload event was cut off (%d bytes)", len(buf))
         await sender.close()

@@ -217,15 +217,21 @@ def encode_event(kind: int, inference_id: bytes, content_type: bytes, body: byte
                      inference_id, content_type, body))
 
 
-def decode_events(buf: bytearray) -> list[tuple[int, bytes, bytes, bytes]]:
-    """The complete events at the start of ``buf`` as (kind, id, content type, body), kind an
-    index in :data:`EVENT_TYPES`, the rest as the server framed them; they are removed from
-    ``buf``, an incomplete last one stays for the next read."""
+def decode_events(
+    buf: bytearray, limit: int | None = None
+) -> list[tuple[int, bytes, bytes, bytes]]:
+    """The complete events at the start of ``buf`` (``limit`` of them at most) as (kind, id,
+    content type, body), kind an index in :data:`EVENT_TYPES`, the rest as the server framed
+    them; they are removed from ``buf``, what follows them stays for the next call."""
+    size = _FRAME.size
+    limit = len(buf) // size if limit is None else limit  # no more events than that fit
+    if len(buf) < size or limit <= 0:
+        return []
     data = bytes(buf)  # its slices are bytes: a bytearray's would each need converting
-    events = []
-    at, size, total = 0, _FRAME.size, len(data)
+    events: list[tuple[int, bytes, bytes, bytes]] = []
+    at, total = 0, len(data)
     unpack = _FRAME.unpack_from
-    while total - at >= size:
+    while total - at >= size and len(events) < limit:
         kind, n_id, n_ct, n_body = unpack(data, at)
         end = at + size + n_id + n_ct + n_body
         if total < end:

@@ -4,6 +4,7 @@ of the pipe ends it (the agent's sending is tested against real servers in test_
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
@@ -66,3 +67,41 @@ def test_pipe_source_waits_on_an_empty_pipe_instead_of_ending():
     finally:
         os.close(read_fd)
         os.close(write_fd)
+
+
+def test_more_events_than_the_queue_holds_wait_in_the_pipe_and_all_reach_the_sink():
+    """A read that brings 2.5 queues' worth of events: the rest stay in the pipe's buffer
+    until the queue has room, and every event is sent, in order (none dropped)."""
+    from kfp_serve.serving.runtime import payload_agent
+    from kfp_serve.serving.runtime.payload_log import LoggerSpec
+
+    n = payload_agent.QUEUE_SIZE * 5 // 2
+    stream = b"".join(encode_event(i % 2, f"q-{i}".encode(), b"application/json", b"{}")
+                      for i in range(n))
+    ids: list[str] = []
+    counts: list[str] = []
+
+    async def keep_alive_sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                fields = dict(line.split(": ", 1) for line in head.decode().split("\r\n")[1:]
+                              if ": " in line)
+                await reader.readexactly(int(fields["content-length"]))
+                ids.append(fields["ce-id"])
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+
+    async def main() -> None:
+        sink = await asyncio.start_server(keep_alive_sink, "127.0.0.1", 0)
+        port = sink.sockets[0].getsockname()[1]
+        source = asyncio.StreamReader()
+        source.feed_data(stream)  # all of it in one read
+        source.feed_eof()
+        await payload_agent.run(LoggerSpec(url=f"http://127.0.0.1:{port}/"), source,
+                                counts.append)
+        sink.close()
+
+    asyncio.run(main())
+    sent, dropped, _ = (sum(int(line.split()[k]) for line in counts) for k in range(3))
+    assert (sent, dropped) == (n, 0)
+    assert ids == [f"q-{i}" for i in range(n)]
