@@ -149,22 +149,17 @@ class PayloadLogger:
         """Queue one inference's events, as the mode says: its request's, and its answer's when
         there is one (``response`` None: refused, only the request is logged). Never blocks.
 
-        One call per inference: the two events framed in one go cost the serving process about
-        half of what two calls did.
+        One call per inference, not one per event: the calls cost the serving process more than
+        the framing does.
         """
         if self._pipe is None:
             self._dropped.inc(2 if response is not None else 1)  # the agent is gone
             return
         rid = inference_id.encode()
-        frame = _FRAME.pack
         if self.log_requests:
             if self.log_responses and response is not None:
-                data = b"".join((
-                    frame(0, len(rid), len(request_type), len(request)), rid, request_type,
-                    request,
-                    frame(1, len(rid), len(response_type), len(response)), rid, response_type,
-                    response,
-                ))
+                data = (encode_event(0, rid, request_type, request)
+                        + encode_event(1, rid, response_type, response))
                 events = 2
             else:
                 data = encode_event(0, rid, request_type, request)
